@@ -1,0 +1,1 @@
+"""The client: leader discovery, redirects, sessions for exactly-once writes, load balancing."""

@@ -1,0 +1,254 @@
+"""Value types shared by the Raft core, the redo log, the state machine and the transport.
+
+These are the contract between the pure core (`kvstore.raft.core`) and the code that does I/O.
+Entries and messages are `NamedTuple`s rather than dataclasses: they are immutable values like
+h11's events, but cheaper to build (the hot path makes many) and msgpack encodes them as arrays.
+
+Conventions: log indices start at 1; `NONE` (0) means "no index"; node ids are non-empty `str`
+and `None` means "no node". Ranges are half-open `[lo, hi)`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
+
+NONE = 0
+"""No index / no term."""
+
+
+class MessageType(enum.IntEnum):
+    """Every message the core takes or emits. Local types never cross the network."""
+
+    # Local: produced by the application or by the core's own ticks.
+    HUP = 0
+    """Start an election (a tick ran out, or the application asked)."""
+    BEAT = 1
+    """Leader: send heartbeats now."""
+    CHECK_QUORUM = 2
+    """Leader: step down unless a quorum was heard from during the last election timeout."""
+    UNREACHABLE = 3
+    """The transport could not deliver to `sender` (see `RaftCore.report_unreachable`)."""
+    SNAPSHOT_STATUS = 4
+    """The application finished (or failed) sending a snapshot to `sender`; `reject` = failed."""
+
+    # Remote.
+    PROPOSE = 10
+    """Entries proposed at a follower and forwarded to the leader."""
+    APPEND = 11
+    APPEND_RESPONSE = 12
+    VOTE = 13
+    VOTE_RESPONSE = 14
+    PRE_VOTE = 15
+    PRE_VOTE_RESPONSE = 16
+    HEARTBEAT = 17
+    HEARTBEAT_RESPONSE = 18
+    SNAPSHOT = 19
+    """Leader -> follower: install the snapshot in `snapshot`. The application streams its data."""
+    READ_INDEX = 20
+    """Follower -> leader: ask for a read index for the request id in `context`."""
+    READ_INDEX_RESPONSE = 21
+    TIMEOUT_NOW = 22
+    """Leader -> transfer target: campaign now, skipping pre-vote (leadership transfer)."""
+    TRANSFER_LEADER = 23
+    """Ask the leader to hand leadership over; `sender` is the node that should take it."""
+
+    def is_local(self) -> bool:
+        """True for types that only ever travel from the application into its own core."""
+        return self < MessageType.PROPOSE
+
+
+class EntryType(enum.IntEnum):
+    """What an entry's `data` holds."""
+
+    NORMAL = 0
+    """An application command (empty data: the no-op a new leader appends)."""
+    CONF_CHANGE = 1
+    """A `ConfChange`, encoded with `ConfChange.encode()`."""
+
+
+class Entry(NamedTuple):
+    """One log entry."""
+
+    term: int
+    index: int
+    type: EntryType = EntryType.NORMAL
+    data: bytes = b""
+
+
+class HardState(NamedTuple):
+    """What a node must persist before it answers: its term, its vote in that term, its commit."""
+
+    term: int = 0
+    vote: str | None = None
+    commit: int = 0
+
+
+class ConfState(NamedTuple):
+    """The cluster configuration: voting members and learners (non-voting), by node id."""
+
+    voters: tuple[str, ...] = ()
+    learners: tuple[str, ...] = ()
+
+
+class SnapshotMeta(NamedTuple):
+    """Where a snapshot stands in the log, and the configuration at that point."""
+
+    index: int = 0
+    term: int = 0
+    conf_state: ConfState = ConfState()
+
+
+class ConfChangeType(enum.IntEnum):
+    ADD_VOTER = 0
+    """Add a voter, or promote a learner to voter."""
+    ADD_LEARNER = 1
+    """Add a non-voting member that receives the log."""
+    REMOVE = 2
+    """Remove a voter or a learner."""
+
+
+class ConfChange(NamedTuple):
+    """A single-server membership change, carried in a `CONF_CHANGE` entry.
+
+    `context` is opaque to the core; the node stores the member's address there.
+    """
+
+    type: ConfChangeType
+    node_id: str
+    context: bytes = b""
+
+    def encode(self) -> bytes:
+        """Compact, stable encoding: 1 byte type, 2 bytes id length (LE), id (UTF-8), context."""
+        node = self.node_id.encode()
+        return bytes([int(self.type)]) + len(node).to_bytes(2, "little") + node + self.context
+
+    @classmethod
+    def decode(cls, data: bytes) -> ConfChange:
+        """Inverse of `encode()`; raises `ValueError` on malformed data."""
+        if len(data) < 3:
+            raise ValueError("conf change too short")
+        size = int.from_bytes(data[1:3], "little")
+        if len(data) < 3 + size:
+            raise ValueError("conf change node id truncated")
+        return cls(ConfChangeType(data[0]), data[3 : 3 + size].decode(), bytes(data[3 + size :]))
+
+
+class Message(NamedTuple):
+    """One one-way Raft message. Unused fields keep their defaults.
+
+    Field use by type (etcd's layout): `index`/`log_term` are the entry before `entries` in
+    APPEND, the candidate's last entry in (PRE_)VOTE, the follower's match index in
+    APPEND_RESPONSE; on a rejected APPEND_RESPONSE, `reject_hint` is the follower's hint index
+    and `log_term` the term of its entry there (fast backtracking). `context` carries read
+    request ids (READ_INDEX, HEARTBEAT) and the campaign reason.
+    """
+
+    type: MessageType
+    recipient: str
+    sender: str
+    term: int = 0
+    log_term: int = 0
+    index: int = 0
+    entries: tuple[Entry, ...] = ()
+    commit: int = 0
+    reject: bool = False
+    reject_hint: int = 0
+    context: bytes = b""
+    snapshot: SnapshotMeta | None = None
+
+
+class ReadState(NamedTuple):
+    """A read request that may be served once the applied index reaches `index`."""
+
+    index: int
+    request_ctx: bytes
+
+
+class Role(enum.Enum):
+    FOLLOWER = "follower"
+    CANDIDATE = "candidate"
+    PRE_CANDIDATE = "pre-candidate"
+    LEADER = "leader"
+
+
+class SoftState(NamedTuple):
+    """Volatile state the application may show (status) but need not persist."""
+
+    leader_id: str | None
+    role: Role
+
+
+class DroppedProposal(NamedTuple):
+    """A proposal the core could not take, reported with its request context and a reason."""
+
+    context: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """A batch of work the application must do, in this order, then pass back to `advance()`.
+
+    The order is part of the contract (etcd's `Ready`, raft-rs's persisted messages):
+    """
+
+    soft_state: SoftState | None = None
+    """Changed leader or role, or None if unchanged. Nothing to persist."""
+    hard_state: HardState | None = None
+    """Persist BEFORE sending `persisted_messages`. None if unchanged."""
+    entries: Sequence[Entry] = ()
+    """Append to stable storage (after cutting any conflicting suffix) BEFORE sending
+    `persisted_messages`. They may overlap the log's tail: the new ones win."""
+    snapshot: SnapshotMeta | None = None
+    """A snapshot received from the leader: restore the state machine from its data and reset
+    the log to start after it, BEFORE applying `committed_entries` or sending
+    `persisted_messages`."""
+    messages: Sequence[Message] = ()
+    """Send now: they do not depend on this Ready being persisted (e.g. a leader's APPENDs,
+    thesis §10.2.1: the leader's own fsync counts as one ack, so it may replicate in parallel)."""
+    persisted_messages: Sequence[Message] = ()
+    """Send only AFTER `hard_state`, `entries` and `snapshot` are durable (votes, acks)."""
+    committed_entries: Sequence[Entry] = ()
+    """Apply to the state machine, in order. They were appended to stable storage earlier."""
+    read_states: Sequence[ReadState] = ()
+    """Reads that may be served once the state machine has applied through their index."""
+    must_sync: bool = False
+    """Whether `hard_state`/`entries`/`snapshot` need an fsync before `persisted_messages` go."""
+    dropped: Sequence[DroppedProposal] = field(default_factory=tuple)
+    """Proposals and read requests refused since the last Ready, so waiting callers can fail fast."""
+
+
+class LogView(Protocol):
+    """Read-only view of the stable log, as the core needs it (etcd's `Storage`).
+
+    Any error other than `CompactedError` / `LogUnavailableError` stops the core.
+    """
+
+    def initial_state(self) -> tuple[HardState, ConfState]:
+        """The persisted hard state and the configuration as of the latest snapshot."""
+        ...
+
+    def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
+        """Entries in `[lo, hi)`, stopping early once their data exceeds `max_bytes` (but always
+        at least one). Raises `CompactedError` if `lo < first_index()`, `LogUnavailableError` if
+        `hi > last_index() + 1`."""
+        ...
+
+    def term(self, index: int) -> int:
+        """The term of entry `index`, for `first_index() - 1 <= index <= last_index()`."""
+        ...
+
+    def first_index(self) -> int:
+        """The first index still in the log (snapshot index + 1)."""
+        ...
+
+    def last_index(self) -> int:
+        """The last index in the log (the snapshot's index when the log is empty)."""
+        ...
+
+    def snapshot_meta(self) -> SnapshotMeta:
+        """The latest snapshot (or compaction point): its index, term and configuration."""
+        ...

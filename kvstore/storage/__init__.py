@@ -1,0 +1,1 @@
+"""Durable storage: the redo log (C, via cffi) and the LMDB state machine."""
