@@ -22,7 +22,10 @@ class NotLeaderError(KVStoreError):
     """The member asked is not the leader. Carries the leader's id and address when known."""
 
     def __init__(
-        self, message: str = "not the leader", *, leader_id: str | None = None,
+        self,
+        message: str = "not the leader",
+        *,
+        leader_id: str | None = None,
         leader_address: str | None = None,
     ) -> None:
         super().__init__(message)
@@ -77,7 +80,7 @@ class LogUnavailableError(StorageError):
 
 
 class WalFailedError(KVStoreError):
-    """A write or fsync of the redo log failed earlier; the log is poisoned and refuses all calls."""
+    """A write or fsync of the redo log failed earlier; the log is poisoned: all calls fail."""
 
 
 class RemoteProtocolError(KVStoreError):

@@ -73,7 +73,7 @@ class Entry(NamedTuple):
     """One log entry."""
 
     term: int
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index on purpose
     type: EntryType = EntryType.NORMAL
     data: bytes = b""
 
@@ -96,7 +96,7 @@ class ConfState(NamedTuple):
 class SnapshotMeta(NamedTuple):
     """Where a snapshot stands in the log, and the configuration at that point."""
 
-    index: int = 0
+    index: int = 0  # type: ignore[assignment]  # shadows tuple.index on purpose
     term: int = 0
     conf_state: ConfState = ConfState()
 
@@ -151,7 +151,7 @@ class Message(NamedTuple):
     sender: str
     term: int = 0
     log_term: int = 0
-    index: int = 0
+    index: int = 0  # type: ignore[assignment]  # shadows tuple.index on purpose
     entries: tuple[Entry, ...] = ()
     commit: int = 0
     reject: bool = False
@@ -163,7 +163,7 @@ class Message(NamedTuple):
 class ReadState(NamedTuple):
     """A read request that may be served once the applied index reaches `index`."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index on purpose
     request_ctx: bytes
 
 
@@ -218,7 +218,7 @@ class Ready:
     must_sync: bool = False
     """Whether `hard_state`/`entries`/`snapshot` need an fsync before `persisted_messages` go."""
     dropped: Sequence[DroppedProposal] = field(default_factory=tuple)
-    """Proposals and read requests refused since the last Ready, so waiting callers can fail fast."""
+    """Proposals and read requests refused since the last Ready, so callers can fail fast."""
 
 
 class LogView(Protocol):

@@ -1,0 +1,141 @@
+"""Public value types: `Options` (a node's tunables) and `Status` (what a member reports).
+
+Also the argument checks every public entry point runs before anything is sent or written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kvstore.errors import InvalidArgumentError
+
+KEY_BYTES_MAX = 511
+"""LMDB's default maximum key size."""
+
+CONSISTENCY_LEVELS = ("linearizable", "lease", "stale")
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """A node's tunables. The defaults suit a LAN cluster; nothing needs changing for a demo."""
+
+    tick_s: float = 0.05
+    """Length of one Raft tick."""
+    election_ticks: int = 10
+    """Ticks without a leader before a follower campaigns (randomised in [n, 2n))."""
+    heartbeat_ticks: int = 1
+    """Ticks between leader heartbeats."""
+    pre_vote: bool = True
+    check_quorum: bool = True
+    max_value_bytes: int = 1 << 20
+    """Largest value accepted by put/cas."""
+    max_inflight_appends: int = 256
+    """APPEND messages in flight per follower before the leader waits for acks."""
+    append_bytes_max: int = 1 << 20
+    """Entry bytes per APPEND message."""
+    max_pending_proposals: int = 100_000
+    """Proposals waiting for commit on this node before new ones are refused."""
+    segment_bytes: int = 64 << 20
+    """Size of each preallocated redo-log segment."""
+    map_size_bytes: int = 1 << 30
+    """LMDB map size (the largest the state may grow)."""
+    checkpoint_entries: int = 50_000
+    """Applied entries between LMDB checkpoints (after which the log is compacted)."""
+    snapshot_chunk_bytes: int = 1 << 20
+    """Chunk size when streaming a snapshot to a lagging member."""
+    frame_bytes_max: int = 64 << 20
+    """Largest frame accepted on the wire; a bigger one closes that connection."""
+
+    def validate(self) -> None:
+        """Raise `InvalidArgumentError` naming the first setting that is out of range."""
+        if self.tick_s <= 0:
+            raise InvalidArgumentError(f"tick_s must be > 0, got {self.tick_s}")
+        if self.heartbeat_ticks < 1:
+            raise InvalidArgumentError(f"heartbeat_ticks must be >= 1, got {self.heartbeat_ticks}")
+        if self.election_ticks <= self.heartbeat_ticks:
+            raise InvalidArgumentError(
+                f"election_ticks ({self.election_ticks}) must be greater than "
+                f"heartbeat_ticks ({self.heartbeat_ticks})"
+            )
+        for name in (
+            "max_value_bytes",
+            "max_inflight_appends",
+            "append_bytes_max",
+            "max_pending_proposals",
+            "segment_bytes",
+            "map_size_bytes",
+            "checkpoint_entries",
+            "snapshot_chunk_bytes",
+            "frame_bytes_max",
+        ):
+            if getattr(self, name) < 1:
+                raise InvalidArgumentError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.segment_bytes < 1 << 16:
+            raise InvalidArgumentError(f"segment_bytes must be >= 65536, got {self.segment_bytes}")
+        if self.frame_bytes_max < self.max_value_bytes + (64 << 10):
+            raise InvalidArgumentError("frame_bytes_max must exceed max_value_bytes by 64 KiB")
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """What one member reports about itself."""
+
+    node_id: str
+    role: str
+    """"leader", "follower", "candidate" or "learner"."""
+    term: int
+    leader_id: str | None
+    commit_index: int
+    applied_index: int
+    members: dict[str, str]
+    """node_id -> address of every member (voters and learners)."""
+
+
+def check_key(key: object) -> bytes:
+    """Return `key` if it is 1 to 511 bytes, else raise `InvalidArgumentError`."""
+    if not isinstance(key, bytes):
+        raise InvalidArgumentError(f"key must be bytes, got {type(key).__name__}")
+    if not 1 <= len(key) <= KEY_BYTES_MAX:
+        raise InvalidArgumentError(f"key must be 1 to {KEY_BYTES_MAX} bytes, got {len(key)}")
+    return key
+
+
+def check_value(value: object, max_value_bytes: int, *, name: str = "value") -> bytes:
+    """Return `value` if it is bytes of at most `max_value_bytes`, else raise."""
+    if not isinstance(value, bytes):
+        raise InvalidArgumentError(f"{name} must be bytes, got {type(value).__name__}")
+    if len(value) > max_value_bytes:
+        raise InvalidArgumentError(
+            f"{name} is {len(value)} bytes, more than the limit of {max_value_bytes}"
+        )
+    return value
+
+
+def check_optional_value(value: object, max_value_bytes: int, *, name: str) -> bytes | None:
+    """Like `check_value`, but None is allowed (cas: "absent" / "delete")."""
+    return None if value is None else check_value(value, max_value_bytes, name=name)
+
+
+def check_consistency(consistency: object) -> str:
+    """Return `consistency` if it names a read level, else raise."""
+    if consistency not in CONSISTENCY_LEVELS:
+        raise InvalidArgumentError(
+            f"consistency must be one of {', '.join(CONSISTENCY_LEVELS)}; got {consistency!r}"
+        )
+    return str(consistency)
+
+
+def check_timeout(timeout_s: object) -> float:
+    """Return `timeout_s` as a float if it is a positive number, else raise."""
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or timeout_s <= 0:
+        raise InvalidArgumentError(f"timeout_s must be a positive number, got {timeout_s!r}")
+    return float(timeout_s)
+
+
+def check_limit(limit: object) -> int | None:
+    """Return `limit` if it is None or a positive int, else raise."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidArgumentError(f"limit must be None or a positive int, got {limit!r}")
+    return limit
