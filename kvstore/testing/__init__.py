@@ -1,0 +1,1 @@
+"""Tools to test kvstore deployments: a local process cluster, and (later) a torture harness."""

@@ -1,0 +1,306 @@
+"""A cluster of `kvstore serve` processes on 127.0.0.1, for the demo, benchmarks and tests.
+
+Each member is a real child process with its own data directory; members can be killed with
+SIGKILL, paused with SIGSTOP, and restarted from their data directory alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from kvstore.errors import KVStoreError, UnavailableError
+from kvstore.options import Status
+
+T = TypeVar("T")
+
+SERVE_READY_S = 30.0
+"""How long a starting member may take to print its listening line."""
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel says are free on 127.0.0.1 (bound together, so they are distinct)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def wait_until(
+    condition: Callable[[], T], *, timeout_s: float, interval_s: float = 0.02, what: str
+) -> T:
+    """Poll `condition` until it returns a truthy value; raise TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.1f}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+@dataclass
+class Member:
+    """One `kvstore serve` process and where it keeps its data."""
+
+    node_id: str
+    address: str
+    data_dir: Path
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class LocalCluster:
+    """Starts, kills and restarts `kvstore serve` processes. Use as a context manager.
+
+    `LocalCluster(3)` picks free loopback ports and a temporary folder; `close()` stops every
+    process it started (by PID) and removes the folder unless `keep_data`.
+    """
+
+    def __init__(
+        self,
+        size: int = 3,
+        *,
+        base_dir: str | os.PathLike[str] | None = None,
+        secret: bytes | None = None,
+        keep_data: bool = False,
+        log_level: str = "WARNING",
+    ) -> None:
+        if size < 1:
+            raise ValueError("a cluster needs at least one member")
+        self._tempdir: tempfile.TemporaryDirectory[str] | None = None
+        if base_dir is None:
+            self._tempdir = tempfile.TemporaryDirectory(prefix="kvstore-cluster-")
+            base_dir = self._tempdir.name
+        self.base_dir = Path(base_dir)
+        self.keep_data = keep_data
+        self.log_level = log_level
+        self.secret_file: Path | None = None
+        if secret is not None:
+            self.secret_file = self.base_dir / "secret"
+            self.secret_file.write_bytes(secret)
+        ports = free_ports(size)
+        self.members: dict[str, Member] = {}
+        for number, port in enumerate(ports, start=1):
+            node_id = f"n{number}"
+            self.members[node_id] = Member(node_id, f"127.0.0.1:{port}", self.base_dir / node_id)
+
+    # --- processes --------------------------------------------------------------------------
+
+    @property
+    def peers_arg(self) -> str:
+        return ",".join(
+            f"{m.node_id}={m.address}"
+            for m in self.members.values()
+            if "--join" not in m.extra_args
+        )
+
+    @property
+    def addresses(self) -> list[str]:
+        return [m.address for m in self.members.values()]
+
+    def start(self) -> LocalCluster:
+        """Start every member that is not running and wait until each one listens."""
+        for member in self.members.values():
+            if not member.running:
+                self._spawn(member)
+        for member in self.members.values():
+            self._wait_listening(member)
+        return self
+
+    def _spawn(self, member: Member) -> None:
+        member.data_dir.mkdir(parents=True, exist_ok=True)
+        member.log_path = self.base_dir / f"{member.node_id}.log"
+        command = [
+            sys.executable,
+            "-m",
+            "kvstore",
+            "--log-level",
+            self.log_level,
+            "serve",
+            "--id",
+            member.node_id,
+            "--data-dir",
+            str(member.data_dir),
+            "--peers",
+            self.peers_arg if "--join" not in member.extra_args else self._join_peers(member),
+            *member.extra_args,
+        ]
+        if self.secret_file is not None:
+            command += ["--secret-file", str(self.secret_file)]
+        with open(member.log_path, "ab") as log:
+            member.process = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL
+            )
+
+    def _join_peers(self, member: Member) -> str:
+        return ",".join(f"{m.node_id}={m.address}" for m in self.members.values())
+
+    def _wait_listening(self, member: Member) -> None:
+        process = member.process
+        if process is None or process.stdout is None:
+            return
+        # The child prints one line once its listener is bound; read it with a deadline.
+        os.set_blocking(process.stdout.fileno(), False)
+        deadline = time.monotonic() + SERVE_READY_S
+        buffer = b""
+        while b"\n" not in buffer:
+            if process.poll() is not None:
+                raise UnavailableError(
+                    f"{member.node_id} exited with {process.returncode} while starting; "
+                    f"see {member.log_path}:\n{self.log_tail(member.node_id)}"
+                )
+            if time.monotonic() > deadline:
+                raise UnavailableError(f"{member.node_id} did not start listening in time")
+            with contextlib.suppress(BlockingIOError):
+                chunk = process.stdout.read()
+                if chunk:
+                    buffer += chunk
+                    continue
+            time.sleep(0.01)
+
+    def log_tail(self, node_id: str, lines: int = 20) -> str:
+        path = self.members[node_id].log_path
+        if path is None or not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def kill(self, node_id: str, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` (SIGKILL by default) to that member and reap it."""
+        member = self.members[node_id]
+        if member.process is None:
+            return
+        if member.process.poll() is None:
+            member.process.send_signal(sig)
+            member.process.wait(timeout=30)
+        self._close_pipe(member)
+        member.process = None
+
+    def pause(self, node_id: str) -> None:
+        """SIGSTOP the member: it keeps its sockets but answers nothing."""
+        process = self.members[node_id].process
+        if process is not None:
+            process.send_signal(signal.SIGSTOP)
+
+    def resume(self, node_id: str) -> None:
+        """SIGCONT a paused member."""
+        process = self.members[node_id].process
+        if process is not None:
+            process.send_signal(signal.SIGCONT)
+
+    def restart(self, node_id: str) -> None:
+        """Start a killed member again from its data directory alone."""
+        member = self.members[node_id]
+        if member.running:
+            raise RuntimeError(f"{node_id} is still running")
+        self._spawn(member)
+        self._wait_listening(member)
+
+    def add_joiner(self, node_id: str) -> Member:
+        """Start a new member in join mode (then add it with `Client.add_member`)."""
+        port = free_ports(1)[0]
+        member = Member(
+            node_id, f"127.0.0.1:{port}", self.base_dir / node_id, extra_args=["--join"]
+        )
+        self.members[node_id] = member
+        self._spawn(member)
+        self._wait_listening(member)
+        return member
+
+    def stop(self, node_id: str, timeout_s: float = 10.0) -> int:
+        """SIGTERM the member and wait for it; returns its exit status."""
+        member = self.members[node_id]
+        if member.process is None:
+            return 0
+        if member.process.poll() is None:
+            member.process.send_signal(signal.SIGTERM)
+        try:
+            code = member.process.wait(timeout=timeout_s)
+        finally:
+            if member.process.poll() is None:
+                member.process.kill()
+                member.process.wait()
+            self._close_pipe(member)
+            member.process = None
+        return code
+
+    @staticmethod
+    def _close_pipe(member: Member) -> None:
+        if member.process is not None and member.process.stdout is not None:
+            member.process.stdout.close()
+
+    def close(self) -> None:
+        """Stop every member (SIGCONT first, in case one is paused) and clean up."""
+        for member in self.members.values():
+            if member.process is not None and member.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    member.process.send_signal(signal.SIGCONT)
+        for node_id in list(self.members):
+            with contextlib.suppress(Exception):
+                self.stop(node_id, timeout_s=10.0)
+        if self._tempdir is not None and not self.keep_data:
+            self._tempdir.cleanup()
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Member]:
+        return iter(self.members.values())
+
+    # --- observation ------------------------------------------------------------------------
+
+    def statuses(self, client: object) -> dict[str, Status | None]:
+        """Each running member's status through `client.status(address)` (None if no answer)."""
+        result: dict[str, Status | None] = {}
+        for member in self.members.values():
+            if not member.running:
+                result[member.node_id] = None
+                continue
+            try:
+                result[member.node_id] = client.status(member.address)  # type: ignore[attr-defined]
+            except (KVStoreError, OSError):
+                result[member.node_id] = None
+        return result
+
+    def leader(self, client: object) -> str | None:
+        """The node id that a running member reports as leader and that says so itself."""
+        for node_id, status in self.statuses(client).items():
+            if status is not None and status.role == "leader":
+                return node_id
+        return None
+
+    def wait_for_leader(
+        self, client: object, *, timeout_s: float = 15.0, exclude: str | None = None
+    ) -> str:
+        """Wait until some running member (other than `exclude`) is leader; return its id."""
+
+        def current() -> str | None:
+            leader = self.leader(client)
+            return leader if leader != exclude else None
+
+        return wait_until(current, timeout_s=timeout_s, what="a leader")
