@@ -1,0 +1,524 @@
+"""The replicated state: committed entries applied to an LMDB environment.
+
+Modelled on hashicorp/raft's FSM (apply, snapshot, restore) and on etcd's cindex: each batch of
+entries is applied in ONE LMDB write transaction that also records `applied_index`,
+`applied_term` and the client session table, so the data never disagrees with the index it
+claims to cover.
+
+Durability: the environment is opened with `sync=False, metasync=False`. The redo log is the
+source of truth; after a process crash, LMDB holds everything committed before it (the page
+cache survives) and the node replays the log from `applied_index() + 1`. `checkpoint()` forces
+LMDB to disk and returns the index it is durable at, so the log below it may be compacted.
+Caveat (see the module's report): with `sync=False`, a power loss or kernel crash between
+checkpoints can leave the LMDB file itself inconsistent, because LMDB reuses pages of the
+checkpointed version without ordering writes against its meta page.
+
+Layout: five named sub-databases in one environment (in `directory`):
+
+- `data`: key -> value.
+- `meta`: `applied` -> (index u64, term u64); `format` -> 1 byte; `member/<id>` -> role byte
+  (0 voter, 1 learner) + address (UTF-8).
+- `sessions`: client_id -> (newest seq applied u64, index of the session's last apply u64,
+  applied bits, result bits); bit i of each (`SESSION_WINDOW` bits, little-endian) stands for
+  seq `newest - i`: whether it was applied, and whether its result was True.
+- `session_age`: index of a session's last apply (u64 big-endian, so keys sort by age) ->
+  client_id. Eviction takes the first key: O(log n), no scan.
+
+Determinism: `apply` depends only on the entries and the prior state, never on how the entries
+were split into batches, the clock or the node. `sessions_max` must be the same on every member:
+it decides which retried commands are still recognised.
+
+Threads: one writer at a time (`apply`, `restore`); reads (`get`, `scan`, `applied_index`,
+`members`, `snapshot`) may run in any thread, concurrently with the writer, without blocking it
+(LMDB readers see the last committed transaction).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+import lmdb
+
+from kvstore.errors import CorruptionError, InvalidArgumentError, invariant
+from kvstore.options import check_key, check_limit
+from kvstore.raft.types import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryType,
+    SnapshotMeta,
+)
+from kvstore.storage.commands import (
+    SESSION_WINDOW,
+    CommandRejected,
+    Op,
+    Result,
+    ResultCode,
+    decode_command,
+)
+from kvstore.storage.snapshot import fsync_dir
+
+FORMAT_VERSION = 1
+"""Layout version stored in `meta`; an environment with another version is refused."""
+
+ROLE_VOTER = "voter"
+ROLE_LEARNER = "learner"
+_ROLE_CODES = {ROLE_VOTER: 0, ROLE_LEARNER: 1}
+_ROLE_NAMES = {code: name for name, code in _ROLE_CODES.items()}
+
+_DB_DATA = b"data"
+_DB_META = b"meta"
+_DB_SESSIONS = b"sessions"
+_DB_SESSION_AGE = b"session_age"
+_DB_NAMES = (_DB_DATA, _DB_META, _DB_SESSIONS, _DB_SESSION_AGE)
+
+_KEY_APPLIED = b"applied"
+_KEY_FORMAT = b"format"
+_MEMBER_PREFIX = b"member/"
+
+_APPLIED = struct.Struct("<QQ")
+_WINDOW_BYTES = SESSION_WINDOW // 8
+_WINDOW_MASK = (1 << SESSION_WINDOW) - 1
+_SESSION = struct.Struct(f"<QQ{_WINDOW_BYTES}s{_WINDOW_BYTES}s")
+_AGE = struct.Struct(">Q")
+
+_NO_APPLIED = _APPLIED.pack(0, 0)
+
+
+class StateMachine:
+    """The LMDB state machine of one node. See the module docstring for layout and guarantees.
+
+    `StateMachine(directory, map_size_bytes=..., sessions_max=...)` creates `directory` if
+    needed and opens (or creates) the environment in it. Use `close()` or `with`.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        map_size_bytes: int = 1 << 30,
+        sessions_max: int = 100_000,
+    ) -> None:
+        if map_size_bytes < 1 << 20:
+            raise InvalidArgumentError(f"map_size_bytes must be >= 1 MiB, got {map_size_bytes}")
+        if sessions_max < 1:
+            raise InvalidArgumentError(f"sessions_max must be >= 1, got {sessions_max}")
+        self._directory = Path(directory)
+        self._directory.mkdir(parents=True, exist_ok=True)
+        self._sessions_max = sessions_max
+        # writemap stays off: measured no faster for our batch sizes (see the benchmark), and
+        # without it a stray write cannot scribble over the map.
+        self._env: lmdb.Environment | None = lmdb.open(
+            str(self._directory),
+            map_size=map_size_bytes,
+            max_dbs=len(_DB_NAMES),
+            sync=False,
+            metasync=False,
+        )
+        env = self._env
+        invariant(env.max_key_size() >= 511, "LMDB built with a key limit below 511 bytes")
+        with env.begin(write=True) as txn:
+            self._data = env.open_db(_DB_DATA, txn=txn)
+            self._meta = env.open_db(_DB_META, txn=txn)
+            self._sessions = env.open_db(_DB_SESSIONS, txn=txn)
+            self._session_age = env.open_db(_DB_SESSION_AGE, txn=txn)
+            version = txn.get(_KEY_FORMAT, db=self._meta)
+            if version is None:
+                txn.put(_KEY_FORMAT, bytes([FORMAT_VERSION]), db=self._meta)
+                txn.put(_KEY_APPLIED, _NO_APPLIED, db=self._meta)
+            elif version != bytes([FORMAT_VERSION]):
+                env.close()
+                self._env = None
+                raise CorruptionError(
+                    f"state format {version!r} is not {FORMAT_VERSION}",
+                    path=str(self._directory),
+                    offset=0,
+                )
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def directory(self) -> Path:
+        """The directory holding the LMDB environment."""
+        return self._directory
+
+    def close(self) -> None:
+        """Close the environment. Safe to call twice; later calls on this object fail."""
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+
+    def __enter__(self) -> StateMachine:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _open_env(self) -> lmdb.Environment:
+        env = self._env
+        invariant(env is not None, "state machine used after close()")
+        assert env is not None  # for mypy; invariant() above fires under -O too
+        return env
+
+    # --- writes -----------------------------------------------------------------------------
+
+    def apply(self, entries: Sequence[Entry]) -> list[Result]:
+        """Apply committed entries in order, all in one write transaction; one result each.
+
+        Entries at or below `applied_index()` are skipped (idempotent replay) and give None.
+        The rest must follow on without a gap (a gap is a bug: `InvariantError`, nothing
+        applied). Results: put -> True, delete -> existed, cas -> swapped; None for no-op
+        entries and conf changes; `CommandRejected` for a stale session sequence or for data
+        that does not decode (applied as a no-op, the same way on every member).
+
+        LMDB errors (e.g. `lmdb.MapFullError`) abort the whole batch and propagate: the state
+        is unchanged and the node must stop.
+        """
+        env = self._open_env()
+        results: list[Result] = []
+        if not entries:
+            return results
+        data_db, meta_db = self._data, self._meta
+        with env.begin(write=True) as txn:
+            start_index, term = _read_applied(txn, meta_db)
+            index = start_index
+            append = results.append
+            for entry in entries:
+                entry_index = entry.index
+                if entry_index <= start_index:
+                    append(None)
+                    continue
+                invariant(
+                    entry_index == index + 1,
+                    f"apply: entry {entry_index} does not follow applied index {index}",
+                )
+                index = entry_index
+                term = entry.term
+                entry_type = entry.type
+                if entry_type == EntryType.NORMAL:
+                    append(
+                        self._apply_command(txn, data_db, index, entry.data) if entry.data else None
+                    )
+                elif entry_type == EntryType.CONF_CHANGE:
+                    append(self._apply_conf_change(txn, meta_db, entry.data))
+                else:
+                    append(
+                        CommandRejected(ResultCode.MALFORMED, f"unknown entry type {entry_type}")
+                    )
+            if index != start_index:
+                txn.put(_KEY_APPLIED, _APPLIED.pack(index, term), db=meta_db)
+        return results
+
+    def _apply_command(
+        self, txn: lmdb.Transaction[bytes], data_db: lmdb._Database, index: int, data: bytes
+    ) -> Result:
+        try:
+            op, client_id, seq, key, value, expected, new = decode_command(data)
+        except ValueError as exc:
+            return CommandRejected(ResultCode.MALFORMED, str(exc))
+        sessions = self._sessions
+        stored = txn.get(client_id, db=sessions)
+        if stored is None:
+            top_seq, applied_bits, result_bits = seq, 0, 0
+        else:
+            top_seq, last_index, applied_raw, result_raw = _SESSION.unpack(stored)
+            applied_bits = int.from_bytes(applied_raw, "little")
+            result_bits = int.from_bytes(result_raw, "little")
+            if seq <= top_seq:
+                # Bit i stands for seq top_seq - i.
+                age = top_seq - seq
+                if age >= SESSION_WINDOW:
+                    return CommandRejected(
+                        ResultCode.STALE,
+                        f"seq {seq} is more than {SESSION_WINDOW} below the session's {top_seq}",
+                    )
+                bit = 1 << age
+                if applied_bits & bit:
+                    return bool(result_bits & bit)
+            txn.delete(_AGE.pack(last_index), db=self._session_age)
+
+        result: bool
+        if op == Op.PUT:
+            txn.put(key, value, db=data_db)  # type: ignore[arg-type]  # decode sets it for PUT
+            result = True
+        elif op == Op.DELETE:
+            result = bool(txn.delete(key, db=data_db))
+        else:
+            current = txn.get(key, db=data_db)
+            if current != expected:
+                result = False
+            else:
+                if new is None:
+                    txn.delete(key, db=data_db)
+                else:
+                    txn.put(key, new, db=data_db)
+                result = True
+
+        if seq > top_seq:
+            shift = seq - top_seq
+            applied_bits = (applied_bits << shift) & _WINDOW_MASK
+            result_bits = (result_bits << shift) & _WINDOW_MASK
+            top_seq = seq
+        bit = 1 << (top_seq - seq)
+        applied_bits |= bit
+        if result:
+            result_bits |= bit
+        record = _SESSION.pack(
+            top_seq,
+            index,
+            applied_bits.to_bytes(_WINDOW_BYTES, "little"),
+            result_bits.to_bytes(_WINDOW_BYTES, "little"),
+        )
+        txn.put(client_id, record, db=sessions)
+        txn.put(_AGE.pack(index), client_id, db=self._session_age)
+        if stored is None:
+            self._evict_sessions(txn)
+        return result
+
+    def _evict_sessions(self, txn: lmdb.Transaction[bytes]) -> None:
+        # Oldest last apply first: the session_age keys sort by index. A loop rather than one
+        # eviction so that reopening with a smaller sessions_max converges at the next apply.
+        excess = txn.stat(self._sessions)["entries"] - self._sessions_max
+        if excess <= 0:
+            return
+        cursor = txn.cursor(db=self._session_age)
+        for _ in range(excess):
+            invariant(cursor.first(), "session_age index is out of step with sessions")
+            txn.delete(cursor.value(), db=self._sessions)
+            cursor.delete()
+
+    @staticmethod
+    def _apply_conf_change(
+        txn: lmdb.Transaction[bytes], meta_db: lmdb._Database, data: bytes
+    ) -> Result:
+        try:
+            change = ConfChange.decode(data)
+        except ValueError as exc:
+            return CommandRejected(ResultCode.MALFORMED, f"conf change: {exc}")
+        member_key = _MEMBER_PREFIX + change.node_id.encode()
+        if change.type == ConfChangeType.REMOVE:
+            txn.delete(member_key, db=meta_db)
+            return None
+        role = ROLE_VOTER if change.type == ConfChangeType.ADD_VOTER else ROLE_LEARNER
+        # Decoding with "replace" keeps the members table in step with the Raft core, which
+        # applies the change whatever the context holds.
+        address = change.context.decode("utf-8", "replace")
+        if not address:
+            # Promoting a learner without repeating its address keeps the known one.
+            old = txn.get(member_key, db=meta_db)
+            if old is not None:
+                address = old[1:].decode("utf-8", "replace")
+        txn.put(member_key, bytes([_ROLE_CODES[role]]) + address.encode(), db=meta_db)
+        return None
+
+    def checkpoint(self) -> int:
+        """Make LMDB durable at (at least) the returned applied index.
+
+        The log below that index may then be compacted. Safe from any thread; the index is
+        read before the sync, so a concurrent apply can only make the sync cover more.
+        """
+        env = self._open_env()
+        index = self.applied_index()
+        env.sync(True)
+        return index
+
+    # --- reads ------------------------------------------------------------------------------
+
+    def get(self, key: bytes) -> bytes | None:
+        """The value of `key`, or None. Raises `InvalidArgumentError` for a bad key."""
+        check_key(key)
+        with self._open_env().begin(db=self._data) as txn:
+            value: bytes | None = txn.get(key)
+            return value
+
+    def scan(self, prefix: bytes = b"", limit: int | None = None) -> list[tuple[bytes, bytes]]:
+        """Pairs whose key starts with `prefix`, sorted by key, at most `limit` of them."""
+        if not isinstance(prefix, bytes):
+            raise InvalidArgumentError("prefix must be bytes")
+        check_limit(limit)
+        out: list[tuple[bytes, bytes]] = []
+        with self._open_env().begin(db=self._data) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(prefix):
+                return out
+            for key, value in cursor.iternext():
+                if not key.startswith(prefix) or (limit is not None and len(out) >= limit):
+                    break
+                out.append((key, value))
+        return out
+
+    def applied_index(self) -> int:
+        """Index of the last applied entry (0 before any)."""
+        return self.applied()[0]
+
+    def applied_term(self) -> int:
+        """Term of the last applied entry (0 before any)."""
+        return self.applied()[1]
+
+    def applied(self) -> tuple[int, int]:
+        """(applied index, applied term), read together."""
+        with self._open_env().begin() as txn:
+            return _read_applied(txn, self._meta)
+
+    def members(self) -> dict[str, tuple[str, str]]:
+        """node_id -> (address, role) for every member, role being "voter" or "learner"."""
+        with self._open_env().begin() as txn:
+            return _read_members(txn, self._meta)
+
+    def conf_state(self) -> ConfState:
+        """The configuration the applied conf changes describe (ids sorted)."""
+        return _conf_state(self.members())
+
+    def session(self, client_id: bytes) -> tuple[int, bool] | None:
+        """(newest seq applied for a client, its result), or None if unknown or evicted."""
+        with self._open_env().begin(db=self._sessions) as txn:
+            stored = txn.get(client_id)
+        if stored is None:
+            return None
+        seq, _index, _applied, result_raw = _SESSION.unpack(stored)
+        return seq, bool(result_raw[0] & 1)
+
+    def session_count(self) -> int:
+        """Number of client sessions held (at most `sessions_max` after any apply)."""
+        with self._open_env().begin() as txn:
+            entries: int = txn.stat(self._sessions)["entries"]
+            return entries
+
+    def digest(self) -> bytes:
+        """SHA-256 over everything replicated (data, sessions, members, applied index and
+        term), read in one transaction: equal on two members that applied the same entries."""
+        digest = hashlib.sha256()
+        with self._open_env().begin() as txn:
+            for name, db in zip(_DB_NAMES, self._dbs(), strict=True):
+                digest.update(b"\x00db:" + name)
+                for key, value in txn.cursor(db=db).iternext():
+                    digest.update(len(key).to_bytes(4, "little") + key)
+                    digest.update(len(value).to_bytes(4, "little") + value)
+        return digest.digest()
+
+    def _dbs(self) -> tuple[lmdb._Database, ...]:
+        return (self._data, self._meta, self._sessions, self._session_age)
+
+    # --- snapshots --------------------------------------------------------------------------
+
+    def snapshot(self, path: str | os.PathLike[str]) -> SnapshotMeta:
+        """Write a consistent, compacted copy of the whole state as ONE file at `path`.
+
+        Returns the applied index, term and configuration of exactly that copy: they are read
+        in the same read transaction the copy is taken from. The writer is not blocked. The
+        file is written beside `path` and renamed into place once synced. It may take a while
+        for a big state: call it off the event loop.
+        """
+        env = self._open_env()
+        target = Path(path)
+        tmp = target.with_name(target.name + ".tmp")
+        with env.begin() as txn:
+            index, term = _read_applied(txn, self._meta)
+            conf = _conf_state(_read_members(txn, self._meta))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                env.copyfd(fd, compact=True, txn=txn)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+        return SnapshotMeta(index, term, conf)
+
+    def restore(self, path: str | os.PathLike[str]) -> SnapshotMeta:
+        """Replace all state (data, sessions, members, applied index) with a snapshot file.
+
+        Atomicity: the old contents are dropped and the snapshot's copied in ONE LMDB write
+        transaction, then synced, so a crash at any point leaves either the old state or the
+        new one, never a mix. This keeps the environment open (readers in other threads go on
+        seeing the old state until the commit), which a swap of directories could not.
+        Raises `CorruptionError` if the file is not a snapshot of this format.
+        """
+        env = self._open_env()
+        source = Path(path)
+        try:
+            snap_env = lmdb.open(
+                str(source),
+                subdir=False,
+                readonly=True,
+                lock=False,
+                max_dbs=len(_DB_NAMES),
+            )
+        except lmdb.Error as exc:
+            raise CorruptionError(
+                f"not an LMDB snapshot: {exc}", path=str(source), offset=0
+            ) from exc
+        try:
+            try:
+                snap_dbs = [snap_env.open_db(name, create=False) for name in _DB_NAMES]
+            except lmdb.Error as exc:
+                raise CorruptionError(
+                    f"snapshot lacks a sub-database: {exc}", path=str(source), offset=0
+                ) from exc
+            with snap_env.begin() as snap_txn:
+                version = snap_txn.get(_KEY_FORMAT, db=snap_dbs[1])
+                applied = snap_txn.get(_KEY_APPLIED, db=snap_dbs[1])
+                if version != bytes([FORMAT_VERSION]) or applied is None:
+                    raise CorruptionError(
+                        "snapshot has no valid format or applied index", path=str(source), offset=0
+                    )
+                index, term = _APPLIED.unpack(applied)
+                conf = _conf_state(_read_members(snap_txn, snap_dbs[1]))
+                with env.begin(write=True) as txn:
+                    for live_db, snap_db in zip(self._dbs(), snap_dbs, strict=True):
+                        txn.drop(live_db, delete=False)
+                        # The source is sorted in the same key order: MDB_APPEND is a fast path.
+                        cursor = txn.cursor(db=live_db)
+                        consumed, added = cursor.putmulti(
+                            snap_txn.cursor(db=snap_db).iternext(), append=True
+                        )
+                        if consumed != added:
+                            raise CorruptionError(
+                                "snapshot keys out of order", path=str(source), offset=0
+                            )
+                    # A snapshot taken with a larger sessions_max must obey ours.
+                    self._evict_sessions(txn)
+        finally:
+            snap_env.close()
+        env.sync(True)
+        return SnapshotMeta(index, term, conf)
+
+
+def _read_applied(txn: lmdb.Transaction[bytes], meta_db: lmdb._Database) -> tuple[int, int]:
+    raw = txn.get(_KEY_APPLIED, db=meta_db)
+    invariant(raw is not None, "meta lacks the applied index")
+    assert raw is not None  # for mypy; invariant() above fires under -O too
+    index, term = _APPLIED.unpack(raw)
+    return index, term
+
+
+def _read_members(
+    txn: lmdb.Transaction[bytes], meta_db: lmdb._Database
+) -> dict[str, tuple[str, str]]:
+    cursor = txn.cursor(db=meta_db)
+    members: dict[str, tuple[str, str]] = {}
+    if not cursor.set_range(_MEMBER_PREFIX):
+        return members
+    for key, value in cursor.iternext():
+        if not key.startswith(_MEMBER_PREFIX):
+            break
+        node_id = key[len(_MEMBER_PREFIX) :].decode()
+        members[node_id] = (value[1:].decode("utf-8", "replace"), _ROLE_NAMES[value[0]])
+    return members
+
+
+def _conf_state(members: dict[str, tuple[str, str]]) -> ConfState:
+    voters = tuple(sorted(i for i, (_, role) in members.items() if role == ROLE_VOTER))
+    learners = tuple(sorted(i for i, (_, role) in members.items() if role == ROLE_LEARNER))
+    return ConfState(voters, learners)
