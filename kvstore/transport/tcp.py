@@ -1,0 +1,838 @@
+"""The asyncio TCP layer over the sans-I/O codec and handshake.
+
+- `FramedConnection`: one TCP connection after its handshake, sending and receiving frames.
+- `connect_client()`: what `kvstore.Client` calls to reach a node.
+- `PeerTransport`: what the node uses. It listens on one address for peers and clients alike
+  (the HELLO says which), keeps one outbound connection per peer, and passes one-way Raft
+  messages: `send()` never blocks and never raises; failures are reported via `on_unreachable`.
+
+Everything here runs on one event loop; call `PeerTransport` methods from that loop's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import random
+import socket
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Final
+
+from kvstore.errors import AuthenticationError, RemoteProtocolError
+from kvstore.raft.types import Message, MessageType
+from kvstore.transport.auth import (
+    ROLE_CLIENT,
+    ROLE_PEER,
+    DialerHandshake,
+    ListenerHandshake,
+    Outgoing,
+    refusal_body,
+)
+from kvstore.transport.codec import (
+    NEED_DATA,
+    FrameDecoder,
+    FrameKind,
+    decode_batch,
+    encode_frame,
+)
+
+log = logging.getLogger("kvstore.transport")
+
+READ_CHUNK_BYTES: Final = 256 << 10
+"""Bytes asked of the socket per read; also the stream reader's buffer limit."""
+
+ROLE_NODE: Final = "node"
+"""`FramedConnection.role` of a connection made by `connect_client`: the other side is a node."""
+
+HANDSHAKE_TIMEOUT_S: Final = 5.0
+"""Default time a new connection has to finish its handshake (dial included, for dialers)."""
+
+HANDSHAKES_MAX: Final = 64
+"""Default number of inbound connections allowed in their handshake at once."""
+
+BACKOFF_INITIAL_S: Final = 0.05
+BACKOFF_MAX_S: Final = 2.0
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """Split `"host:port"` (or `"[v6]:port"`) into host and port; `ValueError` if malformed."""
+    host, sep, port_text = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"address must be 'host:port', got {address!r}")
+    return host, int(port_text)
+
+
+def format_address(host: str, port: int) -> str:
+    """Inverse of `parse_address`."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class FramedConnection:
+    """One TCP connection after a successful handshake: frames in, frames out.
+
+    `receive()` is for one reader at a time; any number of tasks may send. Bytes that break the
+    protocol close the connection and are logged; the caller sees `RemoteProtocolError`.
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        frame_bytes_max: int,
+        write_buffer_bytes_max: int = 64 << 20,
+        peer_id: str | None = None,
+        role: str | None = None,
+    ) -> None:
+        """`frame_bytes_max` bounds frames in both directions; `write_buffer_bytes_max` bounds
+        what `send_nowait` may leave in the write buffer."""
+        self._reader = reader
+        self._writer = writer
+        self._decoder = FrameDecoder(frame_bytes_max)
+        self._frame_bytes_max = frame_bytes_max
+        self._write_buffer_bytes_max = write_buffer_bytes_max
+        self._closed = False
+        self.peer_id: str | None = peer_id
+        """The authenticated node id of the other side; None when the other side is a client."""
+        self.role: str | None = role
+        """What the other side is: `"peer"` (a member), `"client"`, or `"node"` (we are the
+        client that dialed it)."""
+        peer = writer.get_extra_info("peername")
+        self.remote_address: str = (
+            format_address(str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else "?"
+        )
+        """The other side's "host:port", for logs."""
+        sock = writer.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Raft messages and client requests are small and latency-bound: no Nagle delay.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def __repr__(self) -> str:
+        return f"<FramedConnection {self.role or '?'} {self.peer_id or ''}@{self.remote_address}>"
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close()` was called or the connection was found broken."""
+        return self._closed or self._writer.is_closing()
+
+    @property
+    def write_buffer_bytes(self) -> int:
+        """Bytes written but not yet handed to the kernel."""
+        return self._writer.transport.get_write_buffer_size()
+
+    async def receive(self) -> tuple[FrameKind, object]:
+        """Return the next frame. Raises `ConnectionError` once the connection is closed (by
+        either side), `RemoteProtocolError` on bytes that break the protocol (logged; the
+        connection is closed)."""
+        decoder = self._decoder
+        while True:
+            try:
+                frame = decoder.next_frame()
+            except RemoteProtocolError as exc:
+                log.warning("closing connection %r: %s", self, exc)
+                self.close()
+                raise
+            except ConnectionError:
+                self.close()
+                raise
+            if frame is not NEED_DATA:
+                return frame
+            if self._closed:
+                raise ConnectionError("connection closed")
+            try:
+                data = await self._reader.read(READ_CHUNK_BYTES)
+            except OSError:
+                self.close()
+                raise
+            decoder.receive_data(data)
+
+    def send_nowait(self, kind: FrameKind, body: object) -> None:
+        """Buffer one frame for sending without waiting.
+
+        Raises `ConnectionError` if the connection is closed, `BufferError` if the write buffer
+        already holds more than `write_buffer_bytes_max` (the other side is not reading), and
+        `ValueError` if the frame would exceed `frame_bytes_max`.
+        """
+        if self.closed:
+            raise ConnectionError("connection closed")
+        if self.write_buffer_bytes > self._write_buffer_bytes_max:
+            raise BufferError(
+                f"write buffer of {self!r} holds over {self._write_buffer_bytes_max} bytes"
+            )
+        self._writer.write(encode_frame(kind, body, frame_bytes_max=self._frame_bytes_max))
+
+    async def send(self, kind: FrameKind, body: object) -> None:
+        """Send one frame, waiting while the write buffer is above its high-water mark.
+
+        Raises `ConnectionError` if the connection is closed, `ValueError` if the frame would
+        exceed `frame_bytes_max`.
+        """
+        if self.closed:
+            raise ConnectionError("connection closed")
+        self._writer.write(encode_frame(kind, body, frame_bytes_max=self._frame_bytes_max))
+        await self._writer.drain()
+
+    async def drain(self) -> None:
+        """Wait until the write buffer is below its high-water mark."""
+        await self._writer.drain()
+
+    def _write_bytes(self, data: bytes) -> None:
+        # Already-encoded frames, coalesced by the peer link into one write.
+        self._writer.write(data)
+
+    def close(self) -> None:
+        """Close the connection (what is buffered is still sent). Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._writer.close()
+
+    def abort(self) -> None:
+        """Close at once, dropping whatever is buffered."""
+        self._closed = True
+        self._writer.transport.abort()
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection is closed; never raises for a broken connection."""
+        with contextlib.suppress(OSError, ConnectionError):
+            await self._writer.wait_closed()
+
+
+async def _run_handshake(
+    conn: FramedConnection, handshake: DialerHandshake | ListenerHandshake, first: Outgoing
+) -> None:
+    """Exchange handshake frames until `handshake` is established; nothing else is read."""
+    for kind, body in first:
+        conn.send_nowait(kind, body)
+    await conn.drain()
+    while not handshake.established:
+        kind, body = await conn.receive()
+        for out_kind, out_body in handshake.receive(kind, body):
+            conn.send_nowait(out_kind, out_body)
+        await conn.drain()
+
+
+def _send_refusal(conn: FramedConnection, reason: str) -> None:
+    # Best effort: tell the other side why before closing, so its error says so too.
+    with contextlib.suppress(ConnectionError, BufferError, ValueError, OSError):
+        conn.send_nowait(FrameKind.ERROR, refusal_body(reason))
+
+
+async def _dial(
+    address: str,
+    handshake: DialerHandshake,
+    *,
+    frame_bytes_max: int,
+    role: str,
+) -> FramedConnection:
+    """Connect to `address` and run the dialer side of the handshake (no timeout here)."""
+    host, port = parse_address(address)
+    reader, writer = await asyncio.open_connection(host, port, limit=READ_CHUNK_BYTES)
+    conn = FramedConnection(reader, writer, frame_bytes_max=frame_bytes_max, role=role)
+    try:
+        await _run_handshake(conn, handshake, handshake.start())
+    except AuthenticationError as exc:
+        _send_refusal(conn, str(exc))
+        conn.close()
+        raise
+    except BaseException:
+        conn.abort()
+        raise
+    conn.peer_id = handshake.peer_id
+    return conn
+
+
+async def connect_client(
+    address: str,
+    *,
+    secret: bytes | None,
+    timeout_s: float,
+    frame_bytes_max: int = 16 << 20,
+) -> FramedConnection:
+    """Dial a node at `"host:port"` as a client and complete the handshake.
+
+    With a `secret`, both sides prove they hold it. The returned connection's `peer_id` is the
+    node's id (proven when there is a secret). Raises `AuthenticationError` if the node refuses
+    us or cannot prove the secret, `ConnectionError`/`OSError` if it cannot be reached,
+    `TimeoutError` if connecting and the handshake take longer than `timeout_s`, `ValueError`
+    on a malformed address.
+    """
+    handshake = DialerHandshake(role=ROLE_CLIENT, node_id=None, target_id=None, secret=secret)
+    async with asyncio.timeout(timeout_s):
+        return await _dial(address, handshake, frame_bytes_max=frame_bytes_max, role=ROLE_NODE)
+
+
+async def connect_peer(
+    address: str,
+    *,
+    node_id: str,
+    target_id: str,
+    secret: bytes | None,
+    member_ids: Iterable[str],
+    timeout_s: float,
+    frame_bytes_max: int = 64 << 20,
+) -> FramedConnection:
+    """Dial `target_id` at `address` as the peer `node_id` (what `PeerTransport` does for each
+    peer; public for tools and tests). Raises like `connect_client`, and `AuthenticationError`
+    also when the listener is not `target_id`."""
+    handshake = DialerHandshake(
+        role=ROLE_PEER, node_id=node_id, target_id=target_id, secret=secret, member_ids=member_ids
+    )
+    async with asyncio.timeout(timeout_s):
+        return await _dial(address, handshake, frame_bytes_max=frame_bytes_max, role=ROLE_PEER)
+
+
+# --- the node's transport ---------------------------------------------------------------------
+
+
+class _PeerLink:
+    """The outbound side towards one peer: a bounded queue of encoded frames and a task that
+    dials, runs the handshake, then writes whatever is queued, reconnecting with backoff."""
+
+    def __init__(self, transport: PeerTransport, peer_id: str) -> None:
+        self.peer_id = peer_id
+        self._transport = transport
+        self._frames: collections.deque[bytes] = collections.deque()
+        self._frame_bytes = 0
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._chunk_bytes = 0
+        self._wakeup = asyncio.Event()
+        self._conn: FramedConnection | None = None
+        self._backoff_s = BACKOFF_INITIAL_S
+        self._failures = 0
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"peer-{peer_id}")
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.closed
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._frame_bytes + self._chunk_bytes
+
+    def enqueue(self, frame: bytes) -> bool:
+        """Queue a RAFT frame; False (nothing queued) when the queue is full."""
+        if self._frame_bytes + len(frame) > self._transport.send_queue_bytes_max:
+            return False
+        self._frames.append(frame)
+        self._frame_bytes += len(frame)
+        self._wakeup.set()
+        return True
+
+    def enqueue_chunk(self, frame: bytes) -> bool:
+        """Queue a SNAPSHOT_CHUNK frame; False when the snapshot queue is full."""
+        size = len(frame)
+        # One chunk is always accepted into an empty queue, however big, so progress is possible.
+        if self._chunks and self._chunk_bytes + size > self._transport.snapshot_queue_bytes_max:
+            return False
+        self._chunks.append(frame)
+        self._chunk_bytes += size
+        self._wakeup.set()
+        return True
+
+    def redial(self) -> None:
+        """Drop the current connection (the peer's address changed); the next frame redials."""
+        if self._conn is not None:
+            self._conn.close()
+        self._wakeup.set()
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        if self._conn is not None:
+            self._conn.abort()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    def _drop_queued(self) -> None:
+        dropped = bool(self._frames or self._chunks)
+        self._frames.clear()
+        self._chunks.clear()
+        self._frame_bytes = self._chunk_bytes = 0
+        if dropped:
+            self._transport._report_unreachable(self.peer_id)
+
+    async def _run(self) -> None:
+        transport = self._transport
+        while True:
+            while not (self._frames or self._chunks):
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            conn = await self._connect()
+            if conn is None:
+                # Messages that waited for a dial that failed are stale: the core retries.
+                self._drop_queued()
+                delay_s = self._backoff_s * transport._rng.uniform(0.5, 1.5)
+                self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
+                await asyncio.sleep(delay_s)
+                continue
+            self._conn = conn
+            self._failures = 0
+            connected_at = asyncio.get_running_loop().time()
+            try:
+                await self._pump(conn)
+            finally:
+                self._conn = None
+                conn.abort()
+            transport._report_unreachable(self.peer_id)
+            if asyncio.get_running_loop().time() - connected_at < BACKOFF_MAX_S:
+                # A peer that accepts and then drops us at once must not make us spin.
+                await asyncio.sleep(self._backoff_s * transport._rng.uniform(0.5, 1.5))
+                self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
+            else:
+                self._backoff_s = BACKOFF_INITIAL_S
+
+    async def _connect(self) -> FramedConnection | None:
+        transport = self._transport
+        address = transport._peers.get(self.peer_id)
+        if address is None:
+            return None
+        try:
+            conn = await connect_peer(
+                address,
+                node_id=transport.node_id,
+                target_id=self.peer_id,
+                secret=transport._secret,
+                member_ids=transport._member_ids(),
+                timeout_s=transport.handshake_timeout_s,
+                frame_bytes_max=transport.frame_bytes_max,
+            )
+        except AuthenticationError as exc:
+            # A configuration error (wrong secret, wrong address): always worth a warning.
+            log.warning(
+                "%s: peer %s at %s refused: %s", transport.node_id, self.peer_id, address, exc
+            )
+            return None
+        except (OSError, TimeoutError, RemoteProtocolError, ValueError) as exc:
+            self._failures += 1
+            # Say it once per outage; a down peer would otherwise log every backoff period.
+            level = logging.WARNING if self._failures == 1 else logging.DEBUG
+            log.log(
+                level,
+                "%s: cannot reach peer %s at %s: %r",
+                transport.node_id,
+                self.peer_id,
+                address,
+                exc,
+            )
+            return None
+        log.info("%s: connected to peer %s at %s", transport.node_id, self.peer_id, address)
+        return conn
+
+    async def _pump(self, conn: FramedConnection) -> None:
+        transport = self._transport
+        watcher = asyncio.get_running_loop().create_task(self._watch(conn))
+        try:
+            while True:
+                while not (self._frames or self._chunks) and not conn.closed:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                if conn.closed:
+                    return
+                # Coalesce everything queued into one write (one syscall, fewer packets); at most
+                # one snapshot chunk rides along, so a snapshot never starves Raft traffic.
+                parts = list(self._frames)
+                self._frames.clear()
+                self._frame_bytes = 0
+                if self._chunks:
+                    chunk = self._chunks.popleft()
+                    self._chunk_bytes -= len(chunk)
+                    parts.append(chunk)
+                conn._write_bytes(parts[0] if len(parts) == 1 else b"".join(parts))
+                async with asyncio.timeout(transport.write_stall_timeout_s):
+                    await conn.drain()
+        except (OSError, TimeoutError) as exc:
+            log.warning("%s: connection to peer %s lost: %r", transport.node_id, self.peer_id, exc)
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+
+    async def _watch(self, conn: FramedConnection) -> None:
+        # The listener never writes after the handshake; reading finds EOF or an ERROR at once,
+        # where a write to a dead connection might go unnoticed for a while.
+        try:
+            kind, body = await conn.receive()
+            log.warning(
+                "%s: peer %s sent %s on our outbound connection: %.200r",
+                self._transport.node_id,
+                self.peer_id,
+                kind.name,
+                body,
+            )
+        except (OSError, RemoteProtocolError):
+            pass
+        finally:
+            conn.close()
+            self._wakeup.set()
+
+
+class PeerTransport:
+    """The node's network: one listening address for peers and clients, and one outbound
+    connection per peer.
+
+    Raft messages travel one way, in RAFT frames (one per recipient per `send` call). Inbound
+    messages go to `on_message` after checking that their sender is the authenticated peer and
+    their recipient is this node. Client connections go to `on_client_connection`.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        listen_address: str,
+        peers: Mapping[str, str],
+        *,
+        secret: bytes | None,
+        on_message: Callable[[Message], None],
+        on_unreachable: Callable[[str], None],
+        on_client_connection: Callable[[FramedConnection], Awaitable[None]],
+        on_snapshot_chunk: Callable[[str, object], None] | None = None,
+        is_member: Callable[[str], bool] | None = None,
+        frame_bytes_max: int = 64 << 20,
+        client_frame_bytes_max: int = 16 << 20,
+        send_queue_bytes_max: int = 64 << 20,
+        snapshot_queue_bytes_max: int = 8 << 20,
+        handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+        handshakes_max: int = HANDSHAKES_MAX,
+        write_stall_timeout_s: float = 30.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        """`peers` maps node id -> "host:port" (this node may be in it; it is never dialed).
+
+        `is_member(id)` decides whether an inbound peer may connect (default: `id in peers`, as
+        of the handshake). `send_queue_bytes_max` bounds the RAFT frames queued per peer,
+        `snapshot_queue_bytes_max` the snapshot chunks. `frame_bytes_max` bounds frames from
+        peers, `client_frame_bytes_max` frames from clients. A connection has
+        `handshake_timeout_s` to finish its handshake, and at most `handshakes_max` inbound
+        connections may be in their handshake at once (more are closed at once). A peer that
+        accepts no bytes for `write_stall_timeout_s` is disconnected. `rng` jitters backoff.
+        """
+        self.node_id = node_id
+        self.listen_address = listen_address
+        self._peers: dict[str, str] = dict(peers)
+        self._secret = secret
+        self._on_message = on_message
+        self._on_unreachable = on_unreachable
+        self._on_client_connection = on_client_connection
+        self._on_snapshot_chunk = on_snapshot_chunk
+        self._is_member = is_member or (lambda peer_id: peer_id in self._peers)
+        self.frame_bytes_max = frame_bytes_max
+        self.client_frame_bytes_max = client_frame_bytes_max
+        self.send_queue_bytes_max = send_queue_bytes_max
+        self.snapshot_queue_bytes_max = snapshot_queue_bytes_max
+        self.handshake_timeout_s = handshake_timeout_s
+        self.handshakes_max = handshakes_max
+        self.write_stall_timeout_s = write_stall_timeout_s
+        self._rng = rng or random.Random()
+        self._server: asyncio.Server | None = None
+        self._address: str | None = None
+        self._links: dict[str, _PeerLink] = {}
+        self._inbound: dict[str, FramedConnection] = {}
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        self._handshakes = 0
+        self._unreachable_pending: set[str] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
+        self._closed = asyncio.Event()
+        self.dropped_messages = 0
+        """Messages dropped by `send` so far (unknown recipient, full queue, local type)."""
+
+    # --- lifecycle ---
+
+    @property
+    def address(self) -> str:
+        """The bound "host:port" (the real port when `listen_address` asked for port 0)."""
+        if self._address is None:
+            raise RuntimeError("PeerTransport.start() has not run")
+        return self._address
+
+    async def start(self) -> None:
+        """Bind the listening address and start the outbound links."""
+        if self._server is not None or self._closing:
+            raise RuntimeError("PeerTransport already started")
+        self._loop = asyncio.get_running_loop()
+        host, port = parse_address(self.listen_address)
+        self._server = await asyncio.start_server(
+            self._on_accept, host, port, limit=READ_CHUNK_BYTES, reuse_address=True
+        )
+        bound_port = self._server.sockets[0].getsockname()[1]
+        self._address = format_address(host, int(bound_port))
+        for peer_id in self._peers:
+            if peer_id != self.node_id:
+                self._links[peer_id] = _PeerLink(self, peer_id)
+        log.info("%s: listening on %s", self.node_id, self._address)
+
+    async def close(self) -> None:
+        """Close the listener and every connection, inbound and outbound. Idempotent."""
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        try:
+            if self._server is not None:
+                self._server.close()
+            links = list(self._links.values())
+            self._links.clear()
+            await asyncio.gather(*(link.stop() for link in links))
+            for conn in list(self._inbound.values()):
+                conn.abort()
+            tasks = list(self._handlers | self._background)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self._server is not None:
+                await self._server.wait_closed()
+        finally:
+            self._closed.set()
+
+    # --- membership ---
+
+    def set_peers(self, peers: Mapping[str, str]) -> None:
+        """Replace the id -> address map: links to removed peers close, new peers get one, and
+        a peer whose address changed is redialed."""
+        old = self._peers
+        self._peers = dict(peers)
+        if self._server is None or self._closing:
+            return
+        for peer_id in list(self._links):
+            if peer_id not in self._peers:
+                self._spawn(self._links.pop(peer_id).stop())
+            elif old.get(peer_id) != self._peers[peer_id]:
+                self._links[peer_id].redial()
+        for peer_id in self._peers:
+            if peer_id != self.node_id and peer_id not in self._links:
+                self._links[peer_id] = _PeerLink(self, peer_id)
+
+    def _member_ids(self) -> list[str]:
+        return sorted(self._peers)
+
+    # --- sending ---
+
+    def send(self, messages: Iterable[Message]) -> None:
+        """Queue `messages` for their recipients: one RAFT frame per recipient per call.
+
+        Never blocks and never raises. A message for an unknown recipient, or that does not fit
+        in its recipient's queue, is dropped and `on_unreachable(recipient)` is called soon
+        after (not from inside this call).
+        """
+        if self._closing or self._loop is None:
+            return
+        groups: dict[str, list[Message]] = {}
+        for msg in messages:
+            if msg.type < MessageType.PROPOSE:
+                # A bug upstream; sending it would make the receiver drop the connection.
+                log.error("%s: not sending local message %r", self.node_id, msg)
+                self.dropped_messages += 1
+                continue
+            group = groups.get(msg.recipient)
+            if group is None:
+                groups[msg.recipient] = [msg]
+            else:
+                group.append(msg)
+        for recipient, group in groups.items():
+            link = self._links.get(recipient)
+            if link is not None:
+                try:
+                    frame = encode_frame(
+                        FrameKind.RAFT, group, frame_bytes_max=self.frame_bytes_max
+                    )
+                except (ValueError, TypeError) as exc:
+                    log.error("%s: cannot encode messages to %s: %r", self.node_id, recipient, exc)
+                else:
+                    if link.enqueue(frame):
+                        continue
+            self.dropped_messages += len(group)
+            self._report_unreachable(recipient)
+
+    def send_snapshot_chunk(self, peer_id: str, body: object) -> bool:
+        """Queue one SNAPSHOT_CHUNK frame for `peer_id`; False when its snapshot queue is full
+        (try again later), the peer is unknown or the transport is closed."""
+        link = self._links.get(peer_id)
+        if link is None or self._closing:
+            return False
+        try:
+            frame = encode_frame(
+                FrameKind.SNAPSHOT_CHUNK, body, frame_bytes_max=self.frame_bytes_max
+            )
+        except (ValueError, TypeError) as exc:
+            log.error("%s: cannot encode a snapshot chunk for %s: %r", self.node_id, peer_id, exc)
+            return False
+        return link.enqueue_chunk(frame)
+
+    def is_connected(self, peer_id: str) -> bool:
+        """Whether the outbound connection to `peer_id` is up right now."""
+        link = self._links.get(peer_id)
+        return link is not None and link.connected
+
+    def queued_bytes(self, peer_id: str) -> int:
+        """Bytes queued for `peer_id` and not yet written (RAFT and snapshot frames)."""
+        link = self._links.get(peer_id)
+        return 0 if link is None else link.queued_bytes
+
+    def _report_unreachable(self, peer_id: str) -> None:
+        # Deferred and coalesced: the caller may be inside the node's Ready loop, and a burst of
+        # drops for one peer is one piece of news.
+        if self._closing or self._loop is None or peer_id in self._unreachable_pending:
+            return
+        self._unreachable_pending.add(peer_id)
+        self._loop.call_soon(self._flush_unreachable, peer_id)
+
+    def _flush_unreachable(self, peer_id: str) -> None:
+        self._unreachable_pending.discard(peer_id)
+        if self._closing:
+            return
+        try:
+            self._on_unreachable(peer_id)
+        except Exception:
+            log.exception("%s: on_unreachable(%r) failed", self.node_id, peer_id)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        async def run() -> None:
+            await coro
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- receiving ---
+
+    async def _on_accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+        try:
+            await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            # Only close() cancels these tasks. Ending normally matters: asyncio's stream
+            # callback in 3.11 calls task.exception(), which raises for a cancelled task.
+            writer.transport.abort()
+        finally:
+            if task is not None:
+                self._handlers.discard(task)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Frames are limited to the peer size until the HELLO says "client"; handshake frames
+        # are tiny either way.
+        conn = FramedConnection(reader, writer, frame_bytes_max=self.frame_bytes_max)
+        if self._closing:
+            conn.abort()
+            return
+        if self._handshakes >= self.handshakes_max:
+            log.warning(
+                "%s: %d connections already in handshake; closing %s",
+                self.node_id,
+                self._handshakes,
+                conn.remote_address,
+            )
+            conn.abort()
+            return
+        handshake = ListenerHandshake(
+            node_id=self.node_id,
+            secret=self._secret,
+            member_ids=self._member_ids(),
+            is_member=self._is_member,
+        )
+        self._handshakes += 1
+        try:
+            async with asyncio.timeout(self.handshake_timeout_s):
+                await _run_handshake(conn, handshake, [])
+        except AuthenticationError as exc:
+            log.warning("%s: refused %s: %s", self.node_id, conn.remote_address, exc)
+            _send_refusal(conn, str(exc))
+            conn.close()
+            return
+        except TimeoutError:
+            log.warning("%s: handshake with %s timed out", self.node_id, conn.remote_address)
+            conn.abort()
+            return
+        except RemoteProtocolError as exc:
+            log.warning("%s: bad handshake from %s: %s", self.node_id, conn.remote_address, exc)
+            conn.abort()
+            return
+        except (OSError, ValueError) as exc:
+            log.info("%s: %s left during handshake: %r", self.node_id, conn.remote_address, exc)
+            conn.abort()
+            return
+        finally:
+            self._handshakes -= 1
+        if handshake.role == ROLE_CLIENT:
+            conn.role = ROLE_CLIENT
+            conn.peer_id = None
+            conn._decoder.frame_bytes_max = self.client_frame_bytes_max
+            await self._serve_client(conn)
+        else:
+            conn.role = ROLE_PEER
+            conn.peer_id = handshake.peer_id
+            await self._serve_peer(conn)
+
+    async def _serve_client(self, conn: FramedConnection) -> None:
+        try:
+            await self._on_client_connection(conn)
+        except (OSError, RemoteProtocolError):
+            pass  # the connection broke; already logged where it matters
+        except Exception:
+            log.exception("%s: client connection handler failed for %r", self.node_id, conn)
+        finally:
+            conn.close()
+            await conn.wait_closed()
+
+    async def _serve_peer(self, conn: FramedConnection) -> None:
+        peer_id = conn.peer_id
+        if peer_id is None:
+            raise AssertionError("peer connection without an id")
+        previous = self._inbound.get(peer_id)
+        if previous is not None:
+            # The peer redialed: its old connection is dead or about to be.
+            previous.abort()
+        self._inbound[peer_id] = conn
+        log.info("%s: peer %s connected from %s", self.node_id, peer_id, conn.remote_address)
+        try:
+            while True:
+                kind, body = await conn.receive()
+                if kind is FrameKind.RAFT:
+                    self._deliver(peer_id, decode_batch(body))
+                elif kind is FrameKind.SNAPSHOT_CHUNK:
+                    self._deliver_chunk(peer_id, body)
+                elif kind is FrameKind.ERROR:
+                    log.warning("%s: peer %s sent an error: %.200r", self.node_id, peer_id, body)
+                    return
+                else:
+                    raise RemoteProtocolError(f"unexpected {kind.name} frame from a peer")
+        except RemoteProtocolError as exc:
+            log.warning("%s: closing connection from peer %s: %s", self.node_id, peer_id, exc)
+        except OSError:
+            pass  # EOF or reset: the peer's own link reconnects
+        finally:
+            conn.abort()
+            if self._inbound.get(peer_id) is conn:
+                del self._inbound[peer_id]
+
+    def _deliver(self, peer_id: str, messages: list[Message]) -> None:
+        on_message = self._on_message
+        node_id = self.node_id
+        for msg in messages:
+            if msg.sender != peer_id or msg.recipient != node_id:
+                log.warning(
+                    "%s: dropped %s from %s to %s on the connection of peer %s",
+                    node_id,
+                    msg.type.name,
+                    msg.sender,
+                    msg.recipient,
+                    peer_id,
+                )
+                continue
+            try:
+                on_message(msg)
+            except Exception:
+                log.exception("%s: on_message failed for %s", node_id, msg.type.name)
+
+    def _deliver_chunk(self, peer_id: str, body: object) -> None:
+        if self._on_snapshot_chunk is None:
+            log.warning("%s: no snapshot handler; dropped a chunk from %s", self.node_id, peer_id)
+            return
+        try:
+            self._on_snapshot_chunk(peer_id, body)
+        except Exception:
+            log.exception("%s: on_snapshot_chunk failed for %s", self.node_id, peer_id)
