@@ -72,8 +72,8 @@ def apply_conf_change(conf: ConfState, change: ConfChange) -> ConfState:
         voters.add(node)
         learners.discard(node)
     elif change.type == ConfChangeType.ADD_LEARNER:
-        if node not in voters:
-            learners.add(node)
+        voters.discard(node)  # demotes a voter
+        learners.add(node)
     else:
         voters.discard(node)
         learners.discard(node)
