@@ -1,0 +1,742 @@
+"""The asyncio client: the one implementation behind `kvstore.aio.Client` and `kvstore.Client`.
+
+Connections: one per member, opened on first use and shared by every call. Each is pipelined:
+many requests in flight, answered in any order and matched by request id; requests issued
+together leave in one REQUEST frame. A connection that fails is dropped and redialled by the next
+call that needs it.
+
+Routing: writes (and membership changes) go to the leader. The client learns who that is from
+NotLeaderError redirects, remembers it, and forgets it when it stops answering. A redirect to an
+address not in the configured list is followed too. Reads go where the balancer says (any
+member can serve every consistency level), and to the leader after a NotLeaderError.
+
+Retries: a call retries, with capped and jittered exponential backoff, until it succeeds, hits
+an error that retrying cannot fix, or runs out of its `timeout_s`. At that point it raises
+`OperationTimeoutError` if some attempt was sent and never answered (the write may or may not
+have happened), and `UnavailableError` if nothing was ever delivered. `AuthenticationError` is
+raised at once.
+
+Exactly-once writes: every write carries a session `(client_id, seq)` and all retries of one
+write carry the same one, so the state machine answers a retry with the first result instead of
+applying it twice. The state machine remembers only the last `SESSION_WINDOW` seqs of each
+client id and refuses anything older as stale, so pipelined writes of one session must never
+span more than that window: if they did, a slow or retried early write could arrive after the
+window moved past it and be dropped. The client therefore lends sessions from a small pool:
+a write takes the newest session whose oldest write in flight is less than
+`SEQS_IN_FLIGHT_MAX` seqs behind, or a fresh random id when none qualifies, and keeps its seq
+for every retry. Under light load one session serves everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from kvstore.client.balancer import Balancer, make_balancer
+from kvstore.client.protocol import (
+    CLIENT_ID_BYTES,
+    AddMemberRequest,
+    CasRequest,
+    DeleteRequest,
+    FrameConnection,
+    GetRequest,
+    PutRequest,
+    RemoveMemberRequest,
+    Request,
+    Response,
+    ResultParser,
+    ScanRequest,
+    Session,
+    StatusRequest,
+    TransferLeaderRequest,
+    decode_responses,
+    encode_request,
+    parse_bool,
+    parse_none,
+    parse_optional_bytes,
+    parse_pairs,
+    parse_status,
+)
+from kvstore.errors import (
+    AuthenticationError,
+    InvalidArgumentError,
+    NotLeaderError,
+    OperationTimeoutError,
+    RemoteProtocolError,
+    UnavailableError,
+)
+from kvstore.options import (
+    Status,
+    check_consistency,
+    check_key,
+    check_limit,
+    check_optional_value,
+    check_timeout,
+    check_value,
+)
+from kvstore.storage.commands import SESSION_WINDOW
+from kvstore.transport.codec import FrameKind
+
+__all__ = ["Client", "Connector", "parse_endpoints"]
+
+log = logging.getLogger(__name__)
+
+Connector = Callable[[str, float], Awaitable[FrameConnection]]
+"""`connect(address, timeout_s)`: open an authenticated connection to one member."""
+
+ENDPOINTS_MAX = 256
+"""Most members the client knows of (configured plus learned from redirects)."""
+CONNECTIONS_MAX = 256
+"""Most open connections; beyond this, idle ones are closed."""
+ATTEMPTS_MAX = 64
+"""Most attempts of one call, whatever its timeout."""
+PINNED_CONNECT_ATTEMPTS_MAX = 2
+"""Connection attempts when a call names its member (`status(address)`): fail fast when down."""
+BACKOFF_FIRST_S = 0.01
+BACKOFF_MAX_S = 0.5
+_SERVER_MARGIN_S = 0.05
+"""The member gets this much less time than the caller, so its TIMEOUT answer arrives first."""
+_REQUEST_IDS = 1 << 64
+SEQS_IN_FLIGHT_MAX = SESSION_WINDOW // 2
+"""Widest span of seqs one session may have in flight; half the state machine's window leaves
+room for a write that is retried while later ones complete."""
+_FRAME_REQUESTS_MAX = 1024
+"""Requests per REQUEST frame sent (the protocol allows more; this keeps frames moderate)."""
+
+
+def parse_endpoints(endpoints: object) -> dict[str, float]:
+    """Validate `endpoints` ("host:port" strings or a {"host:port": weight} mapping).
+
+    A single string may list several endpoints separated by commas. Returns address -> weight
+    (1.0 when not given), in the order given.
+    """
+    if isinstance(endpoints, str):
+        endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
+    if isinstance(endpoints, Mapping):
+        items = list(endpoints.items())
+    elif isinstance(endpoints, Sequence):
+        items = [(e, 1.0) for e in endpoints]
+    else:
+        raise InvalidArgumentError(
+            f"endpoints must be a list of 'host:port' or a mapping, got {type(endpoints).__name__}"
+        )
+    if not items:
+        raise InvalidArgumentError("endpoints must name at least one member")
+    if len(items) > ENDPOINTS_MAX:
+        raise InvalidArgumentError(f"at most {ENDPOINTS_MAX} endpoints, got {len(items)}")
+    result: dict[str, float] = {}
+    for address, weight in items:
+        _check_address(address)
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
+            raise InvalidArgumentError(f"weight of {address} must be > 0, got {weight!r}")
+        result[address] = float(weight)
+    return result
+
+
+def _check_address(address: object) -> str:
+    if not isinstance(address, str):
+        raise InvalidArgumentError(f"an endpoint must be a 'host:port' str, got {address!r}")
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidArgumentError(f"an endpoint must look like 'host:port', got {address!r}")
+    return address
+
+
+def _check_node_id(node_id: object) -> str:
+    if not isinstance(node_id, str) or not node_id:
+        raise InvalidArgumentError(f"node_id must be a non-empty str, got {node_id!r}")
+    return node_id
+
+
+class _ClientClosedError(UnavailableError):
+    def __init__(self) -> None:
+        super().__init__("the client is closed")
+
+
+class _LostError(Exception):
+    """The connection failed before the answer came; `sent` says whether the request left."""
+
+    def __init__(self, sent: bool, cause: str) -> None:
+        super().__init__(cause)
+        self.sent = sent
+
+
+class _Attempt:
+    __slots__ = ("sent",)
+
+    def __init__(self) -> None:
+        self.sent = False
+
+
+class _Channel:
+    """One pipelined connection: a writer task that batches requests into frames and a reader
+    task that routes answers to their waiting calls by request id."""
+
+    def __init__(self, address: str, conn: FrameConnection, max_inflight: int) -> None:
+        self.address = address
+        self._conn = conn
+        self._slots = asyncio.Semaphore(max_inflight)
+        self._pending: dict[int, tuple[asyncio.Future[Response], _Attempt]] = {}
+        # Requests not yet handed to the socket, in order; bounded by the slots.
+        self._outbox: dict[int, list[object]] = {}
+        self._wakeup = asyncio.Event()
+        self.closed = False
+        self._close_reason = "closed"
+        self._tasks = [
+            asyncio.create_task(self._read_loop(), name=f"kvstore-client-read-{address}"),
+            asyncio.create_task(self._write_loop(), name=f"kvstore-client-write-{address}"),
+        ]
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._pending)
+
+    async def call(self, request_id: int, encoded: list[object], attempt: _Attempt) -> Response:
+        """Send one request and wait for its answer; `_LostError` if the connection fails."""
+        async with self._slots:
+            if self.closed:
+                raise _LostError(False, self._close_reason)
+            future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+            self._pending[request_id] = (future, attempt)
+            self._outbox[request_id] = encoded
+            self._wakeup.set()
+            try:
+                return await future
+            finally:
+                # On timeout or cancellation, an unsent request is withdrawn.
+                self._pending.pop(request_id, None)
+                self._outbox.pop(request_id, None)
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                while self._outbox:
+                    batch: list[object] = []
+                    for request_id in list(self._outbox)[:_FRAME_REQUESTS_MAX]:
+                        batch.append(self._outbox.pop(request_id))
+                        entry = self._pending.get(request_id)
+                        if entry is not None:
+                            entry[1].sent = True
+                    await self._conn.send(FrameKind.REQUEST, batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.close(f"sending to {self.address} failed: {e!r}")
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                kind, body = await self._conn.receive()
+                if kind == FrameKind.RESPONSE:
+                    for response in decode_responses(body):
+                        entry = self._pending.get(response.request_id)
+                        # No entry: the caller gave up (timeout) before the answer came.
+                        if entry is not None and not entry[0].done():
+                            entry[0].set_result(response)
+                elif kind == FrameKind.ERROR:
+                    detail = body.get("message") if isinstance(body, dict) else body
+                    raise RemoteProtocolError(f"{self.address} closed the connection: {detail!r}")
+                else:
+                    raise RemoteProtocolError(f"unexpected {kind!r} frame from {self.address}")
+        except asyncio.CancelledError:
+            raise
+        except RemoteProtocolError as e:
+            log.warning("dropping the connection to %s: %s", self.address, e)
+            self.close(str(e))
+        except Exception as e:
+            self.close(f"connection to {self.address} lost: {e!r}")
+
+    def close(self, reason: str = "the client closed the connection") -> None:
+        """Fail every waiting call and close the connection; idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        self._close_reason = reason
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        for future, attempt in self._pending.values():
+            if not future.done():
+                future.set_exception(_LostError(attempt.sent, reason))
+        self._conn.close()
+
+    async def wait_closed(self) -> None:
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await self._conn.wait_closed()
+        except Exception:  # already closed or broken: either way it is gone
+            pass
+
+
+class _Session:
+    __slots__ = ("client_id", "inflight", "last_seq")
+
+    def __init__(self) -> None:
+        self.client_id = os.urandom(CLIENT_ID_BYTES)
+        self.last_seq = 0
+        self.inflight: set[int] = set()  # seqs lent and not yet given back
+
+
+class _SessionPool:
+    """Hands out (client_id, seq) pairs so that no session's writes in flight span more than
+    `SEQS_IN_FLIGHT_MAX` seqs (see the module docstring). The pool grows only while that many
+    writes are in flight at once, which the connections' slots bound."""
+
+    def __init__(self) -> None:
+        self._sessions: list[_Session] = []
+
+    def lend(self) -> tuple[_Session, int]:
+        for session in reversed(self._sessions):
+            # Lending seq s keeps the span s - oldest within the window.
+            if not session.inflight or session.last_seq + 1 - min(session.inflight) < (
+                SEQS_IN_FLIGHT_MAX
+            ):
+                break
+        else:
+            session = _Session()
+            self._sessions.append(session)
+        session.last_seq += 1
+        session.inflight.add(session.last_seq)
+        return session, session.last_seq
+
+    def give_back(self, session: _Session, seq: int) -> None:
+        session.inflight.discard(seq)
+
+    @property
+    def size(self) -> int:
+        return len(self._sessions)
+
+
+class Client:
+    """An asyncio client of a kvstore cluster. Every method is a coroutine; see `kvstore.Client`
+    for the same calls from threads.
+
+    `endpoints` lists members as "host:port" (or maps each to a weight for the "weighted"
+    balancer). `balancer` picks the member for each read. `secret` authenticates connections.
+    `timeout_s` is the default for `status()` and `scan()` and for connecting. `max_value_bytes`
+    bounds values. `max_inflight` bounds the requests in flight per connection. `connect`
+    replaces the TCP connector (tests use in-memory connections); `rng` seeds the backoff
+    jitter and the "random"/"latency" balancers.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str] | Mapping[str, float],
+        *,
+        balancer: str | Balancer = "weighted",
+        secret: bytes | None = None,
+        timeout_s: float = 5.0,
+        max_value_bytes: int = 1 << 20,
+        max_inflight: int = 1024,
+        frame_bytes_max: int = 16 << 20,
+        connect: Connector | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        weights = parse_endpoints(endpoints)
+        self._endpoints = list(weights)
+        """Configured members: where reads are spread."""
+        self._known = list(weights)
+        """Configured plus learned from redirects: where a leader is looked for."""
+        self._timeout_s = check_timeout(timeout_s)
+        if secret is not None and not isinstance(secret, bytes):
+            raise InvalidArgumentError("secret must be bytes or None")
+        for name, value in (
+            ("max_value_bytes", max_value_bytes),
+            ("max_inflight", max_inflight),
+            ("frame_bytes_max", frame_bytes_max),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgumentError(f"{name} must be a positive int, got {value!r}")
+        if frame_bytes_max < max_value_bytes + (64 << 10):
+            raise InvalidArgumentError("frame_bytes_max must exceed max_value_bytes by 64 KiB")
+        self._rng = rng if rng is not None else random.Random()
+        self._balancer = make_balancer(balancer, weights, rng=random.Random(self._rng.random()))
+        self._secret = secret
+        self._max_value_bytes = max_value_bytes
+        self._max_inflight = max_inflight
+        self._frame_bytes_max = frame_bytes_max
+        self._connect = connect if connect is not None else self._connect_tcp
+        self._channels: dict[str, _Channel] = {}
+        self._connecting: dict[str, asyncio.Task[_Channel]] = {}
+        self._leader: str | None = None
+        self._write_cursor = 0
+        self._request_ids = itertools.count(self._rng.randrange(1 << 32))
+        self._sessions = _SessionPool()
+        self._calls: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    # --- public API ----------------------------------------------------------------------------
+
+    async def put(self, key: bytes, value: bytes, *, timeout_s: float = 5.0) -> None:
+        """Set `key` to `value`; returns once the write is committed and applied."""
+        check_key(key)
+        check_value(value, self._max_value_bytes)
+        t = check_timeout(timeout_s)
+        await self._write(lambda rid, ts, s: PutRequest(rid, ts, s, key, value), parse_none, t)
+
+    async def get(
+        self, key: bytes, *, consistency: str = "linearizable", timeout_s: float = 5.0
+    ) -> bytes | None:
+        """The value of `key`, or None when it is absent."""
+        check_key(key)
+        level = check_consistency(consistency)
+        t = check_timeout(timeout_s)
+        result: bytes | None = await self._read(
+            lambda rid, ts: GetRequest(rid, ts, key, level), parse_optional_bytes, t
+        )
+        return result
+
+    async def delete(self, key: bytes, *, timeout_s: float = 5.0) -> bool:
+        """Remove `key`; True if it existed."""
+        check_key(key)
+        t = check_timeout(timeout_s)
+        result: bool = await self._write(
+            lambda rid, ts, s: DeleteRequest(rid, ts, s, key), parse_bool, t
+        )
+        return result
+
+    async def cas(
+        self, key: bytes, expected: bytes | None, new: bytes | None, *, timeout_s: float = 5.0
+    ) -> bool:
+        """Set `key` to `new` if its value is `expected`; True if it did.
+
+        `expected` None means "must be absent"; `new` None deletes the key.
+        """
+        check_key(key)
+        check_optional_value(expected, self._max_value_bytes, name="expected")
+        check_optional_value(new, self._max_value_bytes, name="new")
+        t = check_timeout(timeout_s)
+        result: bool = await self._write(
+            lambda rid, ts, s: CasRequest(rid, ts, s, key, expected, new), parse_bool, t
+        )
+        return result
+
+    async def scan(
+        self,
+        prefix: bytes = b"",
+        *,
+        limit: int | None = None,
+        consistency: str = "linearizable",
+        timeout_s: float | None = None,
+    ) -> list[tuple[bytes, bytes]]:
+        """The pairs whose key starts with `prefix`, sorted by key, at most `limit` of them."""
+        if not isinstance(prefix, bytes):
+            raise InvalidArgumentError(f"prefix must be bytes, got {type(prefix).__name__}")
+        checked_limit = check_limit(limit)
+        level = check_consistency(consistency)
+        t = self._timeout_s if timeout_s is None else check_timeout(timeout_s)
+        result: list[tuple[bytes, bytes]] = await self._read(
+            lambda rid, ts: ScanRequest(rid, ts, prefix, checked_limit, level), parse_pairs, t
+        )
+        return result
+
+    async def status(self, address: str | None = None, *, timeout_s: float | None = None) -> Status:
+        """The status of the member at `address`, or of one the balancer picks."""
+        if address is not None:
+            _check_address(address)
+        t = self._timeout_s if timeout_s is None else check_timeout(timeout_s)
+        result: Status = await self._read(
+            lambda rid, ts: StatusRequest(rid, ts), parse_status, t, address=address
+        )
+        return result
+
+    async def add_member(self, node_id: str, address: str, *, timeout_s: float = 10.0) -> None:
+        """Add `node_id`, reachable at `address`, to the cluster."""
+        _check_node_id(node_id)
+        _check_address(address)
+        t = check_timeout(timeout_s)
+        await self._admin(lambda rid, ts: AddMemberRequest(rid, ts, node_id, address), t)
+
+    async def remove_member(self, node_id: str, *, timeout_s: float = 10.0) -> None:
+        """Remove `node_id` from the cluster."""
+        _check_node_id(node_id)
+        t = check_timeout(timeout_s)
+        await self._admin(lambda rid, ts: RemoveMemberRequest(rid, ts, node_id), t)
+
+    async def transfer_leadership(self, node_id: str, *, timeout_s: float = 10.0) -> None:
+        """Ask the leader to hand leadership to `node_id`."""
+        _check_node_id(node_id)
+        t = check_timeout(timeout_s)
+        await self._admin(lambda rid, ts: TransferLeaderRequest(rid, ts, node_id), t)
+
+    @property
+    def leader_address(self) -> str | None:
+        """The address of the member this client currently takes for the leader, if any."""
+        return self._leader
+
+    async def close(self) -> None:
+        """Close every connection; calls in progress fail with `UnavailableError`. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._connecting.values():
+            task.cancel()
+        channels = list(self._channels.values())
+        self._channels.clear()
+        for channel in channels:
+            channel.close()
+        calls = [task for task in self._calls if task is not asyncio.current_task()]
+        if calls:
+            await asyncio.wait(calls, timeout=2.0)
+        await asyncio.gather(
+            *(channel.wait_closed() for channel in channels),
+            *self._connecting.values(),
+            return_exceptions=True,
+        )
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    # --- calls ---------------------------------------------------------------------------------
+
+    async def _write(
+        self, build: Callable[[int, float, Session], Request], parse: ResultParser, timeout_s: float
+    ) -> Any:
+        session, seq = self._sessions.lend()
+        pair: Session = (session.client_id, seq)  # every retry below reuses this seq
+        try:
+            return await self._execute(
+                lambda rid, ts: build(rid, ts, pair), parse, timeout_s, to_leader=True
+            )
+        finally:
+            self._sessions.give_back(session, seq)
+
+    async def _admin(self, build: Callable[[int, float], Request], timeout_s: float) -> None:
+        await self._execute(build, parse_none, timeout_s, to_leader=True)
+
+    async def _read(
+        self,
+        build: Callable[[int, float], Request],
+        parse: ResultParser,
+        timeout_s: float,
+        *,
+        address: str | None = None,
+    ) -> Any:
+        return await self._execute(build, parse, timeout_s, to_leader=False, address=address)
+
+    async def _execute(
+        self,
+        build: Callable[[int, float], Request],
+        parse: ResultParser,
+        timeout_s: float,
+        *,
+        to_leader: bool,
+        address: str | None = None,
+    ) -> Any:
+        if self._closed:
+            raise _ClientClosedError()
+        task = asyncio.current_task()
+        if task is not None:
+            self._calls.add(task)
+        try:
+            return await self._attempts(build, parse, timeout_s, to_leader, address)
+        finally:
+            if task is not None:
+                self._calls.discard(task)
+
+    async def _attempts(
+        self,
+        build: Callable[[int, float], Request],
+        parse: ResultParser,
+        timeout_s: float,
+        to_leader: bool,
+        pinned: str | None,
+    ) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        unknown = False  # some attempt was sent and its outcome never learned
+        last_error: BaseException | None = None
+        failed: set[str] = set()  # members that failed during this call
+        redirect: str | None = None
+        backoffs = 0
+        connect_failures = 0
+        for _ in range(ATTEMPTS_MAX):
+            if self._closed:
+                raise _ClientClosedError()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            target = pinned or redirect or self._target(to_leader, failed)
+            redirect = None
+            backoff = True
+            try:
+                channel = await self._channel(target, remaining)
+            except AuthenticationError:
+                raise
+            except (OSError, TimeoutError, RemoteProtocolError) as e:
+                log.debug("cannot reach %s: %r", target, e)
+                last_error = e
+                self._member_failed(target, failed)
+                connect_failures += 1
+                if pinned is not None and connect_failures >= PINNED_CONNECT_ATTEMPTS_MAX:
+                    break
+            else:
+                request_id = next(self._request_ids) % _REQUEST_IDS
+                server_timeout_s = max(remaining - min(_SERVER_MARGIN_S, remaining / 10), 1e-3)
+                request = build(request_id, server_timeout_s)
+                attempt = _Attempt()
+                started = loop.time()
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        response = await channel.call(request_id, encode_request(request), attempt)
+                except TimeoutError:
+                    unknown = unknown or attempt.sent
+                    self._balancer.observe(target, None, False)
+                    break
+                except _LostError as e:
+                    unknown = unknown or e.sent
+                    last_error = e
+                    self._member_failed(target, failed)
+                else:
+                    error = response.error
+                    if error is None:
+                        self._balancer.observe(target, loop.time() - started, True)
+                        if to_leader:
+                            self._leader = target
+                        return parse(response.result)
+                    last_error = error
+                    if isinstance(error, NotLeaderError):
+                        self._balancer.observe(target, loop.time() - started, True)
+                        to_leader = True  # a read refused by a follower goes to the leader
+                        redirect, backoff = self._follow(error, target, failed)
+                    elif isinstance(error, UnavailableError):
+                        # Up but without a quorum or leader (an election?): try elsewhere.
+                        self._balancer.observe(target, None, False)
+                        failed.add(target)
+                        if self._leader == target:
+                            self._leader = None
+                    elif isinstance(error, OperationTimeoutError):
+                        unknown = True
+                    else:
+                        raise error  # invalid argument, authentication, internal: final
+                    if pinned is not None:
+                        raise error
+            if backoff:
+                backoffs += 1
+                await self._backoff(backoffs, deadline)
+        if unknown:
+            raise OperationTimeoutError(
+                f"no answer within {timeout_s:g} s; the outcome is unknown (last error: "
+                f"{last_error!r})"
+            )
+        raise UnavailableError(
+            f"no member could serve the request within {timeout_s:g} s (last error: {last_error!r})"
+        )
+
+    def _target(self, to_leader: bool, failed: set[str]) -> str:
+        """The member to try next: the leader for writes, the balancer's pick for reads."""
+        if to_leader:
+            if self._leader is not None and self._leader not in failed:
+                return self._leader
+            # Leader unknown: walk the known members in turn, skipping those that just failed.
+            candidates = [e for e in self._known if e not in failed] or self._known
+            self._write_cursor = (self._write_cursor + 1) % len(candidates)
+            return candidates[self._write_cursor]
+        candidates = [e for e in self._endpoints if e not in failed] or self._endpoints
+        return self._balancer.pick(candidates)
+
+    def _follow(
+        self, error: NotLeaderError, target: str, failed: set[str]
+    ) -> tuple[str | None, bool]:
+        """Act on a redirect; returns (where to go next or None, whether to back off first)."""
+        failed.add(target)
+        address = error.leader_address
+        if address is None or address == target:
+            # No leader known there (an election is running): back off, then ask another member.
+            if self._leader == target:
+                self._leader = None
+            return None, True
+        try:
+            _check_address(address)
+        except InvalidArgumentError:
+            log.warning("ignoring a redirect from %s to a bad address %r", target, address)
+            return None, True
+        if address not in self._known and len(self._known) < ENDPOINTS_MAX:
+            self._known.append(address)
+        self._leader = address
+        # A redirect to a member we have not just tried goes there at once; a loop backs off.
+        return address, address in failed
+
+    def _member_failed(self, address: str, failed: set[str]) -> None:
+        failed.add(address)
+        self._balancer.observe(address, None, False)
+        if self._leader == address:
+            self._leader = None
+
+    async def _backoff(self, n: int, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        delay_s = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * (2 ** min(n - 1, 16)))
+        # Jitter spreads the retries of many clients that failed together.
+        delay_s *= 0.5 + self._rng.random() / 2
+        delay_s = min(delay_s, max(0.0, deadline - loop.time()))
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
+
+    # --- connections ---------------------------------------------------------------------------
+
+    async def _connect_tcp(self, address: str, timeout_s: float) -> FrameConnection:
+        from kvstore.transport.tcp import connect_client
+
+        return await connect_client(
+            address,
+            secret=self._secret,
+            timeout_s=timeout_s,
+            frame_bytes_max=self._frame_bytes_max,
+        )
+
+    async def _channel(self, address: str, timeout_s: float) -> _Channel:
+        """The open connection to `address`, dialling it (once, for all callers) if needed."""
+        channel = self._channels.get(address)
+        if channel is not None and not channel.closed:
+            return channel
+        task = self._connecting.get(address)
+        if task is None:
+            task = asyncio.create_task(self._open(address, max(timeout_s, self._timeout_s)))
+            self._connecting[address] = task
+            task.add_done_callback(self._connect_done)
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if self._closed:
+                raise _ClientClosedError() from None
+            raise
+
+    def _connect_done(self, task: asyncio.Task[_Channel]) -> None:
+        for address, pending in list(self._connecting.items()):
+            if pending is task:
+                del self._connecting[address]
+        if not task.cancelled():
+            task.exception()  # retrieved here: every waiter may have timed out already
+
+    async def _open(self, address: str, timeout_s: float) -> _Channel:
+        conn = await self._connect(address, timeout_s)
+        if self._closed:
+            conn.close()
+            raise _ClientClosedError()
+        old = self._channels.get(address)
+        if old is not None:
+            old.close()
+        elif len(self._channels) >= CONNECTIONS_MAX:
+            self._evict_idle()
+        channel = _Channel(address, conn, self._max_inflight)
+        self._channels[address] = channel
+        return channel
+
+    def _evict_idle(self) -> None:
+        for address, channel in list(self._channels.items()):
+            if channel.closed or not channel.busy:
+                channel.close()
+                del self._channels[address]
+                return
