@@ -153,6 +153,11 @@ def _check_node_id(node_id: object) -> str:
     return node_id
 
 
+def _approx_bytes(encoded: list[object]) -> int:
+    """Roughly the msgpack size of an encoded request: its bytes and str fields dominate."""
+    return 32 + sum(len(x) for x in encoded if isinstance(x, bytes | str))
+
+
 class _ClientClosedError(UnavailableError):
     def __init__(self) -> None:
         super().__init__("the client is closed")
@@ -177,13 +182,16 @@ class _Channel:
     """One pipelined connection: a writer task that batches requests into frames and a reader
     task that routes answers to their waiting calls by request id."""
 
-    def __init__(self, address: str, conn: FrameConnection, max_inflight: int) -> None:
+    def __init__(
+        self, address: str, conn: FrameConnection, max_inflight: int, batch_bytes_max: int
+    ) -> None:
         self.address = address
         self._conn = conn
+        self._batch_bytes_max = batch_bytes_max
         self._slots = asyncio.Semaphore(max_inflight)
         self._pending: dict[int, tuple[asyncio.Future[Response], _Attempt]] = {}
         # Requests not yet handed to the socket, in order; bounded by the slots.
-        self._outbox: dict[int, list[object]] = {}
+        self._outbox: dict[int, tuple[list[object], int]] = {}  # id -> (request, bytes)
         self._wakeup = asyncio.Event()
         self.closed = False
         self._close_reason = "closed"
@@ -203,7 +211,7 @@ class _Channel:
                 raise _LostError(False, self._close_reason)
             future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
             self._pending[request_id] = (future, attempt)
-            self._outbox[request_id] = encoded
+            self._outbox[request_id] = (encoded, _approx_bytes(encoded))
             self._wakeup.set()
             try:
                 return await future
@@ -218,17 +226,29 @@ class _Channel:
                 await self._wakeup.wait()
                 self._wakeup.clear()
                 while self._outbox:
-                    batch: list[object] = []
-                    for request_id in list(self._outbox)[:_FRAME_REQUESTS_MAX]:
-                        batch.append(self._outbox.pop(request_id))
-                        entry = self._pending.get(request_id)
-                        if entry is not None:
-                            entry[1].sent = True
-                    await self._conn.send(FrameKind.REQUEST, batch)
+                    await self._conn.send(FrameKind.REQUEST, self._take_batch())
         except asyncio.CancelledError:
             raise
         except Exception as e:
             self.close(f"sending to {self.address} failed: {e!r}")
+
+    def _take_batch(self) -> list[object]:
+        """Pop the oldest requests that fit one frame (at least one) and mark them sent."""
+        batch: list[object] = []
+        total = 0
+        for request_id, (encoded, size) in self._outbox.items():
+            if batch and (
+                len(batch) >= _FRAME_REQUESTS_MAX or total + size > self._batch_bytes_max
+            ):
+                break
+            batch.append(encoded)
+            total += size
+            entry = self._pending.get(request_id)
+            if entry is not None:
+                entry[1].sent = True
+        for request_id in list(itertools.islice(self._outbox, len(batch))):
+            del self._outbox[request_id]
+        return batch
 
     async def _read_loop(self) -> None:
         try:
@@ -355,8 +375,11 @@ class Client:
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidArgumentError(f"{name} must be a positive int, got {value!r}")
-        if frame_bytes_max < max_value_bytes + (64 << 10):
-            raise InvalidArgumentError("frame_bytes_max must exceed max_value_bytes by 64 KiB")
+        if frame_bytes_max < 2 * max_value_bytes + (64 << 10):
+            # A cas carries two values; its frame must still fit.
+            raise InvalidArgumentError(
+                "frame_bytes_max must exceed twice max_value_bytes by 64 KiB"
+            )
         self._rng = rng if rng is not None else random.Random()
         self._balancer = make_balancer(balancer, weights, rng=random.Random(self._rng.random()))
         self._secret = secret
@@ -730,7 +753,8 @@ class Client:
             old.close()
         elif len(self._channels) >= CONNECTIONS_MAX:
             self._evict_idle()
-        channel = _Channel(address, conn, self._max_inflight)
+        # Half the frame limit per batch leaves room for msgpack's framing of each item.
+        channel = _Channel(address, conn, self._max_inflight, self._frame_bytes_max // 2)
         self._channels[address] = channel
         return channel
 
