@@ -52,6 +52,8 @@ HANDSHAKE_TIMEOUT_S: Final = 5.0
 HANDSHAKES_MAX: Final = 64
 """Default number of inbound connections allowed in their handshake at once."""
 
+_CLOSE_TIMEOUT_S: Final = 1.0
+
 BACKOFF_INITIAL_S: Final = 0.05
 BACKOFF_MAX_S: Final = 2.0
 
@@ -197,8 +199,14 @@ class FramedConnection:
 
     async def wait_closed(self) -> None:
         """Wait until the connection is closed; never raises for a broken connection."""
-        with contextlib.suppress(OSError, ConnectionError):
-            await self._writer.wait_closed()
+        try:
+            # Bounded: a graceful close waits for the other side to take the buffered bytes.
+            async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                await self._writer.wait_closed()
+        except TimeoutError:
+            self.abort()
+        except OSError:
+            pass
 
 
 async def _run_handshake(
@@ -237,6 +245,7 @@ async def _dial(
     except AuthenticationError as exc:
         _send_refusal(conn, str(exc))
         conn.close()
+        await conn.wait_closed()
         raise
     except BaseException:
         conn.abort()
@@ -376,6 +385,7 @@ class _PeerLink:
             finally:
                 self._conn = None
                 conn.abort()
+                await conn.wait_closed()
             transport._report_unreachable(self.peer_id)
             if asyncio.get_running_loop().time() - connected_at < BACKOFF_MAX_S:
                 # A peer that accepts and then drops us at once must not make us spin.
@@ -742,18 +752,22 @@ class PeerTransport:
             log.warning("%s: refused %s: %s", self.node_id, conn.remote_address, exc)
             _send_refusal(conn, str(exc))
             conn.close()
+            await conn.wait_closed()
             return
         except TimeoutError:
             log.warning("%s: handshake with %s timed out", self.node_id, conn.remote_address)
             conn.abort()
+            await conn.wait_closed()
             return
         except RemoteProtocolError as exc:
             log.warning("%s: bad handshake from %s: %s", self.node_id, conn.remote_address, exc)
             conn.abort()
+            await conn.wait_closed()
             return
         except (OSError, ValueError) as exc:
             log.info("%s: %s left during handshake: %r", self.node_id, conn.remote_address, exc)
             conn.abort()
+            await conn.wait_closed()
             return
         finally:
             self._handshakes -= 1
@@ -808,6 +822,7 @@ class PeerTransport:
             conn.abort()
             if self._inbound.get(peer_id) is conn:
                 del self._inbound[peer_id]
+            await conn.wait_closed()
 
     def _deliver(self, peer_id: str, messages: list[Message]) -> None:
         on_message = self._on_message

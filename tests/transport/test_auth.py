@@ -1,0 +1,335 @@
+"""The handshake state machines, sans-I/O: frames are passed by hand (through the real codec)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import pytest
+
+from kvstore.errors import AuthenticationError, RemoteProtocolError
+from kvstore.transport import auth
+from kvstore.transport.auth import (
+    ROLE_CLIENT,
+    ROLE_PEER,
+    DialerHandshake,
+    ListenerHandshake,
+    Outgoing,
+    refusal_body,
+)
+from kvstore.transport.codec import NEED_DATA, FrameDecoder, FrameKind, encode_frame
+
+SECRET = b"cluster secret"
+MEMBERS = ("n1", "n2", "n3")
+
+
+def wire(frames: Outgoing) -> Outgoing:
+    """Send frames through the real encoder and decoder, as the network would."""
+    decoder = FrameDecoder(1 << 20)
+    for kind, body in frames:
+        decoder.receive_data(encode_frame(kind, body))
+    out = []
+    while (frame := decoder.next_frame()) is not NEED_DATA:
+        out.append(frame)
+    return out
+
+
+def counter_nonces(start: int) -> Callable[[int], bytes]:
+    """Distinct, reproducible nonces for each handshake."""
+    counter = itertools.count(start)
+    return lambda size: next(counter).to_bytes(size, "big")
+
+
+def dialer(
+    *, secret: bytes | None = SECRET, node_id: str | None = "n1", target: str | None = "n2", **kw
+) -> DialerHandshake:
+    role = ROLE_PEER if node_id is not None else ROLE_CLIENT
+    members = MEMBERS if role == ROLE_PEER else ()
+    return DialerHandshake(
+        role=role, node_id=node_id, target_id=target, secret=secret, member_ids=members, **kw
+    )
+
+
+def listener(
+    *, secret: bytes | None = SECRET, node_id: str = "n2", members=MEMBERS, **kw
+) -> ListenerHandshake:
+    kw.setdefault("is_member", lambda peer_id: peer_id in members)
+    return ListenerHandshake(node_id=node_id, secret=secret, member_ids=members, **kw)
+
+
+def run(d: DialerHandshake, lis: ListenerHandshake) -> list[Outgoing]:
+    """Drive both sides to completion; return the frames each step produced (a transcript)."""
+    transcript = []
+    to_listener = wire(d.start())
+    transcript.append(to_listener)
+    while to_listener:
+        to_dialer = wire([f for kind, body in to_listener for f in lis.receive(kind, body)])
+        transcript.append(to_dialer)
+        to_listener = wire([f for kind, body in to_dialer for f in d.receive(kind, body)])
+        transcript.append(to_listener)
+    return transcript
+
+
+# --- success ----------------------------------------------------------------------------------
+
+
+def test_peer_handshake_with_the_same_secret_authenticates_both_sides() -> None:
+    d, lis = dialer(), listener()
+    transcript = run(d, lis)
+    assert d.established and lis.established
+    assert d.peer_id == "n2"
+    assert lis.role == ROLE_PEER and lis.peer_id == "n1"
+    assert d.peer_member_ids == MEMBERS
+    kinds = [kind for step in transcript for kind, _ in step]
+    assert kinds == [FrameKind.HELLO, FrameKind.HELLO_ACK, FrameKind.AUTH, FrameKind.AUTH_OK]
+
+
+def test_client_handshake_with_the_same_secret() -> None:
+    d, lis = dialer(node_id=None, target=None), listener()
+    run(d, lis)
+    assert d.established and lis.established
+    assert lis.role == ROLE_CLIENT and lis.peer_id is None
+    assert d.peer_id == "n2"
+
+
+def test_without_a_secret_only_hello_and_ack_are_exchanged_and_ids_still_checked() -> None:
+    d, lis = dialer(secret=None), listener(secret=None)
+    transcript = run(d, lis)
+    assert d.established and lis.established
+    assert [k for step in transcript for k, _ in step] == [FrameKind.HELLO, FrameKind.HELLO_ACK]
+    assert lis.peer_id == "n1" and d.peer_id == "n2"
+    with pytest.raises(AuthenticationError, match="not a member"):
+        run(dialer(secret=None, node_id="intruder"), listener(secret=None))
+
+
+def test_nonces_are_fresh_and_32_bytes() -> None:
+    d1, d2 = dialer(), dialer()
+    hello1 = d1.start()[0][1]
+    hello2 = d2.start()[0][1]
+    assert isinstance(hello1, dict) and isinstance(hello2, dict)
+    assert len(hello1["nonce"]) == 32
+    assert hello1["nonce"] != hello2["nonce"]
+
+
+# --- refusals ---------------------------------------------------------------------------------
+
+
+def test_dialer_with_the_wrong_secret_is_refused_by_the_listener() -> None:
+    d, lis = dialer(secret=b"wrong"), listener()
+    with pytest.raises(AuthenticationError, match="failed to prove"):
+        run(d, lis)
+    assert not lis.established and not d.established
+    # The ERROR frame the I/O layer then sends makes the dialer fail with the same error type.
+    with pytest.raises(AuthenticationError, match="refused"):
+        d.receive(FrameKind.ERROR, refusal_body("the dialer failed to prove the cluster secret"))
+
+
+def test_listener_with_the_wrong_secret_is_refused_by_the_dialer() -> None:
+    # A node without the secret cannot answer AUTH with a valid proof. It gets the dialer's
+    # HELLO and AUTH, then answers with a proof made with what it has.
+    d = dialer()
+    impostor = listener(secret=b"wrong")
+    [(_, hello)] = wire(d.start())
+    [(_, ack)] = wire(impostor.receive(FrameKind.HELLO, hello))
+    d.receive(FrameKind.HELLO_ACK, ack)  # the dialer's AUTH goes to the impostor, unused
+    assert isinstance(hello, dict) and isinstance(ack, dict)
+    forged = auth._proof(b"wrong", "listener", hello, ack)
+    with pytest.raises(AuthenticationError, match="failed to prove"):
+        d.receive(FrameKind.AUTH_OK, {"proof": forged})
+    assert not d.established
+
+
+def test_listener_proof_garbage_is_refused() -> None:
+    d, lis = dialer(), listener()
+    [(_, hello)] = wire(d.start())
+    [(_, ack)] = wire(lis.receive(FrameKind.HELLO, hello))
+    d.receive(FrameKind.HELLO_ACK, ack)
+    with pytest.raises(AuthenticationError):
+        d.receive(FrameKind.AUTH_OK, {"proof": "not bytes"})
+
+
+def test_a_recorded_dialer_proof_replayed_on_a_new_connection_fails() -> None:
+    # An eavesdropper records a whole successful handshake ...
+    recorded = run(dialer(), listener(urandom=counter_nonces(1)))
+    [(_, hello)] = recorded[0]
+    [(_, auth_frame)] = recorded[2]
+    # ... and replays the dialer's frames to the same node later: fresh listener nonce, no entry.
+    lis = listener(urandom=counter_nonces(100))
+    lis.receive(FrameKind.HELLO, hello)
+    with pytest.raises(AuthenticationError):
+        lis.receive(FrameKind.AUTH, auth_frame)
+    # Control: had the listener reused its nonce, the replay would have worked, so the
+    # freshness of the nonce is what refused it above.
+    lis = listener(urandom=counter_nonces(1))
+    lis.receive(FrameKind.HELLO, hello)
+    lis.receive(FrameKind.AUTH, auth_frame)
+    assert lis.established
+
+
+def test_a_recorded_listener_proof_replayed_to_a_new_dialer_fails() -> None:
+    recorded = run(dialer(), listener())
+    [(_, ack)] = recorded[1]
+    [(_, auth_ok)] = recorded[3]
+    d = dialer()
+    d.start()
+    d.receive(FrameKind.HELLO_ACK, ack)
+    with pytest.raises(AuthenticationError):
+        d.receive(FrameKind.AUTH_OK, auth_ok)
+
+
+def test_a_proof_reflected_back_to_its_sender_fails() -> None:
+    # A fake listener echoes the dialer's own proof as its AUTH_OK: the direction label differs.
+    d, lis = dialer(), listener()
+    [(_, hello)] = wire(d.start())
+    [(_, ack)] = wire(lis.receive(FrameKind.HELLO, hello))
+    [(_, auth_frame)] = wire(d.receive(FrameKind.HELLO_ACK, ack))
+    with pytest.raises(AuthenticationError):
+        d.receive(FrameKind.AUTH_OK, auth_frame)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("members", ["n1", "n2", "n4"]), ("role", ROLE_CLIENT), ("node_id", "n3")],
+)
+def test_a_proof_is_bound_to_the_hello_it_answers(field: str, value: object) -> None:
+    # A man in the middle rewrites the HELLO (other cluster view, other role, other id): the
+    # dialer's proof covers what it sent, so the listener refuses it.
+    d, lis = dialer(), listener()
+    [(_, hello)] = wire(d.start())
+    assert isinstance(hello, dict)
+    [(_, ack)] = wire(lis.receive(FrameKind.HELLO, {**hello, field: value}))
+    [(_, auth_frame)] = wire(d.receive(FrameKind.HELLO_ACK, ack))
+    with pytest.raises(AuthenticationError):
+        lis.receive(FrameKind.AUTH, auth_frame)
+
+
+def test_a_proof_is_bound_to_the_listeners_cluster_view() -> None:
+    d, lis = dialer(), listener()
+    [(_, hello)] = wire(d.start())
+    [(_, ack)] = wire(lis.receive(FrameKind.HELLO, hello))
+    assert isinstance(ack, dict)
+    [(_, auth_frame)] = wire(d.receive(FrameKind.HELLO_ACK, {**ack, "members": ["n1", "n2"]}))
+    with pytest.raises(AuthenticationError):
+        lis.receive(FrameKind.AUTH, auth_frame)
+
+
+def test_dialer_without_a_secret_is_refused_by_a_listener_with_one() -> None:
+    d, lis = dialer(secret=None), listener()
+    [(_, hello)] = wire(d.start())
+    with pytest.raises(AuthenticationError, match="requires"):
+        lis.receive(FrameKind.HELLO, hello)
+    with pytest.raises(AuthenticationError):
+        d.receive(FrameKind.ERROR, refusal_body("this node requires the cluster secret"))
+
+
+def test_dialer_with_a_secret_is_refused_by_a_listener_without_one() -> None:
+    d, lis = dialer(), listener(secret=None)
+    [(_, hello)] = wire(d.start())
+    with pytest.raises(AuthenticationError, match="has none"):
+        lis.receive(FrameKind.HELLO, hello)
+
+
+def test_dialer_with_a_secret_refuses_a_listener_that_skips_authentication() -> None:
+    # A listener without a secret that accepted anyway: its ACK has no nonce.
+    d = dialer()
+    d.start()
+    with pytest.raises(AuthenticationError, match="no secret"):
+        d.receive(FrameKind.HELLO_ACK, {"node_id": "n2", "nonce": None, "members": list(MEMBERS)})
+
+
+def test_dialer_without_a_secret_refuses_a_listener_that_wants_one() -> None:
+    d = dialer(secret=None)
+    d.start()
+    ack = {"node_id": "n2", "nonce": b"\x01" * 32, "members": []}
+    with pytest.raises(AuthenticationError, match="requires a secret"):
+        d.receive(FrameKind.HELLO_ACK, ack)
+
+
+# --- ids --------------------------------------------------------------------------------------
+
+
+def test_listener_checks_the_dialers_claimed_id_with_is_member() -> None:
+    asked: list[str] = []
+
+    def is_member(peer_id: str) -> bool:
+        asked.append(peer_id)
+        return peer_id == "n1"
+
+    run(dialer(), listener(is_member=is_member))
+    assert asked == ["n1"]
+    with pytest.raises(AuthenticationError, match="not a member"):
+        run(dialer(node_id="n7"), listener(is_member=is_member))
+    assert asked == ["n1", "n7"]
+
+
+def test_peer_claiming_the_listeners_own_id_is_refused() -> None:
+    with pytest.raises(AuthenticationError):
+        run(dialer(node_id="n2", target="n2"), listener())
+
+
+def test_listener_refuses_a_dialer_that_wants_another_node() -> None:
+    with pytest.raises(AuthenticationError, match="wants node 'n3'"):
+        run(dialer(target="n3"), listener(node_id="n2"))
+
+
+def test_dialer_refuses_a_listener_that_is_not_the_node_it_dialed() -> None:
+    # Stale address map: the dialer thinks n3 lives here, but n2 answers (here the HELLO's
+    # target is stripped in transit, so only the dialer's own check can catch it).
+    d, lis = dialer(target="n3"), listener(node_id="n2")
+    [(_, hello)] = wire(d.start())
+    assert isinstance(hello, dict)
+    [(_, ack)] = wire(lis.receive(FrameKind.HELLO, {**hello, "target": None}))
+    with pytest.raises(AuthenticationError, match="dialed node 'n3'"):
+        d.receive(FrameKind.HELLO_ACK, ack)
+
+
+# --- malformed frames -------------------------------------------------------------------------
+
+
+def test_nothing_but_handshake_frames_is_accepted_before_completion() -> None:
+    lis = listener()
+    with pytest.raises(RemoteProtocolError):
+        lis.receive(FrameKind.RAFT, [])
+    lis = listener()
+    with pytest.raises(RemoteProtocolError):
+        lis.receive(FrameKind.REQUEST, [1, 2])
+    d, lis = dialer(), listener()
+    [(_, hello)] = wire(d.start())
+    lis.receive(FrameKind.HELLO, hello)
+    with pytest.raises(RemoteProtocolError):
+        lis.receive(FrameKind.REQUEST, [1, 2])  # AUTH expected
+    d = dialer()
+    d.start()
+    with pytest.raises(RemoteProtocolError):
+        d.receive(FrameKind.RESPONSE, [1])
+
+
+@pytest.mark.parametrize(
+    "hello",
+    [
+        None,
+        [],
+        {"role": "peer"},
+        {"role": "admin", "node_id": "n1", "target": None, "nonce": None, "members": []},
+        {"role": "peer", "node_id": None, "target": None, "nonce": None, "members": []},
+        {"role": "peer", "node_id": 5, "target": None, "nonce": None, "members": []},
+        {"role": "peer", "node_id": "n1", "target": None, "nonce": b"short", "members": []},
+        {"role": "peer", "node_id": "n1", "target": None, "nonce": None, "members": "n1"},
+        {"role": "peer", "node_id": "n1", "target": None, "nonce": None, "members": [1]},
+        {"role": ["peer"], "node_id": "n1", "target": None, "nonce": None, "members": []},
+    ],
+)
+def test_malformed_hello_is_a_protocol_error(hello: object) -> None:
+    with pytest.raises(RemoteProtocolError):
+        listener().receive(FrameKind.HELLO, hello)
+
+
+def test_a_failed_handshake_stays_failed() -> None:
+    d, lis = dialer(secret=b"wrong"), listener()
+    with pytest.raises(AuthenticationError):
+        run(d, lis)
+    # A second AUTH on the same connection does not get a second chance.
+    good = dialer()
+    [(_, hello)] = wire(good.start())
+    with pytest.raises(RemoteProtocolError):
+        lis.receive(FrameKind.HELLO, hello)
