@@ -9,11 +9,13 @@ Durability: the environment is opened with `sync=False, metasync=False`. The red
 source of truth; after a process crash, LMDB holds everything committed before it (the page
 cache survives) and the node replays the log from `applied_index() + 1`. `checkpoint()` forces
 LMDB to disk and returns the index it is durable at, so the log below it may be compacted.
-Caveat (see the module's report): with `sync=False`, a power loss or kernel crash between
-checkpoints can leave the LMDB file itself inconsistent, because LMDB reuses pages of the
-checkpointed version without ordering writes against its meta page.
+Caveat: this covers process crashes only. After a power loss or kernel crash between
+checkpoints, the LMDB file itself may be inconsistent: with `sync=False` LMDB reuses pages of
+the checkpointed version and the kernel may write its meta page before the pages it points to.
+Surviving that needs `sync=True` (one fdatasync per applied batch) or a fresh snapshot from the
+leader when the environment fails to open.
 
-Layout: five named sub-databases in one environment (in `directory`):
+Layout: four named sub-databases in one environment (in `directory`):
 
 - `data`: key -> value.
 - `meta`: `applied` -> (index u64, term u64); `format` -> 1 byte; `member/<id>` -> role byte
@@ -23,6 +25,13 @@ Layout: five named sub-databases in one environment (in `directory`):
   seq `newest - i`: whether it was applied, and whether its result was True.
 - `session_age`: index of a session's last apply (u64 big-endian, so keys sort by age) ->
   client_id. Eviction takes the first key: O(log n), no scan.
+
+Sessions: per client, the newest seq applied and a window of the `SESSION_WINDOW` seqs below
+it (applied or not, and each result). A seq in the window that was applied is answered with its
+first result and not applied again; one that was not applied yet is applied (a client's
+concurrent commands may commit out of order); one below the window is rejected as STALE. At
+most `sessions_max` sessions are kept; a new one evicts the session whose last apply is oldest,
+and a retry from an evicted client is applied again.
 
 Determinism: `apply` depends only on the entries and the prior state, never on how the entries
 were split into batches, the clock or the node. `sessions_max` must be the same on every member:
@@ -271,8 +280,12 @@ class StateMachine:
 
         if seq > top_seq:
             shift = seq - top_seq
-            applied_bits = (applied_bits << shift) & _WINDOW_MASK
-            result_bits = (result_bits << shift) & _WINDOW_MASK
+            if shift >= SESSION_WINDOW:
+                # Never shift by the raw gap: a seq near 2**64 would build an enormous int.
+                applied_bits = result_bits = 0
+            else:
+                applied_bits = (applied_bits << shift) & _WINDOW_MASK
+                result_bits = (result_bits << shift) & _WINDOW_MASK
             top_seq = seq
         bit = 1 << (top_seq - seq)
         applied_bits |= bit
@@ -434,8 +447,11 @@ class StateMachine:
             try:
                 env.copyfd(fd, compact=True, txn=txn)
                 os.fsync(fd)
-            finally:
+            except BaseException:
                 os.close(fd)
+                tmp.unlink(missing_ok=True)
+                raise
+            os.close(fd)
         os.replace(tmp, target)
         fsync_dir(target.parent)
         return SnapshotMeta(index, term, conf)

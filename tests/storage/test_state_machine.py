@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from kvstore.errors import CorruptionError, InvalidArgumentError, InvariantError
 from kvstore.raft.types import ConfChange, ConfChangeType, ConfState, Entry, EntryType
 from kvstore.storage.commands import (
+    SEQ_MAX,
     SESSION_WINDOW,
     CommandRejected,
     ResultCode,
@@ -189,6 +190,20 @@ def test_seq_below_the_window_is_stale_and_not_applied(sm: StateMachine) -> None
     assert apply_one(sm, encode_put(c, 2, b"edge", b"e")) is True
     assert apply_one(sm, encode_delete(c, 2, b"edge")) is True  # same seq: first result
     assert sm.get(b"edge") == b"e"
+
+
+def test_a_huge_seq_jump_is_cheap_and_resets_the_window(sm: StateMachine) -> None:
+    """A client may jump to any seq up to 2**64 - 1; the window must not grow with the gap."""
+    c = cid(5)
+    apply_one(sm, encode_put(c, 1, b"a", b"1"))
+    apply_one(sm, encode_put(c, SEQ_MAX, b"b", b"2"))
+    assert sm.session(c) == (SEQ_MAX, True)
+    assert apply_one(sm, encode_put(c, SEQ_MAX, b"b", b"again")) is True  # a retry
+    assert sm.get(b"b") == b"2"
+    result = apply_one(sm, encode_put(c, 2, b"c", b"3"))
+    assert isinstance(result, CommandRejected) and result.code == ResultCode.STALE
+    assert apply_one(sm, encode_put(c, SEQ_MAX - 1, b"d", b"4")) is True  # in the window
+    assert sm.get(b"d") == b"4"
 
 
 def test_sessions_are_bounded_and_the_least_recently_applied_is_evicted(tmp_path: Path) -> None:
