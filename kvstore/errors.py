@@ -49,7 +49,12 @@ class CorruptionError(KVStoreError):
     """Stored data failed verification. Names the file and the byte offset of the damage."""
 
     def __init__(self, message: str, *, path: str | None = None, offset: int | None = None) -> None:
-        where = f" ({path} at offset {offset})" if path is not None else ""
+        if path is None:
+            where = ""
+        elif offset is None:
+            where = f" ({path})"
+        else:
+            where = f" ({path} at offset {offset})"
         super().__init__(message + where)
         self.path = path
         self.offset = offset

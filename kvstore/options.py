@@ -41,6 +41,9 @@ class Options:
     """LMDB map size (the largest the state may grow)."""
     checkpoint_entries: int = 50_000
     """Applied entries between LMDB checkpoints (after which the log is compacted)."""
+    sessions_max: int = 100_000
+    """Client sessions the state machine remembers for exactly-once retries. Must be the same
+    on every member, or a retried command could apply on some members and not on others."""
     snapshot_chunk_bytes: int = 1 << 20
     """Chunk size when streaming a snapshot to a lagging member."""
     frame_bytes_max: int = 64 << 20
