@@ -208,7 +208,12 @@ class LeastLatency:
         if len(endpoints) == 1:
             return endpoints[0]
         with self._lock:
-            i, j = self._rng.sample(range(len(endpoints)), 2)
+            # Two distinct indices; cheaper than rng.sample() on this hot path.
+            n = len(endpoints)
+            i = self._rng.randrange(n)
+            j = self._rng.randrange(n - 1)
+            if j >= i:
+                j += 1
             a, b = endpoints[i], endpoints[j]
             if self._ewma_s.get(b, 0.0) < self._ewma_s.get(a, 0.0):
                 a, b = b, a

@@ -237,6 +237,29 @@ def test_no_answer_in_time_is_an_operation_timeout() -> None:
     run(main())
 
 
+def test_in_flight_requests_per_connection_are_bounded_and_waiting_obeys_the_deadline() -> None:
+    async def main() -> None:
+        cluster = FakeCluster.with_leader(1)
+        backend = cluster.backends[cluster.addresses[0]]
+        backend.gate = asyncio.Event()  # never answers
+        async with aio(cluster, max_inflight=2) as client:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            results = await asyncio.gather(
+                *(client.get(b"k", timeout_s=0.3) for _ in range(3)), return_exceptions=True
+            )
+            assert loop.time() - started < 1.0
+        assert backend.inflight_max == 2
+        # Two were sent and never answered; the third never left the client.
+        assert sorted(type(r).__name__ for r in results) == [
+            "OperationTimeoutError",
+            "OperationTimeoutError",
+            "UnavailableError",
+        ]
+
+    run(main())
+
+
 def test_nothing_reachable_is_unavailable() -> None:
     async def main() -> None:
         cluster = FakeCluster.with_leader(3)
