@@ -197,14 +197,16 @@ class FrameDecoder:
                 self._fail(f"unknown frame kind {kind_byte}")
             end = _PREFIX_BYTES + size
             if available >= end:
-                payload = bytes(memoryview(buffer)[HEADER_BYTES:end])
+                # Decode in place (no copy of the payload); the views must be released before
+                # the buffer may shrink.
+                with memoryview(buffer) as view, view[HEADER_BYTES:end] as payload:
+                    try:
+                        body = decode_body(payload)
+                    except RemoteProtocolError as exc:
+                        self._error = exc
+                        raise
                 # Deleting from the front of a bytearray is O(1) amortised in CPython.
                 del buffer[:end]
-                try:
-                    body = decode_body(payload)
-                except RemoteProtocolError as exc:
-                    self._error = exc
-                    raise
                 return kind, body
         if self._eof:
             if available:
@@ -245,6 +247,7 @@ def encode_batch(messages: Sequence[Message]) -> Sequence[Message]:
 _MESSAGE_TYPES: Final[dict[int, MessageType]] = {int(t): t for t in MessageType if not t.is_local()}
 _ENTRY_TYPES: Final[dict[int, EntryType]] = {int(t): t for t in EntryType}
 _MESSAGE_FIELDS: Final = len(Message._fields)
+_new_tuple: Final = tuple.__new__
 
 
 def _bad(what: str, value: object) -> RemoteProtocolError:
@@ -278,7 +281,8 @@ def _decode_entries(value: object) -> tuple[Entry, ...]:
         raise _bad("entries", value)
     if not value:
         return ()
-    entries = []
+    entries: list[Entry] = []
+    append = entries.append
     entry_types = _ENTRY_TYPES
     for item in value:
         # The hot path: one APPEND carries many entries, so checks stay inline.
@@ -296,7 +300,8 @@ def _decode_entries(value: object) -> tuple[Entry, ...]:
         entry_type = entry_types.get(kind) if type(kind) is int else None
         if entry_type is None:
             raise _bad("entry type", kind)
-        entries.append(Entry(term, index, entry_type, data))
+        # tuple.__new__ skips the NamedTuple's Python-level __new__: a quarter of the cost here.
+        append(_new_tuple(Entry, (term, index, entry_type, data)))
     return tuple(entries)
 
 

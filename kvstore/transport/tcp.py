@@ -364,35 +364,45 @@ class _PeerLink:
             self._transport._report_unreachable(self.peer_id)
 
     async def _run(self) -> None:
-        transport = self._transport
         while True:
-            while not (self._frames or self._chunks):
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            conn = await self._connect()
-            if conn is None:
-                # Messages that waited for a dial that failed are stale: the core retries.
-                self._drop_queued()
-                delay_s = self._backoff_s * transport._rng.uniform(0.5, 1.5)
-                self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
-                await asyncio.sleep(delay_s)
-                continue
-            self._conn = conn
-            self._failures = 0
-            connected_at = asyncio.get_running_loop().time()
             try:
-                await self._pump(conn)
-            finally:
-                self._conn = None
-                conn.abort()
-                await conn.wait_closed()
-            transport._report_unreachable(self.peer_id)
-            if asyncio.get_running_loop().time() - connected_at < BACKOFF_MAX_S:
-                # A peer that accepts and then drops us at once must not make us spin.
-                await asyncio.sleep(self._backoff_s * transport._rng.uniform(0.5, 1.5))
-                self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
-            else:
-                self._backoff_s = BACKOFF_INITIAL_S
+                await self._run_once()
+            except Exception:
+                # A bug here must not silently stop all traffic to this peer.
+                log.exception("%s: link to %s failed", self._transport.node_id, self.peer_id)
+                self._drop_queued()
+                await asyncio.sleep(BACKOFF_MAX_S)
+
+    async def _run_once(self) -> None:
+        """Wait for something to send, connect, and write until the connection is lost."""
+        transport = self._transport
+        while not (self._frames or self._chunks):
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        conn = await self._connect()
+        if conn is None:
+            # Messages that waited for a dial that failed are stale: the core retries.
+            self._drop_queued()
+            delay_s = self._backoff_s * transport._rng.uniform(0.5, 1.5)
+            self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
+            await asyncio.sleep(delay_s)
+            return
+        self._conn = conn
+        self._failures = 0
+        connected_at = asyncio.get_running_loop().time()
+        try:
+            await self._pump(conn)
+        finally:
+            self._conn = None
+            conn.abort()
+            await conn.wait_closed()
+        transport._report_unreachable(self.peer_id)
+        if asyncio.get_running_loop().time() - connected_at < BACKOFF_MAX_S:
+            # A peer that accepts and then drops us at once must not make us spin.
+            await asyncio.sleep(self._backoff_s * transport._rng.uniform(0.5, 1.5))
+            self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
+        else:
+            self._backoff_s = BACKOFF_INITIAL_S
 
     async def _connect(self) -> FramedConnection | None:
         transport = self._transport
@@ -534,6 +544,17 @@ class PeerTransport:
         self.handshake_timeout_s = handshake_timeout_s
         self.handshakes_max = handshakes_max
         self.write_stall_timeout_s = write_stall_timeout_s
+        for name in (
+            "frame_bytes_max",
+            "client_frame_bytes_max",
+            "send_queue_bytes_max",
+            "snapshot_queue_bytes_max",
+            "handshakes_max",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if handshake_timeout_s <= 0 or write_stall_timeout_s <= 0:
+            raise ValueError("timeouts must be > 0")
         self._rng = rng or random.Random()
         self._server: asyncio.Server | None = None
         self._address: str | None = None
@@ -775,6 +796,7 @@ class PeerTransport:
             conn.role = ROLE_CLIENT
             conn.peer_id = None
             conn._decoder.frame_bytes_max = self.client_frame_bytes_max
+            conn._frame_bytes_max = self.client_frame_bytes_max
             await self._serve_client(conn)
         else:
             conn.role = ROLE_PEER

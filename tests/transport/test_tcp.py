@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import socket
 import struct
@@ -582,5 +583,58 @@ def test_close_is_idempotent_and_closes_client_connections() -> None:
                 await conn.receive()
         node.transport.send([heartbeat("n1", "n2")])  # after close: silently nothing
         assert node.unreachable == []
+
+    run(main())
+
+
+def test_redials_back_off_exponentially_with_jitter() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        accepted_at: list[float] = []
+
+        def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            # Accepts and drops every connection: each dial fails in the handshake.
+            accepted_at.append(loop.time())
+            writer.transport.abort()
+
+        server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        node = Node("n1", peers={"n2": f"127.0.0.1:{port}"})
+        await node.transport.start()
+
+        async def heartbeats() -> None:
+            while True:  # the core keeps sending while the peer is down
+                node.transport.send([heartbeat("n1", "n2")])
+                await asyncio.sleep(0.01)
+
+        sender = asyncio.create_task(heartbeats())
+        try:
+            await wait_until(lambda: len(accepted_at) >= 5, timeout_s=10, what="5 dials")
+            gaps = [b - a for a, b in itertools.pairwise(accepted_at[:5])]
+            for i, gap in enumerate(gaps):
+                # Backoff 50 ms doubling, +-50% jitter; generous slack above for a busy machine.
+                assert 0.05 * 2**i * 0.5 <= gap <= 0.05 * 2**i * 1.5 + 0.5, gaps
+            assert "n2" in node.unreachable
+        finally:
+            sender.cancel()
+            await node.transport.close()
+            server.close()
+
+    run(main())
+
+
+def test_removed_peer_is_disconnected_and_reported() -> None:
+    async def main() -> None:
+        async with cluster("n1", "n2") as nodes:
+            n1 = nodes["n1"].transport
+            n1.send([heartbeat("n1", "n2")])
+            await wait_until(lambda: n1.is_connected("n2"))
+            await wait_until(lambda: "n1" in nodes["n2"].transport._inbound)
+            n1.set_peers({"n1": n1.address})
+            # n1 hangs up its link; n2 sees its inbound connection from n1 go.
+            await wait_until(lambda: "n1" not in nodes["n2"].transport._inbound)
+            n1.send([heartbeat("n1", "n2", 2)])
+            await wait_until(lambda: "n2" in nodes["n1"].unreachable)
+            assert [m.term for m in nodes["n2"].received] == [1]
 
     run(main())
