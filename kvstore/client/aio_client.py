@@ -226,6 +226,9 @@ class _Channel:
             if self.closed:
                 raise _LostError(False, self._close_reason)
             loop = asyncio.get_running_loop()
+            if loop.time() >= deadline:
+                # The slot came free just as time ran out: do not send what nobody awaits.
+                raise TimeoutError()
             future: asyncio.Future[Response] = loop.create_future()
             # A bare timer on the future: far cheaper per request than asyncio.timeout().
             timer = loop.call_at(deadline, _expire, future)

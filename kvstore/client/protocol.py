@@ -30,8 +30,10 @@ from kvstore.errors import (
     KVStoreError,
     NotLeaderError,
     OperationTimeoutError,
+    ProposalDroppedError,
     RemoteProtocolError,
     UnavailableError,
+    WalFailedError,
 )
 from kvstore.options import CONSISTENCY_LEVELS, Status
 from kvstore.transport.codec import FrameKind
@@ -281,6 +283,10 @@ def encode_ok(request_id: int, op: Op, result: object) -> list[object]:
 _CODE_OF: tuple[tuple[type[BaseException], ErrorCode], ...] = (
     (NotLeaderError, ErrorCode.NOT_LEADER),
     (UnavailableError, ErrorCode.UNAVAILABLE),
+    # The core refused the proposal: nothing was done, another member or a later try may work.
+    (ProposalDroppedError, ErrorCode.UNAVAILABLE),
+    # The log failed mid-write: the entry may still commit through the other members.
+    (WalFailedError, ErrorCode.TIMEOUT),
     # Any TimeoutError (asyncio's too) means the outcome is unknown: the same as ours.
     (TimeoutError, ErrorCode.TIMEOUT),
     (InvalidArgumentError, ErrorCode.INVALID_ARGUMENT),

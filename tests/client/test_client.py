@@ -232,7 +232,7 @@ def test_no_answer_in_time_is_an_operation_timeout() -> None:
             with pytest.raises(OperationTimeoutError) as info:
                 await client.put(b"k", b"v", timeout_s=0.2)
             assert isinstance(info.value, TimeoutError)
-            assert 0.2 <= loop.time() - started < 1.0
+            assert 0.2 <= loop.time() - started < 2.0
 
     run(main())
 
@@ -248,7 +248,7 @@ def test_in_flight_requests_per_connection_are_bounded_and_waiting_obeys_the_dea
             results = await asyncio.gather(
                 *(client.get(b"k", timeout_s=0.3) for _ in range(3)), return_exceptions=True
             )
-            assert loop.time() - started < 1.0
+            assert loop.time() - started < 2.5
         assert backend.inflight_max == 2
         # Two were sent and never answered; the third never left the client.
         assert sorted(type(r).__name__ for r in results) == [
@@ -271,7 +271,7 @@ def test_nothing_reachable_is_unavailable() -> None:
                 await client.put(b"k", b"v", timeout_s=0.3)
             with pytest.raises(UnavailableError):
                 await client.get(b"k", timeout_s=0.3)
-            assert loop.time() - started < 1.5
+            assert loop.time() - started < 3.0
         assert all(cluster.dials[a] >= 2 for a in cluster.addresses)  # it did retry
         assert cluster.total_calls == 0
 
@@ -332,7 +332,7 @@ def test_status_of_a_named_member_and_of_a_down_one() -> None:
             started = loop.time()
             with pytest.raises(UnavailableError):
                 await client.status(a)
-            assert loop.time() - started < 1.0  # fails fast rather than using all 5 s
+            assert loop.time() - started < 2.5  # fails fast rather than using all 5 s
             # A member not in the endpoint list can be asked too.
             cluster.backends["127.0.0.1:7999"] = FakeBackend("n9")
             assert (await client.status("127.0.0.1:7999")).node_id == "n9"

@@ -14,8 +14,10 @@ from kvstore.errors import (
     KVStoreError,
     NotLeaderError,
     OperationTimeoutError,
+    ProposalDroppedError,
     RemoteProtocolError,
     UnavailableError,
+    WalFailedError,
 )
 from kvstore.options import CONSISTENCY_LEVELS, Status
 
@@ -105,6 +107,15 @@ def test_unexpected_exceptions_become_generic_errors() -> None:
     (response,) = p.decode_responses(wire([p.encode_error(1, RuntimeError("bug"))]))
     assert type(response.error) is KVStoreError
     assert p.error_code_of(TimeoutError()) is p.ErrorCode.TIMEOUT
+
+
+def test_internal_errors_map_to_what_the_client_should_do() -> None:
+    # A dropped proposal did nothing (retry elsewhere); a failed log leaves the outcome unknown.
+    dropped = p.encode_error(1, ProposalDroppedError("not leader"))
+    wal = p.encode_error(2, WalFailedError("fsync failed"))
+    (r1, r2) = p.decode_responses(wire([dropped, wal]))
+    assert type(r1.error) is UnavailableError
+    assert type(r2.error) is OperationTimeoutError
 
 
 CID = b"\x01" * 16
