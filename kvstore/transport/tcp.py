@@ -52,6 +52,9 @@ HANDSHAKE_TIMEOUT_S: Final = 5.0
 HANDSHAKES_MAX: Final = 64
 """Default number of inbound connections allowed in their handshake at once."""
 
+ERROR_BUSY: Final = "busy"
+"""ERROR code sent to a client turned away because the node has too many client connections."""
+
 _CLOSE_TIMEOUT_S: Final = 1.0
 
 BACKOFF_INITIAL_S: Final = 0.05
@@ -515,6 +518,7 @@ class PeerTransport:
         snapshot_queue_bytes_max: int = 8 << 20,
         handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
         handshakes_max: int = HANDSHAKES_MAX,
+        client_connections_max: int = 4096,
         write_stall_timeout_s: float = 30.0,
         rng: random.Random | None = None,
     ) -> None:
@@ -525,7 +529,9 @@ class PeerTransport:
         `snapshot_queue_bytes_max` the snapshot chunks. `frame_bytes_max` bounds frames from
         peers, `client_frame_bytes_max` frames from clients. A connection has
         `handshake_timeout_s` to finish its handshake, and at most `handshakes_max` inbound
-        connections may be in their handshake at once (more are closed at once). A peer that
+        connections may be in their handshake at once (more are closed at once). Beyond
+        `client_connections_max` open client connections, a new client gets an ERROR frame with
+        code `ERROR_BUSY` right after its handshake, and is closed. A peer that
         accepts no bytes for `write_stall_timeout_s` is disconnected. `rng` jitters backoff.
         """
         self.node_id = node_id
@@ -543,6 +549,7 @@ class PeerTransport:
         self.snapshot_queue_bytes_max = snapshot_queue_bytes_max
         self.handshake_timeout_s = handshake_timeout_s
         self.handshakes_max = handshakes_max
+        self.client_connections_max = client_connections_max
         self.write_stall_timeout_s = write_stall_timeout_s
         for name in (
             "frame_bytes_max",
@@ -550,6 +557,7 @@ class PeerTransport:
             "send_queue_bytes_max",
             "snapshot_queue_bytes_max",
             "handshakes_max",
+            "client_connections_max",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -563,6 +571,7 @@ class PeerTransport:
         self._handlers: set[asyncio.Task[None]] = set()
         self._background: set[asyncio.Task[None]] = set()
         self._handshakes = 0
+        self._client_connections = 0
         self._unreachable_pending: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
@@ -804,6 +813,21 @@ class PeerTransport:
             await self._serve_peer(conn)
 
     async def _serve_client(self, conn: FramedConnection) -> None:
+        if self._client_connections >= self.client_connections_max:
+            log.warning(
+                "%s: %d client connections open; turning %s away",
+                self.node_id,
+                self._client_connections,
+                conn.remote_address,
+            )
+            with contextlib.suppress(ConnectionError, BufferError, ValueError, OSError):
+                conn.send_nowait(
+                    FrameKind.ERROR, {"code": ERROR_BUSY, "message": "too many client connections"}
+                )
+            conn.close()
+            await conn.wait_closed()
+            return
+        self._client_connections += 1
         try:
             await self._on_client_connection(conn)
         except (OSError, RemoteProtocolError):
@@ -811,6 +835,7 @@ class PeerTransport:
         except Exception:
             log.exception("%s: client connection handler failed for %r", self.node_id, conn)
         finally:
+            self._client_connections -= 1
             conn.close()
             await conn.wait_closed()
 

@@ -22,6 +22,7 @@ from kvstore.errors import AuthenticationError, RemoteProtocolError
 from kvstore.raft.types import Entry, Message, MessageType
 from kvstore.transport.codec import FrameKind, encode_frame, encode_message
 from kvstore.transport.tcp import (
+    ERROR_BUSY,
     FramedConnection,
     PeerTransport,
     connect_client,
@@ -636,5 +637,31 @@ def test_removed_peer_is_disconnected_and_reported() -> None:
             n1.send([heartbeat("n1", "n2", 2)])
             await wait_until(lambda: "n2" in nodes["n1"].unreachable)
             assert [m.term for m in nodes["n2"].received] == [1]
+
+    run(main())
+
+
+def test_clients_beyond_the_limit_are_turned_away_with_busy() -> None:
+    async def main() -> None:
+        async with cluster("n1", client_connections_max=2) as nodes:
+            address = nodes["n1"].transport.address
+            first = [await connect_client(address, secret=SECRET, timeout_s=5) for _ in range(2)]
+            for conn in first:
+                await conn.send(FrameKind.REQUEST, [0])
+                assert await conn.receive() == (FrameKind.RESPONSE, [0])
+            extra = await connect_client(address, secret=SECRET, timeout_s=5)
+            assert await extra.receive() == (
+                FrameKind.ERROR,
+                {"code": ERROR_BUSY, "message": "too many client connections"},
+            )
+            extra.close()
+            # When one leaves, there is room again.
+            first[0].close()
+            await wait_until(lambda: nodes["n1"].transport._client_connections == 1)
+            again = await connect_client(address, secret=SECRET, timeout_s=5)
+            await again.send(FrameKind.REQUEST, [1])
+            assert await again.receive() == (FrameKind.RESPONSE, [1])
+            again.close()
+            first[1].close()
 
     run(main())
