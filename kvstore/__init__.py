@@ -1,8 +1,17 @@
 """kvstore: an embedded, Raft-replicated, durable key-value store.
 
-Only the names in `__all__` are public; every other module is internal.
+Only the names in `__all__` (and the `kvstore.aio` module) are public; every other module is
+internal and may change.
 """
 
+from kvstore.client.balancer import (
+    Balancer,
+    LeastLatency,
+    RandomBalancer,
+    RoundRobin,
+    WeightedRoundRobin,
+)
+from kvstore.client.client import Client
 from kvstore.errors import (
     AuthenticationError,
     CorruptionError,
@@ -12,13 +21,22 @@ from kvstore.errors import (
     OperationTimeoutError,
     UnavailableError,
 )
+from kvstore.options import Options, Status
 
 __all__ = [
     "AuthenticationError",
+    "Balancer",
+    "Client",
     "CorruptionError",
     "InvalidArgumentError",
     "KVStoreError",
+    "LeastLatency",
     "NotLeaderError",
     "OperationTimeoutError",
+    "Options",
+    "RandomBalancer",
+    "RoundRobin",
+    "Status",
     "UnavailableError",
+    "WeightedRoundRobin",
 ]
