@@ -761,7 +761,8 @@ class RaftCore:
             )
         elif t == MT.TRANSFER_LEADER:
             if self._lead is not None and self._lead != m.sender:
-                self._msgs.append(m._replace(recipient=self._lead, sender=self._id))
+                target = m.context or m.sender.encode()
+                self._msgs.append(Message(MT.TRANSFER_LEADER, self._lead, self._id, context=target))
             else:
                 self.ignored_messages += 1
         elif t == MT.TIMEOUT_NOW:
@@ -1013,7 +1014,14 @@ class RaftCore:
         if pr.state == ProgressState.REPLICATE and pr.inflights.full():
             # The follower is alive: let one more APPEND go in case acks were lost.
             pr.inflights.free_first()
-        if pr.match < self._log.last_index() or pr.state == ProgressState.PROBE:
+        if pr.match < self._log.last_index():
+            if pr.state == ProgressState.REPLICATE:
+                # Make the flush send at least an empty APPEND after what was sent: if entries
+                # were lost on the way, the follower rejects it and replication restarts from
+                # its match index instead of waiting forever for acks that will not come.
+                pr.sent_commit = -1
+            self._need_flush = True
+        elif pr.state == ProgressState.PROBE:
             self._need_flush = True
         if m.context:
             self._read_ack(m.context, m.sender)
@@ -1055,6 +1063,9 @@ class RaftCore:
         except ProposalDroppedError as exc:
             self._refuse_forwarded(m, exc.reason)
             return
+        if not all(e[2] in (EntryType.NORMAL, EntryType.CONF_CHANGE) for e in ents):
+            self.ignored_messages += 1
+            return
         log = self._log
         first = log.last_index() + 1
         conf_indices = conf_change_indices(ents)
@@ -1069,11 +1080,7 @@ class RaftCore:
             self._pending_conf_index = first
         term = self._term
         self._append_entries(
-            [
-                Entry(term, first + k, EntryType(e[2]), e[3])
-                for k, e in enumerate(ents)
-                if e[2] in (EntryType.NORMAL, EntryType.CONF_CHANGE)
-            ]
+            [Entry(term, first + k, EntryType(e[2]), e[3]) for k, e in enumerate(ents)]
         )
         self._need_flush = True
 
@@ -1151,7 +1158,9 @@ class RaftCore:
             state = pr.state
             if state == ProgressState.REPLICATE:
                 inflights = pr.inflights
-                while pr.next <= last and not inflights.full():
+                while (
+                    pr.next <= last and pr.state == ProgressState.REPLICATE and not inflights.full()
+                ):
                     if not self._send_append(node, pr, last):
                         break
                 if pr.sent_commit < commit and pr.state == ProgressState.REPLICATE:

@@ -16,13 +16,15 @@ from kvstore.raft.config import Config
 from kvstore.raft.core import RaftCore
 from kvstore.raft.memory import MemoryLogView
 from kvstore.raft.types import (
+    ConfState,
     DroppedProposal,
     Entry,
     EntryType,
+    HardState,
     Message,
     MessageType,
-    Ready,
     ReadState,
+    Ready,
     Role,
     SnapshotMeta,
 )
@@ -98,6 +100,50 @@ def new_peer(
     return Peer(core, storage)
 
 
+def log_storage(
+    voters: Iterable[str],
+    terms: Iterable[int] = (),
+    *,
+    term: int | None = None,
+    vote: str | None = None,
+    commit: int = 0,
+    learners: Iterable[str] = (),
+) -> MemoryLogView:
+    """A MemoryLogView holding one entry per item of `terms` (entry i+1 has term terms[i]),
+    the configuration in its snapshot point, and a hard state (term defaults to the last one)."""
+    terms = list(terms)
+    entries = [Entry(t, i, EntryType.NORMAL, b"e%d" % i) for i, t in enumerate(terms, start=1)]
+    if term is None:
+        term = terms[-1] if terms else 1
+    return MemoryLogView(
+        snapshot=SnapshotMeta(0, 0, ConfState(tuple(sorted(voters)), tuple(sorted(learners)))),
+        hard_state=HardState(term, vote, commit),
+        entries=entries,
+    )
+
+
+def peer_with_log(
+    node_id: str,
+    voters: Iterable[str],
+    terms: Iterable[int] = (),
+    *,
+    seed: int = 0,
+    term: int | None = None,
+    commit: int = 0,
+    learners: Iterable[str] = (),
+    **options: Any,
+) -> Peer:
+    """A restarted peer whose log holds entries of the given terms (see `log_storage`)."""
+    storage = log_storage(voters, terms, term=term, commit=commit, learners=learners)
+    return new_peer(node_id, (), storage=storage, seed=seed, **options)
+
+
+def terms_of(peer: Peer) -> list[int]:
+    """The terms of every entry in the peer's stable log, from its first index on."""
+    s = peer.storage
+    return [s.term(i) for i in range(s.first_index(), s.last_index() + 1)]
+
+
 class Network:
     """Peers wired together through message filters. Deterministic given `seed`."""
 
@@ -128,6 +174,12 @@ class Network:
         self.down: set[str] = set()
         self.delivered: list[Message] = []
         """Every message delivered, in order (for assertions on traffic)."""
+
+    @classmethod
+    def of(cls, *peers: Peer, seed: int = 0) -> Network:
+        """A network of existing peers (built with `peer_with_log`, say)."""
+        by_id = {p.id: p for p in peers}
+        return cls(list(by_id), seed=seed, peers=by_id)
 
     def __getitem__(self, node: str) -> Peer:
         return self.peers[node]
