@@ -31,11 +31,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from kvstore.errors import KVStoreError
+from kvstore.testing.local_cluster import LocalCluster
 
 KEY_BYTES = 16
 VALUE_BYTES = 100
@@ -450,141 +452,233 @@ def _check_found(value: bytes | None, key: bytes) -> None:
         raise PeerOperationError(f"key {key!r} written earlier in the run reads as absent")
 
 
-def _sync_workloads(
-    system: str,
-    store: _SyncStore,
-    settings: BenchSettings,
-    progress: BenchProgress,
-    *,
-    concurrent_put: Callable[[Recorder], None],
-    concurrent_get: Callable[..., None],
-    in_process: bool,
-) -> list[WorkloadResult]:
-    """Writes then reads of every consistency level, sequential and `concurrency` in flight."""
-    value = bench_value(settings.value_bytes)
-    timeout_s = settings.timeout_s
-    results = [
-        measure(
-            system,
-            PUT_SEQUENTIAL,
-            settings,
-            progress,
-            lambda r: run_sequential(
-                lambda n: store.put(bench_key(n), value, timeout_s=timeout_s), r
-            ),
-            concurrency=1,
-        ),
-        measure(
-            system,
-            PUT_CONCURRENT,
-            settings,
-            progress,
-            concurrent_put,
-            concurrency=settings.concurrency,
-        ),
-    ]
+class StoreWorkloads:
+    """kvstore's workloads against a store with the synchronous API (`Client` or `Node`).
 
-    def sequential_get(consistency: str) -> Callable[[Recorder], None]:
+    Reads use the keys the writes left behind, so the put workloads run first. Subclasses say
+    how `concurrency` operations are kept in flight.
+    """
+
+    in_process = False
+    """True when reads may be served without leaving this process (lease, stale on a Node)."""
+
+    def __init__(
+        self, system: str, store: _SyncStore, settings: BenchSettings, progress: BenchProgress
+    ) -> None:
+        self.system = system
+        self.store = store
+        self.settings = settings
+        self.progress = progress
+        self.value = bench_value(settings.value_bytes)
+
+    def put_sequential(self) -> WorkloadResult:
+        """One writer; each put waits for its commit."""
+        store, value, timeout_s = self.store, self.value, self.settings.timeout_s
+
+        def put_one(number: int) -> None:
+            store.put(bench_key(number), value, timeout_s=timeout_s)
+
+        return self._measure(PUT_SEQUENTIAL, lambda r: run_sequential(put_one, r), concurrency=1)
+
+    def put_concurrent(self) -> WorkloadResult:
+        """`concurrency` puts in flight."""
+        return self._measure(
+            PUT_CONCURRENT, self._run_concurrent_put, concurrency=self.settings.concurrency
+        )
+
+    def get(self, consistency: str, *, concurrent: bool) -> WorkloadResult:
+        """Reads of keys the put workloads wrote, one at a time or `concurrency` in flight."""
+        settings, store = self.settings, self.store
+        # In-process lease and stale reads never leave this process: give them more operations.
+        local = self.in_process and consistency != "linearizable"
+        ops = settings.ops * (IN_PROCESS_READ_OPS_FACTOR if local else 1)
+        workload = get_workload(consistency, concurrent=concurrent)
+        if concurrent:
+            body = functools.partial(self._run_concurrent_get, consistency=consistency)
+            return self._measure(workload, body, concurrency=settings.concurrency, ops=ops)
+
         def get_one(number: int) -> None:
             key = bench_key(number % settings.ops)
-            _check_found(store.get(key, consistency=consistency, timeout_s=timeout_s), key)
+            found = store.get(key, consistency=consistency, timeout_s=settings.timeout_s)
+            _check_found(found, key)
 
-        return lambda recorder: run_sequential(get_one, recorder)
+        return self._measure(workload, lambda r: run_sequential(get_one, r), concurrency=1, ops=ops)
 
-    for consistency in CONSISTENCY_LEVELS:
-        # In-process lease and stale reads never leave this process: give them more operations.
-        local = in_process and consistency != "linearizable"
-        ops = settings.ops * (IN_PROCESS_READ_OPS_FACTOR if local else 1)
-        results.append(
-            measure(
-                system,
-                get_workload(consistency, concurrent=False),
-                settings,
-                progress,
-                sequential_get(consistency),
-                concurrency=1,
-                ops=ops,
-            )
+    def run_all(self) -> list[WorkloadResult]:
+        """Every workload, writes first."""
+        results = [self.put_sequential(), self.put_concurrent()]
+        for consistency in CONSISTENCY_LEVELS:
+            for concurrent in (False, True):
+                results.append(self.get(consistency, concurrent=concurrent))
+        return results
+
+    def _measure(
+        self,
+        workload: str,
+        body: Callable[[Recorder], None],
+        *,
+        concurrency: int,
+        ops: int | None = None,
+    ) -> WorkloadResult:
+        return measure(
+            self.system,
+            workload,
+            self.settings,
+            self.progress,
+            body,
+            concurrency=concurrency,
+            ops=ops,
         )
-        results.append(
-            measure(
-                system,
-                get_workload(consistency, concurrent=True),
-                settings,
-                progress,
-                functools.partial(concurrent_get, consistency=consistency),
-                concurrency=settings.concurrency,
-                ops=ops,
-            )
-        )
-    return results
+
+    def _run_concurrent_put(self, recorder: Recorder) -> None:
+        raise NotImplementedError
+
+    def _run_concurrent_get(self, recorder: Recorder, *, consistency: str) -> None:
+        raise NotImplementedError
+
+
+class ClientWorkloads(StoreWorkloads):
+    """Through `kvstore.Client` (sequential) and `kvstore.aio.Client` (concurrent)."""
+
+    def __init__(
+        self,
+        store: _SyncStore,
+        addresses: Sequence[str],
+        settings: BenchSettings,
+        progress: BenchProgress,
+    ) -> None:
+        super().__init__(KVSTORE, store, settings, progress)
+        self.addresses = list(addresses)
+
+    def _run_aio(
+        self, recorder: Recorder, make_op: Callable[[Any], Callable[[int], Awaitable[object]]]
+    ) -> None:
+        _node, _client, aio_client_class = _import_kvstore_parts()
+        settings = self.settings
+
+        async def main() -> None:
+            aio_client = aio_client_class(self.addresses, timeout_s=settings.timeout_s)
+            try:
+                await run_async(make_op(aio_client), recorder, concurrency=settings.concurrency)
+            finally:
+                await aio_client.close()
+
+        asyncio.run(main())
+
+    def _run_concurrent_put(self, recorder: Recorder) -> None:
+        value, timeout_s = self.value, self.settings.timeout_s
+
+        def make_op(aio_client: Any) -> Callable[[int], Awaitable[object]]:
+            async def op(number: int) -> None:
+                await aio_client.put(bench_key(number), value, timeout_s=timeout_s)
+
+            return op
+
+        self._run_aio(recorder, make_op)
+
+    def _run_concurrent_get(self, recorder: Recorder, *, consistency: str) -> None:
+        settings = self.settings
+
+        def make_op(aio_client: Any) -> Callable[[int], Awaitable[object]]:
+            async def op(number: int) -> None:
+                key = bench_key(number % settings.ops)
+                found = await aio_client.get(
+                    key, consistency=consistency, timeout_s=settings.timeout_s
+                )
+                _check_found(found, key)
+
+            return op
+
+        self._run_aio(recorder, make_op)
+
+
+class EmbeddedWorkloads(StoreWorkloads):
+    """Through a `kvstore.Node` in this process; `concurrency` threads when concurrent."""
+
+    in_process = True
+
+    def __init__(self, node: _SyncStore, settings: BenchSettings, progress: BenchProgress) -> None:
+        super().__init__(KVSTORE_EMBEDDED, node, settings, progress)
+
+    def _run_concurrent_put(self, recorder: Recorder) -> None:
+        store, value, timeout_s = self.store, self.value, self.settings.timeout_s
+
+        def put_one(number: int) -> None:
+            store.put(bench_key(number), value, timeout_s=timeout_s)
+
+        run_threaded(put_one, recorder, concurrency=self.settings.concurrency)
+
+    def _run_concurrent_get(self, recorder: Recorder, *, consistency: str) -> None:
+        store, settings = self.store, self.settings
+
+        def get_one(number: int) -> None:
+            key = bench_key(number % settings.ops)
+            found = store.get(key, consistency=consistency, timeout_s=settings.timeout_s)
+            _check_found(found, key)
+
+        run_threaded(get_one, recorder, concurrency=settings.concurrency)
 
 
 def _import_kvstore_parts() -> tuple[type[Any], type[Any], type[Any]]:
     """(Node, Client, aio Client), or BenchError saying which part has not landed."""
     try:
-        from kvstore.client.aio_client import Client as AioClient
-        from kvstore.client.client import Client
-        from kvstore.node import Node
+        node_module = importlib.import_module("kvstore.node")
+        client_module = importlib.import_module("kvstore.client.client")
+        aio_module = importlib.import_module("kvstore.client.aio_client")
     except ImportError as error:
         raise BenchError(f"kvstore is not complete yet ({error})") from error
-    return Node, Client, AioClient
+    return node_module.Node, client_module.Client, aio_module.Client
+
+
+@contextlib.contextmanager
+def client_cluster(settings: BenchSettings) -> Iterator[tuple[LocalCluster, Any]]:
+    """Three `kvstore serve` processes with a leader, and a `kvstore.Client` on all of them."""
+    _node, client_class, _aio = _import_kvstore_parts()
+    with (
+        LocalCluster(3) as cluster,
+        client_class(cluster.addresses, timeout_s=settings.timeout_s) as client,
+    ):
+        cluster.wait_for_leader(client, timeout_s=LEADER_WAIT_S_MAX)
+        yield cluster, client
+
+
+@contextlib.contextmanager
+def embedded_node() -> Iterator[Any]:
+    """A `kvstore.Node` in this process that leads two `kvstore serve` processes."""
+    node_class, _client, _aio = _import_kvstore_parts()
+    cluster = LocalCluster(3)
+    local_id = "n1"
+    with contextlib.closing(cluster):
+        # restart() spawns a member that is not running: start only the other two as processes.
+        for member in cluster:
+            if member.node_id != local_id:
+                cluster.restart(member.node_id)
+        peers = {member.node_id: member.address for member in cluster}
+        data_dir = cluster.members[local_id].data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with node_class(local_id, data_dir, peers) as node:
+            _make_leader(node, local_id)
+            yield node
 
 
 def bench_kvstore_client(settings: BenchSettings, progress: BenchProgress) -> list[WorkloadResult]:
     """kvstore through `kvstore.Client` against three `kvstore serve` processes, then failover."""
-    from kvstore.testing.local_cluster import LocalCluster
-
-    _node, client_class, aio_client_class = _import_kvstore_parts()
-    value = bench_value(settings.value_bytes)
-    timeout_s = settings.timeout_s
-    with LocalCluster(3) as cluster, client_class(cluster.addresses, timeout_s=timeout_s) as client:
-        leader = cluster.wait_for_leader(client, timeout_s=LEADER_WAIT_S_MAX)
-        progress.note(f"kvstore: 3 `kvstore serve` processes, leader {leader}")
-
-        def aio(
-            recorder: Recorder, make_op: Callable[[Any], Callable[[int], Awaitable[object]]]
-        ) -> None:
-            async def main() -> None:
-                aio_client = aio_client_class(cluster.addresses, timeout_s=timeout_s)
-                try:
-                    await run_async(make_op(aio_client), recorder, concurrency=settings.concurrency)
-                finally:
-                    await aio_client.close()
-
-            asyncio.run(main())
-
-        def concurrent_put(recorder: Recorder) -> None:
-            def make_op(aio_client: Any) -> Callable[[int], Awaitable[object]]:
-                async def op(number: int) -> None:
-                    await aio_client.put(bench_key(number), value, timeout_s=timeout_s)
-
-                return op
-
-            aio(recorder, make_op)
-
-        def concurrent_get(recorder: Recorder, consistency: str) -> None:
-            def make_op(aio_client: Any) -> Callable[[int], Awaitable[object]]:
-                async def op(number: int) -> None:
-                    key = bench_key(number % settings.ops)
-                    found = await aio_client.get(key, consistency=consistency, timeout_s=timeout_s)
-                    _check_found(found, key)
-
-                return op
-
-            aio(recorder, make_op)
-
-        results = _sync_workloads(
-            KVSTORE,
-            client,
-            settings,
-            progress,
-            concurrent_put=concurrent_put,
-            concurrent_get=concurrent_get,
-            in_process=False,
+    with client_cluster(settings) as (cluster, client):
+        progress.note(
+            f"kvstore: 3 `kvstore serve` processes, leader {cluster.leader(client) or '?'}"
         )
+        results = ClientWorkloads(client, cluster.addresses, settings, progress).run_all()
         results.append(measure_failover(cluster, client, settings, progress))
     return results
+
+
+def bench_kvstore_embedded(
+    settings: BenchSettings, progress: BenchProgress
+) -> list[WorkloadResult]:
+    """kvstore through a `kvstore.Node` in this process, made leader of a 3-member cluster."""
+    with embedded_node() as node:
+        progress.note("kvstore-embedded: the kvstore.Node in this process is leader")
+        return EmbeddedWorkloads(node, settings, progress).run_all()
 
 
 def measure_failover(
@@ -686,54 +780,6 @@ def _wait(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
         if time.monotonic() > deadline:
             raise BenchError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(0.001)
-
-
-def bench_kvstore_embedded(
-    settings: BenchSettings, progress: BenchProgress
-) -> list[WorkloadResult]:
-    """kvstore through a `kvstore.Node` in this process, made leader of a 3-member cluster."""
-    from kvstore.testing.local_cluster import LocalCluster
-
-    node_class, _client, _aio = _import_kvstore_parts()
-    value = bench_value(settings.value_bytes)
-    timeout_s = settings.timeout_s
-    cluster = LocalCluster(3)
-    with contextlib.closing(cluster):
-        local_id = "n1"
-        # restart() spawns a member that is not running: start only the other two as processes.
-        for member in cluster:
-            if member.node_id != local_id:
-                cluster.restart(member.node_id)
-        peers = {member.node_id: member.address for member in cluster}
-        data_dir = cluster.members[local_id].data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
-        with node_class(local_id, data_dir, peers) as node:
-            _make_leader(node, local_id)
-            progress.note(f"kvstore-embedded: kvstore.Node {local_id} in this process is leader")
-
-            def concurrent_put(recorder: Recorder) -> None:
-                run_threaded(
-                    lambda n: node.put(bench_key(n), value, timeout_s=timeout_s),
-                    recorder,
-                    concurrency=settings.concurrency,
-                )
-
-            def concurrent_get(recorder: Recorder, consistency: str) -> None:
-                def get_one(number: int) -> None:
-                    key = bench_key(number % settings.ops)
-                    _check_found(node.get(key, consistency=consistency, timeout_s=timeout_s), key)
-
-                run_threaded(get_one, recorder, concurrency=settings.concurrency)
-
-            return _sync_workloads(
-                KVSTORE_EMBEDDED,
-                node,
-                settings,
-                progress,
-                concurrent_put=concurrent_put,
-                concurrent_get=concurrent_get,
-                in_process=True,
-            )
 
 
 def _make_leader(node: Any, node_id: str) -> None:
@@ -902,6 +948,7 @@ def render_report(report: BenchReport, console: Console) -> None:
             f"{settings.value_bytes}-byte values, {settings.concurrency} in flight when concurrent"
         ),
         caption="x peer: this row's ops/s over the peer's in the same run",
+        box=box.SIMPLE_HEAD,
     )
     table.add_column("workload")
     table.add_column("system")
@@ -934,7 +981,6 @@ def render_report(report: BenchReport, console: Console) -> None:
                 result.system,
                 *figures,
                 *ratios,
-                end_section=number == len(rows) - 1,
             )
     console.print(table)
     for target, measured, passed in report.verdicts():
@@ -982,7 +1028,8 @@ def run_bench(*, ops: int, concurrency: int, json_path: str | None) -> int:
     """
     settings = BenchSettings(ops=ops, concurrency=concurrency)
     settings.validate()
-    console = Console()
+    # Off a terminal (a log, CI) rich assumes 80 columns, too narrow for the table.
+    console = Console() if sys.stdout.isatty() else Console(width=120)
     console.rule("[bold]kvstore bench[/bold]")
     with BenchProgress(console, enabled=console.is_terminal) as progress:
         report = run_comparison(settings, progress)

@@ -25,7 +25,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from kvstore.bench import (
     ETCD,
@@ -192,13 +191,16 @@ class EtcdCluster:
         return "\n".join(member.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def close(self) -> None:
-        """SIGTERM every member this cluster started (SIGKILL past STOP_S_MAX); remove the data."""
-        for member in self.members:
-            if member.process is not None and member.process.poll() is None:
-                member.process.send_signal(signal.SIGTERM)
+        """Stop every member this cluster started (SIGKILL past STOP_S_MAX); remove the data.
+
+        One at a time: a leader that gets SIGTERM hands leadership over first, and when all
+        members stop together that hand-over waits out its timeout (seconds) for nothing.
+        """
         for member in self.members:
             if member.process is None:
                 continue
+            if member.process.poll() is None:
+                member.process.send_signal(signal.SIGTERM)
             try:
                 member.process.wait(timeout=STOP_S_MAX)
             except subprocess.TimeoutExpired:
@@ -413,67 +415,97 @@ def run_pooled(
     asyncio.run(main())
 
 
-def run(settings: BenchSettings, progress: BenchProgress) -> list[WorkloadResult]:
-    """Start a 3-member etcd cluster, run the workloads, stop it."""
-    value_b64 = base64.b64encode(bench_value(settings.value_bytes))
-    with EtcdCluster(3) as cluster:
-        leader = cluster.leader_address()
-        if leader is None:
-            raise BenchError("etcd lost its leader before the first workload")
-        progress.note(f"etcd: 3 members ({find_etcd()}), leader at {leader}")
+class EtcdWorkloads:
+    """The benchmark's workloads against a running `EtcdCluster`."""
 
-        def puts(pool: ConnectionPool) -> Callable[[int], Awaitable[object]]:
+    def __init__(
+        self, cluster: EtcdCluster, settings: BenchSettings, progress: BenchProgress
+    ) -> None:
+        self.cluster = cluster
+        self.settings = settings
+        self.progress = progress
+        self.value_b64 = base64.b64encode(bench_value(settings.value_bytes))
+
+    def put_sequential(self) -> WorkloadResult:
+        """One connection to the leader; each put waits for its commit."""
+        return self._measure(PUT_SEQUENTIAL, self._leader(), 1, self._puts)
+
+    def put_concurrent(self) -> WorkloadResult:
+        """`concurrency` connections to the leader, one put in flight on each."""
+        return self._measure(PUT_CONCURRENT, self._leader(), self.settings.concurrency, self._puts)
+
+    def get(self, consistency: str, *, concurrent: bool) -> WorkloadResult:
+        """Ranges of keys the puts wrote: "linearizable" (ReadIndex) or "stale" (serializable)."""
+        if consistency not in ("linearizable", "stale"):
+            raise BenchError(f"etcd has no {consistency!r} reads")
+        serializable = consistency == "stale"
+        settings, value_b64 = self.settings, self.value_b64
+
+        def make(pool: ConnectionPool) -> Callable[[int], Awaitable[object]]:
             async def op(number: int) -> None:
-                await pool.post(b"/v3/kv/put", put_body(bench_key(number), value_b64))
+                key = bench_key(number % settings.ops)
+                body = range_body(key, serializable=serializable)
+                check_range(await pool.post(b"/v3/kv/range", body), key, value_b64)
 
             return op
 
-        def gets(serializable: bool) -> Callable[[ConnectionPool], Callable[[int], Awaitable[Any]]]:
-            def make(pool: ConnectionPool) -> Callable[[int], Awaitable[object]]:
-                async def op(number: int) -> None:
-                    key = bench_key(number % settings.ops)
-                    data = await pool.post(
-                        b"/v3/kv/range", range_body(key, serializable=serializable)
-                    )
-                    check_range(data, key, value_b64)
+        return self._measure(
+            get_workload(consistency, concurrent=concurrent),
+            self.cluster.addresses,
+            settings.concurrency if concurrent else 1,
+            make,
+        )
 
-                return op
-
-            return make
-
-        def workload(
-            name: str,
-            addresses: list[str],
-            concurrency: int,
-            make_op: Callable[[ConnectionPool], Callable[[int], Awaitable[object]]],
-        ) -> WorkloadResult:
-            return measure(
-                ETCD,
-                name,
-                settings,
-                progress,
-                lambda r: run_pooled(
-                    addresses,
-                    r,
-                    concurrency=concurrency,
-                    timeout_s=settings.timeout_s,
-                    make_op=make_op,
-                ),
-                concurrency=concurrency,
-            )
-
-        results = [
-            workload(PUT_SEQUENTIAL, [leader], 1, puts),
-            workload(PUT_CONCURRENT, [leader], settings.concurrency, puts),
-        ]
-        for consistency, serializable in (("linearizable", False), ("stale", True)):
+    def run_all(self) -> list[WorkloadResult]:
+        """Every workload etcd supports, puts first (the reads read what they wrote)."""
+        results = [self.put_sequential(), self.put_concurrent()]
+        for consistency in ("linearizable", "stale"):
             for concurrent in (False, True):
-                results.append(
-                    workload(
-                        get_workload(consistency, concurrent=concurrent),
-                        cluster.addresses,
-                        settings.concurrency if concurrent else 1,
-                        gets(serializable),
-                    )
-                )
+                results.append(self.get(consistency, concurrent=concurrent))
         return results
+
+    def _leader(self) -> list[str]:
+        leader = self.cluster.leader_address()
+        if leader is None:
+            raise BenchError("etcd has no leader")
+        return [leader]
+
+    def _puts(self, pool: ConnectionPool) -> Callable[[int], Awaitable[object]]:
+        value_b64 = self.value_b64
+
+        async def op(number: int) -> None:
+            await pool.post(b"/v3/kv/put", put_body(bench_key(number), value_b64))
+
+        return op
+
+    def _measure(
+        self,
+        workload: str,
+        addresses: list[str],
+        concurrency: int,
+        make_op: Callable[[ConnectionPool], Callable[[int], Awaitable[object]]],
+    ) -> WorkloadResult:
+        settings = self.settings
+        return measure(
+            ETCD,
+            workload,
+            settings,
+            self.progress,
+            lambda r: run_pooled(
+                addresses,
+                r,
+                concurrency=concurrency,
+                timeout_s=settings.timeout_s,
+                make_op=make_op,
+            ),
+            concurrency=concurrency,
+        )
+
+
+def run(settings: BenchSettings, progress: BenchProgress) -> list[WorkloadResult]:
+    """Start a 3-member etcd cluster, run the workloads, stop it."""
+    with EtcdCluster(3) as cluster:
+        progress.note(
+            f"etcd: 3 members ({find_etcd()}), leader at {cluster.leader_address() or '?'}"
+        )
+        return EtcdWorkloads(cluster, settings, progress).run_all()

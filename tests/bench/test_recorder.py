@@ -1,0 +1,225 @@
+"""The benchmark's own machinery: percentiles, the recorder, the runners, the report.
+
+If these are wrong, every figure `kvstore bench` prints is wrong, for kvstore and its peers alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+
+import pytest
+from rich.console import Console
+
+from kvstore.bench import (
+    ETCD,
+    FAILOVER,
+    KVSTORE,
+    KVSTORE_EMBEDDED,
+    PUT_CONCURRENT,
+    PUT_SEQUENTIAL,
+    PYSYNCOBJ,
+    TARGETS,
+    BenchReport,
+    BenchSettings,
+    PeerOperationError,
+    Recorder,
+    WorkloadResult,
+    bench_key,
+    bench_value,
+    get_workload,
+    load_peer,
+    percentile,
+    render_report,
+    run_async,
+    run_sequential,
+    run_threaded,
+)
+from kvstore.errors import UnavailableError
+
+SEED = random.randrange(1 << 32)
+
+
+def _recorder(ops: int, *, errors_max: int = 10, duration_s_max: float = 30.0) -> Recorder:
+    return Recorder(ops_max=ops, errors_max=errors_max, duration_s_max=duration_s_max)
+
+
+def test_percentile_is_the_nearest_rank() -> None:
+    """The result is a sample, at least `fraction` of the samples are <= it, and fewer than
+    that are below it: the definition of the nearest-rank percentile, checked on random data."""
+    rng = random.Random(SEED)
+    for _ in range(300):
+        values = sorted(rng.randrange(1000) for _ in range(rng.randrange(1, 60)))
+        fraction = rng.choice([0.5, 0.99, 0.01, 0.25, 1.0, rng.random() or 0.5])
+        result = percentile(values, fraction)
+        at_or_below = sum(1 for v in values if v <= result)
+        below = sum(1 for v in values if v < result)
+        assert result in values, f"seed {SEED}"
+        assert at_or_below >= fraction * len(values) - 1e-9, f"seed {SEED}: {values} {fraction}"
+        assert below < fraction * len(values), f"seed {SEED}: {values} {fraction}"
+
+
+def test_percentile_edges() -> None:
+    assert percentile([], 0.5) == 0
+    assert percentile([7], 0.99) == 7
+    # 100 samples: p99 is the 99th smallest, p50 the 50th (not an interpolation).
+    values = list(range(1, 101))
+    assert percentile(values, 0.99) == 99
+    assert percentile(values, 0.50) == 50
+    with pytest.raises(ValueError):
+        percentile(values, 0.0)
+
+
+def test_keys_and_values_have_the_benchmark_sizes() -> None:
+    keys = {bench_key(n) for n in (0, 1, 9_999_999_999)}
+    assert {len(k) for k in keys} == {16} and len(keys) == 3
+    assert len(bench_value()) == 100 and len(bench_value(1000)) == 1000
+
+
+def test_sequential_runs_each_number_once_in_order_and_times_them() -> None:
+    seen: list[int] = []
+    recorder = _recorder(50)
+    run_sequential(seen.append, recorder)
+    result = recorder.result("s", "w", concurrency=1)
+    assert seen == list(range(50))
+    assert (result.ops, result.errors, result.note) == (50, 0, "")
+    assert 0 < result.p50_ms <= result.p99_ms
+    assert result.ops_per_s == pytest.approx(50 / result.elapsed_s)
+
+
+def test_errors_are_counted_and_a_broken_workload_stops() -> None:
+    def fails_on_thirds(number: int) -> None:
+        if number % 3 == 0:
+            raise UnavailableError("no leader")
+
+    recorder = _recorder(30)
+    run_sequential(fails_on_thirds, recorder)
+    result = recorder.result("s", "w", concurrency=1)
+    assert (result.ops, result.errors) == (20, 10)
+    assert "no leader" in result.note
+
+    def always_fails(_number: int) -> None:
+        raise PeerOperationError("HTTP 500")
+
+    recorder = _recorder(1000, errors_max=5)
+    run_sequential(always_fails, recorder)
+    result = recorder.result("s", "w", concurrency=1)
+    assert result.errors == 6 and result.ops == 0
+    assert "stopped after 6 errors" in result.note
+
+
+def test_unexpected_exceptions_are_not_swallowed() -> None:
+    def buggy(_number: int) -> None:
+        raise KeyError("a bug in the harness")
+
+    with pytest.raises(KeyError):
+        run_sequential(buggy, _recorder(5))
+
+
+def test_time_limit_stops_the_workload_and_says_so() -> None:
+    stop_after = threading.Event()
+
+    def slow(number: int) -> None:
+        # Each operation takes at least 5 ms; the limit is 50 ms, so far fewer than 10**6 run.
+        stop_after.wait(0.005)
+
+    recorder = _recorder(10**6, duration_s_max=0.05)
+    run_sequential(slow, recorder)
+    result = recorder.result("s", "w", concurrency=1)
+    assert 0 < result.ops < 100
+    assert "limit" in result.note
+
+
+def test_threaded_runner_keeps_concurrency_in_flight() -> None:
+    """All `concurrency` operations must be in flight together: a barrier of that size only
+    opens then (it raises BrokenBarrierError, failing the run, if fewer ever arrive)."""
+    concurrency = 8
+    barrier = threading.Barrier(concurrency, timeout=10)
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def op(number: int) -> None:
+        if number < concurrency:
+            barrier.wait()
+        with lock:
+            seen.append(number)
+
+    recorder = _recorder(200)
+    run_threaded(op, recorder, concurrency=concurrency)
+    assert sorted(seen) == list(range(200))
+    assert recorder.result("s", "w", concurrency=concurrency).ops == 200
+
+
+def test_async_runner_keeps_concurrency_in_flight() -> None:
+    concurrency = 16
+    seen: list[int] = []
+
+    async def main() -> None:
+        in_flight = 0
+        all_in = asyncio.Event()
+
+        async def op(number: int) -> None:
+            nonlocal in_flight
+            in_flight += 1
+            if in_flight == concurrency:
+                all_in.set()
+            if number < concurrency:
+                await asyncio.wait_for(all_in.wait(), timeout=10)
+            in_flight -= 1
+            seen.append(number)
+
+        await run_async(op, recorder, concurrency=concurrency)
+
+    recorder = _recorder(500)
+    asyncio.run(main())
+    assert sorted(seen) == list(range(500))
+    assert recorder.result("s", "w", concurrency=concurrency).ops == 500
+
+
+def _result(system: str, workload: str, ops_per_s: float, p99_ms: float = 1.0) -> WorkloadResult:
+    return WorkloadResult(system, workload, 100, 0, 1, 1.0, ops_per_s, 0.5, p99_ms)
+
+
+def test_report_ratios_and_targets() -> None:
+    lin_conc = get_workload("linearizable", concurrent=True)
+    stale_seq = get_workload("stale", concurrent=False)
+    report = BenchReport(BenchSettings())
+    report.results += [
+        _result(KVSTORE, PUT_SEQUENTIAL, 1500.0),
+        _result(ETCD, PUT_SEQUENTIAL, 1000.0),
+        _result(KVSTORE, PUT_CONCURRENT, 9000.0),
+        _result(ETCD, PUT_CONCURRENT, 5000.0),
+        _result(PYSYNCOBJ, PUT_CONCURRENT, 2000.0),
+        _result(KVSTORE, lin_conc, 100.0),
+        _result(KVSTORE_EMBEDDED, stale_seq, 400_000.0),
+        _result(KVSTORE, FAILOVER, 0.0, p99_ms=1200.0),
+    ]
+    assert report.ratio(PUT_CONCURRENT, KVSTORE, PYSYNCOBJ) == pytest.approx(4.5)
+    assert report.ratio(lin_conc, KVSTORE, ETCD) is None  # etcd did not run it
+    verdicts = {target.label: (measured, passed) for target, measured, passed in report.verdicts()}
+    assert len(verdicts) == len(TARGETS)
+    assert verdicts["sequential writes >= 1.5x etcd"] == (pytest.approx(1.5), True)
+    assert verdicts["concurrent writes >= 2x etcd"] == (pytest.approx(1.8), False)
+    assert verdicts["concurrent writes >= 3x PySyncObj"] == (pytest.approx(4.5), True)
+    assert verdicts["linearizable reads, 256 in flight >= 3x etcd"] == (None, None)
+    assert verdicts["stale reads via kvstore.Node >= 300,000/s"] == (400_000.0, True)
+    assert verdicts["failover (kill -9 leader) < 1 s"] == (1200.0, False)
+
+    data = json.loads(json.dumps(report.to_json()))
+    assert {r["baseline"] for r in data["ratios"]} == {ETCD, PYSYNCOBJ}
+    assert len(data["results"]) == 8
+
+    console = Console(record=True, width=140)
+    render_report(report, console)
+    text = console.export_text()
+    assert "4.50" in text and "1.80" in text and "missed" in text
+
+
+def test_peer_harnesses_load_from_the_checkout() -> None:
+    for peer in (ETCD, PYSYNCOBJ):
+        module = load_peer(peer)
+        assert not isinstance(module, str), module
+        reason = module.available()
+        assert reason is None or isinstance(reason, str)
