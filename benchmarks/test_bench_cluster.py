@@ -76,16 +76,17 @@ def _bench(benchmark: Any, run: Callable[[], WorkloadResult]) -> WorkloadResult:
 # --- etcd ---------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="class")
+def etcd_workloads() -> Iterator[etcd.EtcdWorkloads]:
+    reason = etcd.available()
+    if reason is not None:
+        pytest.skip(reason)
+    with etcd.EtcdCluster(3) as cluster:
+        yield etcd.EtcdWorkloads(cluster, SETTINGS, _progress())
+
+
 class TestEtcd:
     """etcd: 3 `etcd` processes; puts to the leader, reads spread over members."""
-
-    @pytest.fixture(scope="class")
-    def etcd_workloads(self) -> Iterator[etcd.EtcdWorkloads]:
-        reason = etcd.available()
-        if reason is not None:
-            pytest.skip(reason)
-        with etcd.EtcdCluster(3) as cluster:
-            yield etcd.EtcdWorkloads(cluster, SETTINGS, _progress())
 
     def test_bench_cluster_etcd_put_sequential(self, benchmark: Any, etcd_workloads: Any) -> None:
         _bench(benchmark, etcd_workloads.put_sequential)
@@ -104,16 +105,17 @@ class TestEtcd:
 # --- PySyncObj ----------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="class")
+def pysyncobj_cluster() -> Iterator[pysyncobj_peer.PySyncObjCluster]:
+    reason = pysyncobj_peer.available()
+    if reason is not None:
+        pytest.skip(reason)
+    with pysyncobj_peer.PySyncObjCluster(3) as cluster:
+        yield cluster
+
+
 class TestPySyncObj:
     """PySyncObj: 3 processes with a ReplDict; the leader's process runs the workload."""
-
-    @pytest.fixture(scope="class")
-    def pysyncobj_cluster(self) -> Iterator[pysyncobj_peer.PySyncObjCluster]:
-        reason = pysyncobj_peer.available()
-        if reason is not None:
-            pytest.skip(reason)
-        with pysyncobj_peer.PySyncObjCluster(3) as cluster:
-            yield cluster
 
     def test_bench_cluster_pysyncobj_put_sequential(
         self, benchmark: Any, pysyncobj_cluster: Any
@@ -140,23 +142,25 @@ class TestPySyncObj:
 # --- kvstore through kvstore.Client -------------------------------------------------------------
 
 
+@pytest.fixture(scope="class")
+def kvstore_cluster() -> Iterator[tuple[Any, Any]]:
+    try:
+        with client_cluster(SETTINGS) as (cluster, client):
+            yield cluster, client
+    except BenchError as error:
+        if "not complete" in str(error):
+            pytest.skip(str(error))
+        raise
+
+
+@pytest.fixture(scope="class")
+def client_workloads(kvstore_cluster: tuple[Any, Any]) -> ClientWorkloads:
+    cluster, client = kvstore_cluster
+    return ClientWorkloads(client, cluster.addresses, SETTINGS, _progress())
+
+
 class TestKvstoreClient:
     """kvstore through kvstore.Client / kvstore.aio.Client against 3 `kvstore serve`."""
-
-    @pytest.fixture(scope="class")
-    def kvstore_cluster(self) -> Iterator[tuple[Any, Any]]:
-        try:
-            with client_cluster(SETTINGS) as (cluster, client):
-                yield cluster, client
-        except BenchError as error:
-            if "not complete" in str(error):
-                pytest.skip(str(error))
-            raise
-
-    @pytest.fixture(scope="class")
-    def client_workloads(self, kvstore_cluster: tuple[Any, Any]) -> ClientWorkloads:
-        cluster, client = kvstore_cluster
-        return ClientWorkloads(client, cluster.addresses, SETTINGS, _progress())
 
     def test_bench_cluster_kvstore_put_sequential(
         self, benchmark: Any, client_workloads: Any
@@ -185,18 +189,19 @@ class TestKvstoreClient:
 # --- kvstore embedded: kvstore.Node in this process ---------------------------------------------
 
 
+@pytest.fixture(scope="class")
+def embedded_workloads() -> Iterator[EmbeddedWorkloads]:
+    try:
+        with embedded_node() as node:
+            yield EmbeddedWorkloads(node, SETTINGS, _progress())
+    except BenchError as error:
+        if "not complete" in str(error):
+            pytest.skip(str(error))
+        raise
+
+
 class TestKvstoreEmbedded:
     """kvstore through a kvstore.Node in this process, leader of 2 `kvstore serve`."""
-
-    @pytest.fixture(scope="class")
-    def embedded_workloads(self) -> Iterator[EmbeddedWorkloads]:
-        try:
-            with embedded_node() as node:
-                yield EmbeddedWorkloads(node, SETTINGS, _progress())
-        except BenchError as error:
-            if "not complete" in str(error):
-                pytest.skip(str(error))
-            raise
 
     def test_bench_cluster_embedded_put_sequential(
         self, benchmark: Any, embedded_workloads: Any
