@@ -1015,12 +1015,7 @@ class RaftCore:
             # The follower is alive: let one more APPEND go in case acks were lost.
             pr.inflights.free_first()
         if pr.match < self._log.last_index():
-            if pr.state == ProgressState.REPLICATE:
-                # Make the flush send at least an empty APPEND after what was sent: if entries
-                # were lost on the way, the follower rejects it and replication restarts from
-                # its match index instead of waiting forever for acks that will not come.
-                pr.sent_commit = -1
-            self._need_flush = True
+            self._nudge(pr)
         elif pr.state == ProgressState.PROBE:
             self._need_flush = True
         if m.context:
@@ -1111,10 +1106,21 @@ class RaftCore:
         # The transfer must finish within one election timeout (§3.10).
         self._election_elapsed = 0
         self._transferee = target
-        if self._progress[target].match == self._log.last_index():
+        pr = self._progress[target]
+        if pr.match == self._log.last_index():
             self._msgs.append(Message(MT.TIMEOUT_NOW, target, self._id, self._term))
         else:
-            self._need_flush = True
+            self._nudge(pr)
+
+    def _nudge(self, pr: Progress) -> None:
+        """Make the next flush send `pr` at least an empty APPEND after what was sent.
+
+        If entries were lost on the way, the follower rejects it and replication restarts from
+        its match index instead of waiting forever for acks that will not come.
+        """
+        if pr.state == ProgressState.REPLICATE:
+            pr.sent_commit = -1
+        self._need_flush = True
 
     def _maybe_commit(self) -> bool:
         """Commit the highest index stored on a quorum, if it is of the current term (§5.4.2)."""
@@ -1354,6 +1360,26 @@ class RaftCore:
             if self._role != Role.FOLLOWER and not self._promotable():
                 self._become_follower(self._term, None)
             return
+        members = self._voters | self._learners
+        log = self._log
+        for node, pr in self._peers:
+            prev_term = log.term_or_none(pr.next - 1)
+            if node not in members and prev_term is not None:
+                # A last (empty) APPEND with the commit index lets a removed member that holds
+                # the change apply it, so it knows it was removed and stops campaigning
+                # (§4.2.3). It commits only if its log matches ours up to what was sent.
+                self._msgs.append(
+                    Message(
+                        _APPEND,
+                        node,
+                        self._id,
+                        self._term,
+                        prev_term,
+                        pr.next - 1,
+                        (),
+                        log.committed,
+                    )
+                )
         self._rebuild_progress()
         if self._transferee is not None and self._transferee not in self._voters:
             self._transferee = None

@@ -64,6 +64,22 @@ class Peer:
     def id(self) -> str:
         return self.core.node_id
 
+    def handle(self, rd: Ready) -> None:
+        """Persist, record and acknowledge one Ready (its messages are the caller's business)."""
+        persist(self.storage, rd)
+        if rd.snapshot is not None:
+            self.snapshots.append(rd.snapshot)
+        self.applied.extend(rd.committed_entries)
+        self.read_states.extend(rd.read_states)
+        self.dropped.extend(rd.dropped)
+        self.core.advance(rd)
+
+    def take_ready(self) -> Ready:
+        """One Ready, handled (persisted, applied, advanced): the caller delivers its messages."""
+        rd = self.core.ready()
+        self.handle(rd)
+        return rd
+
     def process_ready(self) -> list[Message]:
         """Run the Ready loop until the core has nothing left; return the messages to send."""
         out: list[Message] = []
@@ -71,14 +87,8 @@ class Peer:
         while core.has_ready():
             rd = core.ready()
             out.extend(rd.messages)
-            persist(self.storage, rd)
-            if rd.snapshot is not None:
-                self.snapshots.append(rd.snapshot)
             out.extend(rd.persisted_messages)
-            self.applied.extend(rd.committed_entries)
-            self.read_states.extend(rd.read_states)
-            self.dropped.extend(rd.dropped)
-            core.advance(rd)
+            self.handle(rd)
         return out
 
     def applied_data(self) -> list[bytes]:
@@ -172,6 +182,8 @@ class Network:
         self.dropped_links: dict[tuple[str, str], float] = {}
         self.ignored: set[MessageType] = set()
         self.down: set[str] = set()
+        self.sent: list[Message] = []
+        """Every message handed to the network, delivered or not, in order."""
         self.delivered: list[Message] = []
         """Every message delivered, in order (for assertions on traffic)."""
 
@@ -226,6 +238,7 @@ class Network:
         queue = deque(msgs)
         while queue:
             m = queue.popleft()
+            self.sent.append(m)
             if not self.passes(m):
                 continue
             peer = self.peers.get(m.recipient)
