@@ -1160,6 +1160,9 @@ class RaftCore:
         log = self._log
         last = log.last_index()
         commit = log.committed
+        ro = self._read_only
+        if ro.has_queued() and not ro.in_flight():
+            self._bcast_heartbeat(ro.start_round(commit))
         for node, pr in self._peers:
             state = pr.state
             if state == ProgressState.REPLICATE:
@@ -1256,8 +1259,8 @@ class RaftCore:
             self._drop_read(request, REASON_TOO_MANY_READS)
             return
         ro.enqueue(request)
-        if not ro.in_flight():
-            self._bcast_heartbeat(ro.start_round(commit))
+        # The round starts at the next flush, so every read made before the next Ready shares it.
+        self._need_flush = True
 
     def _lease_valid(self) -> bool:
         """Whether a quorum answered within the lease (thesis §6.4.1): then no other leader can
@@ -1284,7 +1287,7 @@ class RaftCore:
             for request in done.requests:
                 self._answer_read(request, done.index)
         if ro.has_queued():
-            self._bcast_heartbeat(ro.start_round(self._log.committed))
+            self._need_flush = True
 
     def _answer_read(self, request: ReadRequest, index: int) -> None:
         if request.sender is None or request.sender == self._id:
