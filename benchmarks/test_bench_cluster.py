@@ -36,8 +36,6 @@ from kvstore.bench import (
 )
 
 SETTINGS = BenchSettings(ops=int(os.environ.get("KVSTORE_BENCH_OPS", "2000")), concurrency=256)
-PYSYNCOBJ_SEQUENTIAL_OPS = 100
-"""A PySyncObj `sync=True` set takes about one 100 ms heartbeat: 100 of them take ~10 s."""
 
 _results: dict[tuple[str, str], WorkloadResult] = {}
 """Figures of this run so far, for the ratios: (system, workload) -> result."""
@@ -120,7 +118,7 @@ class TestPySyncObj:
     def test_bench_cluster_pysyncobj_put_sequential(
         self, benchmark: Any, pysyncobj_cluster: Any
     ) -> None:
-        settings = BenchSettings(ops=min(SETTINGS.ops, PYSYNCOBJ_SEQUENTIAL_OPS))
+        settings = BenchSettings(ops=min(SETTINGS.ops, pysyncobj_peer.SEQUENTIAL_OPS_MAX))
         _bench(
             benchmark,
             lambda: pysyncobj_cluster.run_workload(

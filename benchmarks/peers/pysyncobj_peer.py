@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib
 import itertools
 import json
@@ -56,6 +57,8 @@ START_S_MAX = 30.0
 REPLY_S_MAX = 10.0
 """How long a member may take to answer a status command."""
 STOP_S_MAX = 10.0
+SEQUENTIAL_OPS_MAX = 200
+"""A `sync=True` set waits for PySyncObj's next 100 ms heartbeat: 200 of them take ~20 s."""
 PROGRESS_S = 0.1
 """How often a member running a workload reports its progress."""
 
@@ -397,10 +400,12 @@ def run(settings: BenchSettings, progress: BenchProgress) -> list[WorkloadResult
     with PySyncObjCluster(3) as cluster:
         leader = cluster.wait_for_leader()
         progress.note(f"pysyncobj: 3 member processes, leader at {leader.address} (no fsync)")
-        plan: list[tuple[str, int]] = [(PUT_SEQUENTIAL, 1), (PUT_CONCURRENT, settings.concurrency)]
+        sequential = dataclasses.replace(settings, ops=min(settings.ops, SEQUENTIAL_OPS_MAX))
         return [
-            cluster.run_workload(workload, settings, progress, concurrency=concurrency)
-            for workload, concurrency in plan
+            cluster.run_workload(PUT_SEQUENTIAL, sequential, progress, concurrency=1),
+            cluster.run_workload(
+                PUT_CONCURRENT, settings, progress, concurrency=settings.concurrency
+            ),
         ]
 
 
