@@ -9,6 +9,7 @@ import asyncio
 import json
 import random
 import threading
+import time
 
 import pytest
 from rich.console import Console
@@ -16,12 +17,14 @@ from rich.console import Console
 from kvstore.bench import (
     ETCD,
     FAILOVER,
+    FAILOVER_TRIALS,
     KVSTORE,
     KVSTORE_EMBEDDED,
     PUT_CONCURRENT,
     PUT_SEQUENTIAL,
     PYSYNCOBJ,
     TARGETS,
+    BenchProgress,
     BenchReport,
     BenchSettings,
     PeerOperationError,
@@ -31,6 +34,7 @@ from kvstore.bench import (
     bench_value,
     get_workload,
     load_peer,
+    measure_failover,
     percentile,
     render_report,
     run_async,
@@ -223,3 +227,40 @@ def test_peer_harnesses_load_from_the_checkout() -> None:
         assert not isinstance(module, str), module
         reason = module.available()
         assert reason is None or isinstance(reason, str)
+
+
+class _FakeCluster:
+    """Stands in for LocalCluster + Client: writes fail for `outage_s` after a kill."""
+
+    def __init__(self, outage_s: float) -> None:
+        self.outage_s = outage_s
+        self.down_until = 0.0
+        self.kills = 0
+        self.restarts = 0
+        self.pause = threading.Event()  # never set: wait(t) paces the writer without a busy loop
+
+    def wait_for_leader(self, _client: object, *, timeout_s: float) -> str:
+        return f"n{self.kills % 3 + 1}"
+
+    def kill(self, _node_id: str) -> None:
+        self.kills += 1
+        self.down_until = time.monotonic() + self.outage_s
+
+    def restart(self, _node_id: str) -> None:
+        self.restarts += 1
+
+    def put(self, _key: bytes, _value: bytes, *, timeout_s: float) -> None:
+        self.pause.wait(0.0005)
+        if time.monotonic() < self.down_until:
+            raise UnavailableError("no leader")
+
+
+def test_failover_is_timed_from_the_kill_to_the_first_ack_after_it() -> None:
+    outage_s = 0.08
+    fake = _FakeCluster(outage_s)
+    with BenchProgress(Console(quiet=True), enabled=False) as progress:
+        result = measure_failover(fake, fake, BenchSettings(ops=100), progress)
+    assert (fake.kills, fake.restarts) == (FAILOVER_TRIALS, FAILOVER_TRIALS)
+    assert result.ops == FAILOVER_TRIALS and result.workload == FAILOVER
+    # Writes acknowledged before the kill never count; the first one after the outage does.
+    assert outage_s * 1000 <= result.p50_ms <= result.p99_ms < outage_s * 1000 + 500
