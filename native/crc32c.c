@@ -14,6 +14,13 @@
 
 #define CRC32C_POLY 0x82F63B78u
 
+/* Library-internal (declared again in kvwal.c, not part of the public header): the CRC32C of n
+ * independent buffers, crcs[k] extended with bufs[k][0 .. lens[k]); and the CRC32C of the 16
+ * bytes le64(a) || le64(b) (a record's seed). */
+void kvwal__crc32c_many(size_t n, const uint8_t *const *bufs, const size_t *lens, uint32_t *crcs,
+                        int portable);
+uint32_t kvwal__crc32c_u64x2(uint64_t a, uint64_t b, int portable);
+
 /* tables[k][b] = CRC of byte b followed by k zero bytes. Written once, then only read. */
 static uint32_t crc_tables[8][256];
 static pthread_once_t crc_tables_once = PTHREAD_ONCE_INIT;
@@ -64,16 +71,18 @@ uint32_t kvwal_crc32c_portable(uint32_t crc, const uint8_t *buf, size_t len) {
 #define KVWAL_HAVE_SSE42 1
 #include <nmmintrin.h>
 
-__attribute__((target("sse4.2"))) static uint32_t crc32c_sse42(uint32_t crc, const uint8_t *buf,
-                                                               size_t len) {
-    uint64_t c = (uint32_t)~crc;
-    /* Align to 8 bytes first: unaligned 8-byte loads are legal on x86 but slower across lines. */
-    while (len > 0 && ((uintptr_t)buf & 7u) != 0) {
+/* The raw (not inverted) CRC update with the crc32 instruction. */
+__attribute__((target("sse4.2"))) static uint32_t crc_raw_sse42(uint32_t crc, const uint8_t *buf,
+                                                                size_t len) {
+    uint64_t c = crc;
+    /* Align big buffers to 8 bytes first: unaligned 8-byte loads are legal on x86 but slower
+     * across cache lines. Small ones are not worth the byte loop. */
+    while (len >= 256 && ((uintptr_t)buf & 7u) != 0) {
         c = _mm_crc32_u8((uint32_t)c, *buf++);
         len--;
     }
-    /* Four independent-looking loads per iteration let the CPU overlap the memory reads; the
-     * crc32 chain itself is serial (3-cycle latency), which still gives several GB/s. */
+    /* The crc32 chain is serial (3-cycle latency): several GB/s on one buffer. Many small
+     * buffers go through crc_many_sse42 instead, which overlaps three chains. */
     while (len >= 32) {
         uint64_t w0, w1, w2, w3;
         memcpy(&w0, buf, 8);
@@ -94,10 +103,72 @@ __attribute__((target("sse4.2"))) static uint32_t crc32c_sse42(uint32_t crc, con
         buf += 8;
         len -= 8;
     }
-    while (len--) {
-        c = _mm_crc32_u8((uint32_t)c, *buf++);
+    uint32_t c32 = (uint32_t)c;
+    if (len >= 4) {
+        uint32_t w;
+        memcpy(&w, buf, 4);
+        c32 = _mm_crc32_u32(c32, w);
+        buf += 4;
+        len -= 4;
     }
-    return ~(uint32_t)c;
+    while (len--) {
+        c32 = _mm_crc32_u8(c32, *buf++);
+    }
+    return c32;
+}
+
+static uint32_t crc32c_sse42(uint32_t crc, const uint8_t *buf, size_t len) {
+    return ~crc_raw_sse42(~crc, buf, len);
+}
+
+/* Three independent buffers in lockstep, so the CPU runs their crc32 chains in parallel. */
+__attribute__((target("sse4.2"))) static void crc_three_sse42(const uint8_t *const *bufs,
+                                                              const size_t *lens,
+                                                              uint32_t *crcs) {
+    const uint8_t *a = bufs[0], *b = bufs[1], *c = bufs[2];
+    size_t common = lens[0];
+    if (lens[1] < common) common = lens[1];
+    if (lens[2] < common) common = lens[2];
+    common &= ~(size_t)7;
+    uint64_t x = (uint32_t)~crcs[0], y = (uint32_t)~crcs[1], z = (uint32_t)~crcs[2];
+    for (size_t i = 0; i < common; i += 8) {
+        uint64_t wa, wb, wc;
+        memcpy(&wa, a + i, 8);
+        memcpy(&wb, b + i, 8);
+        memcpy(&wc, c + i, 8);
+        x = _mm_crc32_u64(x, wa);
+        y = _mm_crc32_u64(y, wb);
+        z = _mm_crc32_u64(z, wc);
+    }
+    crcs[0] = ~crc_raw_sse42((uint32_t)x, a + common, lens[0] - common);
+    crcs[1] = ~crc_raw_sse42((uint32_t)y, b + common, lens[1] - common);
+    crcs[2] = ~crc_raw_sse42((uint32_t)z, c + common, lens[2] - common);
+}
+
+__attribute__((target("sse4.2"))) static uint32_t seed_sse42(uint64_t a, uint64_t b) {
+    return ~(uint32_t)_mm_crc32_u64(_mm_crc32_u64(0xFFFFFFFFu, a), b);
+}
+
+uint32_t kvwal__crc32c_u64x2(uint64_t a, uint64_t b, int portable) {
+    /* The crc32 instruction reads the u64 in memory order, i.e. little-endian on x86. */
+    if (!portable && __builtin_cpu_supports("sse4.2")) return seed_sse42(a, b);
+    uint8_t buf[16];
+    for (int i = 0; i < 8; i++) {
+        buf[i] = (uint8_t)(a >> (8 * i));
+        buf[8 + i] = (uint8_t)(b >> (8 * i));
+    }
+    return kvwal_crc32c_portable(0, buf, sizeof buf);
+}
+
+void kvwal__crc32c_many(size_t n, const uint8_t *const *bufs, const size_t *lens, uint32_t *crcs,
+                        int portable) {
+    size_t k = 0;
+    if (!portable && __builtin_cpu_supports("sse4.2")) {
+        for (; k + 3 <= n; k += 3) crc_three_sse42(bufs + k, lens + k, crcs + k);
+        for (; k < n; k++) crcs[k] = crc32c_sse42(crcs[k], bufs[k], lens[k]);
+        return;
+    }
+    for (; k < n; k++) crcs[k] = kvwal_crc32c_portable(crcs[k], bufs[k], lens[k]);
 }
 
 int kvwal_crc32c_hw_available(void) {
@@ -133,6 +204,22 @@ uint32_t kvwal_crc32c_hw(uint32_t crc, const uint8_t *buf, size_t len) {
 
 uint32_t kvwal_crc32c(uint32_t crc, const uint8_t *buf, size_t len) {
     return kvwal_crc32c_portable(crc, buf, len);
+}
+
+uint32_t kvwal__crc32c_u64x2(uint64_t a, uint64_t b, int portable) {
+    (void)portable;
+    uint8_t buf[16];
+    for (int i = 0; i < 8; i++) {
+        buf[i] = (uint8_t)(a >> (8 * i));
+        buf[8 + i] = (uint8_t)(b >> (8 * i));
+    }
+    return kvwal_crc32c_portable(0, buf, sizeof buf);
+}
+
+void kvwal__crc32c_many(size_t n, const uint8_t *const *bufs, const size_t *lens, uint32_t *crcs,
+                        int portable) {
+    (void)portable;
+    for (size_t k = 0; k < n; k++) crcs[k] = kvwal_crc32c_portable(crcs[k], bufs[k], lens[k]);
 }
 
 #endif

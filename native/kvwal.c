@@ -130,6 +130,18 @@ struct kvwal {
 
 /* ---- Little-endian helpers ----------------------------------------------------------------- */
 
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+/* On little-endian hosts a memcpy is one plain store. */
+static inline void put_le16(uint8_t *p, uint16_t v) {
+    memcpy(p, &v, 2);
+}
+static inline void put_le32(uint8_t *p, uint32_t v) {
+    memcpy(p, &v, 4);
+}
+static inline void put_le64(uint8_t *p, uint64_t v) {
+    memcpy(p, &v, 8);
+}
+#else
 static inline void put_le16(uint8_t *p, uint16_t v) {
     p[0] = (uint8_t)v;
     p[1] = (uint8_t)(v >> 8);
@@ -140,6 +152,7 @@ static inline void put_le32(uint8_t *p, uint32_t v) {
 static inline void put_le64(uint8_t *p, uint64_t v) {
     for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
 }
+#endif
 static inline uint16_t get_le16(const uint8_t *p) {
     return (uint16_t)(p[0] | p[1] << 8);
 }
@@ -159,6 +172,13 @@ static inline uint64_t rec_bytes(uint64_t payload) {
 
 /* ---- CRC of a record (FORMAT.md §2) -------------------------------------------------------- */
 
+/* From crc32c.c (library-internal): CRCs of many independent buffers
+ * (three crc32 chains at a time), and the CRC of a record's 16-byte seed. */
+void kvwal__crc32c_many(size_t n, const uint8_t *const *bufs, const size_t *lens, uint32_t *crcs,
+                        int portable);
+uint32_t kvwal__crc32c_u64x2(uint64_t a, uint64_t b, int portable);
+
+
 static uint32_t crc_mask(uint32_t c) {
     return ((c >> 15) | (c << 17)) + CRC_MASK_DELTA;
 }
@@ -166,14 +186,38 @@ static uint32_t crc_mask(uint32_t c) {
 /* `rec` points at the record header; covers bytes [4, 12 + len) seeded with (seq, offset). */
 static uint32_t rec_crc(unsigned flags, uint64_t seq, uint64_t off, const uint8_t *rec,
                         uint32_t len) {
-    uint8_t seed[16];
-    put_le64(seed, seq);
-    put_le64(seed + 8, off);
-    uint32_t (*fn)(uint32_t, const uint8_t *, size_t) =
-        (flags & KVWAL_FLAG_PORTABLE_CRC) ? kvwal_crc32c_portable : kvwal_crc32c;
-    uint32_t c = fn(0, seed, sizeof seed);
-    c = fn(c, rec + 4, (size_t)HDR_BYTES - 4 + len);
+    int portable = (flags & KVWAL_FLAG_PORTABLE_CRC) != 0;
+    uint32_t c = kvwal__crc32c_u64x2(seq, off, portable);
+    size_t n = (size_t)HDR_BYTES - 4 + len;
+    c = portable ? kvwal_crc32c_portable(c, rec + 4, n) : kvwal_crc32c(c, rec + 4, n);
     return crc_mask(c);
+}
+
+
+/* Records of a batch get their CRCs in groups, so that independent crc32 chains overlap. */
+#define CRC_QUEUE_LEN 24
+struct crc_queue {
+    size_t n;
+    const uint8_t *bufs[CRC_QUEUE_LEN];
+    size_t lens[CRC_QUEUE_LEN];
+    uint32_t crcs[CRC_QUEUE_LEN];
+    uint8_t *recs[CRC_QUEUE_LEN];
+};
+
+static void crc_queue_flush(unsigned flags, struct crc_queue *q) {
+    kvwal__crc32c_many(q->n, q->bufs, q->lens, q->crcs, (flags & KVWAL_FLAG_PORTABLE_CRC) != 0);
+    for (size_t k = 0; k < q->n; k++) put_le32(q->recs[k], crc_mask(q->crcs[k]));
+    q->n = 0;
+}
+
+/* Queue the CRC of the record at `rec` (file offset `off` of segment `seq`, payload `len`). */
+static inline void crc_queue_add(unsigned flags, struct crc_queue *q, uint64_t seq, uint64_t off,
+                          uint8_t *rec, uint32_t len) {
+    q->crcs[q->n] = kvwal__crc32c_u64x2(seq, off, (flags & KVWAL_FLAG_PORTABLE_CRC) != 0);
+    q->bufs[q->n] = rec + 4;
+    q->lens[q->n] = (size_t)HDR_BYTES - 4 + len;
+    q->recs[q->n] = rec;
+    if (++q->n == CRC_QUEUE_LEN) crc_queue_flush(flags, q);
 }
 
 /* ---- Errors -------------------------------------------------------------------------------- */
@@ -336,17 +380,17 @@ static int ents_reserve(struct kvwal *wal, size_t extra) {
         wal->ents_head = 0;
         return 0;
     }
+    if (wal->ents_head > 0) {
+        memmove(wal->ents, wal->ents + wal->ents_head, wal->ents_count * sizeof *wal->ents);
+        wal->ents_head = 0;
+    }
     size_t cap = wal->ents_cap ? wal->ents_cap * 2 : 1024;
     while (cap < wal->ents_count + extra) cap *= 2;
-    struct ient *n = malloc(cap * sizeof *n);
+    /* realloc, not malloc + copy: glibc moves big blocks with mremap, without touching them. */
+    struct ient *n = realloc(wal->ents, cap * sizeof *n);
     if (n == NULL) return ENOMEM;
-    if (wal->ents_count > 0) {
-        memcpy(n, wal->ents + wal->ents_head, wal->ents_count * sizeof *n);
-    }
-    free(wal->ents);
     wal->ents = n;
     wal->ents_cap = cap;
-    wal->ents_head = 0;
     return 0;
 }
 
@@ -437,10 +481,11 @@ static int seg_parse_name(const char *name, uint64_t *seq, uint64_t *first) {
 /* ---- Record encoding ----------------------------------------------------------------------- */
 
 /* Encode one record at dst (which will live at file offset `off` of segment `seq`). The payload
- * is fixed[0..nfixed) as u64s followed by `data`. Returns the record's size with padding. */
-static uint64_t rec_encode(unsigned flags, uint8_t *dst, uint64_t seq, uint64_t off, uint8_t type,
-                           uint8_t aux, const uint64_t *fixed, unsigned nfixed,
-                           const uint8_t *data, size_t data_len) {
+ * is fixed[0..nfixed) as u64s followed by `data`. The CRC is stored now, or later by `q` if it is
+ * not NULL. Returns the record's size with padding. */
+static inline uint64_t rec_encode(unsigned flags, struct crc_queue *q, uint8_t *dst, uint64_t seq,
+                           uint64_t off, uint8_t type, uint8_t aux, const uint64_t *fixed,
+                           unsigned nfixed, const uint8_t *data, size_t data_len) {
     uint32_t len = (uint32_t)(8u * nfixed + data_len);
     uint64_t total = rec_bytes(len);
     put_le32(dst + 4, len);
@@ -450,7 +495,11 @@ static uint64_t rec_encode(unsigned flags, uint8_t *dst, uint64_t seq, uint64_t 
     for (unsigned i = 0; i < nfixed; i++) put_le64(dst + HDR_BYTES + 8u * i, fixed[i]);
     if (data_len > 0) memcpy(dst + HDR_BYTES + 8u * nfixed, data, data_len);
     memset(dst + HDR_BYTES + len, 0, (size_t)(total - HDR_BYTES - len));
-    put_le32(dst, rec_crc(flags, seq, off, dst, len));
+    if (q != NULL) {
+        crc_queue_add(flags, q, seq, off, dst, len);
+    } else {
+        put_le32(dst, rec_crc(flags, seq, off, dst, len));
+    }
     return total;
 }
 
@@ -469,13 +518,13 @@ static int preamble_build(struct kvwal *wal, uint64_t seq, uint64_t first_index,
     put_le64(seg_payload + 16, seq);
     put_le64(seg_payload + 24, first_index);
     uint64_t off = 0;
-    off += rec_encode(wal->flags, buf + off, seq, off, REC_SEGMENT, 0, NULL, 0, seg_payload,
+    off += rec_encode(wal->flags, NULL, buf + off, seq, off, REC_SEGMENT, 0, NULL, 0, seg_payload,
                       sizeof seg_payload);
     uint64_t snap[2] = {wal->snap_index, wal->snap_term};
-    off += rec_encode(wal->flags, buf + off, seq, off, REC_SNAPSHOT, (uint8_t)snap_flags, snap, 2,
+    off += rec_encode(wal->flags, NULL, buf + off, seq, off, REC_SNAPSHOT, (uint8_t)snap_flags, snap, 2,
                       wal->snap_conf, wal->snap_conf_len);
     uint64_t hs[2] = {wal->hs.term, wal->hs.commit};
-    off += rec_encode(wal->flags, buf + off, seq, off, REC_HARD_STATE, 0, hs, 2, wal->hs.vote,
+    off += rec_encode(wal->flags, NULL, buf + off, seq, off, REC_HARD_STATE, 0, hs, 2, wal->hs.vote,
                       wal->hs.vote_len);
     *out = buf;
     *out_len = (size_t)off;
@@ -585,11 +634,31 @@ static int segment_install(struct kvwal *wal, int fd, uint64_t size, uint64_t se
 static int segment_rotate(struct kvwal *wal, uint64_t need, uint64_t first_index,
                           unsigned snap_flags) {
     struct segment *old = seg_last(wal);
-    /* Sync the full segment now, so that a sync only ever needs the newest segment's fd. */
-    int err = log_sync_fd(wal, old->fd, 0);
-    if (err != 0) return poison(wal, err, old->name, "fdatasync of a full segment");
-    if (wal->durable < wal->appended) wal->durable = wal->appended;
     uint64_t seq = old->seq + 1;
+    /* Sync the full segment now, so that a sync only ever needs the newest segment's fd and an
+     * older segment is never torn. The mutex is released meanwhile (readers and syncers go on);
+     * the writer flag keeps the segment list as it is. */
+    int fd_old = old->fd;
+    char name_old[SEG_NAME_LEN + 1];
+    memcpy(name_old, old->name, sizeof name_old);
+    uint64_t covered = wal->appended;
+    int err = fault_take(wal, KVWAL_FAULT_SYNC, NULL);
+    if (err == 0) {
+        pthread_mutex_unlock(&wal->mu);
+        int rc;
+        do {
+            rc = fdatasync(fd_old);
+        } while (rc != 0 && errno == EINTR);
+        err = rc == 0 ? 0 : errno;
+        pthread_mutex_lock(&wal->mu);
+        wal->stats.fdatasyncs++;
+    }
+    if (err != 0) return poison(wal, err, name_old, "fdatasync of a full segment");
+    if (wal->failed) return KVWAL_EFAILED;
+    if (wal->durable < covered) {
+        wal->durable = covered;
+        pthread_cond_broadcast(&wal->cv);
+    }
 
     if (wal->prep_state == PREP_IDLE) {
         wal->prep_state = PREP_WANTED;
@@ -683,9 +752,11 @@ static size_t batch_nrecs(const struct batch_in *b) {
 }
 
 /* Record k of the batch; `data_off` walks the entries' data (records are visited in order). */
-static void batch_rec(const struct kvwal *wal, const struct batch_in *b, size_t k,
-                      size_t *data_off, struct rec_desc *r) {
-    memset(r, 0, sizeof *r);
+static inline void batch_rec(const struct kvwal *wal, const struct batch_in *b, size_t k,
+                             size_t *data_off, struct rec_desc *r) {
+    r->aux = 0;
+    r->data = NULL;
+    r->data_len = 0;
     if (b->truncate) {
         if (k == 0) {
             r->type = REC_TRUNCATE;
@@ -745,6 +816,8 @@ static int batch_write(struct kvwal *wal, const struct batch_in *b) {
     uint64_t pos = wal->write_off;       /* file offset of the next record */
     uint64_t written = 0;
     size_t entry_k = 0;
+    struct crc_queue q;
+    q.n = 0;
     int err;
     for (size_t k = 0; k < nrecs; k++) {
         struct rec_desc r;
@@ -752,6 +825,7 @@ static int batch_write(struct kvwal *wal, const struct batch_in *b) {
         uint64_t size = rec_bytes(8u * r.nfixed + r.data_len);
         if (pos + size > seg_last(wal)->size) {
             if (buf_len > 0) {
+                crc_queue_flush(wal->flags, &q);
                 err = log_write(wal, seg_last(wal)->fd, wal->scratch, buf_len, chunk_off);
                 if (err != 0) return poison(wal, err, seg_last(wal)->name, "pwrite");
                 written += buf_len;
@@ -772,6 +846,7 @@ static int batch_write(struct kvwal *wal, const struct batch_in *b) {
         }
         if (buf_len + size > wal->scratch_cap) {
             if (buf_len > 0) {
+                crc_queue_flush(wal->flags, &q);
                 err = log_write(wal, seg_last(wal)->fd, wal->scratch, buf_len, chunk_off);
                 if (err != 0) return poison(wal, err, seg_last(wal)->name, "pwrite");
                 written += buf_len;
@@ -784,7 +859,7 @@ static int batch_write(struct kvwal *wal, const struct batch_in *b) {
             }
         }
         uint64_t seq = seg_last(wal)->seq;
-        rec_encode(wal->flags, wal->scratch + buf_len, seq, pos, r.type, r.aux, r.fixed,
+        rec_encode(wal->flags, &q, wal->scratch + buf_len, seq, pos, r.type, r.aux, r.fixed,
                    r.nfixed, r.data, r.data_len);
         if (r.type == REC_ENTRY) {
             struct ient *e = &wal->pend[entry_k++];
@@ -798,6 +873,7 @@ static int batch_write(struct kvwal *wal, const struct batch_in *b) {
         pos += size;
     }
     if (buf_len > 0) {
+        crc_queue_flush(wal->flags, &q);
         err = log_write(wal, seg_last(wal)->fd, wal->scratch, buf_len, chunk_off);
         if (err != 0) return poison(wal, err, seg_last(wal)->name, "pwrite");
         written += buf_len;

@@ -20,7 +20,9 @@ import errno as errno_codes
 import logging
 import os
 import threading
+from array import array
 from collections.abc import Sequence
+from itertools import chain
 from types import TracebackType
 from typing import Any, NamedTuple
 
@@ -262,14 +264,19 @@ class WriteAheadLog:
         out = ffi.new("uint64_t *")
         count = len(entries)
         if count:
-            # zip(*...) transposes in C: no Python-level loop over the entries.
-            terms, indexes, types, datas = zip(*entries, strict=True)
+            # One pass in C flattens the entries (term, index, type, data, term, ...); slices and
+            # array() pack the columns in C too, and cffi reads the arrays in place. No
+            # Python-level loop over the entries.
+            flat: list[Any] = list(chain.from_iterable(entries))
+            if len(flat) != 4 * count:
+                raise InvalidArgumentError("append takes a sequence of Entry")
+            datas = flat[3::4]
             data = b"".join(datas)
             args = (
-                ffi.new("uint64_t[]", indexes),
-                ffi.new("uint64_t[]", terms),
-                ffi.new("uint8_t[]", types),
-                ffi.new("uint32_t[]", list(map(len, datas))),
+                ffi.from_buffer("uint64_t[]", array("Q", flat[1::4])),
+                ffi.from_buffer("uint64_t[]", array("Q", flat[0::4])),
+                ffi.from_buffer("uint8_t[]", bytes(flat[2::4])),
+                ffi.from_buffer("uint32_t[]", array("I", map(len, datas))),
                 ffi.from_buffer("uint8_t[]", data),
                 len(data),
             )
