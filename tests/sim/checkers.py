@@ -30,6 +30,9 @@ class SafetyViolation(AssertionError):
 class SimFailure(SafetyViolation):
     """A failure of a simulated run, reported with its seed and the tail of its trace."""
 
+    cluster: object = None
+    """The failed cluster, for post-mortem digging (`cluster.trace`)."""
+
 
 def chain_hash(prev: int, term: int, data: bytes) -> int:
     """The next link of the hash chain over an applied sequence (in-process only)."""

@@ -27,10 +27,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from kvstore.errors import KVStoreError, ProposalDroppedError
 from kvstore.raft.config import Config
 from kvstore.raft.core import RaftCore
-
-from kvstore.errors import KVStoreError, ProposalDroppedError
 from kvstore.raft.types import (
     ConfChange,
     ConfChangeType,
@@ -201,6 +200,8 @@ class SimCluster:
         self._next_id = opts.n_nodes + 1
         self._proposal_seq = 0
         self._read_seq = 0
+        self.removed: set[str] = set()
+        """Nodes whose removal was committed (ids are never reused)."""
         for nid in ids:
             node = SimNode(nid, ids, self.base_conf)
             node.tick_phase = self.rng.randrange(opts.steps_per_tick)
@@ -230,10 +231,12 @@ class SimCluster:
 
     def fail(self, why: str) -> SimFailure:
         """A `SimFailure` carrying the seed and the trace tail."""
-        return SimFailure(
+        err = SimFailure(
             f"{why}\nseed={self.seed} step={self.now} (replay: KVSTORE_SIM_SEED={self.seed})\n"
             f"--- trace tail ---\n{self.trace_tail()}"
         )
+        err.cluster = self
+        return err
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -460,9 +463,11 @@ class SimCluster:
         for m in msgs:
             if m.type == MessageType.SNAPSHOT:
                 m = self._attach_snapshot(node, m)
-                self.net.send(self.now, m, (node.incarnation, self._blob_for(node, m)))
-            else:
-                self.net.send(self.now, m)
+                payload = (node.incarnation, self._blob_for(node, m))
+                if not self.net.send(self.now, m, payload):
+                    self._lost(m, payload)  # the stream failed: the application reports it
+            elif not self.net.send(self.now, m) and self.net.partitioned:
+                self._lost(m, None)
 
     def _blob_for(self, node: SimNode, m: Message) -> SnapshotBlob:
         assert m.snapshot is not None
@@ -614,7 +619,10 @@ class SimCluster:
             sm.applied = e.index
             sm.term = e.term
             if e.type == EntryType.CONF_CHANGE:
-                sm.conf = apply_conf_change(sm.conf, ConfChange.decode(e.data))
+                change = ConfChange.decode(e.data)
+                if change.type == ConfChangeType.REMOVE:
+                    self.removed.add(change.node_id)
+                sm.conf = apply_conf_change(sm.conf, change)
                 self.log("%s applied conf change at %d -> %s", node.id, e.index, sm.conf)
                 continue
             put = decode_put(e.data)
