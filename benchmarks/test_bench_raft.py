@@ -1,0 +1,118 @@
+"""Raft core throughput through the simulator's message passing (no faults, no disk).
+
+A 3-node in-memory `SimCluster` (tests/sim) with instant delivery and instant "fsync": the
+leader takes batches of 64 proposals of 100 bytes (`propose_many`), and the clock stops when
+the leader has applied them all (committed on a majority, handed out, applied). What is
+measured is the core plus the simulator's Ready loop -- the ceiling the real node cannot beat.
+
+Baseline in the same run: the same loop on a 1-node cluster (commit needs no replication), so
+the ratio shows what replication to two followers costs.
+
+Profile the 3-node case with `python -m benchmarks.test_bench_raft` (top 15 functions).
+"""
+
+from __future__ import annotations
+
+import cProfile
+import pstats
+import time
+
+import pytest
+
+from tests.sim.cluster import SimCluster, SimNode, SimOptions
+from tests.sim.network import NetworkOptions
+
+BATCH = 64
+ENTRY_BYTES = 100
+BATCHES = 400
+"""Entries per measured run: BATCHES * BATCH = 25,600."""
+BATCHES_PER_STEP = 8
+"""Batches proposed per simulator step (keeps the pipeline full)."""
+
+
+def _cluster(n_nodes: int) -> tuple[SimCluster, SimNode]:
+    opts = SimOptions(
+        n_nodes=n_nodes,
+        network=NetworkOptions(delay_min_steps=1, delay_mean_steps=1.0),
+        sync_now_probability=1.0,
+        trace_messages=False,
+        trace_max=1,
+        max_inflight_msgs=256,
+    )
+    c = SimCluster(1, options=opts, check=False)
+    c.nodes["n1"].core.campaign()
+
+    def elected() -> bool:
+        ld = c.leader()
+        return ld is not None and ld.core.commit_index >= ld.storage.last_index() > 0
+
+    if not c.run(2000, until=elected):
+        raise AssertionError("no leader")
+    ld = c.leader()
+    assert ld is not None
+    return c, ld
+
+
+def _run(c: SimCluster, ld: SimNode, batches: int) -> int:
+    payload = [b"x" * ENTRY_BYTES] * BATCH
+    start = ld.sm.applied
+    target = start + batches * BATCH
+    proposed = 0
+    for _ in range(100_000):
+        for _ in range(min(BATCHES_PER_STEP, batches - proposed)):
+            ld.core.propose_many(payload)
+            proposed += 1
+        c.step()
+        if ld.sm.applied >= target:
+            return ld.sm.applied - start
+    raise AssertionError(f"not all applied: {ld.sm.applied - start} of {batches * BATCH}")
+
+
+def _bench(benchmark: pytest.FixtureRequest, n_nodes: int) -> float:
+    state: dict[str, tuple[SimCluster, SimNode]] = {}
+
+    def setup() -> tuple[tuple[SimCluster, SimNode, int], dict[str, object]]:
+        c, ld = _cluster(n_nodes)
+        state["c"] = (c, ld)
+        return (c, ld, BATCHES), {}
+
+    benchmark.pedantic(_run, setup=setup, rounds=7, iterations=1)  # type: ignore[attr-defined]
+    entries = BATCHES * BATCH
+    rate = entries / benchmark.stats.stats.median  # type: ignore[attr-defined]
+    benchmark.extra_info["entries_per_s_median"] = round(rate)  # type: ignore[attr-defined]
+    c, ld = state["c"]
+    # Every member applies everything (followers learn the last commit one round later).
+    assert c.run(100, until=lambda: all(n.sm.applied >= ld.sm.applied for n in c.nodes.values()))
+    assert ld.sm.applied >= entries
+    return rate
+
+
+def test_bench_raft_propose_many_1node(benchmark: pytest.FixtureRequest) -> None:
+    """Baseline: one node, no replication."""
+    rate = _bench(benchmark, 1)
+    print(f"\n1 node: {rate:,.0f} entries/s")
+
+
+def test_bench_raft_propose_many_3nodes(benchmark: pytest.FixtureRequest) -> None:
+    """Three nodes: batches of 64 x 100 B through the leader, committed on a majority."""
+    rate = _bench(benchmark, 3)
+    print(f"\n3 nodes: {rate:,.0f} entries/s")
+
+
+def main() -> None:
+    """Time and profile the 3-node case (top 15 functions by own time)."""
+    c, ld = _cluster(3)
+    t0 = time.perf_counter()
+    n = _run(c, ld, BATCHES)
+    dt = time.perf_counter() - t0
+    print(f"3 nodes: {n} entries in {dt:.3f} s = {n / dt:,.0f} entries/s (unprofiled)")
+    c, ld = _cluster(3)
+    prof = cProfile.Profile()
+    prof.enable()
+    _run(c, ld, BATCHES)
+    prof.disable()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(15)
+
+
+if __name__ == "__main__":
+    main()
