@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -66,6 +66,11 @@ class Member:
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     extra_args: list[str] = field(default_factory=list)
+    peers: dict[str, str] | None = None
+    """This member's own `--peers` map, when it must differ from the cluster's (e.g. other
+    members reached through proxies); None: every member at its own address."""
+    command_prefix: list[str] = field(default_factory=list)
+    """Prepended to the serve command, e.g. `ip netns exec NS` to run it in a namespace."""
 
     @property
     def running(self) -> bool:
@@ -87,7 +92,10 @@ class LocalCluster:
         secret: bytes | None = None,
         keep_data: bool = False,
         log_level: str = "WARNING",
+        addresses: Mapping[str, str] | None = None,
     ) -> None:
+        """`addresses` (node id -> host:port) names the members and where they listen; by
+        default they are n1..n<size> on free loopback ports."""
         if size < 1:
             raise ValueError("a cluster needs at least one member")
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
@@ -101,11 +109,12 @@ class LocalCluster:
         if secret is not None:
             self.secret_file = self.base_dir / "secret"
             self.secret_file.write_bytes(secret)
-        ports = free_ports(size)
+        if addresses is None:
+            ports = free_ports(size)
+            addresses = {f"n{number}": f"127.0.0.1:{port}" for number, port in enumerate(ports, 1)}
         self.members: dict[str, Member] = {}
-        for number, port in enumerate(ports, start=1):
-            node_id = f"n{number}"
-            self.members[node_id] = Member(node_id, f"127.0.0.1:{port}", self.base_dir / node_id)
+        for node_id, address in addresses.items():
+            self.members[node_id] = Member(node_id, address, self.base_dir / node_id)
 
     # --- processes --------------------------------------------------------------------------
 
@@ -133,7 +142,14 @@ class LocalCluster:
     def _spawn(self, member: Member) -> None:
         member.data_dir.mkdir(parents=True, exist_ok=True)
         member.log_path = self.base_dir / f"{member.node_id}.log"
+        if member.peers is not None:
+            peers = ",".join(f"{node_id}={address}" for node_id, address in member.peers.items())
+        elif "--join" in member.extra_args:
+            peers = self._join_peers(member)
+        else:
+            peers = self.peers_arg
         command = [
+            *member.command_prefix,
             sys.executable,
             "-m",
             "kvstore",
@@ -145,7 +161,7 @@ class LocalCluster:
             "--data-dir",
             str(member.data_dir),
             "--peers",
-            self.peers_arg if "--join" not in member.extra_args else self._join_peers(member),
+            peers,
             *member.extra_args,
         ]
         if self.secret_file is not None:
@@ -303,4 +319,7 @@ class LocalCluster:
             leader = self.leader(client)
             return leader if leader != exclude else None
 
-        return wait_until(current, timeout_s=timeout_s, what="a leader")
+        leader = wait_until(current, timeout_s=timeout_s, what="a leader")
+        if leader is None:  # wait_until returns only a truthy value
+            raise TimeoutError("no leader")
+        return leader

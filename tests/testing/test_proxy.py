@@ -198,7 +198,8 @@ def test_fault_validation() -> None:
 def test_mesh_routes_each_direction_through_its_own_proxies(network: ProxyNetwork) -> None:
     servers = {name: EchoServer() for name in ("a", "b", "c")}
     threads = [
-        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True) for server in servers.values()
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        for server in servers.values()
     ]
     for thread in threads:
         thread.start()
