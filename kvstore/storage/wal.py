@@ -159,7 +159,9 @@ class WriteAheadLog:
                 f"segment_bytes must be >= {lib.KVWAL_SEGMENT_BYTES_MIN}, got {segment_bytes}"
             )
         self._directory = os.fspath(directory)
-        self._cond = threading.Condition(threading.Lock())
+        # `_lock` guards the in-flight count; `_cond` (on the same lock) lets close() wait.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._inflight = 0
         self._closing = False
         self._handle: Any = None
@@ -199,16 +201,16 @@ class WriteAheadLog:
         return self._directory
 
     def _enter(self) -> Any:
-        with self._cond:
+        with self._lock:
             if self._handle is None or self._closing:
                 raise WalFailedError(f"the redo log in {self._directory} is closed")
             self._inflight += 1
             return self._handle
 
     def _exit(self) -> None:
-        with self._cond:
+        with self._lock:
             self._inflight -= 1
-            if self._inflight == 0 and self._closing:
+            if self._closing and not self._inflight:
                 self._cond.notify_all()
 
     def close(self) -> None:
@@ -261,8 +263,34 @@ class WriteAheadLog:
                     )
                 ffi.memmove(hs.vote, vote, len(vote))
                 hs.vote_len = len(vote)
-        out = ffi.new("uint64_t *")
         count = len(entries)
+        if count == 1:
+            # The common case of one proposal per turn: fewer temporary objects.
+            try:
+                term, index, etype, data = entries[0]
+            except (TypeError, ValueError):
+                raise InvalidArgumentError("append takes a sequence of Entry") from None
+            nums = ffi.new("uint64_t[3]", (index, term))  # index, term, out position
+            handle = self._enter()
+            try:
+                rc = lib.kvwal_log_append(
+                    handle,
+                    1,
+                    nums,
+                    nums + 1,
+                    ffi.new("uint8_t *", etype),
+                    ffi.new("uint32_t *", len(data)),
+                    ffi.from_buffer("uint8_t[]", data),
+                    len(data),
+                    hs,
+                    nums + 2,
+                )
+                if rc:
+                    raise _error(handle, "append", rc)
+            finally:
+                self._exit()
+            return int(nums[2])
+        out = ffi.new("uint64_t *")
         if count:
             # One pass in C flattens the entries (term, index, type, data, term, ...); slices and
             # array() pack the columns in C too, and cffi reads the arrays in place. No
