@@ -108,8 +108,15 @@ def test_pass_forwards_both_ways(echo: EchoServer, network: ProxyNetwork) -> Non
         payload = bytes(range(256)) * 1000
         sock.sendall(payload)
         assert recv_exactly(sock, len(payload)) == payload
-    assert proxy.stats[FORWARD].forwarded_bytes == len(payload)
-    assert proxy.stats[BACKWARD].forwarded_bytes == len(payload)
+    # The counters are bumped right after each write, so the data may arrive first.
+    wait_until(
+        lambda: (
+            proxy.stats[FORWARD].forwarded_bytes == len(payload)
+            and proxy.stats[BACKWARD].forwarded_bytes == len(payload)
+        ),
+        timeout_s=WAIT_S,
+        what="the byte counters",
+    )
 
 
 def test_delay_holds_each_chunk_and_keeps_order(echo: EchoServer, network: ProxyNetwork) -> None:
