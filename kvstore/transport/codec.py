@@ -294,7 +294,7 @@ def _decode_entries(value: object) -> tuple[Entry, ...]:
             or type(index) is not int
             or type(data) is not bytes
             or not 0 <= term <= _U64_MAX
-            or not 0 < index <= _U64_MAX
+            or not 0 <= index <= _U64_MAX  # 0: a forwarded proposal has no index yet
         ):
             raise _bad("entry", item)
         entry_type = entry_types.get(kind) if type(kind) is int else None

@@ -169,7 +169,7 @@ BAD_FIELDS = [
     (6, {}),
     (6, [[7, 42, 0]]),  # entry too short
     (6, [[7, 42, 0, b"", 1]]),  # too long
-    (6, [[7, 0, 0, b""]]),  # index 0 is not an entry
+    (6, [[7, 2**64, 0, b""]]),  # index beyond u64 (0 is allowed: a forwarded proposal)
     (6, [[7, 42, 5, b""]]),  # unknown entry type
     (6, [[7, 42, 0, "text"]]),  # data must be bytes
     (6, [[-1, 42, 0, b""]]),
