@@ -21,6 +21,7 @@ from kvstore.errors import (
     OperationTimeoutError,
     UnavailableError,
 )
+from kvstore.node import Node
 from kvstore.options import Options, Status
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "InvalidArgumentError",
     "KVStoreError",
     "LeastLatency",
+    "Node",
     "NotLeaderError",
     "OperationTimeoutError",
     "Options",

@@ -75,9 +75,8 @@ def run_demo(*, keys: int = 3000) -> int:
     with LocalCluster(3) as cluster:
         console.print(f"data in [cyan]{cluster.base_dir}[/cyan]")
         for member in cluster:
-            console.print(
-                f"  started {member.node_id} (pid {member.process.pid}) on {member.address}"
-            )  # type: ignore[union-attr]
+            pid = member.process.pid if member.process is not None else "?"
+            console.print(f"  started {member.node_id} (pid {pid}) on {member.address}")
         with Client(cluster.addresses, timeout_s=WRITE_TIMEOUT_S) as client:
             leader = cluster.wait_for_leader(client)
             console.print(f"leader elected: [bold green]{leader}[/bold green]")
