@@ -70,7 +70,8 @@ class Nemesis:
     paused: set[str] = field(default_factory=set)
     started: float = field(default_factory=time.monotonic)
 
-    def _record(self, action: str, targets: Iterable[str] = (), detail: str = "") -> None:
+    def record(self, action: str, targets: Iterable[str] = (), detail: str = "") -> None:
+        """Add an event to the log (schedules record their own steps, e.g. disk faults)."""
         self.events.append(
             FaultEvent(time.monotonic() - self.started, action, tuple(targets), detail)
         )
@@ -102,7 +103,7 @@ class Nemesis:
             self.cluster.kill(node_id)
             self.paused.discard(node_id)
             self.killed.add(node_id)
-        self._record("kill", targets)
+        self.record("kill", targets)
 
     def restart(self, node_ids: Iterable[str] | None = None) -> None:
         """Start killed members again from their data directories (default: all killed)."""
@@ -110,7 +111,7 @@ class Nemesis:
         for node_id in targets:
             self.cluster.restart(node_id)
             self.killed.discard(node_id)
-        self._record("restart", targets)
+        self.record("restart", targets)
 
     def pause(self, node_ids: Iterable[str]) -> None:
         """SIGSTOP each member: its sockets stay open, it answers nothing."""
@@ -118,7 +119,7 @@ class Nemesis:
         for node_id in targets:
             self.cluster.pause(node_id)
             self.paused.add(node_id)
-        self._record("pause", targets)
+        self.record("pause", targets)
 
     def resume(self, node_ids: Iterable[str] | None = None) -> None:
         """SIGCONT paused members (default: all paused)."""
@@ -126,7 +127,7 @@ class Nemesis:
         for node_id in targets:
             self.cluster.resume(node_id)
             self.paused.discard(node_id)
-        self._record("resume", targets)
+        self.record("resume", targets)
 
     # --- network ------------------------------------------------------------------------------
 
@@ -137,7 +138,7 @@ class Nemesis:
             self.lab.partition(*sides)
         else:
             self._need_mesh().partition(*sides, fault=fault)
-        self._record("partition", (), " | ".join(",".join(side) for side in sides))
+        self.record("partition", (), " | ".join(",".join(side) for side in sides))
 
     def isolate(self, node_id: str) -> None:
         """Cut one member off from all others."""
@@ -145,7 +146,7 @@ class Nemesis:
             self.lab.link_down(node_id)
         else:
             self._need_mesh().isolate(node_id)
-        self._record("isolate", [node_id])
+        self.record("isolate", [node_id])
 
     def bridge(self) -> None:
         """Two halves that cannot talk, joined by one member that talks to both (proxies)."""
@@ -155,7 +156,7 @@ class Nemesis:
         half = len(rest) // 2
         left, right = rest[:half], rest[half:]
         self._need_mesh().bridge(left, middle, right)
-        self._record("bridge", [middle], f"{','.join(sorted(left))} | {','.join(sorted(right))}")
+        self.record("bridge", [middle], f"{','.join(sorted(left))} | {','.join(sorted(right))}")
 
     def one_way(self, src: str, dsts: Iterable[str], fault: Fault = BLACKHOLE) -> None:
         """Everything `src` sends to each of `dsts` is lost; the other direction works."""
@@ -163,20 +164,20 @@ class Nemesis:
         mesh = self._need_mesh()
         for dst in targets:
             mesh.set_link(src, dst, fault)
-        self._record("one-way", [src], f"-> {','.join(targets)} {fault.mode}")
+        self.record("one-way", [src], f"-> {','.join(targets)} {fault.mode}")
 
     def slow_links(self, fault: Fault) -> None:
         """Apply `fault` (usually a delay) to every link, both ways."""
         mesh = self._need_mesh()
         mesh.set_links(list(mesh.links), fault)
-        self._record("slow", (), f"{fault.mode} {fault.delay_s:g}s jitter {fault.jitter_s:g}s")
+        self.record("slow", (), f"{fault.mode} {fault.delay_s:g}s jitter {fault.jitter_s:g}s")
 
     def netem(self, node_id: str, spec: str) -> None:
         """`tc netem` on a member's interface (namespaces only), e.g. "delay 50ms loss 10%"."""
         if self.lab is None:
             raise RuntimeError("netem needs the members in network namespaces")
         self.lab.netem(node_id, spec)
-        self._record("netem", [node_id], spec)
+        self.record("netem", [node_id], spec)
 
     def heal_network(self) -> None:
         """Every link back to normal."""
@@ -184,7 +185,7 @@ class Nemesis:
             self.mesh.heal()
         if self.lab is not None:
             self.lab.heal()
-        self._record("heal-network")
+        self.record("heal-network")
 
     def _need_mesh(self) -> PeerMesh:
         if self.mesh is None:
