@@ -62,6 +62,7 @@ class SimNetwork:
         self._link_last_step: dict[tuple[str, str], int] = {}
         self._blocked: set[tuple[str, str]] = set()
         self._slow_extra_steps: dict[str, int] = {}
+        self._link_extra_steps: dict[tuple[str, str], int] = {}
         self._dead: set[str] = set()
         self.stats: dict[str, int] = {"sent": 0, "dropped": 0, "duplicated": 0, "delivered": 0}
 
@@ -86,9 +87,10 @@ class SimNetwork:
         self.partition([node], [o for o in others if o != node])
 
     def heal(self) -> None:
-        """Remove every partition and every slow node."""
+        """Remove every partition, slow node and slow link."""
         self._blocked.clear()
         self._slow_extra_steps.clear()
+        self._link_extra_steps.clear()
 
     def set_slow(self, node: str, extra_steps: int) -> None:
         """Add `extra_steps` of delay to every message to or from `node` (0 = normal again)."""
@@ -96,6 +98,13 @@ class SimNetwork:
             self._slow_extra_steps.pop(node, None)
         else:
             self._slow_extra_steps[node] = extra_steps
+
+    def set_link_delay(self, sender: str, recipient: str, extra_steps: int) -> None:
+        """Add `extra_steps` of delay on the one-way link `sender -> recipient` (0 = normal)."""
+        if extra_steps <= 0:
+            self._link_extra_steps.pop((sender, recipient), None)
+        else:
+            self._link_extra_steps[(sender, recipient)] = extra_steps
 
     def is_blocked(self, sender: str, recipient: str) -> bool:
         """Whether the link `sender -> recipient` is cut."""
@@ -132,6 +141,8 @@ class SimNetwork:
         if extra_mean > 0:
             delay += int(self.rng.expovariate(1.0 / extra_mean))
         delay += self._slow_extra_steps.get(sender, 0) + self._slow_extra_steps.get(recipient, 0)
+        if self._link_extra_steps:
+            delay += self._link_extra_steps.get((sender, recipient), 0)
         return min(delay, o.delay_max_steps)
 
     def _push(self, now: int, msg: Message, payload: Any) -> None:

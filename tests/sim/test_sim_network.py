@@ -116,3 +116,11 @@ def test_in_flight_limit_drops_beyond_it() -> None:
     sent = [net.send(0, _msg("a", "b", n)) for n in range(15)]
     assert sent.count(True) == 10
     assert net.in_flight() == 10
+
+
+def test_one_way_link_delay() -> None:
+    net = SimNetwork(random.Random(1), NetworkOptions(delay_min_steps=1, delay_mean_steps=1.0))
+    net.set_link_delay("b", "a", 9)
+    net.send(0, _msg("a", "b", 1))
+    net.send(0, _msg("b", "a", 2))
+    assert [(s, m.index) for s, m, _ in _drain(net, 20)] == [(1, 1), (10, 2)]
