@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -120,6 +121,7 @@ struct kvwal {
 
     pthread_t prep_thread;
     int prep_started, prep_stop, prep_state, prep_fd, prep_err;
+    atomic_int prep_abort; /* read without the mutex by prepare_file: close() stops a zero-fill */
     uint64_t prep_size;
 
     struct fault faults[4];
@@ -534,8 +536,9 @@ static int preamble_build(struct kvwal *wal, uint64_t seq, uint64_t first_index,
 /* ---- Preparing segments -------------------------------------------------------------------- */
 
 /* Create TMP_NAME of `size` bytes: fallocate, optionally write zeros, fdatasync. Returns an fd
- * or -errno. Runs in the helper thread (or alone at open): touches no shared state. */
-static int prepare_file(int dirfd, uint64_t size, int zero_fill) {
+ * or -errno (-ECANCELED if `abort` became non-zero). Runs in the helper thread (or alone at
+ * open): touches no shared state but the abort flag. */
+static int prepare_file(int dirfd, uint64_t size, int zero_fill, atomic_int *abort) {
     int fd = openat(dirfd, TMP_NAME, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) return -errno;
     int err = posix_fallocate(fd, 0, (off_t)size);
@@ -547,6 +550,10 @@ static int prepare_file(int dirfd, uint64_t size, int zero_fill) {
             err = ENOMEM;
         } else {
             for (uint64_t off = 0; off < size && err == 0; off += ZERO_CHUNK_BYTES) {
+                if (atomic_load_explicit(abort, memory_order_relaxed)) {
+                    err = ECANCELED;
+                    break;
+                }
                 uint64_t n = size - off < ZERO_CHUNK_BYTES ? size - off : ZERO_CHUNK_BYTES;
                 err = pwrite_all(fd, zeros, (size_t)n, off);
             }
@@ -576,7 +583,7 @@ static void *prep_main(void *arg) {
         int fault = fault_take(wal, KVWAL_FAULT_PREPARE, NULL);
         int dirfd = wal->dirfd;
         pthread_mutex_unlock(&wal->mu);
-        int fd = fault ? -fault : prepare_file(dirfd, size, zero_fill);
+        int fd = fault ? -fault : prepare_file(dirfd, size, zero_fill, &wal->prep_abort);
         pthread_mutex_lock(&wal->mu);
         if (fd < 0) {
             wal->prep_state = PREP_FAILED;
@@ -1684,6 +1691,7 @@ int kvwal_log_create(kvwal_t **out) {
     pthread_cond_init(&wal->prep_cv, NULL);
     wal->dirfd = -1;
     wal->prep_fd = -1;
+    atomic_init(&wal->prep_abort, 0);
     wal->base = 1;
     *out = wal;
     return 0;
@@ -1746,7 +1754,7 @@ int kvwal_log_open(kvwal_t *wal, const char *dir, uint64_t segment_bytes, unsign
     if (wal->nsegs == 0) {
         /* A new log. Its first segment is not zero-filled, so that creating a log stays
          * instant (FORMAT.md §1). */
-        int fd = prepare_file(wal->dirfd, wal->segment_bytes, 0);
+        int fd = prepare_file(wal->dirfd, wal->segment_bytes, 0, &wal->prep_abort);
         if (fd < 0) {
             return set_error(wal, -fd, -fd, TMP_NAME, 0, 0, "creating the first segment failed");
         }
@@ -1772,6 +1780,7 @@ int kvwal_log_close(kvwal_t *wal) {
     while (wal->syncing) pthread_cond_wait(&wal->cv, &wal->mu);
     wal->opened = 0;
     wal->prep_stop = 1;
+    atomic_store(&wal->prep_abort, 1);
     pthread_cond_broadcast(&wal->prep_cv);
     pthread_mutex_unlock(&wal->mu);
     if (wal->prep_started) pthread_join(wal->prep_thread, NULL);

@@ -171,6 +171,9 @@ class WriteAheadLog:
             raise OSError(rc, os.strerror(rc))
         handle = out[0]
         try:
+            # The C side creates (and fsyncs the parent of) the log directory itself, not its
+            # ancestors.
+            os.makedirs(os.path.dirname(os.path.abspath(self._directory)), exist_ok=True)
             for fault in faults:
                 self._arm(handle, fault)
             flags = (0 if zero_fill else lib.KVWAL_FLAG_NO_ZERO_FILL) | (

@@ -63,6 +63,12 @@ def test_new_log_is_empty(wal_dir: Path) -> None:
     assert kinds == [walfile.REC_SEGMENT, walfile.REC_SNAPSHOT, walfile.REC_HARD_STATE]
 
 
+def test_missing_parent_directories_are_created(tmp_path: Path) -> None:
+    with WriteAheadLog(tmp_path / "data" / "node-1" / "wal", segment_bytes=SMALL) as wal:
+        wal.append(make(1, 2, term=1))
+    assert len(walfile.segment_paths(tmp_path / "data" / "node-1" / "wal")) == 1
+
+
 def test_append_read_back_and_reopen(wal_dir: Path) -> None:
     entries = make(1, 40, term=3)
     hs = HardState(term=3, vote="node-7", commit=12)

@@ -49,9 +49,9 @@ def test_many_threads_share_fdatasyncs(tmp_path: Path) -> None:
     total = THREADS * PER_THREAD
     assert stats.sync_calls == total
     # fdatasyncs were shared (one per sync call would be `total`). How many records share one
-    # depends on how long an fdatasync takes here (75 us to 4 ms on the test VM) against the
-    # Python time per append; the bound holds even when the disk is at its fastest.
-    assert stats.fdatasyncs <= total // 2, stats
+    # depends on how long an fdatasync takes (80 us to 4 ms on the test VM) against the Python
+    # time per append, so this bound is loose; the next test checks sharing exactly.
+    assert stats.fdatasyncs < total * 3 // 4, stats
     with WriteAheadLog(directory, segment_bytes=1 << 20) as wal:
         got = wal.entries(1, total + 1)
     assert [e.data for e in got] == [f"{owner[i]}:{i}".encode() for i in range(1, total + 1)]
@@ -65,3 +65,31 @@ def test_sync_of_an_old_position_returns_without_an_fdatasync(tmp_path: Path) ->
         wal.sync(early)  # already covered by the sync above
         wal.sync()  # nothing new appended since
         assert wal.stats().fdatasyncs == before
+
+
+def test_one_fdatasync_covers_every_record_appended_before_it(tmp_path: Path) -> None:
+    with WriteAheadLog(tmp_path / "wal", segment_bytes=1 << 20) as wal:
+        positions = [wal.append([Entry(1, i, EntryType.NORMAL, b"r")]) for i in range(1, 33)]
+        before = wal.stats().fdatasyncs
+        barrier = threading.Barrier(len(positions))
+        errors: list[BaseException] = []
+
+        def waiter(position: int) -> None:
+            try:
+                barrier.wait()
+                wal.sync(position)
+                assert wal.stats().durable_position >= position
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=waiter, args=(p,)) for p in positions]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not errors
+        stats = wal.stats()
+        # Whichever thread started the fdatasync took everything appended so far as its goal:
+        # the other 31 waited for it (or found their records durable already).
+        assert stats.fdatasyncs == before + 1
+        assert stats.sync_calls == len(positions)
