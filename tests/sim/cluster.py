@@ -609,6 +609,16 @@ class SimCluster:
             return
         sm = node.sm
         check = self.check_enabled
+        if check:
+            # What is applied must be on this node's disk: a crash right after applying must
+            # not leave the state machine ahead of the durable log.
+            durable = node.storage.durable
+            last = entries[-1]
+            if durable.term_at(last.index) != last.term and last.index > durable.snap.index:
+                raise self.fail(
+                    f"{node.id}: committed entry {last.index}/{last.term} applied before it was "
+                    f"durable (durable log ends at {durable.last_index()})"
+                )
         for e in entries:
             if e.index != sm.applied + 1:
                 raise self.fail(
