@@ -12,6 +12,7 @@ KVSTORE_BENCH_OPS sets the operations per workload (default 2000).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -132,7 +133,10 @@ class TestPySyncObj:
         _bench(
             benchmark,
             lambda: pysyncobj_cluster.run_workload(
-                PUT_CONCURRENT, SETTINGS, _progress(), concurrency=SETTINGS.concurrency
+                PUT_CONCURRENT,
+                dataclasses.replace(SETTINGS, ops=SETTINGS.concurrent_ops),
+                _progress(),
+                concurrency=SETTINGS.concurrency,
             ),
         )
 

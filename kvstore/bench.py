@@ -74,6 +74,9 @@ IN_PROCESS_READ_OPS_FACTOR = 20
 """In-process reads are ~100x faster than a network round trip: run more of them so that the
 measurement spans a meaningful time (tenths of a second rather than milliseconds)."""
 
+CONCURRENT_ROUNDS_MIN = 20
+"""Fewest operations per in-flight slot in a concurrent workload (see `concurrent_ops`)."""
+
 FAILOVER_TRIALS = 3
 FAILOVER_WAIT_S_MAX = 20.0
 """How long one failover trial waits for the first acknowledged write before giving up."""
@@ -119,6 +122,12 @@ class BenchSettings:
             raise BenchError(f"keys are {KEY_BYTES} bytes; values need at least one byte")
 
     @property
+    def concurrent_ops(self) -> int:
+        """Operations of a concurrent workload: at least `CONCURRENT_ROUNDS_MIN` per slot in
+        flight, so that filling the pipeline and draining it are a small part of the run."""
+        return max(self.ops, CONCURRENT_ROUNDS_MIN * self.concurrency)
+
+    @property
     def errors_max(self) -> int:
         """Failed operations tolerated in one workload before it is stopped as broken."""
         return max(10, self.ops // 100)
@@ -130,6 +139,12 @@ def bench_key(number: int) -> bytes:
     if len(key) != KEY_BYTES:
         raise BenchError(f"operation number {number} does not fit a {KEY_BYTES}-byte key")
     return key
+
+
+def bench_keys(count: int) -> list[bytes]:
+    """Keys 0 to count - 1, made before timing starts: a key costs about as much to format as
+    an in-process stale read takes, and the benchmark measures the read."""
+    return [bench_key(number) for number in range(count)]
 
 
 def bench_value(value_bytes: int = VALUE_BYTES) -> bytes:
@@ -470,35 +485,41 @@ class StoreWorkloads:
         self.settings = settings
         self.progress = progress
         self.value = bench_value(settings.value_bytes)
+        self.keys = bench_keys(max(settings.ops, settings.concurrent_ops))
+        """Every key a put writes; reads read the first `settings.ops` of them."""
 
     def put_sequential(self) -> WorkloadResult:
         """One writer; each put waits for its commit."""
-        store, value, timeout_s = self.store, self.value, self.settings.timeout_s
+        store, keys, value, timeout_s = self.store, self.keys, self.value, self.settings.timeout_s
 
         def put_one(number: int) -> None:
-            store.put(bench_key(number), value, timeout_s=timeout_s)
+            store.put(keys[number], value, timeout_s=timeout_s)
 
         return self._measure(PUT_SEQUENTIAL, lambda r: run_sequential(put_one, r), concurrency=1)
 
     def put_concurrent(self) -> WorkloadResult:
         """`concurrency` puts in flight."""
         return self._measure(
-            PUT_CONCURRENT, self._run_concurrent_put, concurrency=self.settings.concurrency
+            PUT_CONCURRENT,
+            self._run_concurrent_put,
+            concurrency=self.settings.concurrency,
+            ops=self.settings.concurrent_ops,
         )
 
     def get(self, consistency: str, *, concurrent: bool) -> WorkloadResult:
         """Reads of keys the put workloads wrote, one at a time or `concurrency` in flight."""
-        settings, store = self.settings, self.store
+        settings, store, keys = self.settings, self.store, self.keys
         # In-process lease and stale reads never leave this process: give them more operations.
         local = self.in_process and consistency != "linearizable"
-        ops = settings.ops * (IN_PROCESS_READ_OPS_FACTOR if local else 1)
+        ops = settings.concurrent_ops if concurrent else settings.ops
+        ops *= IN_PROCESS_READ_OPS_FACTOR if local else 1
         workload = get_workload(consistency, concurrent=concurrent)
         if concurrent:
             body = functools.partial(self._run_concurrent_get, consistency=consistency)
             return self._measure(workload, body, concurrency=settings.concurrency, ops=ops)
 
         def get_one(number: int) -> None:
-            key = bench_key(number % settings.ops)
+            key = keys[number % settings.ops]
             found = store.get(key, consistency=consistency, timeout_s=settings.timeout_s)
             _check_found(found, key)
 
@@ -566,22 +587,22 @@ class ClientWorkloads(StoreWorkloads):
         asyncio.run(main())
 
     def _run_concurrent_put(self, recorder: Recorder) -> None:
-        value, timeout_s = self.value, self.settings.timeout_s
+        keys, value, timeout_s = self.keys, self.value, self.settings.timeout_s
 
         def make_op(aio_client: Any) -> Callable[[int], Awaitable[object]]:
             async def op(number: int) -> None:
-                await aio_client.put(bench_key(number), value, timeout_s=timeout_s)
+                await aio_client.put(keys[number], value, timeout_s=timeout_s)
 
             return op
 
         self._run_aio(recorder, make_op)
 
     def _run_concurrent_get(self, recorder: Recorder, *, consistency: str) -> None:
-        settings = self.settings
+        settings, keys = self.settings, self.keys
 
         def make_op(aio_client: Any) -> Callable[[int], Awaitable[object]]:
             async def op(number: int) -> None:
-                key = bench_key(number % settings.ops)
+                key = keys[number % settings.ops]
                 found = await aio_client.get(
                     key, consistency=consistency, timeout_s=settings.timeout_s
                 )
@@ -601,18 +622,18 @@ class EmbeddedWorkloads(StoreWorkloads):
         super().__init__(KVSTORE_EMBEDDED, node, settings, progress)
 
     def _run_concurrent_put(self, recorder: Recorder) -> None:
-        store, value, timeout_s = self.store, self.value, self.settings.timeout_s
+        store, keys, value, timeout_s = self.store, self.keys, self.value, self.settings.timeout_s
 
         def put_one(number: int) -> None:
-            store.put(bench_key(number), value, timeout_s=timeout_s)
+            store.put(keys[number], value, timeout_s=timeout_s)
 
         run_threaded(put_one, recorder, concurrency=self.settings.concurrency)
 
     def _run_concurrent_get(self, recorder: Recorder, *, consistency: str) -> None:
-        store, settings = self.store, self.settings
+        store, settings, keys = self.store, self.settings, self.keys
 
         def get_one(number: int) -> None:
-            key = bench_key(number % settings.ops)
+            key = keys[number % settings.ops]
             found = store.get(key, consistency=consistency, timeout_s=settings.timeout_s)
             _check_found(found, key)
 
@@ -657,7 +678,7 @@ def embedded_node() -> Iterator[Any]:
         data_dir = cluster.members[local_id].data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         with node_class(local_id, data_dir, peers) as node:
-            _make_leader(node, local_id)
+            _make_leader(node, local_id, list(peers.values()))
             yield node
 
 
@@ -783,17 +804,23 @@ def _wait(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
         time.sleep(0.001)
 
 
-def _make_leader(node: Any, node_id: str) -> None:
-    """Wait for a leader, then move leadership to `node_id` (retrying) until it holds it."""
+def _make_leader(node: Any, node_id: str, addresses: Sequence[str]) -> None:
+    """Wait for a leader, then have it hand leadership to `node_id` until that one holds it.
+
+    A transfer is asked of the current leader, which may be another process: through a
+    `kvstore.Client` on every member's address.
+    """
+    _node, client_class, _aio = _import_kvstore_parts()
     deadline = time.monotonic() + LEADER_WAIT_S_MAX
     node.wait_for_leader(timeout_s=LEADER_WAIT_S_MAX)
-    while node.status().role != "leader":
-        if time.monotonic() > deadline:
-            raise BenchError(f"{node_id} did not become leader in {LEADER_WAIT_S_MAX:.0f} s")
-        with contextlib.suppress(*OP_ERRORS):
-            node.transfer_leadership(node_id)
-        with contextlib.suppress(BenchError):
-            _wait(lambda: node.status().role == "leader", 2.0, "the leadership transfer")
+    with client_class(list(addresses), timeout_s=5.0) as client:
+        while node.status().role != "leader":
+            if time.monotonic() > deadline:
+                raise BenchError(f"{node_id} did not become leader in {LEADER_WAIT_S_MAX:.0f} s")
+            with contextlib.suppress(*OP_ERRORS):
+                client.transfer_leadership(node_id, timeout_s=5.0)
+            with contextlib.suppress(BenchError):
+                _wait(lambda: node.status().role == "leader", 2.0, "the leadership transfer")
 
 
 # --- peers --------------------------------------------------------------------------------------
@@ -968,8 +995,8 @@ def render_report(report: BenchReport, console: Console) -> None:
             else:
                 figures = [
                     f"{result.ops_per_s:,.0f}",
-                    f"{result.p50_ms:.2f}",
-                    f"{result.p99_ms:.2f}",
+                    f"{result.p50_ms:.3g}",
+                    f"{result.p99_ms:.3g}",
                 ]
             ratios = []
             for peer in PEERS:

@@ -36,7 +36,7 @@ from kvstore.bench import (
     PeerOperationError,
     Recorder,
     WorkloadResult,
-    bench_key,
+    bench_keys,
     bench_value,
     get_workload,
     measure,
@@ -425,25 +425,33 @@ class EtcdWorkloads:
         self.settings = settings
         self.progress = progress
         self.value_b64 = base64.b64encode(bench_value(settings.value_bytes))
+        self.keys = bench_keys(max(settings.ops, settings.concurrent_ops))
 
     def put_sequential(self) -> WorkloadResult:
         """One connection to the leader; each put waits for its commit."""
-        return self._measure(PUT_SEQUENTIAL, self._leader(), 1, self._puts)
+        return self._measure(PUT_SEQUENTIAL, self._leader(), 1, self._puts, self.settings.ops)
 
     def put_concurrent(self) -> WorkloadResult:
         """`concurrency` connections to the leader, one put in flight on each."""
-        return self._measure(PUT_CONCURRENT, self._leader(), self.settings.concurrency, self._puts)
+        settings = self.settings
+        return self._measure(
+            PUT_CONCURRENT,
+            self._leader(),
+            settings.concurrency,
+            self._puts,
+            settings.concurrent_ops,
+        )
 
     def get(self, consistency: str, *, concurrent: bool) -> WorkloadResult:
         """Ranges of keys the puts wrote: "linearizable" (ReadIndex) or "stale" (serializable)."""
         if consistency not in ("linearizable", "stale"):
             raise BenchError(f"etcd has no {consistency!r} reads")
         serializable = consistency == "stale"
-        settings, value_b64 = self.settings, self.value_b64
+        settings, keys, value_b64 = self.settings, self.keys, self.value_b64
 
         def make(pool: ConnectionPool) -> Callable[[int], Awaitable[object]]:
             async def op(number: int) -> None:
-                key = bench_key(number % settings.ops)
+                key = keys[number % settings.ops]
                 body = range_body(key, serializable=serializable)
                 check_range(await pool.post(b"/v3/kv/range", body), key, value_b64)
 
@@ -454,6 +462,7 @@ class EtcdWorkloads:
             self.cluster.addresses,
             settings.concurrency if concurrent else 1,
             make,
+            settings.concurrent_ops if concurrent else settings.ops,
         )
 
     def run_all(self) -> list[WorkloadResult]:
@@ -471,10 +480,10 @@ class EtcdWorkloads:
         return [leader]
 
     def _puts(self, pool: ConnectionPool) -> Callable[[int], Awaitable[object]]:
-        value_b64 = self.value_b64
+        keys, value_b64 = self.keys, self.value_b64
 
         async def op(number: int) -> None:
-            await pool.post(b"/v3/kv/put", put_body(bench_key(number), value_b64))
+            await pool.post(b"/v3/kv/put", put_body(keys[number], value_b64))
 
         return op
 
@@ -484,6 +493,7 @@ class EtcdWorkloads:
         addresses: list[str],
         concurrency: int,
         make_op: Callable[[ConnectionPool], Callable[[int], Awaitable[object]]],
+        ops: int,
     ) -> WorkloadResult:
         settings = self.settings
         return measure(
@@ -499,6 +509,7 @@ class EtcdWorkloads:
                 make_op=make_op,
             ),
             concurrency=concurrency,
+            ops=ops,
         )
 
 

@@ -46,7 +46,7 @@ from kvstore.bench import (
     PeerOperationError,
     Recorder,
     WorkloadResult,
-    bench_key,
+    bench_keys,
     bench_value,
     run_sequential,
 )
@@ -122,6 +122,7 @@ class _Member:
             duration_s_max=float(request["duration_s_max"]),
         )
         value = bench_value(int(request["value_bytes"]))
+        keys = bench_keys(recorder.ops_max)
         timeout_s = float(request["timeout_s"])
         workload = str(request["workload"])
         concurrency = int(request["concurrency"])
@@ -138,13 +139,13 @@ class _Member:
 
                 def set_one(number: int) -> None:
                     try:
-                        self.store.set(bench_key(number), value, sync=True, timeout=timeout_s)
+                        self.store.set(keys[number], value, sync=True, timeout=timeout_s)
                     except self.sync_error as error:
                         raise PeerOperationError(f"SyncObjException: {error}") from error
 
                 run_sequential(set_one, recorder)
             elif workload == PUT_CONCURRENT:
-                self._run_callbacks(recorder, value, concurrency=concurrency)
+                self._run_callbacks(recorder, keys, value, concurrency=concurrency)
             else:
                 raise BenchError(f"unknown workload {workload!r}")
         finally:
@@ -153,7 +154,9 @@ class _Member:
         result = recorder.result(PYSYNCOBJ, workload, concurrency=concurrency)
         self.send({"result": result.to_json()})
 
-    def _run_callbacks(self, recorder: Recorder, value: bytes, *, concurrency: int) -> None:
+    def _run_callbacks(
+        self, recorder: Recorder, keys: list[bytes], value: bytes, *, concurrency: int
+    ) -> None:
         """Keep `concurrency` sets in flight; each completion callback issues the next set."""
         numbers = itertools.count()
         clock = time.perf_counter_ns
@@ -180,7 +183,7 @@ class _Member:
                     recorder.record_error(PeerOperationError(f"FAIL_REASON {error}"))
                 issue()
 
-            self.store.set(bench_key(number), value, callback=on_done)
+            self.store.set(keys[number], value, callback=on_done)
 
         recorder.start()
         try:
@@ -404,7 +407,10 @@ def run(settings: BenchSettings, progress: BenchProgress) -> list[WorkloadResult
         return [
             cluster.run_workload(PUT_SEQUENTIAL, sequential, progress, concurrency=1),
             cluster.run_workload(
-                PUT_CONCURRENT, settings, progress, concurrency=settings.concurrency
+                PUT_CONCURRENT,
+                dataclasses.replace(settings, ops=settings.concurrent_ops),
+                progress,
+                concurrency=settings.concurrency,
             ),
         ]
 
