@@ -233,10 +233,15 @@ class Network:
 
     # --- delivery ----------------------------------------------------------------------------
 
-    def send(self, *msgs: Message) -> None:
-        """Deliver `msgs` and everything they cause, until the network is quiet."""
+    def send(self, *msgs: Message, budget: int | None = None) -> None:
+        """Deliver `msgs` and everything they cause, until the network is quiet (or `budget`
+        messages were handled: the rest are dropped)."""
         queue = deque(msgs)
         while queue:
+            if budget is not None:
+                if budget <= 0:
+                    return
+                budget -= 1
             m = queue.popleft()
             self.sent.append(m)
             if not self.passes(m):
@@ -256,13 +261,16 @@ class Network:
                 out.extend(peer.process_ready())
         return out
 
-    def stabilize(self) -> None:
-        """Deliver until no peer has anything left to say."""
+    def stabilize(self, budget: int | None = None) -> None:
+        """Deliver until no peer has anything left to say (or `budget` messages were handled)."""
         while True:
             msgs = self.collect()
-            if not msgs:
+            if not msgs or (budget is not None and budget <= 0):
                 return
-            self.send(*msgs)
+            before = len(self.sent)
+            self.send(*msgs, budget=budget)
+            if budget is not None:
+                budget -= len(self.sent) - before
 
     def tick(self, node: str, n: int = 1) -> None:
         """Tick one peer `n` times, delivering what each tick causes."""
