@@ -25,6 +25,7 @@ operation that could not be ordered before its answer, and the concurrent candid
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import itertools
 import random
@@ -59,6 +60,8 @@ class KeyFailure:
     """Every operation invoked but not ordered at that point (`blocked` among them)."""
     operations: int
     """How many operations of this key the search considered."""
+    hints: tuple[str, ...] = ()
+    """Likely causes spotted in the whole history (e.g. a failed write whose value was read)."""
 
     def explain(self) -> str:
         """A multi-line explanation naming the key and the operations that cannot be ordered."""
@@ -77,6 +80,7 @@ class KeyFailure:
                 f"  the last {len(shown)} of the {len(self.ordered)} operations ordered before:"
             )
             lines.extend(f"    {operation.describe()}" for operation in shown)
+        lines.extend(f"  hint: {hint}" for hint in self.hints)
         return "\n".join(lines)
 
 
@@ -147,8 +151,11 @@ def check_history(
     """
     started = time.monotonic()
     by_key: dict[bytes, list[Operation]] = {}
+    failed_writes: dict[tuple[bytes, bytes | None], Operation] = {}
     for operation in operations:
         if operation.outcome == "fail":
+            if operation.kind != "get":  # the value it would have left: None after a delete
+                failed_writes[(operation.key, operation.value)] = operation
             continue
         if operation.outcome == "unknown" and operation.kind == "get":
             continue
@@ -170,7 +177,8 @@ def check_history(
             steps += outcome.steps
             checked += len(by_key[key])
             if outcome.failure is not None:
-                failures.append(outcome.failure)
+                hints = _hints(outcome.failure, by_key[key], failed_writes)
+                failures.append(dataclasses.replace(outcome.failure, hints=hints))
             elif outcome.undecided:
                 undecided.append(key)
     finally:
@@ -497,6 +505,29 @@ def _snapshot(
         event = nxt[event]
     candidates.extend(u_op[slot] for slot in pending_unknown)
     return ordered, state, op_of[dead_end], tuple(candidates)
+
+
+def _hints(
+    failure: KeyFailure,
+    operations: list[Operation],
+    failed_writes: dict[tuple[bytes, bytes | None], Operation],
+) -> tuple[str, ...]:
+    """Point at failed writes whose value was read, and at reads of values nobody wrote."""
+    written = {op.value for op in operations if op.kind in ("put", "cas")}
+    hints = []
+    observed = [op.result for op in (failure.blocked, *failure.candidates) if op.kind == "get"]
+    for value in dict.fromkeys(observed):
+        if isinstance(value, bool):
+            continue
+        failed = failed_writes.get((failure.key, value))
+        if failed is not None:
+            hints.append(
+                f"op {failed.op_id} {failed.kind} (leaving {_show(value)}) failed with "
+                f"{failed.error}, which promises it did nothing; did it take effect?"
+            )
+        if value is not None and value not in written:
+            hints.append(f"no operation in the history wrote {value!r}")
+    return tuple(hints)
 
 
 def _show(value: bytes | None) -> str:

@@ -273,8 +273,9 @@ def _corrupt_middle(ctx: Context) -> None:
         ctx.cluster.restart(node_id)
     except KVStoreError:
         log = _read_log(ctx.cluster, node_id)
-        expected = f"{damage.path} at offset {damage.offset}"
-        if "CorruptionError" not in log or expected not in log:
+        # CorruptionError's message ends "(<file> at offset <n>)"; `kvstore serve` prints it.
+        expected = f"({damage.path} at offset {damage.offset})"
+        if expected not in log:
             ctx.problems.append(
                 f"{node_id} refused to start but did not name {expected}: "
                 f"{ctx.cluster.log_tail(node_id, 5)}"
@@ -283,7 +284,7 @@ def _corrupt_middle(ctx: Context) -> None:
         ctx.problems.append(f"{node_id} started on a corrupted log ({damage})")
         ctx.nemesis.killed.discard(node_id)
         return
-    ctx.nemesis.record("refused-to-start", [node_id], "CorruptionError")
+    ctx.nemesis.record("refused-to-start", [node_id], "corruption reported at that offset")
     # The others keep serving without it.
     try:
         ctx.recovery_s.append(wait_serving(ctx.probe, timeout_s=RECOVERY_LIMIT_S))

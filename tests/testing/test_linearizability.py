@@ -29,7 +29,11 @@ class H:
             key=fields.pop("key", K),  # type: ignore[arg-type]
             complete_ns=end,  # type: ignore[arg-type]
             outcome=outcome,
-            error=None if outcome == "ok" else "OperationTimeoutError",
+            error=None
+            if outcome == "ok"
+            else "OperationTimeoutError"
+            if end is None
+            else "UnavailableError",
             **fields,  # type: ignore[arg-type]
         )
         self.ops.append(op)
@@ -399,3 +403,14 @@ def test_meets_the_size_target() -> None:
         1 for op in history if op.kind == "get" and op.outcome == "unknown"
     )
     assert result.elapsed_s < 10.0
+
+
+def test_report_points_at_a_failed_write_that_took_effect() -> None:
+    h = H()
+    failed = h.put(b"a", 0, 10, outcome="fail")
+    h.get(b"a", 20, 30)
+    h.get(b"never", 40, 50, key=b"other")
+    result = check_history(h.ops)
+    report = result.report()
+    assert f"op {failed.op_id} put (leaving b'a') failed with UnavailableError" in report
+    assert "no operation in the history wrote b'never'" in report
