@@ -14,10 +14,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kvstore.errors import KVStoreError
+from kvstore.options import Options
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
 EXIT_ERROR = 2
+
+_DEFAULT_OPTIONS = Options()
 
 
 def parse_peers(text: str) -> dict[str, str]:
@@ -58,6 +61,16 @@ def read_secret_file(path: str | None) -> bytes | None:
     return data
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+    return value
+
+
 def _add_client_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--endpoints",
@@ -93,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--join",
         action="store_true",
         help="join an existing cluster (then run `kvstore member add` against it)",
+    )
+    serve.add_argument(
+        "--checkpoint-entries",
+        type=_positive_int,
+        default=_DEFAULT_OPTIONS.checkpoint_entries,
+        metavar="N",
+        help="applied entries between LMDB checkpoints, after which the redo log is compacted "
+        f"(default {_DEFAULT_OPTIONS.checkpoint_entries}; small values are for tests)",
     )
 
     put = commands.add_parser("put", help="write a key")
@@ -171,6 +192,7 @@ def _serve(args: argparse.Namespace) -> int:
         args.id,
         args.data_dir,
         args.peers,
+        options=Options(checkpoint_entries=args.checkpoint_entries),
         secret=read_secret_file(args.secret_file),
         join=args.join,
     )

@@ -13,6 +13,24 @@ The Ready loop (`_run_ready`) is the heart of it, in the order the core's `Ready
 4. send `persisted_messages` (votes and acks: only once durable);
 5. apply `committed_entries` to LMDB in one transaction and answer the waiting callers;
 6. `advance()`.
+
+Around it:
+
+- Checkpoints run beside the loop, not in it: every `checkpoint_entries` applied entries LMDB is
+  synced in a worker thread, and the log is then compacted through the checkpoint BEFORE it.
+  The log so keeps at least `checkpoint_entries` applied entries, so a follower that fell a
+  little behind catches up from the log instead of needing a whole snapshot.
+- Snapshots stream with flow control: the sender keeps at most `SNAPSHOT_WINDOW_CHUNKS` chunks
+  unacknowledged; the receiver acknowledges every chunk with the next offset it needs (over its
+  own link to the sender), so a lost chunk or a dropped connection resumes from there rather
+  than from zero. A stream without progress for `SNAPSHOT_STALL_S` resends from the last
+  acknowledged offset, and gives up (the core retries later) after `SNAPSHOT_STALLS_MAX`.
+- Pending writes survive leader changes: each is proposed again to the new leader (the session
+  table applies a command at most once), and again after a leader refused it or the link to
+  the leader dropped messages. Reads ask again after a leader change or an election timeout.
+- Any storage failure (a failed write or fsync of the log, a failed LMDB sync) stops the node:
+  it closes its transport (so the others elect a leader without it), fails every waiting call
+  and refuses every later one with `UnavailableError`. It never limps on.
 """
 
 from __future__ import annotations
@@ -27,9 +45,9 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from kvstore.client.service import serve_client_connection
 from kvstore.errors import (
@@ -39,6 +57,7 @@ from kvstore.errors import (
     OperationTimeoutError,
     ProposalDroppedError,
     UnavailableError,
+    invariant,
 )
 from kvstore.options import (
     Options,
@@ -51,10 +70,11 @@ from kvstore.options import (
     check_value,
 )
 from kvstore.raft.config import Config
-from kvstore.raft.core import RaftCore
+from kvstore.raft.core import REASON_NO_LEADER, RaftCore
 from kvstore.raft.types import (
     ConfChange,
     ConfChangeType,
+    ConfState,
     Entry,
     EntryType,
     Message,
@@ -64,7 +84,7 @@ from kvstore.raft.types import (
     SnapshotMeta,
 )
 from kvstore.storage import commands
-from kvstore.storage.snapshot import SnapshotWriter, file_sha256, iter_chunks
+from kvstore.storage.snapshot import SnapshotTransferError, SnapshotWriter, file_sha256
 from kvstore.storage.state_machine import StateMachine
 from kvstore.storage.wal import WriteAheadLog
 from kvstore.transport.codec import decode_message, encode_message
@@ -78,36 +98,105 @@ LOOP_GRACE_S = 1.0
 """Extra time a synchronous call waits for the loop beyond the operation's own timeout."""
 PROMOTION_LAG_ENTRIES = 64
 """A learner is promoted to voter once it is at most this far behind the leader's commit."""
+SNAPSHOT_WINDOW_CHUNKS = 4
+"""Snapshot chunks a sender may have sent but not yet seen acknowledged."""
+SNAPSHOT_POLL_S = 0.1
+"""How long a snapshot sender waits for an acknowledgement before it looks again."""
 SNAPSHOT_CHUNK_RETRY_S = 0.005
 """Pause before retrying a snapshot chunk that found the peer's send queue full."""
+SNAPSHOT_STALL_S = 2.0
+"""A snapshot stream with no acknowledged progress for this long resends from the last ack."""
+SNAPSHOT_STALLS_MAX = 3
+"""Stalls after which a snapshot stream gives up (the core asks for a new one later)."""
+RECEIVED_SNAPSHOTS_MAX = 2
+"""Complete snapshots a receiver keeps until the core installs one (the newest by index)."""
+
+# Acknowledgement statuses of the snapshot stream (receiver -> sender).
+_ACK_OK = "ok"
+"""Chunk stored; `next_offset` is the first byte still missing."""
+_ACK_GAP = "gap"
+"""A chunk or the end came before bytes that are missing: resend from `next_offset`."""
+_ACK_DONE = "done"
+"""Complete, verified and handed to the Raft core."""
+_ACK_FAILED = "failed"
+"""The receiver gave up on this stream (bad checksum, bad message): start a new one."""
 
 
-def _role_name(role: Role, is_learner: bool) -> str:
-    if is_learner:
+def _role_name(role: Role, voter: bool) -> str:
+    if role is Role.LEADER:
+        return "leader"
+    if not voter:
+        # A learner, a node waiting to be added (join) or one that was removed: none may vote.
         return "learner"
     if role is Role.PRE_CANDIDATE:
         return "candidate"
     return str(role.value)
 
 
+def _conf_reflects(conf: ConfState, change: ConfChange) -> bool:
+    """Whether `conf` is what `change` asked for (it may also hold later changes)."""
+    node = change.node_id
+    if change.type == ConfChangeType.REMOVE:
+        return node not in conf.voters and node not in conf.learners
+    if change.type == ConfChangeType.ADD_VOTER:
+        return node in conf.voters
+    return node in conf.learners or node in conf.voters
+
+
 class _PendingWrite:
     """A proposal waiting to be applied, keyed by its session (client id, sequence number)."""
 
-    __slots__ = ("data", "future", "proposed")
+    __slots__ = ("data", "future", "proposed", "waiters")
 
     def __init__(self, data: bytes, future: asyncio.Future[object]) -> None:
         self.data = data
         self.future = future
         self.proposed = False
+        """Whether the core ever took it (then it may be applied even if we stop waiting)."""
+        self.waiters = 0
+        """Callers waiting for it (a client may retry a write while its first try waits)."""
+
+
+class _OutgoingSnapshot:
+    """The sender's side of one snapshot stream: what the receiver has acknowledged."""
+
+    __slots__ = ("acked", "event", "outcome", "rewind", "snapshot_id")
+
+    def __init__(self, snapshot_id: str) -> None:
+        self.snapshot_id = snapshot_id
+        self.acked = 0
+        """Bytes the receiver holds (the highest `next_offset` it reported)."""
+        self.rewind: int | None = None
+        """Set when the receiver reported a gap: resend from there."""
+        self.outcome: str | None = None
+        """`_ACK_DONE` or `_ACK_FAILED` once the receiver said so."""
+        self.event = asyncio.Event()
+        """Set on every acknowledgement."""
+
+
+class _IncomingSnapshot:
+    """The receiver's side of one snapshot stream."""
+
+    __slots__ = ("gap_reported", "writer")
+
+    def __init__(self, writer: SnapshotWriter) -> None:
+        self.writer = writer
+        self.gap_reported = -1
+        """The offset of the last gap reported, so one gap is reported once, not per chunk."""
 
 
 class Node:
     """One member of a kvstore cluster, running inside this process.
 
     `peers` maps node id -> "host:port" for every voting member, this node included; this node
-    listens on its own entry (peers and clients share that address). With `join=True` the node
-    starts with no configuration and waits for an existing cluster to add it
-    (`add_member` on the leader). Use `start()`/`stop()` or `with Node(...) as node:`.
+    listens on its own entry (peers and clients share that address) and dials each peer at the
+    address given here (members added later are dialled at the address they were added with,
+    unless `peers` names them too). With `join=True` the node starts with no configuration and
+    waits for an existing cluster to add it (`add_member` on the leader). Use
+    `start()`/`stop()` or `with Node(...) as node:`.
+
+    After a storage failure (a failed write or fsync of the redo log) the node stops serving:
+    every call raises `UnavailableError` naming the failure; `stop()` still works.
     """
 
     def __init__(
@@ -122,6 +211,8 @@ class Node:
     ) -> None:
         if not isinstance(node_id, str) or not node_id:
             raise InvalidArgumentError(f"node_id must be a non-empty str, got {node_id!r}")
+        if not isinstance(data_dir, str | os.PathLike):
+            raise InvalidArgumentError(f"data_dir must be a path, got {data_dir!r}")
         if not isinstance(peers, Mapping) or not peers:
             raise InvalidArgumentError("peers must map every member's node id to host:port")
         for peer_id, address in peers.items():
@@ -132,11 +223,16 @@ class Node:
             raise InvalidArgumentError(f"peers must include this node's own id {node_id!r}")
         if secret is not None and (not isinstance(secret, bytes) or not secret):
             raise InvalidArgumentError("secret must be non-empty bytes or None")
+        if options is not None and not isinstance(options, Options):
+            raise InvalidArgumentError(f"options must be an Options, got {options!r}")
         self.options = options or Options()
         self.options.validate()
         self.node_id = node_id
         self.data_dir = Path(data_dir)
+        self._given_peers = dict(peers)
+        """The addresses we were given: they win over those recorded in the state machine."""
         self._peers = dict(peers)
+        """The members this node talks to: node id -> address."""
         self._secret = secret
         self._join = join
         self._thread_sessions = threading.local()
@@ -152,6 +248,7 @@ class Node:
         self._core: RaftCore | None = None
         self._transport: PeerTransport | None = None
         self._failure: BaseException | None = None
+        self._election_timeout_s = self.options.election_ticks * self.options.tick_s
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -177,7 +274,11 @@ class Node:
         return self
 
     def stop(self) -> None:
-        """Stop serving and close everything; safe to call twice."""
+        """Stop serving and close everything; safe to call twice.
+
+        Waiting calls fail: a write that was already proposed with `OperationTimeoutError` (it
+        may still be committed by the others), anything else with `UnavailableError`.
+        """
         with self._lifecycle:
             if self._state in ("new", "stopped"):
                 self._state = "stopped"
@@ -227,23 +328,39 @@ class Node:
             applied=min(applied, self._wal.last_index()),
         )
         self._config.validate()
+        self._applied_index = applied
         self._last_checkpoint = applied
+        self._checkpoint_meta: SnapshotMeta | None = None
+        """The latest checkpoint: the log is compacted through it at the next one."""
         self._core = RaftCore(self._config, self._wal, random.Random(os.urandom(16)))
+        # Members added after this node's `peers` were written: dial them where they said.
         for node_id, (address, _role) in self._sm.members().items():
-            if address:
+            if address and node_id not in self._given_peers:
                 self._peers[node_id] = address
+        # Snapshots received but not installed, or being sent, before a crash are useless now.
+        for pattern in ("*.snap", "out-*"):
+            for stale in (self.data_dir / "snapshots").glob(pattern):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
 
     async def _async_start(self) -> None:
         assert self._core is not None
         self._wake = asyncio.Event()
-        self._leader_changed = asyncio.Event()
+        self._leader_waiters: set[asyncio.Future[None]] = set()
         self._pending_writes: dict[tuple[bytes, int], _PendingWrite] = {}
-        self._pending_reads: dict[bytes, tuple[asyncio.Future[int], bool]] = {}
+        self._unsubmitted: dict[tuple[bytes, int], _PendingWrite] = {}
+        """Pending writes no leader has taken yet (or that one refused): retried every tick."""
+        self._pending_reads: dict[bytes, asyncio.Future[int]] = {}
         self._applied_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waiter_ids = itertools.count()
-        self._incoming_snapshots: dict[str, SnapshotWriter] = {}
+        self._incoming_snapshots: dict[str, _IncomingSnapshot] = {}
+        self._finished_snapshot_ids: dict[str, str] = {}
+        """peer -> id of the last stream from it that completed (a resent end is answered)."""
         self._received_snapshots: dict[tuple[int, int], Path] = {}
-        self._outgoing_snapshots: set[str] = set()
+        self._outgoing_snapshots: dict[str, _OutgoingSnapshot | None] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._checkpoint_task: asyncio.Task[None] | None = None
+        self._last_repropose = 0.0
         self._leader_id: str | None = None
         self._role = Role.FOLLOWER
         self._sync_executor = concurrent.futures.ThreadPoolExecutor(
@@ -280,6 +397,7 @@ class Node:
             self._thread.join(10.0)
         if loop is not None and not loop.is_running():
             loop.close()
+        # An fsync or LMDB sync still running in a worker finishes before the files close.
         for executor in (self._sync_executor, self._work_executor):
             if executor is not None:
                 executor.shutdown(wait=True)
@@ -289,20 +407,42 @@ class Node:
             self._sm.close()
 
     async def _async_stop(self) -> None:
-        self._fail_everything(UnavailableError(f"node {self.node_id} is stopping"))
-        for task in getattr(self, "_tasks", []):
+        self._fail_everything(f"node {self.node_id} is stopping")
+        tasks = [*getattr(self, "_tasks", []), *getattr(self, "_background", ())]
+        for task in tasks:
             task.cancel()
-        for task in getattr(self, "_tasks", []):
+        for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
         if self._transport is not None:
             await self._transport.close()
 
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Run `coro` beside the Ready loop; `stop()` cancels it."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    def _fail(self, error: BaseException) -> None:
+        """A storage failure: stop serving for good (the log may be poisoned), never limp on."""
+        if self._failure is not None:
+            return
+        log.critical("node %s stops serving: %s", self.node_id, error, exc_info=error)
+        self._failure = error
+        self._fail_everything(f"node {self.node_id} failed: {error}")
+        for task in getattr(self, "_tasks", []):
+            if task is not asyncio.current_task():
+                task.cancel()
+        if self._transport is not None:
+            # Without its transport the node is silent: the others elect a leader without it.
+            self._spawn(self._transport.close(), "kvstore-close-transport")
+
     # --- calling into the loop ------------------------------------------------------------------
 
     def _run_on_loop(self, coro: Coroutine[Any, Any, T], *, timeout_s: float) -> T:
         loop = self._loop
-        if loop is None:
+        if loop is None or loop.is_closed():
             coro.close()
             raise UnavailableError(f"node {self.node_id} is not running")
         future = asyncio.run_coroutine_threadsafe(coro, loop)
@@ -313,12 +453,14 @@ class Node:
             raise OperationTimeoutError(
                 f"no answer from node {self.node_id} within {timeout_s:.2f}s"
             ) from None
+        except concurrent.futures.CancelledError:
+            raise UnavailableError(f"node {self.node_id} stopped during the call") from None
 
     def _check_running(self) -> None:
-        if self._state != "running":
-            raise UnavailableError(f"node {self.node_id} is not running (state: {self._state})")
         if self._failure is not None:
             raise UnavailableError(f"node {self.node_id} failed: {self._failure}")
+        if self._state != "running":
+            raise UnavailableError(f"node {self.node_id} is not running (state: {self._state})")
 
     # --- public API -----------------------------------------------------------------------------
 
@@ -448,8 +590,10 @@ class Node:
     ) -> object:
         """Propose an encoded command and wait until it is applied here; return its result.
 
-        A proposal that finds no leader waits for one; after a leader change, every pending
-        proposal is proposed again (the session table applies each at most once).
+        A proposal that finds no leader waits for one; after a leader change, a refusal or
+        lost messages to the leader it is proposed again (the session table applies each
+        command at most once). Raises `UnavailableError` if no leader ever took it in time,
+        `OperationTimeoutError` if one did but it was not applied here in time.
         """
         self._raise_if_failed()
         pending = self._pending_writes.get(session)
@@ -458,7 +602,8 @@ class Node:
                 raise UnavailableError("too many proposals waiting; try again later")
             pending = _PendingWrite(data, asyncio.get_running_loop().create_future())
             self._pending_writes[session] = pending
-            self._submit(pending)
+            self._submit(session, pending)
+        pending.waiters += 1
         try:
             result = await asyncio.wait_for(asyncio.shield(pending.future), timeout_s)
         except TimeoutError:
@@ -470,72 +615,116 @@ class Node:
                 f"the write was not applied within {timeout_s:.2f}s; its outcome is unknown"
             ) from None
         finally:
-            if pending.future.done():
-                self._pending_writes.pop(session, None)
+            # The last caller to stop waiting (done or given up) takes the write out of the
+            # retries; a client's retry of the same session may still be waiting on it.
+            pending.waiters -= 1
+            if pending.waiters == 0 and self._pending_writes.get(session) is pending:
+                del self._pending_writes[session]
+                self._unsubmitted.pop(session, None)
         if isinstance(result, commands.CommandRejected):
             # STALE: the session moved more than a window past this seq, so the state machine
             # cannot tell whether it ran; MALFORMED: the data was not a command. Neither applied.
             raise UnavailableError(f"the write was not applied: {result.reason}")
         return result
 
-    def _submit(self, pending: _PendingWrite) -> None:
+    def _submit(self, session: tuple[bytes, int], pending: _PendingWrite) -> None:
         assert self._core is not None
         try:
             self._core.propose(pending.data)
         except ProposalDroppedError as error:
-            log.debug("proposal waits for a leader: %s", error.reason)
+            # No leader, a transfer in progress, too much uncommitted: try again next tick.
+            log.debug("proposal waits: %s", error.reason)
+            self._unsubmitted[session] = pending
             return
+        self._unsubmitted.pop(session, None)
         pending.proposed = True
         self._kick()
 
+    def _retry_unsubmitted(self) -> None:
+        for session, pending in list(self._unsubmitted.items()):
+            if pending.future.done():
+                del self._unsubmitted[session]
+            else:
+                self._submit(session, pending)
+
     def _repropose_pending(self) -> None:
-        for pending in list(self._pending_writes.values()):
+        """Propose every waiting write again (after a leader change or lost messages)."""
+        self._last_repropose = time.monotonic()
+        for session, pending in list(self._pending_writes.items()):
             if not pending.future.done():
-                self._submit(pending)
+                self._submit(session, pending)
+
+    def _on_dropped_write(self, data: bytes) -> None:
+        """The leader refused a write we forwarded (e.g. during a transfer): retry it."""
+        session = commands.decode_session(data)
+        pending = self._pending_writes.get(session) if session is not None else None
+        if session is not None and pending is not None and not pending.future.done():
+            self._unsubmitted[session] = pending
 
     # --- loop side: reads -----------------------------------------------------------------------
 
     async def read_barrier(self, consistency: str, timeout_s: float) -> None:
         """Return once this node's state machine reflects every write acknowledged before the
-        call (linearizable: ReadIndex confirmed by a quorum; lease: the leader's lease)."""
+        call (linearizable: ReadIndex confirmed by a quorum; lease: the leader's lease).
+
+        The read index is asked of the leader again after a leader change, a refusal, or an
+        election timeout without an answer (a lost message): reads are safe to repeat.
+        """
         deadline = time.monotonic() + timeout_s
+        lease = consistency == "lease"
         while True:
             self._raise_if_failed()
             assert self._core is not None
-            request_ctx = b"r%d" % next(self._read_ids)
-            future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-            self._pending_reads[request_ctx] = (future, consistency == "lease")
-            self._core.read_index(request_ctx, lease=consistency == "lease")
-            self._kick()
             remaining = deadline - time.monotonic()
-            try:
-                read_index = await asyncio.wait_for(future, max(remaining, 0.001))
-            except TimeoutError:
+            if remaining <= 0:
                 raise OperationTimeoutError(
                     f"no read index within {timeout_s:.2f}s (is a quorum reachable?)"
-                ) from None
-            except ProposalDroppedError:
-                # No leader to confirm the read: wait for one, then ask again.
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise UnavailableError("no leader to confirm the read") from None
-                await self._wait_leader_change(min(remaining, self.options.tick_s * 4))
+                )
+            if self._leader_id is None:
+                await self._wait_leader_change(remaining)
+                if self._leader_id is None:
+                    raise UnavailableError(f"no leader to confirm the read within {timeout_s}s")
                 continue
+            request_ctx = b"r%d" % next(self._read_ids)
+            future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            changed = self._leader_change_future()
+            self._pending_reads[request_ctx] = future
+            try:
+                self._core.read_index(request_ctx, lease=lease)
+                self._kick()
+                await asyncio.wait(
+                    (future, changed),
+                    timeout=min(remaining, self._election_timeout_s),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
             finally:
                 self._pending_reads.pop(request_ctx, None)
-            await self._wait_applied(read_index, deadline)
-            return
+                self._leader_waiters.discard(changed)
+                changed.cancel()
+            if not future.done():
+                future.cancel()
+                continue  # a new leader, or the request or its answer was lost: ask again
+            error = future.exception()
+            if error is None:
+                await self._wait_applied(future.result(), deadline)
+                return
+            if isinstance(error, ProposalDroppedError) and error.reason != REASON_NO_LEADER:
+                # The leader refused (too many reads, or it is no longer sure it leads).
+                await asyncio.sleep(min(self.options.tick_s, max(remaining, 0)))
+            elif not isinstance(error, ProposalDroppedError):
+                raise error
 
     async def _wait_applied(self, index: int, deadline: float) -> None:
-        assert self._sm is not None
-        if self._sm.applied_index() >= index:
+        if self._applied_index >= index:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._applied_waiters, (index, next(self._waiter_ids), future))
         try:
             await asyncio.wait_for(future, max(deadline - time.monotonic(), 0.001))
         except TimeoutError:
-            raise OperationTimeoutError("this member did not catch up in time") from None
+            raise OperationTimeoutError(
+                f"this member did not apply through index {index} in time"
+            ) from None
 
     def _release_applied_waiters(self, applied: int) -> None:
         waiters = self._applied_waiters
@@ -546,14 +735,24 @@ class Node:
 
     # --- loop side: leader, status, membership --------------------------------------------------
 
+    def _leader_change_future(self) -> asyncio.Future[None]:
+        """A future that completes at the next change of leader (or of knowing none)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._leader_waiters.add(future)
+        return future
+
     async def _wait_leader_change(self, timeout_s: float) -> None:
-        self._leader_changed.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._leader_changed.wait(), timeout_s)
+        future = self._leader_change_future()
+        try:
+            await asyncio.wait((future,), timeout=timeout_s)
+        finally:
+            self._leader_waiters.discard(future)
+            future.cancel()
 
     async def _wait_for_leader(self, timeout_s: float) -> str:
         deadline = time.monotonic() + timeout_s
         while self._leader_id is None:
+            self._raise_if_failed()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise UnavailableError(f"no leader was elected within {timeout_s:.2f}s")
@@ -562,16 +761,20 @@ class Node:
 
     def status_now(self) -> Status:
         """The status, computed on the loop thread."""
-        assert self._core is not None and self._sm is not None
+        assert self._core is not None
+        self._raise_if_failed()
         core = self._core.status()
-        members = dict(self._peers)
+        conf = core.conf_state
+        members = {
+            node_id: self._peers.get(node_id, "") for node_id in (*conf.voters, *conf.learners)
+        }
         return Status(
             node_id=self.node_id,
-            role=_role_name(core.role, self._core.is_learner),
+            role=_role_name(core.role, self.node_id in conf.voters),
             term=core.term,
             leader_id=core.leader_id,
             commit_index=core.commit,
-            applied_index=self._sm.applied_index(),
+            applied_index=self._applied_index,
             members=members,
         )
 
@@ -588,34 +791,51 @@ class Node:
 
     def _require_leader(self) -> RaftCore:
         assert self._core is not None
+        self._raise_if_failed()
         if self._role is not Role.LEADER:
             raise self.leader_hint()
         return self._core
 
-    async def _propose_conf_change(self, change: ConfChange, timeout_s: float) -> None:
+    async def _propose_conf_change(self, change: ConfChange, deadline: float) -> None:
         core = self._require_leader()
         try:
             index = core.propose_conf_change(change)
         except ProposalDroppedError as error:
             raise UnavailableError(f"membership change refused: {error.reason}") from None
         self._kick()
-        await self._wait_applied(index, time.monotonic() + timeout_s)
+        await self._wait_applied(index, deadline)
+        # Applied through its index does not mean applied: a leader change may have replaced
+        # the entry with another one. The configuration says whether it took effect.
+        if not _conf_reflects(self._core_conf(), change):
+            raise UnavailableError(
+                f"the membership change {change.type.name} {change.node_id} was lost in a "
+                "leader change; try again"
+            )
+
+    def _core_conf(self) -> ConfState:
+        assert self._core is not None
+        return self._core.conf_state
 
     async def add_member_async(self, node_id: str, address: str, timeout_s: float) -> None:
-        """Loop side of `add_member`."""
+        """Loop side of `add_member`: add `node_id` as a learner, wait until it has nearly
+        caught up, then promote it to voter. Adding a voter again does nothing."""
         deadline = time.monotonic() + timeout_s
-        core = self._require_leader()
-        conf = core.status().conf_state
+        self._require_leader()
+        conf = self._core_conf()
         if node_id in conf.voters:
             return
         if node_id not in conf.learners:
             await self._propose_conf_change(
-                ConfChange(ConfChangeType.ADD_LEARNER, node_id, address.encode()), timeout_s
+                ConfChange(ConfChangeType.ADD_LEARNER, node_id, address.encode()), deadline
             )
         # Promote only once the learner is nearly caught up, so the quorum never waits on it.
         while True:
             core = self._require_leader()
             status = core.status()
+            if node_id not in status.conf_state.learners:
+                if node_id in status.conf_state.voters:
+                    return  # promoted meanwhile (a retry of this call on another path)
+                raise UnavailableError(f"{node_id} was removed while it was being added")
             progress = status.progress.get(node_id)
             if progress is not None and progress.match + PROMOTION_LAG_ENTRIES >= status.commit:
                 break
@@ -623,25 +843,25 @@ class Node:
                 raise OperationTimeoutError(f"{node_id} did not catch up within {timeout_s:.1f}s")
             await asyncio.sleep(self.options.tick_s)
         await self._propose_conf_change(
-            ConfChange(ConfChangeType.ADD_VOTER, node_id, address.encode()),
-            max(deadline - time.monotonic(), 0.001),
+            ConfChange(ConfChangeType.ADD_VOTER, node_id, address.encode()), deadline
         )
 
     async def remove_member_async(self, node_id: str, timeout_s: float) -> None:
         """Loop side of `remove_member`."""
-        core = self._require_leader()
-        conf = core.status().conf_state
+        deadline = time.monotonic() + timeout_s
+        self._require_leader()
+        conf = self._core_conf()
         if node_id not in conf.voters and node_id not in conf.learners:
             raise InvalidArgumentError(f"{node_id} is not a member")
-        await self._propose_conf_change(ConfChange(ConfChangeType.REMOVE, node_id), timeout_s)
+        await self._propose_conf_change(ConfChange(ConfChangeType.REMOVE, node_id), deadline)
 
     async def transfer_leadership_async(self, node_id: str, timeout_s: float) -> None:
         """Loop side of `transfer_leadership`."""
         deadline = time.monotonic() + timeout_s
-        if self._leader_id == node_id:
+        if self._leader_id == node_id and self._role is Role.LEADER:
             return
         core = self._require_leader()
-        if node_id not in core.status().conf_state.voters:
+        if node_id not in core.conf_state.voters:
             raise InvalidArgumentError(f"{node_id} is not a voting member")
         core.transfer_leadership(node_id)
         self._kick()
@@ -665,8 +885,12 @@ class Node:
         next_tick = time.monotonic() + interval
         while True:
             await asyncio.sleep(max(next_tick - time.monotonic(), 0))
+            # After a stall (a paused process) the missed ticks follow in a burst: time did
+            # pass, and a leader must not believe its lease is younger than it is.
             next_tick += interval
             self._core.tick()
+            if self._unsubmitted and self._leader_id is not None:
+                self._retry_unsubmitted()
             self._kick()
 
     async def _run_ready(self) -> None:
@@ -683,11 +907,7 @@ class Node:
             except asyncio.CancelledError:
                 raise
             except BaseException as error:  # a storage failure: stop serving, never limp on
-                log.critical("node %s stops serving: %s", self.node_id, error, exc_info=True)
-                self._failure = error
-                self._fail_everything(UnavailableError(f"node {self.node_id} failed: {error}"))
-                if self._transport is not None:
-                    await self._transport.close()
+                self._fail(error)
                 return
 
     async def _handle_ready(self, ready: Ready) -> None:
@@ -710,15 +930,18 @@ class Node:
         if ready.committed_entries:
             self._apply(ready.committed_entries)
         for read_state in ready.read_states:
-            entry = self._pending_reads.get(read_state.request_ctx)
-            if entry is not None and not entry[0].done():
-                entry[0].set_result(read_state.index)
+            read = self._pending_reads.get(read_state.request_ctx)
+            if read is not None and not read.done():
+                read.set_result(read_state.index)
         for dropped in ready.dropped:
             read = self._pending_reads.get(dropped.context)
-            if read is not None and not read[0].done():
-                read[0].set_exception(ProposalDroppedError(dropped.reason))
-        if self._sm.applied_index() - self._last_checkpoint >= self.options.checkpoint_entries:
-            await self._checkpoint()
+            if read is not None:
+                if not read.done():
+                    read.set_exception(ProposalDroppedError(dropped.reason))
+            else:
+                self._on_dropped_write(dropped.context)
+        if self._applied_index - self._last_checkpoint >= self.options.checkpoint_entries:
+            self._start_checkpoint()
 
     def _on_soft_state(self, leader_id: str | None, role: Role) -> None:
         changed = leader_id != self._leader_id
@@ -726,13 +949,19 @@ class Node:
         self._role = role
         if changed:
             log.info("node %s: leader is now %s (role %s)", self.node_id, leader_id, role.value)
-            self._leader_changed.set()
+            waiters, self._leader_waiters = self._leader_waiters, set()
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
             if leader_id is not None:
+                # Writes forwarded to the old leader may be lost, and the new leader may have
+                # cut ours from its log: propose them all again (each applies at most once).
                 self._repropose_pending()
 
-    def _apply(self, entries: list[Entry] | Any) -> None:
+    def _apply(self, entries: Sequence[Entry]) -> None:
         assert self._sm is not None
         results = self._sm.apply(entries)
+        self._applied_index = max(self._applied_index, entries[-1].index)
         if self._pending_writes:
             pending = self._pending_writes
             for entry, result in zip(entries, results, strict=True):
@@ -744,51 +973,99 @@ class Node:
                     waiter.future.set_result(result)
         if any(entry.type == EntryType.CONF_CHANGE for entry in entries):
             self._refresh_members()
-        self._release_applied_waiters(self._sm.applied_index())
+        self._release_applied_waiters(self._applied_index)
 
     def _refresh_members(self) -> None:
-        """Follow the configuration: learn new members' addresses, forget removed ones."""
-        assert self._sm is not None and self._transport is not None and self._core is not None
-        for node_id, (address, _role) in self._sm.members().items():
-            if address:  # founders are bootstrapped without one: keep the address we were given
-                self._peers[node_id] = address
-        conf = self._core.status().conf_state
+        """Follow the configuration: dial new members, forget removed ones.
+
+        An address given to this node in `peers` wins over the one a member was added with
+        (members may reach each other through different addresses); founders were bootstrapped
+        without one, so for them only the given address exists.
+        """
+        assert self._sm is not None and self._transport is not None
+        conf = self._core_conf()
         present = set(conf.voters) | set(conf.learners)
-        if present:  # a joining node knows no configuration yet: keep what it was given
-            for node_id in list(self._peers):
-                if node_id not in present and node_id != self.node_id:
-                    del self._peers[node_id]
-        self._transport.set_peers(
-            {peer: address for peer, address in self._peers.items() if peer != self.node_id}
-        )
+        if not present:
+            return  # a joining node knows no configuration yet: keep what it was given
+        recorded = self._sm.members()
+        peers = {self.node_id: self._peers[self.node_id]}
+        for node_id in present:
+            address = self._given_peers.get(node_id) or recorded.get(node_id, ("", ""))[0]
+            if node_id != self.node_id and address:
+                peers[node_id] = address
+        if peers != self._peers:
+            log.info("node %s: members are now %s", self.node_id, sorted(peers))
+            self._peers = peers
+            self._transport.set_peers(
+                {peer: address for peer, address in peers.items() if peer != self.node_id}
+            )
 
-    async def _checkpoint(self) -> None:
-        assert self._sm is not None and self._wal is not None
+    def _start_checkpoint(self) -> None:
+        """Checkpoint beside the Ready loop (LMDB's sync may take long); one at a time."""
+        assert self._sm is not None
+        if self._checkpoint_task is not None:
+            return
+        # Read on the loop thread, where entries are applied: index, term and configuration
+        # agree, and the sync that follows covers at least this index.
+        index, term = self._sm.applied()
+        meta = SnapshotMeta(index, term, self._sm.conf_state())
+        self._last_checkpoint = index
+        self._checkpoint_task = self._spawn(self._checkpoint(meta), "kvstore-checkpoint")
+
+    async def _checkpoint(self, meta: SnapshotMeta) -> None:
+        assert self._sm is not None
         loop = asyncio.get_running_loop()
-        term = self._sm.applied_term()
-        conf = self._sm.conf_state()
-        index = await loop.run_in_executor(self._work_executor, self._sm.checkpoint)
-        if index > self._last_checkpoint:
-            self._wal.compact_through(SnapshotMeta(index, term, conf))
-            self._last_checkpoint = index
-            log.info("node %s: checkpoint at %d, log compacted", self.node_id, index)
+        try:
+            await loop.run_in_executor(self._work_executor, self._sm.checkpoint)
+            previous, self._checkpoint_meta = self._checkpoint_meta, meta
+            # Compact through the checkpoint before this one, so the log keeps at least
+            # `checkpoint_entries` entries for followers that are a little behind. The sync
+            # executor orders it with the Ready loop's fsyncs and snapshot installs.
+            if previous is not None and await loop.run_in_executor(
+                self._sync_executor, self._compact_log, previous
+            ):
+                log.info("node %s: log compacted through %d", self.node_id, previous.index)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # LMDB could not sync, or the log failed
+            self._fail(error)
+        finally:
+            self._checkpoint_task = None
 
-    def _fail_everything(self, error: KVStoreError) -> None:
+    def _compact_log(self, meta: SnapshotMeta) -> bool:
+        """In the sync executor: compact the log through `meta` unless a snapshot covers it."""
+        assert self._wal is not None
+        if meta.index <= self._wal.snapshot_meta().index:
+            return False
+        self._wal.compact_through(meta)
+        return True
+
+    def _fail_everything(self, reason: str) -> None:
         for pending in getattr(self, "_pending_writes", {}).values():
             if not pending.future.done():
-                pending.future.set_exception(error)
-        for future, _lease in getattr(self, "_pending_reads", {}).values():
+                if pending.proposed:
+                    pending.future.set_exception(
+                        OperationTimeoutError(f"{reason}; the write's outcome is unknown")
+                    )
+                else:
+                    pending.future.set_exception(
+                        UnavailableError(f"{reason}; the write was not applied")
+                    )
+        for future in getattr(self, "_pending_reads", {}).values():
             if not future.done():
-                future.set_exception(error)
+                future.set_exception(UnavailableError(reason))
         for _, _, future in getattr(self, "_applied_waiters", []):
             if not future.done():
-                future.set_exception(error)
+                future.set_exception(UnavailableError(reason))
+        for waiter in getattr(self, "_leader_waiters", ()):
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _raise_if_failed(self) -> None:
         if self._failure is not None:
             raise UnavailableError(f"node {self.node_id} failed: {self._failure}")
 
-    # --- loop side: messages and snapshots ------------------------------------------------------
+    # --- loop side: messages --------------------------------------------------------------------
 
     def _send(self, messages: Iterable[Message]) -> None:
         assert self._transport is not None
@@ -796,8 +1073,8 @@ class Node:
         for message in messages:
             if message.type == MessageType.SNAPSHOT:
                 if message.recipient not in self._outgoing_snapshots:
-                    self._outgoing_snapshots.add(message.recipient)
-                    asyncio.get_running_loop().create_task(self._send_snapshot(message))
+                    self._outgoing_snapshots[message.recipient] = None
+                    self._spawn(self._send_snapshot(message), f"kvstore-snapshot-{message.sender}")
                 continue
             outgoing.append(message)
         if outgoing:
@@ -813,109 +1090,289 @@ class Node:
     def _on_unreachable(self, peer_id: str) -> None:
         assert self._core is not None
         self._core.report_unreachable(peer_id)
+        if (
+            peer_id == self._leader_id
+            and self._role is not Role.LEADER
+            and self._pending_writes
+            and time.monotonic() - self._last_repropose >= self._election_timeout_s
+        ):
+            # Messages to the leader were dropped, our forwarded writes perhaps among them.
+            # At most once per election timeout: a flapping link must not flood the log.
+            self._repropose_pending()
+        self._kick()
 
     async def _on_client_connection(self, connection: FramedConnection) -> None:
         await serve_client_connection(
             connection, _ClientBackend(self), max_value_bytes=self.options.max_value_bytes
         )
 
+    # --- loop side: sending a snapshot ----------------------------------------------------------
+
     async def _send_snapshot(self, message: Message) -> None:
-        """Copy LMDB to a file and stream it to the follower in chunks, then report."""
-        assert self._sm is not None and self._transport is not None and self._core is not None
+        """Copy LMDB to a file, stream it to the follower with flow control, then report."""
+        assert self._sm is not None and self._core is not None
         peer = message.recipient
         path = self.data_dir / "snapshots" / f"out-{peer}-{time.monotonic_ns()}"
         loop = asyncio.get_running_loop()
         success = False
         try:
             meta = await loop.run_in_executor(self._work_executor, self._sm.snapshot, path)
+            checksum = await loop.run_in_executor(self._work_executor, file_sha256, path)
             # The copy may be newer than the compaction point the core chose: that is allowed,
             # and the follower's APPEND_RESPONSE tells the core where it really stands.
             message = message._replace(snapshot=meta)
-            total = path.stat().st_size
-            snapshot_id = f"{self.node_id}-{meta.index}-{meta.term}-{time.monotonic_ns()}"
-            offset = 0
-            for offset, chunk in iter_chunks(path, self.options.snapshot_chunk_bytes):
-                body = {"id": snapshot_id, "offset": offset, "total": total, "data": chunk}
-                while not self._transport.send_snapshot_chunk(peer, body):
-                    await asyncio.sleep(SNAPSHOT_CHUNK_RETRY_S)
-            done = {
-                "id": snapshot_id,
-                "offset": total,
-                "total": total,
-                "data": b"",
-                "checksum": file_sha256(path),
-                "message": encode_message(message),
-            }
-            while not self._transport.send_snapshot_chunk(peer, done):
-                await asyncio.sleep(SNAPSHOT_CHUNK_RETRY_S)
-            success = True
-            log.info("node %s: sent snapshot at %d to %s", self.node_id, meta.index, peer)
+            stream = _OutgoingSnapshot(
+                f"{self.node_id}-{meta.index}-{meta.term}-{time.monotonic_ns()}"
+            )
+            self._outgoing_snapshots[peer] = stream
+            with open(path, "rb") as file:
+                total = os.fstat(file.fileno()).st_size
+                success = await self._stream_snapshot(peer, stream, file, total, checksum, message)
+            if success:
+                log.info("node %s: sent snapshot at %d to %s", self.node_id, meta.index, peer)
+            else:
+                log.warning("node %s: snapshot to %s abandoned", self.node_id, peer)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.warning("node %s: snapshot to %s failed", self.node_id, peer, exc_info=True)
         finally:
-            self._outgoing_snapshots.discard(peer)
+            self._outgoing_snapshots.pop(peer, None)
             with contextlib.suppress(OSError):
                 path.unlink()
-            self._core.report_snapshot(peer, success)
-            self._kick()
+            if self._failure is None:
+                self._core.report_snapshot(peer, success)
+                self._kick()
+
+    async def _stream_snapshot(
+        self,
+        peer: str,
+        stream: _OutgoingSnapshot,
+        file: BinaryIO,
+        total: int,
+        checksum: bytes,
+        message: Message,
+    ) -> bool:
+        """Send `file` to `peer` in chunks, at most `SNAPSHOT_WINDOW_CHUNKS` unacknowledged,
+        then the end frame carrying the checksum and the SNAPSHOT message. True once the
+        receiver reports the snapshot complete and handed to its core."""
+        assert self._transport is not None
+        transport = self._transport
+        chunk_bytes = self.options.snapshot_chunk_bytes
+        window_bytes = SNAPSHOT_WINDOW_CHUNKS * chunk_bytes
+        offset = 0  # the next byte to send
+        end_sent = False
+        stalls = 0
+        progress_acked, progress_at = stream.acked, time.monotonic()
+        while True:
+            stream.event.clear()
+            if stream.outcome is not None:
+                return stream.outcome == _ACK_DONE
+            if self._role is not Role.LEADER or self._failure is not None:
+                return False  # deposed: the new leader decides what the follower needs
+            if stream.rewind is not None:
+                offset, stream.rewind, end_sent = stream.rewind, None, False
+            queue_full = False
+            while offset < total and offset - stream.acked < window_bytes:
+                data = os.pread(file.fileno(), chunk_bytes, offset)
+                body = {"id": stream.snapshot_id, "offset": offset, "total": total, "data": data}
+                if not transport.send_snapshot_chunk(peer, body):
+                    queue_full = True
+                    break
+                offset += len(data)
+            if offset >= total and not end_sent:
+                end = {
+                    "id": stream.snapshot_id,
+                    "offset": total,
+                    "total": total,
+                    "data": b"",
+                    "checksum": checksum,
+                    "message": encode_message(message),
+                }
+                end_sent = transport.send_snapshot_chunk(peer, end)
+                queue_full = not end_sent
+            wait_s = SNAPSHOT_CHUNK_RETRY_S if queue_full else SNAPSHOT_POLL_S
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stream.event.wait(), wait_s)
+            now = time.monotonic()
+            if stream.acked > progress_acked:
+                progress_acked, progress_at, stalls = stream.acked, now, 0
+            elif now - progress_at > SNAPSHOT_STALL_S:
+                # Chunks or acknowledgements were lost (a dropped connection): resend from
+                # what the receiver last said it holds.
+                stalls += 1
+                if stalls > SNAPSHOT_STALLS_MAX:
+                    return False
+                offset, end_sent, progress_at = stream.acked, False, now
+
+    def _on_snapshot_ack(self, peer: str, body: dict[Any, Any]) -> None:
+        """An acknowledgement of a snapshot stream this node sends to `peer`."""
+        stream = self._outgoing_snapshots.get(peer)
+        if stream is None or body.get("id") != stream.snapshot_id:
+            return  # a late answer to an earlier stream
+        status = body.get("status")
+        next_offset = body.get("next_offset")
+        if not isinstance(next_offset, int) or isinstance(next_offset, bool) or next_offset < 0:
+            raise ValueError(f"bad next_offset {next_offset!r}")
+        if status == _ACK_OK:
+            stream.acked = max(stream.acked, next_offset)
+        elif status == _ACK_GAP:
+            # The receiver holds exactly `next_offset` bytes (it may have restarted its file).
+            stream.acked = next_offset
+            stream.rewind = next_offset
+        elif status in (_ACK_DONE, _ACK_FAILED):
+            stream.outcome = status
+        else:
+            raise ValueError(f"unknown snapshot ack status {status!r}")
+        stream.event.set()
+
+    # --- loop side: receiving a snapshot --------------------------------------------------------
+
+    def _ack_snapshot(self, peer: str, snapshot_id: str, next_offset: int, status: str) -> None:
+        assert self._transport is not None
+        ack = {"id": snapshot_id, "next_offset": next_offset, "status": status}
+        # Best effort: a lost ack makes the sender resend, which the writer takes in its stride.
+        self._transport.send_snapshot_chunk(peer, ack)
 
     def _on_snapshot_chunk(self, peer: str, body: object) -> None:
-        """Reassemble a snapshot from its chunks; step the SNAPSHOT message once complete."""
-        assert self._core is not None
+        """A frame of a snapshot stream: a chunk or end from a leader, or an acknowledgement
+        from a follower we stream to. Reassembles and acknowledges chunks; the end frame
+        starts verification, after which the SNAPSHOT message is stepped into the core."""
         try:
             if not isinstance(body, dict):
-                raise ValueError("snapshot chunk is not a map")
-            snapshot_id = str(body["id"])
-            writer = self._incoming_snapshots.get(peer)
-            if writer is None or writer.snapshot_id != snapshot_id:
-                if writer is not None:
-                    writer.abort()
-                writer = SnapshotWriter(
-                    self.data_dir / "snapshots", snapshot_id, int(body["total"])
-                )
-                self._incoming_snapshots[peer] = writer
-            data = body["data"]
-            if data:
-                writer.write_chunk(int(body["offset"]), bytes(data))
-            if "message" not in body:
+                raise ValueError("snapshot frame is not a map")
+            if "status" in body:
+                self._on_snapshot_ack(peer, body)
                 return
-            path = writer.finish(bytes(body["checksum"]))
+            snapshot_id = body["id"]
+            total = body["total"]
+            offset = body["offset"]
+            data = body["data"]
+            if not isinstance(snapshot_id, str) or not isinstance(data, bytes):
+                raise ValueError("snapshot chunk with a bad id or data")
+            for value in (total, offset):
+                if not isinstance(value, int) or isinstance(value, bool):
+                    raise ValueError("snapshot chunk with a bad offset or size")
+            if self._finished_snapshot_ids.get(peer) == snapshot_id:
+                # The sender missed our "done": say it again.
+                self._ack_snapshot(peer, snapshot_id, total, _ACK_DONE)
+                return
+            incoming = self._incoming_snapshots.get(peer)
+            if incoming is None or incoming.writer.snapshot_id != snapshot_id:
+                if incoming is not None:
+                    incoming.writer.abort()  # the leader started over: drop the old stream
+                writer = SnapshotWriter(
+                    self.data_dir / "snapshots",
+                    snapshot_id,
+                    total,
+                    total_bytes_max=self.options.map_size_bytes,
+                )
+                incoming = _IncomingSnapshot(writer)
+                self._incoming_snapshots[peer] = incoming
+            writer = incoming.writer
+            if data:
+                try:
+                    next_offset = writer.write_chunk(offset, data)
+                except SnapshotTransferError as error:
+                    self._report_gap(peer, incoming, error.next_offset)
+                    return
+                self._ack_snapshot(peer, snapshot_id, next_offset, _ACK_OK)
+            if "checksum" not in body:
+                return
+            if writer.next_offset != writer.total_bytes:
+                self._report_gap(peer, incoming, writer.next_offset)
+                return
             del self._incoming_snapshots[peer]
+            self._spawn(self._finish_snapshot(peer, writer, body), "kvstore-snapshot-finish")
+        except Exception:
+            log.warning("node %s: bad snapshot frame from %s", self.node_id, peer, exc_info=True)
+            incoming = self._incoming_snapshots.pop(peer, None)
+            if incoming is not None:
+                incoming.writer.abort()
+                self._ack_snapshot(peer, incoming.writer.snapshot_id, 0, _ACK_FAILED)
+
+    def _report_gap(self, peer: str, incoming: _IncomingSnapshot, next_offset: int) -> None:
+        # Chunks after a lost one all find the same gap: one report is enough, the sender
+        # rewinds once (and its stall timer covers a lost report).
+        if incoming.gap_reported != next_offset:
+            incoming.gap_reported = next_offset
+            self._ack_snapshot(peer, incoming.writer.snapshot_id, next_offset, _ACK_GAP)
+
+    async def _finish_snapshot(
+        self, peer: str, writer: SnapshotWriter, body: dict[Any, Any]
+    ) -> None:
+        """Verify a complete snapshot (off the loop), keep it, step its SNAPSHOT message."""
+        assert self._core is not None
+        snapshot_id = writer.snapshot_id
+        loop = asyncio.get_running_loop()
+        try:
+            checksum = body["checksum"]
+            if not isinstance(checksum, bytes):
+                raise ValueError("snapshot checksum is not bytes")
+            path = await loop.run_in_executor(self._work_executor, writer.finish, checksum)
+        except asyncio.CancelledError:
+            writer.close()
+            raise
+        except Exception:
+            log.warning("node %s: snapshot from %s failed", self.node_id, peer, exc_info=True)
+            writer.abort()
+            self._ack_snapshot(peer, snapshot_id, 0, _ACK_FAILED)
+            return
+        try:
             message = decode_message(body["message"])
             if message.snapshot is None or message.sender != peer:
-                raise ValueError("snapshot message does not match its sender")
-            key = (message.snapshot.index, message.snapshot.term)
-            old = self._received_snapshots.pop(key, None)
-            if old is not None and old != path:
-                with contextlib.suppress(OSError):
-                    old.unlink()
-            self._received_snapshots[key] = path
-            self._core.step(message)
-            self._kick()
+                raise ValueError("the snapshot message does not match its sender")
         except Exception:
-            log.warning("node %s: bad snapshot chunk from %s", self.node_id, peer, exc_info=True)
-            writer = self._incoming_snapshots.pop(peer, None)
-            if writer is not None:
-                writer.abort()
+            log.warning("node %s: bad snapshot message from %s", self.node_id, peer, exc_info=True)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            self._ack_snapshot(peer, snapshot_id, 0, _ACK_FAILED)
+            return
+        self._keep_received_snapshot((message.snapshot.index, message.snapshot.term), path)
+        self._finished_snapshot_ids[peer] = snapshot_id
+        self._core.step(message)
+        self._kick()
+        self._ack_snapshot(peer, snapshot_id, writer.total_bytes, _ACK_DONE)
+
+    def _keep_received_snapshot(self, key: tuple[int, int], path: Path) -> None:
+        """Remember a verified snapshot file for `_install_snapshot`; keep the newest few.
+
+        The core installs the newest snapshot it accepted, so dropping the oldest is safe.
+        """
+        received = self._received_snapshots
+        old = received.pop(key, None)
+        if old is not None and old != path:
+            with contextlib.suppress(OSError):
+                old.unlink()
+        received[key] = path
+        while len(received) > RECEIVED_SNAPSHOTS_MAX:
+            oldest = min(received)
+            with contextlib.suppress(OSError):
+                received.pop(oldest).unlink()
 
     async def _install_snapshot(self, meta: SnapshotMeta) -> None:
         assert self._sm is not None and self._wal is not None
         path = self._received_snapshots.pop((meta.index, meta.term), None)
-        if path is None:
-            raise KVStoreError(f"the core installs snapshot {meta.index} that was never received")
+        invariant(path is not None, f"the core installs snapshot {meta.index} never received")
+        assert path is not None
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._work_executor, self._sm.restore, path)
-        self._wal.install_snapshot(meta)
-        await loop.run_in_executor(self._sync_executor, self._wal.sync)
+        restored = await loop.run_in_executor(self._work_executor, self._sm.restore, path)
+        invariant(
+            (restored.index, restored.term) == (meta.index, meta.term),
+            f"snapshot file holds {restored.index}/{restored.term}, not {meta.index}/{meta.term}",
+        )
+        # LMDB first, then the log: a crash in between leaves LMDB ahead of the log, which the
+        # restart handles (entries at or below the applied index are skipped).
+        await loop.run_in_executor(self._sync_executor, self._wal.install_snapshot, meta)
+        self._applied_index = meta.index
         self._last_checkpoint = meta.index
-        for stale in self._received_snapshots.values():
+        self._checkpoint_meta = meta
+        for stale in [path, *self._received_snapshots.values()]:
             with contextlib.suppress(OSError):
                 stale.unlink()
         self._received_snapshots.clear()
         self._refresh_members()
-        self._release_applied_waiters(self._sm.applied_index())
+        self._release_applied_waiters(self._applied_index)
         log.info("node %s: installed snapshot at %d", self.node_id, meta.index)
 
 
@@ -931,6 +1388,7 @@ class _ClientBackend:
 
     def _redirect_writes(self) -> None:
         node = self._node
+        node._raise_if_failed()
         if node._role is not Role.LEADER and node._leader_id is not None:
             raise node.leader_hint()
 
@@ -961,6 +1419,7 @@ class _ClientBackend:
 
     async def get(self, key: bytes, *, consistency: str, timeout_s: float) -> bytes | None:
         node = self._node
+        node._raise_if_failed()
         if consistency != "stale":
             await node.read_barrier(consistency, timeout_s)
         assert node._sm is not None
@@ -970,6 +1429,7 @@ class _ClientBackend:
         self, prefix: bytes, *, limit: int | None, consistency: str, timeout_s: float
     ) -> list[tuple[bytes, bytes]]:
         node = self._node
+        node._raise_if_failed()
         if consistency != "stale":
             await node.read_barrier(consistency, timeout_s)
         assert node._sm is not None
@@ -979,6 +1439,7 @@ class _ClientBackend:
         return self._node.status_now()
 
     async def add_member(self, node_id: str, address: str, *, timeout_s: float) -> None:
+        _check_address(address)
         await self._node.add_member_async(node_id, address, timeout_s)
 
     async def remove_member(self, node_id: str, *, timeout_s: float) -> None:
