@@ -441,20 +441,22 @@ class RaftCore:
         if self._need_flush:
             self._flush()
         log = self._log
-        soft = SoftState(self._lead, self._role)
-        prev_hard = self._prev_hard
-        hard = HardState(self._term, self._vote, log.committed)
-        hard_out: HardState | None = None
+        soft: SoftState | None = None
+        prev_soft = self._prev_soft
+        if prev_soft.leader_id != self._lead or prev_soft.role != self._role:
+            soft = self._prev_soft = SoftState(self._lead, self._role)
+        hard: HardState | None = None
         must_sync = False
-        if hard != prev_hard:
-            hard_out = hard
-            must_sync = hard.term != prev_hard.term or hard.vote != prev_hard.vote
-            self._prev_hard = hard
+        prev = self._prev_hard
+        term, vote, commit = self._term, self._vote, log.committed
+        if prev.commit != commit or prev.term != term or prev.vote != vote:
+            hard = self._prev_hard = HardState(term, vote, commit)
+            must_sync = prev.term != term or prev.vote != vote
         entries = log.take_unstable()
         snapshot = log.take_snapshot()
         rd = Ready(
-            soft_state=soft if soft != self._prev_soft else None,
-            hard_state=hard_out,
+            soft_state=soft,
+            hard_state=hard,
             entries=entries,
             snapshot=snapshot,
             messages=self._msgs,
@@ -464,7 +466,6 @@ class RaftCore:
             must_sync=must_sync or bool(entries) or snapshot is not None,
             dropped=self._dropped,
         )
-        self._prev_soft = soft
         self._msgs = []
         self._msgs_after = []
         self._read_states = []
