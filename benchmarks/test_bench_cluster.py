@@ -57,8 +57,8 @@ def _bench(benchmark: Any, run: Callable[[], WorkloadResult]) -> WorkloadResult:
         errors=result.errors,
         concurrency=result.concurrency,
         ops_per_s=round(result.ops_per_s, 1),
-        p50_ms=round(result.p50_ms, 3),
-        p99_ms=round(result.p99_ms, 3),
+        p50_ms=round(result.p50_ms, 6),
+        p99_ms=round(result.p99_ms, 6),
     )
     if result.system not in PEERS:
         for peer in PEERS:
