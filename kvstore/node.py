@@ -446,13 +446,17 @@ class Node:
             coro.close()
             raise UnavailableError(f"node {self.node_id} is not running")
         future = asyncio.run_coroutine_threadsafe(coro, loop)
-        try:
-            return future.result(timeout_s + LOOP_GRACE_S)
-        except concurrent.futures.TimeoutError:
+        # Wait first, then take the result: `concurrent.futures.TimeoutError` is the builtin
+        # `TimeoutError`, so catching it around `result()` would also swallow the call's own
+        # `OperationTimeoutError` (and its message saying whether the outcome is known).
+        done, _ = concurrent.futures.wait((future,), timeout_s + LOOP_GRACE_S)
+        if not done:
             future.cancel()
             raise OperationTimeoutError(
                 f"no answer from node {self.node_id} within {timeout_s:.2f}s"
-            ) from None
+            )
+        try:
+            return future.result()
         except concurrent.futures.CancelledError:
             raise UnavailableError(f"node {self.node_id} stopped during the call") from None
 
