@@ -16,8 +16,7 @@ from __future__ import annotations
 import cProfile
 import pstats
 import time
-
-import pytest
+from typing import Any
 
 from tests.sim.cluster import SimCluster, SimNode, SimOptions
 from tests.sim.network import NetworkOptions
@@ -68,7 +67,7 @@ def _run(c: SimCluster, ld: SimNode, batches: int) -> int:
     raise AssertionError(f"not all applied: {ld.sm.applied - start} of {batches * BATCH}")
 
 
-def _bench(benchmark: pytest.FixtureRequest, n_nodes: int) -> float:
+def _bench(benchmark: Any, n_nodes: int) -> float:
     state: dict[str, tuple[SimCluster, SimNode]] = {}
 
     def setup() -> tuple[tuple[SimCluster, SimNode, int], dict[str, object]]:
@@ -76,10 +75,10 @@ def _bench(benchmark: pytest.FixtureRequest, n_nodes: int) -> float:
         state["c"] = (c, ld)
         return (c, ld, BATCHES), {}
 
-    benchmark.pedantic(_run, setup=setup, rounds=7, iterations=1)  # type: ignore[attr-defined]
+    benchmark.pedantic(_run, setup=setup, rounds=7, iterations=1)
     entries = BATCHES * BATCH
-    rate = entries / benchmark.stats.stats.median  # type: ignore[attr-defined]
-    benchmark.extra_info["entries_per_s_median"] = round(rate)  # type: ignore[attr-defined]
+    rate = entries / benchmark.stats.stats.median
+    benchmark.extra_info["entries_per_s_median"] = round(rate)
     c, ld = state["c"]
     # Every member applies everything (followers learn the last commit one round later).
     assert c.run(100, until=lambda: all(n.sm.applied >= ld.sm.applied for n in c.nodes.values()))
@@ -87,13 +86,13 @@ def _bench(benchmark: pytest.FixtureRequest, n_nodes: int) -> float:
     return rate
 
 
-def test_bench_raft_propose_many_1node(benchmark: pytest.FixtureRequest) -> None:
+def test_bench_raft_propose_many_1node(benchmark: Any) -> None:
     """Baseline: one node, no replication."""
     rate = _bench(benchmark, 1)
     print(f"\n1 node: {rate:,.0f} entries/s")
 
 
-def test_bench_raft_propose_many_3nodes(benchmark: pytest.FixtureRequest) -> None:
+def test_bench_raft_propose_many_3nodes(benchmark: Any) -> None:
     """Three nodes: batches of 64 x 100 B through the leader, committed on a majority."""
     rate = _bench(benchmark, 3)
     print(f"\n3 nodes: {rate:,.0f} entries/s")

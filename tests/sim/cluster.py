@@ -525,6 +525,13 @@ class SimCluster:
             needs_sync = True
         if needs_sync and not rd.must_sync:
             raise self.fail(f"{node.id}: Ready with entries/snapshot/term/vote but must_sync=False")
+        if hs is not None and (
+            hs.term < old_hs.term
+            or (hs.term == old_hs.term and old_hs.vote is not None and hs.vote != old_hs.vote)
+            or hs.commit < old_hs.commit
+        ):
+            # Figure 2: terms only grow, one vote per term, and commit never goes back.
+            raise self.fail(f"{node.id}: hard state went back from {old_hs} to {hs}")
         # Send now: nothing here waits for our own disk (thesis §10.2.1).
         self._send(node, rd.messages)
         if rd.snapshot is not None:
@@ -619,32 +626,37 @@ class SimCluster:
                     f"{node.id}: committed entry {last.index}/{last.term} applied before it was "
                     f"durable (durable log ends at {durable.last_index()})"
                 )
+        applied = sm.applied
+        data = sm.data
+        proposals = node.proposals
+        conf_change = EntryType.CONF_CHANGE
         for e in entries:
-            if e.index != sm.applied + 1:
+            index = e.index
+            if index != applied + 1:
                 raise self.fail(
-                    f"{node.id}: committed entry {e.index} handed out after applied {sm.applied}"
+                    f"{node.id}: committed entry {index} handed out after applied {applied}"
                 )
+            applied = index
             if check:
                 sm.chain = self.checker.on_apply(node.id, e, sm.chain)
-            sm.applied = e.index
-            sm.term = e.term
-            if e.type == EntryType.CONF_CHANGE:
+            if e.type == conf_change:
                 change = ConfChange.decode(e.data)
                 if change.type == ConfChangeType.REMOVE:
                     self.removed.add(change.node_id)
                 sm.conf = apply_conf_change(sm.conf, change)
-                self.log("%s applied conf change at %d -> %s", node.id, e.index, sm.conf)
+                self.log("%s applied conf change at %d -> %s", node.id, index, sm.conf)
                 continue
-            put = decode_put(e.data)
-            if put is None:
+            key, sep, pid = e.data.partition(b"=")  # decode_put, inlined: the hot path
+            if not sep:
                 continue
-            key, pid = put
-            sm.data[key] = (e.index, pid)
-            if pid in node.proposals:
-                del node.proposals[pid]
+            data[key] = (index, pid)
+            if pid in proposals:
+                del proposals[pid]
                 self.stats["acked"] += 1
                 if check:
-                    self.checker.on_ack(pid, key, e.index, e.data)
+                    self.checker.on_ack(pid, key, index, e.data)
+        sm.applied = applied
+        sm.term = entries[-1].term
 
     def _serve_reads(self, node: SimNode) -> None:
         keep: list[ReadState] = []
