@@ -876,7 +876,14 @@ class RaftCore:
         if self._log.commit_to(min(m.commit, self._log.last_index())):
             self._on_commit_advanced()
         self._msgs.append(
-            Message(MT.HEARTBEAT_RESPONSE, m.sender, self._id, self._term, context=m.context)
+            Message(
+                MT.HEARTBEAT_RESPONSE,
+                m.sender,
+                self._id,
+                self._term,
+                index=m.index,
+                context=m.context,
+            )
         )
 
     def _handle_snapshot(self, m: Message) -> None:
@@ -969,7 +976,6 @@ class RaftCore:
             self.ignored_messages += 1
             return
         pr.recent_active = True
-        pr.last_heard_tick = self._now
         log = self._log
         if m.reject:
             hint = m.reject_hint
@@ -1010,7 +1016,13 @@ class RaftCore:
             self.ignored_messages += 1
             return
         pr.recent_active = True
-        pr.last_heard_tick = self._now
+        # The lease runs from when the answered heartbeat was SENT (its tick comes back in
+        # `index`), not from when the answer arrived: the follower's promise not to vote for
+        # anybody else runs from when it received the heartbeat (thesis §6.4.1). A late answer
+        # therefore extends the lease by less, never beyond what the follower promised.
+        sent = min(m.index, self._now)
+        if sent > pr.last_heard_tick:
+            pr.last_heard_tick = sent
         pr.probe_sent = False
         if pr.state == ProgressState.REPLICATE and pr.inflights.full():
             # The follower is alive: let one more APPEND go in case acks were lost.
@@ -1227,13 +1239,26 @@ class RaftCore:
             self._bcast_heartbeat(ro.latest_round())
 
     def _bcast_heartbeat(self, context: bytes) -> None:
+        """Send every member a heartbeat carrying the commit index it can use, the read round
+        id `context`, and in `index` this tick (echoed back, for the lease)."""
         commit = self._log.committed
         term = self._term
         me = self._id
+        now = self._now
         for node, pr in self._peers:
             self._msgs.append(
                 Message(
-                    MT.HEARTBEAT, node, me, term, 0, 0, (), min(pr.match, commit), False, 0, context
+                    MT.HEARTBEAT,
+                    node,
+                    me,
+                    term,
+                    0,
+                    now,
+                    (),
+                    min(pr.match, commit),
+                    False,
+                    0,
+                    context,
                 )
             )
 

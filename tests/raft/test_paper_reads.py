@@ -213,3 +213,30 @@ def test_no_lease_during_leadership_transfer() -> None:
     net.core("a").read_index(b"lease", lease=True)
     rd = net["a"].take_ready()
     assert not rd.read_states
+
+
+def test_lease_counts_from_when_the_heartbeat_was_sent() -> None:
+    """Thesis §6.4.1: the followers' promise not to vote elsewhere runs from when they received
+    the heartbeat, so the lease runs from when it was SENT; an answer that arrives late must
+    not stretch the lease."""
+    net = _cluster(check_quorum=True, election_ticks=10, lease_ticks=4)
+    leader = net["a"]
+    leader.core.tick()
+    beats = [m for m in leader.process_ready() if m.type == MT.HEARTBEAT]
+    answers = []
+    for m in beats:
+        net.core(m.recipient).step(m)
+        answers += net[m.recipient].process_ready()
+    for _ in range(3):  # three more heartbeat rounds are lost
+        leader.core.tick()
+        leader.process_ready()
+    for m in answers:  # the first round's answers arrive only now
+        leader.core.step(m)
+    leader.core.read_index(b"fresh", lease=True)
+    assert [rs.request_ctx for rs in leader.take_ready().read_states] == [b"fresh"]
+    leader.core.tick()  # four ticks after the answered heartbeat was sent: the lease is over
+    leader.process_ready()
+    leader.core.read_index(b"late", lease=True)
+    rd = leader.take_ready()
+    assert not rd.read_states
+    assert {m.type for m in rd.messages} == {MT.HEARTBEAT}
