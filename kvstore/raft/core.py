@@ -123,6 +123,20 @@ _TERMLESS = frozenset(
     }
 )
 _SELF_ONLY = frozenset({MT.HUP, MT.BEAT, MT.CHECK_QUORUM})
+# Every type this core understands; anything else (types.py may grow types for other
+# protocols) is ignored before it can touch the term.
+_KNOWN = _TERMLESS | {
+    MT.APPEND,
+    MT.APPEND_RESPONSE,
+    MT.VOTE,
+    MT.VOTE_RESPONSE,
+    MT.PRE_VOTE,
+    MT.PRE_VOTE_RESPONSE,
+    MT.HEARTBEAT,
+    MT.HEARTBEAT_RESPONSE,
+    MT.SNAPSHOT,
+    MT.TIMEOUT_NOW,
+}
 
 
 class CoreStatus(NamedTuple):
@@ -328,7 +342,11 @@ class RaftCore:
         Local types are accepted only as this node's own events: HUP, BEAT and CHECK_QUORUM
         must name this node as sender; UNREACHABLE and SNAPSHOT_STATUS name the peer.
         """
-        if msg.recipient != self._id or (msg.type in _SELF_ONLY and msg.sender != self._id):
+        if (
+            msg.recipient != self._id
+            or msg.type not in _KNOWN
+            or (msg.type in _SELF_ONLY and msg.sender != self._id)
+        ):
             self.ignored_messages += 1
             return
         self._step(msg)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+from typing import cast
 
 import pytest
 
@@ -51,6 +52,8 @@ GARBAGE = {
     "snapshot-status-stranger": Message(MT.SNAPSHOT_STATUS, "{me}", "zz", reject=True),
     "timeout-now-stale": Message(MT.TIMEOUT_NOW, "{me}", "b", 1),
     "vote-response-stranger": Message(MT.VOTE_RESPONSE, "{me}", "zz", 2),
+    # A type of another protocol (types.py is shared): must not even move the term.
+    "foreign-type": Message(cast(MessageType, 99), "{me}", "b", 50),
 }
 
 
@@ -64,7 +67,10 @@ def test_garbage_is_survived(name: str, target: str) -> None:
     m = GARBAGE[name]
     if m.recipient == "{me}":
         m = m._replace(recipient=target)
+    term = net.core(target).term
     net.core(target).step(m)
+    if name == "foreign-type":
+        assert net.core(target).term == term
     net.stabilize()
     for _ in range(30):
         if net.leader() is not None:
