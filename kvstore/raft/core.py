@@ -32,6 +32,19 @@ Design choices, with the sections of the Raft paper / Ongaro's thesis they follo
   learns the initial configuration from the log like any other change.
 - Reads: ReadIndex (thesis §6.4) batched into heartbeat rounds (see `read_only.py`), lease
   reads (thesis §6.4.1) when check-quorum is on, and follower reads through the leader.
+
+Message fields beyond the layout in types.py:
+- HEARTBEAT carries the leader's tick in `index`; HEARTBEAT_RESPONSE echoes it (and `context`,
+  the read round). The lease counts from the echoed tick, i.e. from when the heartbeat was sent.
+- PROPOSE, READ_INDEX and TRANSFER_LEADER carry no term (0): they are forwarded requests. A
+  PROPOSE with `reject=True` goes back to a follower whose forwarded proposal was refused, with
+  the reason in `context`; the follower reports each entry's data in `Ready.dropped`.
+- TRANSFER_LEADER names the target in `context` (UTF-8) when the sender is not the target (the
+  transport insists that `sender` is the peer that sent it).
+- A VOTE sent because of a leadership transfer has `context == CAMPAIGN_TRANSFER`.
+
+The application must call `report_snapshot()` once for every SNAPSHOT message it handles
+(success or failure): the follower stays paused in SNAPSHOT state until then or until it acks.
 """
 
 from __future__ import annotations
