@@ -746,6 +746,9 @@ class RaftCore:
         return quorum.vote_result(self._voter_list, self._votes)
 
     def _handle_vote_request(self, m: Message) -> None:
+        # Learners answer too (etcd does the same): a learner may have been promoted without
+        # knowing it yet, and the new leader may need its vote. A candidate that knows it is a
+        # learner does not count its answer, so a learner's vote never elects anybody wrongly.
         pre = m.type == MT.PRE_VOTE
         can_vote = (
             self._vote == m.sender

@@ -228,3 +228,26 @@ def test_nonsense_changes_are_refused(change: ConfChange) -> None:
         net.stabilize()
     with pytest.raises(InvalidArgumentError):
         net.core("a").propose_conf_change(change)
+
+
+def test_promoted_learner_that_missed_the_commit_can_still_vote() -> None:
+    """Thesis §4.2.1 (liveness of promotion): a learner answers vote requests, because it may have
+    been promoted without having heard of the commit yet; a candidate that knows the new
+    configuration needs its vote."""
+    net = _cluster("ab")
+    _join(net, "d", ADD_LEARNER)
+    a = net["a"]
+    a.core.propose_conf_change(ConfChange(ADD_VOTER, "d"))
+    rd = a.take_ready()
+    [to_d] = [m for m in rd.messages if m.recipient == "d"]
+    net.core("d").step(to_d)
+    d_ack = net["d"].process_ready()
+    net.drop("a", "d", 1.0)  # d never hears that its promotion committed
+    net.send(*d_ack, *[m for m in rd.messages if m.recipient == "b"])
+    net.tick("a")
+    assert net.core("b").conf_state.voters == ("a", "b", "d")
+    assert net.core("d").is_learner
+    net.down.add("a")
+    net.recover()
+    net.elect("b")
+    assert net.leader() == "b"
