@@ -75,7 +75,7 @@ IN_PROCESS_READ_OPS_FACTOR = 20
 measurement spans a meaningful time (tenths of a second rather than milliseconds)."""
 
 CONCURRENT_ROUNDS_MIN = 40
-"""Fewest operations per in-flight slot in a concurrent workload (see `concurrent_ops`)."""
+"""Default of `BenchSettings.concurrent_rounds_min`."""
 
 FAILOVER_TRIALS = 3
 STATUS_POLL_S = 0.01
@@ -111,6 +111,8 @@ class BenchSettings:
     """Timeout of one operation."""
     key_bytes: int = KEY_BYTES
     value_bytes: int = VALUE_BYTES
+    concurrent_rounds_min: int = CONCURRENT_ROUNDS_MIN
+    """Fewest operations per in-flight slot in a concurrent workload (see `concurrent_ops`)."""
 
     def validate(self) -> None:
         """Raise `BenchError` naming the first setting that is out of range."""
@@ -120,14 +122,16 @@ class BenchSettings:
             raise BenchError(f"concurrency must be >= 1, got {self.concurrency}")
         if self.duration_s_max <= 0 or self.timeout_s <= 0:
             raise BenchError("duration_s_max and timeout_s must be > 0")
+        if self.concurrent_rounds_min < 1:
+            raise BenchError("concurrent_rounds_min must be >= 1")
         if self.key_bytes != KEY_BYTES or self.value_bytes < 1:
             raise BenchError(f"keys are {KEY_BYTES} bytes; values need at least one byte")
 
     @property
     def concurrent_ops(self) -> int:
-        """Operations of a concurrent workload: at least `CONCURRENT_ROUNDS_MIN` per slot in
+        """Operations of a concurrent workload: at least `concurrent_rounds_min` per slot in
         flight, so that filling the pipeline and draining it are a small part of the run."""
-        return max(self.ops, CONCURRENT_ROUNDS_MIN * self.concurrency)
+        return max(self.ops, self.concurrent_rounds_min * self.concurrency)
 
     @property
     def errors_max(self) -> int:

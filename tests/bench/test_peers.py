@@ -79,7 +79,7 @@ def test_gateway_bodies_are_base64_json() -> None:
         etcd.check_range(b'{"header":{}}', key, value_b64)
 
 
-SMALL = BenchSettings(ops=40, concurrency=8, duration_s_max=20.0)
+SMALL = BenchSettings(ops=40, concurrency=8, duration_s_max=20.0, concurrent_rounds_min=10)
 
 
 def _quiet() -> BenchProgress:
@@ -101,7 +101,7 @@ def test_etcd_cluster_runs_every_workload_without_errors() -> None:
 @pytest.mark.skipif(pysyncobj_peer.available() is not None, reason=str(pysyncobj_peer.available()))
 def test_pysyncobj_cluster_runs_both_workloads_without_errors() -> None:
     # A PySyncObj sync=True set takes about one 100 ms heartbeat: keep the sequential run short.
-    settings = BenchSettings(ops=10, concurrency=4, duration_s_max=20.0)
+    settings = BenchSettings(ops=10, concurrency=4, duration_s_max=20.0, concurrent_rounds_min=5)
     with _quiet() as progress:
         results = pysyncobj_peer.run(settings, progress)
     assert [(r.workload, r.concurrency) for r in results] == [
