@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -51,11 +51,14 @@ def running_cluster(
         cluster.close()
 
 
-def client_for(cluster: LocalCluster, **kwargs: Any) -> kvstore.Client:
-    """A client of every member, holding the cluster's secret (if any)."""
+def client_for(
+    cluster: LocalCluster, *, only: Iterable[str] | None = None, **kwargs: Any
+) -> kvstore.Client:
+    """A client of every member (or of the members in `only`), with the cluster's secret."""
     secret = cluster.secret_file.read_bytes() if cluster.secret_file is not None else None
     kwargs.setdefault("timeout_s", 10.0)
-    return kvstore.Client(cluster.addresses, secret=secret, **kwargs)
+    addresses = [m.address for m in cluster if only is None or m.node_id in set(only)]
+    return kvstore.Client(addresses, secret=secret, **kwargs)
 
 
 def member_status(client: kvstore.Client, address: str) -> kvstore.Status | None:
@@ -76,8 +79,32 @@ def wait_caught_up(client: kvstore.Client, address: str, index: int) -> None:
     wait_until(caught_up, timeout_s=WAIT_S, what=f"{address} to apply through {index}")
 
 
-def leader_commit(cluster: LocalCluster, client: kvstore.Client) -> int:
-    leader = cluster.wait_for_leader(client, timeout_s=WAIT_S)
+def find_leader(
+    cluster: LocalCluster, client: kvstore.Client, *, exclude: Iterable[str] = ()
+) -> str:
+    """Wait until a member (not in `exclude`) says it leads; return its id. Members in
+    `exclude` are not even asked: a paused one would hold each status call to its timeout."""
+    skipped = set(exclude)
+
+    def leader() -> str | None:
+        for member in cluster:
+            if member.node_id in skipped or not member.running:
+                continue
+            status = member_status(client, member.address)
+            if status is not None and status.role == "leader":
+                return member.node_id
+        return None
+
+    found = wait_until(leader, timeout_s=WAIT_S, what="a leader")
+    assert found is not None
+    return found
+
+
+def leader_commit(
+    cluster: LocalCluster, client: kvstore.Client, *, exclude: Iterable[str] = ()
+) -> int:
+    """The commit index of the current leader."""
+    leader = find_leader(cluster, client, exclude=exclude)
     status = member_status(client, cluster.members[leader].address)
     assert status is not None
     return status.commit_index
@@ -129,7 +156,12 @@ class Writer(threading.Thread):
         assert not self.errors, self.errors
         assert self.count >= count
 
+    def request_stop(self) -> None:
+        """Ask the writer to stop after its current write (see `stop`)."""
+        self._stop_event.set()
+
     def stop(self) -> dict[bytes, bytes]:
+        """Stop, wait for the write in flight, and return the acknowledged pairs."""
         self._stop_event.set()
         self.join(WAIT_S)
         assert not self.is_alive(), "the writer did not stop"
