@@ -71,13 +71,17 @@ def test_member_added_after_compaction_gets_a_snapshot_then_is_removed(
 
         # Removing it: the others stop sending it anything, so it stops advancing.
         client.remove_member("n4", timeout_s=WAIT_S)
-        wait_until(
-            lambda: (
-                (s := member_status(client, joiner.address)) is not None and s.role == "learner"
-            ),
-            timeout_s=WAIT_S,
-            what="n4 to learn it was removed",
-        )
+
+        # It learns of its removal when the change commits, and applies that entry last.
+        def knows_removed() -> bool:
+            status = member_status(client, joiner.address)
+            return (
+                status is not None
+                and status.role == "learner"
+                and status.applied_index == status.commit_index
+            )
+
+        wait_until(knows_removed, timeout_s=WAIT_S, what="n4 to learn it was removed")
         removed_applied = member_status(client, joiner.address)
         assert removed_applied is not None
         with client_for(cluster, only=["n1", "n2", "n3"]) as members:

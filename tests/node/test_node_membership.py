@@ -100,11 +100,13 @@ def test_removed_member_stops_receiving_traffic(compacted: EmbeddedCluster) -> N
         timeout_s=WAIT_S,
         what="the leader to drop its link to the removed member",
     )
-    wait_until(
-        lambda: removed.status().role == "learner",
-        timeout_s=WAIT_S,
-        what="the removed member to learn it no longer votes",
-    )
+
+    # It learns of its removal when the change commits, and applies that entry last.
+    def knows_removed() -> bool:
+        status = removed.status()
+        return status.role == "learner" and status.applied_index == status.commit_index
+
+    wait_until(knows_removed, timeout_s=WAIT_S, what="the removed member to learn it")
     applied = removed.status().applied_index
     for number in range(30):
         leader.put(b"after/remove/%d" % number, b"x")
