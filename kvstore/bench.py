@@ -28,8 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import ModuleType
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from rich import box
 from rich.console import Console
@@ -896,7 +895,7 @@ class PeerModule(Protocol):
         """Start the peer's 3-process cluster, run its workloads, stop it."""
 
 
-def load_peer(name: str) -> ModuleType | str:
+def load_peer(name: str) -> PeerModule | str:
     """The peer's harness module, or a string saying why it cannot be loaded.
 
     The harnesses live in the source checkout's `benchmarks/peers/`, not in the installed
@@ -907,9 +906,10 @@ def load_peer(name: str) -> ModuleType | str:
     if (checkout / "benchmarks" / "peers").is_dir() and str(checkout) not in sys.path:
         sys.path.append(str(checkout))
     try:
-        return importlib.import_module(module_name)
+        module = importlib.import_module(module_name)
     except ImportError as error:
         return f"harness {module_name} not found ({error}); run from a source checkout"
+    return cast(PeerModule, module)
 
 
 def bench_peer(name: str, settings: BenchSettings, progress: BenchProgress) -> list[WorkloadResult]:
@@ -921,8 +921,7 @@ def bench_peer(name: str, settings: BenchSettings, progress: BenchProgress) -> l
     if reason is not None:
         progress.note(f"[yellow]{name} skipped:[/yellow] {reason}")
         return [skipped(name, PUT_SEQUENTIAL, f"skipped: {reason}")]
-    results: list[WorkloadResult] = module.run(settings, progress)
-    return results
+    return module.run(settings, progress)
 
 
 # --- report -------------------------------------------------------------------------------------
