@@ -153,9 +153,22 @@ class Context:
             status = self.status(node_id)
             return status is not None and status.applied_index >= commit
 
-        wait_until(
-            caught_up, timeout_s=CATCH_UP_LIMIT_S, interval_s=0.1, what=f"{node_id} to catch up"
-        )
+        try:
+            wait_until(
+                caught_up,
+                timeout_s=CATCH_UP_LIMIT_S,
+                interval_s=0.1,
+                what=f"{node_id} to apply up to {commit}",
+            )
+        except TimeoutError as exc:
+            statuses = {n: self.status(n) for n in self.cluster.members}
+            shown = ", ".join(
+                f"{n}: {s.role} term {s.term} commit {s.commit_index} applied {s.applied_index}"
+                if s is not None
+                else f"{n}: no answer"
+                for n, s in statuses.items()
+            )
+            raise TimeoutError(f"{exc} ({shown})") from None
         return time.monotonic() - started
 
 
@@ -264,10 +277,12 @@ def _torn_tail(ctx: Context) -> None:
 
 
 def _corrupt_middle(ctx: Context) -> None:
-    """A flipped byte: the member refuses to start; the rest serve; wiping it lets it rejoin."""
+    """A flipped byte: the member refuses to start; the rest serve; the operator's recovery
+    (README, "Operating: recovering a corrupted member") brings it back."""
     node_id = ctx.rng.choice(ctx.nemesis.node_ids)
+    member = ctx.cluster.members[node_id]
     ctx.nemesis.kill([node_id])
-    damage: DiskFault = flip_middle_byte(ctx.cluster.members[node_id].data_dir, ctx.rng)
+    damage: DiskFault = flip_middle_byte(member.data_dir, ctx.rng)
     ctx.nemesis.record(damage.kind, [node_id], f"{damage.path.name} at {damage.offset}")
     try:
         ctx.cluster.restart(node_id)
@@ -292,10 +307,28 @@ def _corrupt_middle(ctx: Context) -> None:
         ctx.problems.append(f"the cluster stopped serving without the corrupted member: {exc}")
         raise
     ctx.hold(1.0, 2.0)
-    # The operator's recovery: wipe its data directory and start it again.
-    wipe_data_dir(ctx.cluster.members[node_id].data_dir)
-    ctx.nemesis.record("wipe", [node_id])
-    ctx.heal()
+    # The operator's recovery: remove the member, wipe its data, start it empty in join mode,
+    # add it back (as a learner that the leader brings up to date, then a voter). Raft forbids
+    # a voter to forget what it acknowledged, so it must not come back under its old identity.
+    client = ctx.client
+    wait_serving(
+        lambda: client.remove_member(node_id, timeout_s=CALL_TIMEOUT_S * 5),  # type: ignore[attr-defined]
+        timeout_s=RECOVERY_LIMIT_S,
+    )
+    ctx.nemesis.record("remove-member", [node_id])
+    wipe_data_dir(member.data_dir)
+    member.extra_args.append("--join")
+    try:
+        ctx.cluster.restart(node_id)
+    finally:
+        member.extra_args.remove("--join")
+    ctx.nemesis.killed.discard(node_id)
+    ctx.nemesis.record("wipe-and-join", [node_id])
+    wait_serving(
+        lambda: client.add_member(node_id, member.address, timeout_s=CALL_TIMEOUT_S * 10),  # type: ignore[attr-defined]
+        timeout_s=CATCH_UP_LIMIT_S,
+    )
+    ctx.nemesis.record("add-member", [node_id])
     ctx.notes.append(f"{node_id} rejoined and caught up in {ctx.wait_caught_up(node_id):.1f}s")
 
 
@@ -560,6 +593,10 @@ def _run_body(
             ctx.deadline = time.monotonic() + fault_s
             try:
                 schedule.inject(ctx)
+            except SkipSchedule:
+                raise
+            except Exception as exc:  # a broken promise: still heal, stop and check the history
+                verdict.problems.append(f"{type(exc).__name__}: {exc}")
             finally:
                 nemesis.heal_all()
                 verdict.events = nemesis.describe()
