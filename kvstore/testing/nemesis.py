@@ -69,9 +69,12 @@ class Nemesis:
     killed: set[str] = field(default_factory=set)
     paused: set[str] = field(default_factory=set)
     started: float = field(default_factory=time.monotonic)
+    network_faulty: bool = False
 
     def record(self, action: str, targets: Iterable[str] = (), detail: str = "") -> None:
         """Add an event to the log (schedules record their own steps, e.g. disk faults)."""
+        if action in ("partition", "isolate", "bridge", "one-way", "slow", "netem"):
+            self.network_faulty = True
         self.events.append(
             FaultEvent(time.monotonic() - self.started, action, tuple(targets), detail)
         )
@@ -111,7 +114,8 @@ class Nemesis:
         for node_id in targets:
             self.cluster.restart(node_id)
             self.killed.discard(node_id)
-        self.record("restart", targets)
+        if targets:
+            self.record("restart", targets)
 
     def pause(self, node_ids: Iterable[str]) -> None:
         """SIGSTOP each member: its sockets stay open, it answers nothing."""
@@ -127,7 +131,8 @@ class Nemesis:
         for node_id in targets:
             self.cluster.resume(node_id)
             self.paused.discard(node_id)
-        self.record("resume", targets)
+        if targets:
+            self.record("resume", targets)
 
     # --- network ------------------------------------------------------------------------------
 
@@ -181,10 +186,13 @@ class Nemesis:
 
     def heal_network(self) -> None:
         """Every link back to normal."""
+        if not self.network_faulty:
+            return
         if self.mesh is not None:
             self.mesh.heal()
         if self.lab is not None:
             self.lab.heal()
+        self.network_faulty = False
         self.record("heal-network")
 
     def _need_mesh(self) -> PeerMesh:
@@ -238,6 +246,7 @@ def wait_serving(
 HEADER_BYTES = 12
 SECTOR_BYTES = 512
 _TYPE_ENTRY = 2
+_TYPE_SNAPSHOT = 5
 _crc32c = crcmod.predefined.mkCrcFun("crc-32c")
 
 
@@ -259,6 +268,7 @@ class _Record:
     offset: int
     length: int
     type: int
+    aux: int
 
     @property
     def end(self) -> int:
@@ -298,13 +308,13 @@ def scan_segment(path: Path) -> list[_Record]:
     records = []
     offset = 0
     while offset + HEADER_BYTES <= len(data):
-        crc, length, kind = struct.unpack_from("<IIB", data, offset)
+        crc, length, kind, aux = struct.unpack_from("<IIBB", data, offset)
         if kind == 0 or offset + HEADER_BYTES + length > len(data):
             break
         covered = data[offset + 4 : offset + HEADER_BYTES + length]
         if record_crc(seq, offset, covered) != crc:
             break
-        records.append(_Record(offset, length, kind))
+        records.append(_Record(offset, length, kind, aux))
         offset = _align8(offset + HEADER_BYTES + length)
     return records
 
@@ -393,6 +403,16 @@ def flip_middle_byte(data_dir: str | os.PathLike[str], rng: random.Random) -> Di
         path,
         victim.offset,
         f"bit flipped at byte {where} (record at {victim.offset}, type {victim.type})",
+    )
+
+
+def installed_snapshot(data_dir: str | os.PathLike[str]) -> bool:
+    """Whether the member's redo log records that it installed a snapshot from a leader (a
+    SNAPSHOT record with the RESET flag, FORMAT.md §4)."""
+    return any(
+        record.type == _TYPE_SNAPSHOT and record.aux & 1
+        for path in wal_segments(data_dir)
+        for record in scan_segment(path)
     )
 
 

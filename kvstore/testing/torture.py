@@ -41,6 +41,7 @@ from kvstore.testing.nemesis import (
     DiskFault,
     Nemesis,
     flip_middle_byte,
+    installed_snapshot,
     tear_tail,
     wait_serving,
     wipe_data_dir,
@@ -183,6 +184,8 @@ class Schedule:
     network: str = "direct"
     """"direct" (members dial each other), "proxy" (through a PeerMesh) or "netns"."""
     consistency: str = "linearizable"
+    serve_args: tuple[str, ...] = ()
+    """Extra `kvstore serve` arguments for every member."""
 
 
 # --- the schedules ------------------------------------------------------------------------------
@@ -330,6 +333,11 @@ def _corrupt_middle(ctx: Context) -> None:
     )
     ctx.nemesis.record("add-member", [node_id])
     ctx.notes.append(f"{node_id} rejoined and caught up in {ctx.wait_caught_up(node_id):.1f}s")
+    # The members checkpoint and compact often here, so the leader had to send a snapshot.
+    if installed_snapshot(member.data_dir):
+        ctx.notes.append(f"{node_id} rejoined through a snapshot")
+    else:
+        ctx.problems.append(f"{node_id} rejoined without installing a snapshot")
 
 
 def _mixed(ctx: Context) -> None:
@@ -390,7 +398,12 @@ SCHEDULES: dict[str, Schedule] = {
         Schedule("one-way", _one_way, "the leader cannot send, or cannot hear", network="proxy"),
         Schedule("slow-network", _slow_network, "delay and jitter on every link", network="proxy"),
         Schedule("torn-tail", _torn_tail, "kill -9, tear the last write, restart"),
-        Schedule("corrupt-middle", _corrupt_middle, "flip a byte mid-log; refuse; wipe; rejoin"),
+        Schedule(
+            "corrupt-middle",
+            _corrupt_middle,
+            "flip a byte mid-log; refuse; remove, wipe, rejoin by snapshot",
+            serve_args=("--checkpoint-entries", "200"),
+        ),
         Schedule(
             "lease-isolate-leader",
             _isolate_leader,
@@ -398,7 +411,13 @@ SCHEDULES: dict[str, Schedule] = {
             network="proxy",
             consistency="lease",
         ),
-        Schedule("mixed", _mixed, "a random fault each cycle", network="proxy"),
+        Schedule(
+            "mixed",
+            _mixed,
+            "a random fault each cycle; frequent checkpoints",
+            network="proxy",
+            serve_args=("--checkpoint-entries", "300"),
+        ),
         Schedule(
             "netns-isolate-leader",
             _netns_isolate_leader,
@@ -553,6 +572,8 @@ def _run_body(
         if lab is not None:
             for member in cluster:
                 member.command_prefix = lab.exec_prefix(member.node_id)
+        for member in cluster:
+            member.extra_args.extend(schedule.serve_args)
         cluster.start()
         endpoints = cluster.addresses
         client = stack.enter_context(Client(endpoints, balancer="random", timeout_s=CALL_TIMEOUT_S))
