@@ -89,6 +89,8 @@ class Client:
         try:
             return future.result(timeout=timeout_s + _WAIT_GRACE_S)
         except concurrent.futures.TimeoutError:
+            if future.done() and not future.cancelled():
+                raise  # the call's own OperationTimeoutError (concurrent's is the builtin)
             future.cancel()
             raise OperationTimeoutError("the client's event loop did not answer in time") from None
         except concurrent.futures.CancelledError:

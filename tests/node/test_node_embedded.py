@@ -153,3 +153,21 @@ def test_aio_client_from_asyncio(shared_cluster: EmbeddedCluster) -> None:
                 await client.put(b"", b"v")
 
     asyncio.run(main())
+
+
+def test_timed_out_call_says_its_outcome_is_unknown(
+    shared_cluster: EmbeddedCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member that never answers: the blocking client reports the call's own timeout (the
+    outcome is unknown), not that its private event loop hung."""
+    node = shared_cluster.followers()[0]
+
+    async def never(consistency: str, timeout_s: float) -> None:
+        await asyncio.sleep(timeout_s + 5)
+
+    monkeypatch.setattr(node, "read_barrier", never)
+    with (
+        kvstore.Client([node.address]) as client,
+        pytest.raises(kvstore.OperationTimeoutError, match="outcome is unknown"),
+    ):
+        client.get(b"k", timeout_s=0.3)
