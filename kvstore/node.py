@@ -546,14 +546,20 @@ class Node:
         return self._sm.scan(prefix, limit)
 
     def status(self) -> Status:
-        """This member's role, term, leader, commit and applied indices, and the members."""
+        """This member's role, term, leader, commit and applied indices, and the members.
+
+        `role` is "learner" for any member that may not vote: a learner, a node started with
+        `join=True` that was not added yet (its `members` is empty), or a removed member.
+        """
         self._check_running()
         return self._run_on_loop(_as_coroutine(self.status_now), timeout_s=5.0)
 
     def add_member(self, node_id: str, address: str, *, timeout_s: float = 30.0) -> None:
         """Add a member: it joins as a learner and is promoted to voter once caught up.
 
-        Call on the leader; start the new node with `join=True` first.
+        Call on the leader; start the new node with `join=True` first. If it does not catch up
+        within `timeout_s` it stays a learner (`OperationTimeoutError`); calling again resumes
+        from there. Adding a voter again does nothing (its address is not changed).
         """
         if not isinstance(node_id, str) or not node_id:
             raise InvalidArgumentError(f"node_id must be a non-empty str, got {node_id!r}")
@@ -1078,7 +1084,9 @@ class Node:
             if message.type == MessageType.SNAPSHOT:
                 if message.recipient not in self._outgoing_snapshots:
                     self._outgoing_snapshots[message.recipient] = None
-                    self._spawn(self._send_snapshot(message), f"kvstore-snapshot-{message.sender}")
+                    self._spawn(
+                        self._send_snapshot(message), f"kvstore-snapshot-{message.recipient}"
+                    )
                 continue
             outgoing.append(message)
         if outgoing:
