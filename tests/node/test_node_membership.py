@@ -216,3 +216,18 @@ def test_garbage_snapshot_frames_do_not_hurt_the_node(shared_cluster: EmbeddedCl
         what="the refused snapshot to be deleted",
     )
     assert not list(snapshots.glob("*.snap"))
+
+
+def test_leader_removing_itself_hands_over_to_the_others(cluster: EmbeddedCluster) -> None:
+    leader = cluster.leader()
+    leader.put(b"before/removal", b"1")
+    leader.remove_member(leader.node_id)
+    new_leader = cluster.leader(exclude=leader.node_id)
+    new_leader.put(b"after/removal", b"1", timeout_s=10)
+    others = [n for n in cluster.nodes.values() if n is not leader]
+    for node in others:
+        assert node.get(b"after/removal") == b"1"
+        assert node.get(b"before/removal") == b"1"
+        assert leader.node_id not in node.status().members
+    assert leader.status().role == "learner"
+    assert leader.get(b"after/removal", consistency="stale") is None
