@@ -574,7 +574,9 @@ def _run_body(
                 member.command_prefix = lab.exec_prefix(member.node_id)
         for member in cluster:
             member.extra_args.extend(schedule.serve_args)
+        phases = _Phases()
         cluster.start()
+        phases.done("start")
         endpoints = cluster.addresses
         client = stack.enter_context(Client(endpoints, balancer="random", timeout_s=CALL_TIMEOUT_S))
         probe_key = b"probe/" + schedule.name.encode()
@@ -586,7 +588,8 @@ def _run_body(
             if client.get(probe_key, timeout_s=CALL_TIMEOUT_S) != value:
                 raise AssertionError("the probe read did not see the probe write")
 
-        verdict.recovery_s.append(wait_serving(probe_call, timeout_s=RECOVERY_LIMIT_S))
+        wait_serving(probe_call, timeout_s=RECOVERY_LIMIT_S)
+        phases.done("first write")
         nemesis = Nemesis(cluster, rng, leader=lambda: None, mesh=mesh, lab=lab)
         ctx = Context(
             cluster,
@@ -611,6 +614,7 @@ def _run_body(
         workload = Workload(factory, config, history, seed=rng.getrandbits(32)).start()
         try:
             time.sleep(WARM_UP_S)  # pacing: let the workload get going before the first fault
+            phases.done("warm-up")
             ctx.deadline = time.monotonic() + fault_s
             try:
                 schedule.inject(ctx)
@@ -622,13 +626,19 @@ def _run_body(
                 nemesis.heal_all()
                 verdict.events = nemesis.describe()
                 (work / "nemesis.txt").write_text(verdict.events + "\n")
+                phases.done("faults")
             verdict.recovery_s.append(wait_serving(probe_call, timeout_s=RECOVERY_LIMIT_S))
+            phases.done("last heal")
             time.sleep(TAIL_S)  # pacing: calls after the heal are part of the history too
         finally:
             workload.stop()
+        phases.done("tail and stop")
         verdict.workload = workload.summary()
         final_reads(client, config, history, client_id=clients, timeout_s=CALL_TIMEOUT_S * 5)
+        phases.done("final reads")
         verdict.check = check_history(history.operations)
+        phases.done("check")
+        verdict.notes.append(phases.describe())
         if not verdict.check.ok:
             write_history(work / "history-checked.jsonl", history.operations)
         verdict.passed = (
@@ -636,6 +646,22 @@ def _run_body(
             and not verdict.problems
             and all(r <= RECOVERY_LIMIT_S for r in verdict.recovery_s)
         )
+
+
+class _Phases:
+    """How long each phase of a run took (reported, to see where time goes)."""
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+        self._spans: list[tuple[str, float]] = []
+
+    def done(self, name: str) -> None:
+        now = time.monotonic()
+        self._spans.append((name, now - self._last))
+        self._last = now
+
+    def describe(self) -> str:
+        return "phases: " + ", ".join(f"{name} {span:.1f}s" for name, span in self._spans)
 
 
 def _read_log(cluster: LocalCluster, node_id: str) -> str:
