@@ -299,15 +299,9 @@ def _lease_read_after_slow_acks() -> SimCluster:
     return c
 
 
-@pytest.mark.xfail(
-    reason="core bug: the leader lease counts from when heartbeat answers ARRIVE "
-    "(Progress.last_heard_tick), so late answers stretch it past the followers' promise "
-    "(thesis §6.4.1 counts from when the heartbeat was SENT); the old leader serves a stale "
-    "lease read. Remove this marker once fixed.",
-    raises=SimFailure,
-    strict=False,
-)
 def test_lease_read_is_not_stale_when_acks_are_late() -> None:
+    """Found by the simulator: the core once counted the lease from when answers arrived, and
+    the old leader answered this read with the write before the new leader's."""
     c = _lease_read_after_slow_acks()
     # Either the old leader refuses or delays the read (its lease ran out), or -- if it
     # answered -- the checker found the answer fresh.
