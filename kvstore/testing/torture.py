@@ -534,7 +534,8 @@ def run_schedule(
         kept = Path(failures_dir) / f"{schedule.name}-{seed}"
         if kept.exists():
             shutil.rmtree(kept)
-        shutil.copytree(work, kept)
+        # Logs, history and small files; not the preallocated log segments and LMDB maps.
+        shutil.copytree(work, kept, ignore=shutil.ignore_patterns("*.wal", "*.mdb"))
         (kept / "verdict.txt").write_text(verdict.report() + "\n")
         verdict.kept = kept
     shutil.rmtree(work, ignore_errors=True)
