@@ -301,9 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_bench(ops=args.ops, concurrency=args.concurrency, json_path=args.json)
         handler = handlers.get(args.command, _client_command)
         return handler(args)
-    except KVStoreError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_ERROR
-    except OSError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (KVStoreError, OSError) as error:
+        # The class name tells an operator what kind of failure it is (CorruptionError...).
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_ERROR
