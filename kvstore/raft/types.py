@@ -55,6 +55,22 @@ class MessageType(enum.IntEnum):
     TRANSFER_LEADER = 23
     """Ask the leader to hand leadership over; `sender` is the node that should take it."""
 
+    # Remote, Multi-Paxos only (kvstore/paxos/core.py documents the field use). The Paxos core
+    # also uses PROPOSE, HEARTBEAT(_RESPONSE), SNAPSHOT, READ_INDEX(_RESPONSE), TIMEOUT_NOW and
+    # TRANSFER_LEADER with the meanings above, `term` being the ballot.
+    PREPARE = 40
+    """Phase 1a: a proposer asks for promises for its ballot, for every slot after `index`."""
+    PROMISE = 41
+    """Phase 1b: a promise, with the acceptor's accepted values; `reject` = a higher ballot."""
+    ACCEPT = 42
+    """Phase 2a: the leader asks acceptors to accept a batch of slots in its ballot."""
+    ACCEPTED = 43
+    """Phase 2b: slots accepted through `index`; `reject` = cannot place the batch (or stale)."""
+    PRE_PREPARE = 44
+    """Would you promise this ballot? Non-binding (the Paxos meaning of `pre_vote`)."""
+    PRE_PROMISE = 45
+    """Answer to PRE_PREPARE; `reject` = no (a leader was heard from recently, or stale)."""
+
     def is_local(self) -> bool:
         """True for types that only ever travel from the application into its own core."""
         return self < MessageType.PROPOSE
