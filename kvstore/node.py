@@ -1296,8 +1296,8 @@ class Node:
                 return
             del self._incoming_snapshots[peer]
             self._spawn(self._finish_snapshot(peer, writer, body), "kvstore-snapshot-finish")
-        except Exception:
-            log.warning("node %s: bad snapshot frame from %s", self.node_id, peer, exc_info=True)
+        except Exception as error:
+            _log_remote_error(f"node {self.node_id}: bad snapshot frame from {peer}", error)
             incoming = self._incoming_snapshots.pop(peer, None)
             if incoming is not None:
                 incoming.writer.abort()
@@ -1325,8 +1325,8 @@ class Node:
         except asyncio.CancelledError:
             writer.close()
             raise
-        except Exception:
-            log.warning("node %s: snapshot from %s failed", self.node_id, peer, exc_info=True)
+        except Exception as error:
+            _log_remote_error(f"node {self.node_id}: snapshot from {peer} failed", error)
             writer.abort()
             self._ack_snapshot(peer, snapshot_id, 0, _ACK_FAILED)
             return
@@ -1334,8 +1334,8 @@ class Node:
             message = decode_message(body["message"])
             if message.snapshot is None or message.sender != peer:
                 raise ValueError("the snapshot message does not match its sender")
-        except Exception:
-            log.warning("node %s: bad snapshot message from %s", self.node_id, peer, exc_info=True)
+        except Exception as error:
+            _log_remote_error(f"node {self.node_id}: bad snapshot message from {peer}", error)
             with contextlib.suppress(OSError):
                 path.unlink()
             self._ack_snapshot(peer, snapshot_id, 0, _ACK_FAILED)
@@ -1459,6 +1459,18 @@ class _ClientBackend:
 
     async def transfer_leadership(self, node_id: str, *, timeout_s: float) -> None:
         await self._node.transfer_leadership_async(node_id, timeout_s)
+
+
+_REMOTE_ERRORS = (KeyError, TypeError, ValueError, OSError, KVStoreError)
+"""What garbage from a peer (or a full disk) raises while handling a snapshot frame."""
+
+
+def _log_remote_error(what: str, error: Exception) -> None:
+    # A peer's garbage is an operating condition: one line. Anything else is a bug: the trace.
+    if isinstance(error, _REMOTE_ERRORS):
+        log.warning("%s: %r", what, error)
+    else:
+        log.error("%s", what, exc_info=error)
 
 
 async def _as_coroutine(function: Callable[[], T]) -> T:
