@@ -287,7 +287,11 @@ class SimCluster:
             return
         node.alive = False
         kept = node.storage.crash(self.rng if self.options.crash_keeps_unsynced_prefix else None)
-        self.net.set_down(node_id, True)
+        # A snapshot stream cut by the crash fails at its sender, whose application reports
+        # it to the core (the real node does the same when the stream breaks).
+        for msg, payload in self.net.set_down(node_id, True):
+            if msg.recipient == node_id and msg.type == MessageType.SNAPSHOT:
+                self._lost(msg, payload)
         for ctx in node.read_keys:
             self.checker.forget_read(ctx)
         node.read_keys.clear()

@@ -115,21 +115,25 @@ class SimNetwork:
         """Whether any link is cut."""
         return bool(self._blocked)
 
-    def set_down(self, node: str, down: bool) -> None:
-        """Mark `node` crashed (nothing is delivered to it) or back up."""
+    def set_down(self, node: str, down: bool) -> list[tuple[Message, Any]]:
+        """Mark `node` crashed (nothing is delivered to it) or back up; return what was lost."""
         if down:
             self._dead.add(node)
-            self.drop_node(node)
-        else:
-            self._dead.discard(node)
+            return self.drop_node(node)
+        self._dead.discard(node)
+        return []
 
-    def drop_node(self, node: str) -> int:
-        """Forget every message in flight to or from `node`; return how many were lost."""
-        before = len(self._queue)
-        self._queue = [f for f in self._queue if node not in (f.msg.sender, f.msg.recipient)]
+    def drop_node(self, node: str) -> list[tuple[Message, Any]]:
+        """Forget every message in flight to or from `node`; return them (msg, payload)."""
+        kept, lost = [], []
+        for flight in self._queue:
+            if node in (flight.msg.sender, flight.msg.recipient):
+                lost.append((flight.msg, flight.payload))
+            else:
+                kept.append(flight)
+        self._queue = kept
         heapq.heapify(self._queue)
-        lost = before - len(self._queue)
-        self.stats["dropped"] += lost
+        self.stats["dropped"] += len(lost)
         return lost
 
     # --- traffic --------------------------------------------------------------------------------
