@@ -179,6 +179,7 @@ _FROM_OWNER = frozenset(
     {MT.PREPARE, MT.PRE_PREPARE, MT.ACCEPT, MT.HEARTBEAT, MT.SNAPSHOT, MT.TIMEOUT_NOW}
 )
 _FROM_LEADER = frozenset({MT.ACCEPT, MT.HEARTBEAT, MT.SNAPSHOT})
+_NO_REWRITE = 1 << 62
 
 
 class PaxosCore:
@@ -229,6 +230,8 @@ class PaxosCore:
         self._heartbeat_elapsed = 0
         self._randomized_timeout = config.election_ticks
         self._pending_ready: Ready | None = None
+        self._rewritten_from = _NO_REWRITE
+        """The lowest slot rewritten since the last `ready()` (`_NO_REWRITE` if none)."""
         self._step_role: Callable[[Message], None] = self._step_follower
         self._tick_role: Callable[[], None] = self._tick_election
         self.ignored_messages = 0
@@ -490,6 +493,7 @@ class PaxosCore:
             self._prev_hard = hard
         entries = log.take_unstable()
         snapshot = log.take_snapshot()
+        self._rewritten_from = _NO_REWRITE
         rd = Ready(
             soft_state=soft if soft != self._prev_soft else None,
             hard_state=hard_out,
@@ -516,9 +520,16 @@ class PaxosCore:
         invariant(ready is self._pending_ready, "advance() with a Ready other than the last one")
         self._pending_ready = None
         log = self._log
-        if ready.entries:
-            last = ready.entries[-1]
-            log.stable_to(last[1], last[0])
+        entries = ready.entries
+        if entries:
+            # Entries rewritten after this Ready was handed out go out again in the next one.
+            # Re-appended values keep their ballot, so the last entry may look unchanged while
+            # earlier ones were replaced: mark stable only what precedes the rewrite.
+            first = entries[0][1]
+            upto = min(entries[-1][1], self._rewritten_from - 1)
+            if upto >= first:
+                last = entries[upto - first]
+                log.stable_to(last[1], last[0])
         if ready.snapshot is not None:
             log.stable_snapshot_to(ready.snapshot.index)
             log.applied_to(ready.snapshot.index)
@@ -730,7 +741,7 @@ class PaxosCore:
                 break
             skip += 1
         if skip < len(new):
-            log.append(new[skip:])
+            self._overwrite(new[skip:])
         log.commit_to(rec.chosen_through)
         self._become_leader(rec.end)
 
@@ -940,16 +951,24 @@ class PaxosCore:
         keep_hi = min(last, recovery_end)
         if ents[k][1] <= last and keep_hi > end:
             kept = log.entries(end + 1, keep_hi + 1)
-            log.append([*ents[k:], *kept])
+            self._overwrite([*ents[k:], *kept])
         else:
-            log.append(ents[k:])
+            self._overwrite(ents[k:])
+
+    def _overwrite(self, ents: Sequence[Entry]) -> None:
+        """Append `ents`, replacing the log from their first slot on, and remember how far
+        back the log changed since the last Ready (see `advance`)."""
+        first = ents[0][1]
+        if first < self._rewritten_from:
+            self._rewritten_from = first
+        self._log.append(ents)
 
     def _write_over(self, ents: Sequence[Entry], *, keep_through: int) -> None:
         """Write `ents` and re-append our own values after them through `keep_through`."""
         log = self._log
         end = ents[-1][1]
         kept = log.entries(end + 1, keep_through + 1) if keep_through > end else []
-        log.append([*ents, *kept])
+        self._overwrite([*ents, *kept])
 
     def _handle_heartbeat(self, m: Message) -> None:
         log = self._log
@@ -999,6 +1018,7 @@ class PaxosCore:
             )
             return
         log.restore(meta)
+        self._rewritten_from = 0
         self._run_end = meta.index
         self._send(Message(_ACCEPTED, m.sender, self._id, self._term, index=meta.index))
 
