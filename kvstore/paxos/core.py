@@ -88,13 +88,27 @@ the leader refuses proposals and tells the target to start phase 1 at once (TIME
 target's PREPAREs bypass the acceptors' check-quorum lease. The transfer is abandoned after an
 election timeout.
 
+Known limits
+------------
+- An overwrite (values of a higher ballot over older ones, with the older tail re-appended) is
+  one Ready's `entries`; the acceptor relies on that append being all-or-nothing across a
+  crash. The simulator models it so; the redo log writes it as one `pwrite` (TRUNCATE record,
+  then the entries), so a write torn by a power loss could drop older accepted values after
+  the overwrite point. Raft does not care (what it cuts is never needed); Paxos would need the
+  redo log to apply a TRUNCATE only together with the entries of its batch.
+- A PROMISE carries every value the acceptor accepted after its chosen prefix, unbounded (a
+  leader bounds that with `max_uncommitted_bytes`, but a promise may exceed a frame limit).
+- An acceptor that refuses a snapshot gets another one each heartbeat until one covers the
+  values it must keep; each is a full state transfer.
+
 Message fields (`term` is always the sender's ballot, or its higher promise on a refusal):
 - PREPARE: `index` = the proposer's commit; `context` = CAMPAIGN_TRANSFER for a transfer.
 - PROMISE: `index` = the acceptor's commit; `entries` as above.
 - ACCEPT: `index`/`log_term` = the slot before the batch and its ballot at the leader;
   `entries` = the batch; `commit` = the leader's commit; `reject_hint` = its recovery end.
-- ACCEPTED: `index` = the end of the acceptor's run; on `reject`, `index` = the slot the
-  refused batch followed and `reject_hint` = where the acceptor can take a batch from.
+- ACCEPTED: `index` = the end of the acceptor's run (for a batch accepted past a gap: the end
+  of the batch); on `reject`, `index` = the slot the refused batch followed and `reject_hint`
+  = where the acceptor can take a batch from; with `snapshot` set, that snapshot was refused.
 - PRE_PREPARE / PRE_PROMISE: `term` = the ballot the proposer would use.
 - HEARTBEAT: `commit` = min(leader commit, that acceptor's known run); `context` = read round.
 - HEARTBEAT_RESPONSE: `index` = the end of the acceptor's run; `context` echoed.

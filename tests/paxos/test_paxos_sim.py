@@ -167,9 +167,7 @@ def test_the_simulator_really_runs_paxos() -> None:
     ids = c.propose(leader.id, 3)
     assert c.run(2000, until=lambda: all(p in c.checker.acked for p in ids))
     assert c.checker.leaders_checked >= 1
-    assert all(n.sm.applied == leader.sm.applied for n in c.nodes.values()) or c.run(
-        200, until=lambda: len({n.sm.applied for n in c.nodes.values()}) == 1
-    )
+    assert c.run(200, until=lambda: len({n.sm.applied for n in c.nodes.values()}) == 1)
 
 
 def test_paxos_checker_catches_what_it_claims_to() -> None:
