@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kvstore.consensus import CONSENSUS_KINDS
 from kvstore.errors import InvalidArgumentError
 
 KEY_BYTES_MAX = 511
@@ -53,6 +54,9 @@ class Options:
     """Chunk size when streaming a snapshot to a lagging member."""
     frame_bytes_max: int = 64 << 20
     """Largest frame accepted on the wire; a bigger one closes that connection."""
+    consensus: str = "raft"
+    """The protocol the cluster runs: "raft" or "paxos" (kvstore.consensus.CONSENSUS_KINDS).
+    Every member must run the same one: peers refuse each other's handshake otherwise."""
 
     def validate(self) -> None:
         """Raise `InvalidArgumentError` naming the first setting that is out of range."""
@@ -82,6 +86,10 @@ class Options:
             raise InvalidArgumentError(f"segment_bytes must be >= 65536, got {self.segment_bytes}")
         if self.frame_bytes_max < self.max_value_bytes + (64 << 10):
             raise InvalidArgumentError("frame_bytes_max must exceed max_value_bytes by 64 KiB")
+        if self.consensus not in CONSENSUS_KINDS:
+            raise InvalidArgumentError(
+                f"consensus must be one of {', '.join(CONSENSUS_KINDS)}; got {self.consensus!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
