@@ -2,19 +2,19 @@
 
 Every connection starts with it; no other frame is accepted until it is complete.
 
-    dialer                                            listener
-    HELLO {role, node_id, target, nonce, members}  ->
-                                                   <- HELLO_ACK {node_id, nonce, members}
-    AUTH {proof}                                   ->
-                                                   <- AUTH_OK {proof}
+    dialer                                                       listener
+    HELLO {role, node_id, target, nonce, members, consensus}  ->
+                                                  <- HELLO_ACK {node_id, nonce, members, consensus}
+    AUTH {proof}                                              ->
+                                                              <- AUTH_OK {proof}
 
 Without a secret only HELLO and HELLO_ACK are exchanged (nonces and proofs are nil): the ids are
 still checked, but nothing is proven. With a secret, each side proves it holds the secret with
 HMAC-SHA256 over a transcript of the whole exchange: a label for the direction (so a proof cannot
 be reflected back), the role, both node ids, the id the dialer meant to reach, both sides' fresh
 32-byte nonces and both sides' sorted member ids (so a proof is bound to this cluster, this
-connection and this direction, and a recorded one is useless anywhere else). Proofs are compared
-with `hmac.compare_digest`.
+connection and this direction, and a recorded one is useless anywhere else), and both sides'
+consensus protocols. Proofs are compared with `hmac.compare_digest`.
 
 The dialer proves first. The listener is the node we protect: it checks the dialer before it
 gives out any proof of its own, so it sees (and logs) every wrong secret itself, and an
@@ -26,8 +26,20 @@ Members know each other by id, not by address: a peer dialer names the id it mea
 dialer's claimed id is a member (`is_member`, asked at handshake time as membership changes).
 A side configured with a secret refuses one that is not, and the other way round.
 
+Every member of a cluster runs the same consensus protocol ("raft" or "paxos",
+`kvstore.consensus.CONSENSUS_KINDS`): a peer dialer names its protocol in HELLO, the listener
+its own in HELLO_ACK, and each side refuses a peer running another one with
+`ConsensusMismatchError`, whose message names both protocols. The check runs once the other side
+is authenticated (at HELLO / HELLO_ACK without a secret, at AUTH / AUTH_OK with one), so an
+unauthenticated stranger neither learns our protocol nor makes us blame a mismatch, and the
+proofs cover both protocols, so nobody in the middle can rewrite them. A HELLO or HELLO_ACK
+without the field comes from a build that only knew Raft. Clients do not name a protocol and are
+never refused for it.
+
 Refusals raise `AuthenticationError` (the I/O layer answers with an ERROR frame whose code is
-`ERROR_UNAUTHENTICATED` and closes); malformed handshake frames raise `RemoteProtocolError`.
+`ERROR_UNAUTHENTICATED` and closes; a mismatch is its subclass `ConsensusMismatchError`, whose
+message starts with `CONSENSUS_MISMATCH`, so the other side raises the same type from the ERROR
+frame); malformed handshake frames raise `RemoteProtocolError`.
 """
 
 from __future__ import annotations
@@ -53,6 +65,22 @@ _ROLES: Final = (ROLE_PEER, ROLE_CLIENT)
 
 ERROR_UNAUTHENTICATED: Final = "unauthenticated"
 """ERROR code sent by a listener that refuses a dialer during the handshake."""
+
+CONSENSUS_MISMATCH: Final = "consensus mismatch"
+"""How the message of every `ConsensusMismatchError` starts (also inside ERROR frames)."""
+
+DEFAULT_CONSENSUS: Final = "raft"
+"""The protocol of a peer whose handshake does not name one (it predates Paxos)."""
+
+_CONSENSUS_CHARS_MAX: Final = 32
+
+
+class ConsensusMismatchError(AuthenticationError):
+    """A peer runs another consensus protocol than this node: the two cannot form a cluster.
+
+    Raised by both sides of the handshake; the message names both protocols.
+    """
+
 
 _LABEL: Final = "kvstore-handshake/1"
 _FROM_LISTENER: Final = "listener"
@@ -86,9 +114,11 @@ def _proof(
             hello["target"],
             hello["nonce"],
             hello["members"],
+            hello.get("consensus"),
             ack["node_id"],
             ack["nonce"],
             ack["members"],
+            ack.get("consensus"),
         ],
         use_bin_type=True,
     )
@@ -119,6 +149,21 @@ def _check_nonce(value: object, what: str) -> bytes | None:
     return value
 
 
+def _check_consensus(value: object) -> str | None:
+    if value is None:
+        return None
+    if type(value) is not str or not 0 < len(value) <= _CONSENSUS_CHARS_MAX:
+        raise RemoteProtocolError(f"bad consensus in handshake: {str(value)[:40]!r}")
+    return value
+
+
+def _mismatch(ours: str, theirs: str, who: str, us: str) -> ConsensusMismatchError:
+    return ConsensusMismatchError(
+        f"{CONSENSUS_MISMATCH}: {who} runs {theirs}, {us} runs {ours}; every member of a "
+        f"cluster must run the same protocol (--consensus)"
+    )
+
+
 def _check_body(body: object, keys: tuple[str, ...], frame: str) -> dict[str, object]:
     if type(body) is not dict or any(key not in body for key in keys):
         raise RemoteProtocolError(f"malformed {frame} frame")
@@ -146,10 +191,12 @@ class DialerHandshake:
         target_id: str | None,
         secret: bytes | None,
         member_ids: Iterable[str] = (),
+        consensus: str = DEFAULT_CONSENSUS,
         urandom: Callable[[int], bytes] = os.urandom,
     ) -> None:
         """`node_id` is ours (None for a client); `target_id` the id we mean to reach (None: any,
-        as clients know addresses only); `member_ids` our view of the cluster (empty for a client).
+        as clients know addresses only); `member_ids` our view of the cluster (empty for a client);
+        `consensus` the protocol this node runs (ignored for a client).
         """
         if role not in _ROLES:
             raise ValueError(f"role must be one of {_ROLES}, got {role!r}")
@@ -160,6 +207,7 @@ class DialerHandshake:
         self._target_id = target_id
         self._secret = _check_secret(secret)
         self._members = sorted(member_ids)
+        self._consensus = consensus if role == ROLE_PEER else None
         self._urandom = urandom
         self._state = _State.START
         self._hello: dict[str, object] | None = None
@@ -168,6 +216,8 @@ class DialerHandshake:
         """The listener's node id: proven if there is a secret, as claimed otherwise."""
         self.peer_member_ids: tuple[str, ...] = ()
         """The listener's member ids as it sent them."""
+        self.peer_consensus: str | None = None
+        """The listener's consensus protocol as it sent it (proven if there is a secret)."""
 
     @property
     def established(self) -> bool:
@@ -184,6 +234,7 @@ class DialerHandshake:
             "target": self._target_id,
             "nonce": None if self._secret is None else self._urandom(NONCE_BYTES),
             "members": self._members,
+            "consensus": self._consensus,
         }
         self._state = _State.WAIT_HELLO_ACK
         return [(FrameKind.HELLO, self._hello)]
@@ -216,6 +267,7 @@ class DialerHandshake:
         listener_id = _check_id(ack["node_id"], "node id", optional=False)
         _check_nonce(ack["nonce"], "nonce")
         self.peer_member_ids = tuple(_check_members(ack["members"], "member ids"))
+        self.peer_consensus = _check_consensus(ack.get("consensus")) or DEFAULT_CONSENSUS
         if self._target_id is not None and listener_id != self._target_id:
             raise AuthenticationError(
                 f"dialed node {self._target_id!r} but the other side is {listener_id!r}"
@@ -224,6 +276,7 @@ class DialerHandshake:
         if self._secret is None:
             if ack["nonce"] is not None:
                 raise AuthenticationError(f"node {listener_id!r} requires a secret; we have none")
+            self._check_peer_consensus()
             self._state = _State.DONE
             return []
         if ack["nonce"] is None:
@@ -244,8 +297,15 @@ class DialerHandshake:
         expected = _proof(secret, _FROM_LISTENER, hello, ack)
         if type(proof) is not bytes or not hmac.compare_digest(proof, expected):
             raise AuthenticationError(f"node {self.peer_id!r} failed to prove the cluster secret")
+        self._check_peer_consensus()
         self._state = _State.DONE
         return []
+
+    def _check_peer_consensus(self) -> None:
+        # Peers only: a client serves whatever protocol the cluster runs.
+        ours, theirs = self._consensus, self.peer_consensus
+        if ours is not None and theirs is not None and theirs != ours:
+            raise _mismatch(ours, theirs, f"node {self.peer_id!r}", "this node")
 
 
 class ListenerHandshake:
@@ -261,11 +321,13 @@ class ListenerHandshake:
         secret: bytes | None,
         member_ids: Iterable[str],
         is_member: Callable[[str], bool],
+        consensus: str = DEFAULT_CONSENSUS,
         urandom: Callable[[int], bytes] = os.urandom,
     ) -> None:
         """`member_ids` is our current view of the cluster; `is_member(id)` says whether a peer
-        dialer claiming `id` may connect."""
+        dialer claiming `id` may connect; `consensus` is the protocol this node runs."""
         self._node_id = node_id
+        self._consensus = consensus
         self._secret = _check_secret(secret)
         self._members = sorted(member_ids)
         self._is_member = is_member
@@ -278,6 +340,8 @@ class ListenerHandshake:
         """`ROLE_PEER` or `ROLE_CLIENT`, once HELLO arrived."""
         self.peer_id: str | None = None
         """A peer dialer's node id (proven if there is a secret); None for clients."""
+        self.peer_consensus: str | None = None
+        """A peer dialer's consensus protocol as it sent it; None for clients."""
 
     @property
     def established(self) -> bool:
@@ -316,6 +380,7 @@ class ListenerHandshake:
         target = _check_id(hello["target"], "target id", optional=True)
         nonce = _check_nonce(hello["nonce"], "nonce")
         _check_members(hello["members"], "member ids")
+        consensus = _check_consensus(hello.get("consensus"))
         self.role = str(role)
         if target is not None and target != self._node_id:
             raise AuthenticationError(
@@ -328,9 +393,11 @@ class ListenerHandshake:
                 raise AuthenticationError(f"peer claims our own id {dialer_id!r}")
             if not self._is_member(dialer_id):
                 raise AuthenticationError(f"peer {dialer_id!r} is not a member of this cluster")
+            self.peer_consensus = consensus or DEFAULT_CONSENSUS
         if self._secret is None:
             if nonce is not None:
                 raise AuthenticationError("the dialer offers a secret; this node has none")
+            self._check_peer_consensus(dialer_id)
             self.peer_id = dialer_id if role == ROLE_PEER else None
             self._state = _State.DONE
             return [(FrameKind.HELLO_ACK, self._make_ack(with_nonce=False))]
@@ -347,7 +414,15 @@ class ListenerHandshake:
             "node_id": self._node_id,
             "nonce": self._urandom(NONCE_BYTES) if with_nonce else None,
             "members": self._members,
+            "consensus": self._consensus,
         }
+
+    def _check_peer_consensus(self, dialer_id: str | None) -> None:
+        theirs = self.peer_consensus
+        if self.role == ROLE_PEER and theirs is not None and theirs != self._consensus:
+            raise _mismatch(
+                self._consensus, theirs, f"peer {dialer_id!r}", f"this node ({self._node_id!r})"
+            )
 
     def _on_auth(self, body: object) -> Outgoing:
         auth = _check_body(body, ("proof",), "AUTH")
@@ -358,6 +433,7 @@ class ListenerHandshake:
         expected = _proof(secret, _FROM_DIALER, hello, ack)
         if type(proof) is not bytes or not hmac.compare_digest(proof, expected):
             raise AuthenticationError("the dialer failed to prove the cluster secret")
+        self._check_peer_consensus(self._dialer_id)
         self.peer_id = self._dialer_id if self.role == ROLE_PEER else None
         self._state = _State.DONE
         return [(FrameKind.AUTH_OK, {"proof": _proof(secret, _FROM_LISTENER, hello, ack)})]
@@ -374,5 +450,7 @@ def _refusal(body: object) -> Exception:
     message = body.get("message") if isinstance(body, dict) else None
     text = str(message)[:200] if message is not None else "no reason given"
     if code == ERROR_UNAUTHENTICATED:
+        if text.startswith(CONSENSUS_MISMATCH):
+            return ConsensusMismatchError(f"refused by the other side: {text}")
         return AuthenticationError(f"refused by the other side: {text}")
     return ConnectionRefusedError(f"the other side ended the handshake ({str(code)[:40]}): {text}")

@@ -286,12 +286,19 @@ async def connect_peer(
     member_ids: Iterable[str],
     timeout_s: float,
     frame_bytes_max: int = 64 << 20,
+    consensus: str = "raft",
 ) -> FramedConnection:
     """Dial `target_id` at `address` as the peer `node_id` (what `PeerTransport` does for each
     peer; public for tools and tests). Raises like `connect_client`, and `AuthenticationError`
-    also when the listener is not `target_id`."""
+    also when the listener is not `target_id` (`ConsensusMismatchError` when it runs another
+    `consensus` protocol)."""
     handshake = DialerHandshake(
-        role=ROLE_PEER, node_id=node_id, target_id=target_id, secret=secret, member_ids=member_ids
+        role=ROLE_PEER,
+        node_id=node_id,
+        target_id=target_id,
+        secret=secret,
+        member_ids=member_ids,
+        consensus=consensus,
     )
     async with asyncio.timeout(timeout_s):
         return await _dial(address, handshake, frame_bytes_max=frame_bytes_max, role=ROLE_PEER)
@@ -421,6 +428,7 @@ class _PeerLink:
                 member_ids=transport._member_ids(),
                 timeout_s=transport.handshake_timeout_s,
                 frame_bytes_max=transport.frame_bytes_max,
+                consensus=transport.consensus,
             )
         except AuthenticationError as exc:
             # A configuration error (wrong secret, wrong address): always worth a warning.
@@ -521,6 +529,7 @@ class PeerTransport:
         client_connections_max: int = 4096,
         write_stall_timeout_s: float = 30.0,
         rng: random.Random | None = None,
+        consensus: str = "raft",
     ) -> None:
         """`peers` maps node id -> "host:port" (this node may be in it; it is never dialed).
 
@@ -533,11 +542,14 @@ class PeerTransport:
         `client_connections_max` open client connections, a new client gets an ERROR frame with
         code `ERROR_BUSY` right after its handshake, and is closed. A peer that
         accepts no bytes for `write_stall_timeout_s` is disconnected. `rng` jitters backoff.
+        `consensus` is the protocol this node runs: peers running another one are refused at
+        the handshake, both ways (`ConsensusMismatchError`, logged); clients are not affected.
         """
         self.node_id = node_id
         self.listen_address = listen_address
         self._peers: dict[str, str] = dict(peers)
         self._secret = secret
+        self.consensus = consensus
         self._on_message = on_message
         self._on_unreachable = on_unreachable
         self._on_client_connection = on_client_connection
@@ -773,6 +785,7 @@ class PeerTransport:
             secret=self._secret,
             member_ids=self._member_ids(),
             is_member=self._is_member,
+            consensus=self.consensus,
         )
         self._handshakes += 1
         try:

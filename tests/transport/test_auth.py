@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Callable
 
@@ -18,6 +19,7 @@ from kvstore.transport.auth import (
     refusal_body,
 )
 from kvstore.transport.codec import NEED_DATA, FrameDecoder, FrameKind, encode_frame
+from kvstore.transport.tcp import PeerTransport, connect_client, connect_peer
 
 SECRET = b"cluster secret"
 MEMBERS = ("n1", "n2", "n3")
@@ -333,3 +335,176 @@ def test_a_failed_handshake_stays_failed() -> None:
     [(_, hello)] = wire(good.start())
     with pytest.raises(RemoteProtocolError):
         lis.receive(FrameKind.HELLO, hello)
+
+
+# --- consensus protocol -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("secret", [SECRET, None])
+def test_peers_running_the_same_protocol_connect_and_learn_it(secret: bytes | None) -> None:
+    d = dialer(secret=secret, consensus="paxos")
+    lis = listener(secret=secret, consensus="paxos")
+    run(d, lis)
+    assert d.established and lis.established
+    assert d.peer_consensus == "paxos" and lis.peer_consensus == "paxos"
+
+
+def test_mismatch_without_a_secret_is_refused_by_both_sides_naming_both_protocols() -> None:
+    d, lis = dialer(secret=None, consensus="raft"), listener(secret=None, consensus="paxos")
+    [(_, hello)] = wire(d.start())
+    with pytest.raises(auth.ConsensusMismatchError) as refused:
+        lis.receive(FrameKind.HELLO, hello)
+    message = str(refused.value)
+    assert "peer 'n1' runs raft" in message and "('n2') runs paxos" in message
+    assert isinstance(refused.value, AuthenticationError)  # the I/O layer's refusal path
+    assert not lis.established
+    # The ERROR frame the listener's I/O layer sends makes the dialer fail the same way.
+    [(kind, body)] = wire([(FrameKind.ERROR, refusal_body(message))])
+    with pytest.raises(auth.ConsensusMismatchError, match=r"runs raft.*runs paxos"):
+        d.receive(kind, body)
+
+
+def test_mismatch_with_a_secret_is_refused_only_once_the_dialer_proved_itself() -> None:
+    d, lis = dialer(consensus="paxos"), listener(consensus="raft")
+    [(_, hello)] = wire(d.start())
+    [(_, ack)] = wire(lis.receive(FrameKind.HELLO, hello))  # no verdict before the proof
+    [(_, auth_frame)] = wire(d.receive(FrameKind.HELLO_ACK, ack))
+    with pytest.raises(auth.ConsensusMismatchError, match=r"runs paxos.*runs raft"):
+        lis.receive(FrameKind.AUTH, auth_frame)
+    # A stranger without the secret learns nothing about our protocol: the proof fails first.
+    stranger, lis = dialer(secret=b"wrong", consensus="paxos"), listener(consensus="raft")
+    with pytest.raises(AuthenticationError, match="failed to prove") as refused:
+        run(stranger, lis)
+    assert not isinstance(refused.value, auth.ConsensusMismatchError)
+    assert "raft" not in str(refused.value)
+
+
+def test_dialer_refuses_a_listener_running_another_protocol_without_a_secret() -> None:
+    # A listener that does not check (an older build: its HELLO_ACK names no protocol, which
+    # means Raft) is still refused by a Paxos dialer.
+    d, lis = dialer(secret=None, consensus="paxos"), listener(secret=None, consensus="paxos")
+    [(_, hello)] = wire(d.start())
+    [(_, ack)] = wire(lis.receive(FrameKind.HELLO, hello))
+    assert isinstance(ack, dict)
+    legacy_ack = {k: v for k, v in ack.items() if k != "consensus"}
+    with pytest.raises(auth.ConsensusMismatchError, match=r"node 'n2' runs raft.*runs paxos"):
+        d.receive(FrameKind.HELLO_ACK, legacy_ack)
+
+
+def test_dialer_refuses_a_listener_running_another_protocol_once_it_proved_itself() -> None:
+    # The listener runs Raft and (like an older build) lets a Paxos dialer through: the dialer
+    # says nothing about the protocol until the listener's proof verified, then refuses.
+    d, lis = dialer(consensus="paxos"), listener(consensus="raft")
+    [(_, hello)] = wire(d.start())
+    [(_, ack)] = wire(lis.receive(FrameKind.HELLO, hello))
+    d.receive(FrameKind.HELLO_ACK, ack)  # no verdict yet
+    assert isinstance(hello, dict) and isinstance(ack, dict)
+    proof = auth._proof(SECRET, "listener", hello, ack)
+    with pytest.raises(auth.ConsensusMismatchError, match=r"node 'n2' runs raft.*runs paxos"):
+        d.receive(FrameKind.AUTH_OK, {"proof": proof})
+    assert not d.established
+
+
+def test_the_proofs_cover_both_protocols() -> None:
+    # A man in the middle who rewrites either side's protocol breaks that side's proof.
+    d, lis = dialer(consensus="paxos"), listener(consensus="paxos")
+    [(_, hello)] = wire(d.start())
+    assert isinstance(hello, dict)
+    [(_, ack)] = wire(lis.receive(FrameKind.HELLO, {**hello, "consensus": "raft"}))
+    [(_, auth_frame)] = wire(d.receive(FrameKind.HELLO_ACK, ack))
+    with pytest.raises(AuthenticationError, match="failed to prove"):
+        lis.receive(FrameKind.AUTH, auth_frame)
+    d, lis = dialer(consensus="paxos"), listener(consensus="paxos")
+    [(_, hello)] = wire(d.start())
+    [(_, ack)] = wire(lis.receive(FrameKind.HELLO, hello))
+    assert isinstance(ack, dict)
+    [(_, auth_frame)] = wire(d.receive(FrameKind.HELLO_ACK, {**ack, "consensus": "raft"}))
+    with pytest.raises(AuthenticationError, match="failed to prove"):
+        lis.receive(FrameKind.AUTH, auth_frame)
+
+
+def test_clients_are_never_refused_for_the_protocol() -> None:
+    for consensus in ("raft", "paxos"):
+        d = dialer(node_id=None, target=None)
+        [(_, hello)] = wire(d.start())
+        assert isinstance(hello, dict) and hello["consensus"] is None
+        run(dialer(node_id=None, target=None), listener(consensus=consensus))
+        client = dialer(node_id=None, target=None, consensus="paxos")
+        run(client, listener(consensus=consensus))
+        assert client.established and client.peer_consensus == consensus
+
+
+def test_a_hello_without_a_protocol_means_raft() -> None:
+    # A peer from before Paxos existed names no protocol: a Raft node accepts it, a Paxos node
+    # refuses it.
+    for consensus, ok in (("raft", True), ("paxos", False)):
+        d, lis = dialer(secret=None), listener(secret=None, consensus=consensus)
+        [(_, hello)] = wire(d.start())
+        assert isinstance(hello, dict)
+        legacy = {k: v for k, v in hello.items() if k != "consensus"}
+        if ok:
+            lis.receive(FrameKind.HELLO, legacy)
+            assert lis.established and lis.peer_consensus == "raft"
+        else:
+            with pytest.raises(auth.ConsensusMismatchError, match=r"runs raft.*runs paxos"):
+                lis.receive(FrameKind.HELLO, legacy)
+
+
+@pytest.mark.parametrize("value", [5, b"raft", "", "x" * 33, ["raft"]])
+def test_malformed_protocol_is_a_protocol_error(value: object) -> None:
+    d = dialer(secret=None)
+    [(_, hello)] = wire(d.start())
+    assert isinstance(hello, dict)
+    with pytest.raises(RemoteProtocolError, match="consensus"):
+        listener(secret=None).receive(FrameKind.HELLO, {**hello, "consensus": value})
+    d2 = dialer(secret=None)
+    d2.start()
+    ack = {"node_id": "n2", "nonce": None, "members": list(MEMBERS), "consensus": value}
+    with pytest.raises(RemoteProtocolError, match="consensus"):
+        d2.receive(FrameKind.HELLO_ACK, ack)
+
+
+def test_over_tcp_a_mismatched_peer_is_refused_and_a_matching_one_connects(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Real sockets on 127.0.0.1: `connect_peer` to a Paxos node's `PeerTransport` fails with
+    `ConsensusMismatchError` for a Raft dialer (the listener logs the refusal, naming both
+    protocols) and succeeds for a Paxos one; a client connects either way."""
+
+    async def no_clients(conn: object) -> None:
+        return None
+
+    async def scenario() -> None:
+        transport = PeerTransport(
+            "n2",
+            "127.0.0.1:0",
+            {"n1": "127.0.0.1:1", "n2": "127.0.0.1:0"},
+            secret=SECRET,
+            on_message=lambda msg: None,
+            on_unreachable=lambda peer: None,
+            on_client_connection=no_clients,
+            consensus="paxos",
+        )
+        await transport.start()
+        try:
+            common = {
+                "node_id": "n1",
+                "target_id": "n2",
+                "secret": SECRET,
+                "member_ids": ["n1", "n2"],
+                "timeout_s": 5.0,
+            }
+            with pytest.raises(auth.ConsensusMismatchError, match=r"runs raft.*runs paxos"):
+                await connect_peer(transport.address, consensus="raft", **common)
+            conn = await connect_peer(transport.address, consensus="paxos", **common)
+            conn.close()
+            client = await connect_client(transport.address, secret=SECRET, timeout_s=5.0)
+            assert client.peer_id == "n2"
+            client.close()
+        finally:
+            await transport.close()
+
+    with caplog.at_level("WARNING", logger="kvstore"):
+        asyncio.run(asyncio.wait_for(scenario(), 20.0))
+    refusals = [r.getMessage() for r in caplog.records if "consensus mismatch" in r.getMessage()]
+    assert refusals and "runs raft" in refusals[0] and "runs paxos" in refusals[0]
