@@ -30,6 +30,7 @@ for every retry. Under light load one session serves everything.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import os
@@ -165,7 +166,8 @@ def _expire(future: asyncio.Future[Response]) -> None:
 
 def _approx_bytes(encoded: list[object]) -> int:
     """Roughly the msgpack size of an encoded request: its bytes and str fields dominate."""
-    return 32 + sum(len(x) for x in encoded if isinstance(x, bytes | str))
+    # A list comprehension over exact types: this runs once per request.
+    return 32 + sum([len(x) for x in encoded if type(x) is bytes or type(x) is str])
 
 
 class _ClientClosedError(UnavailableError):
@@ -198,7 +200,10 @@ class _Channel:
         self.address = address
         self._conn = conn
         self._batch_bytes_max = batch_bytes_max
-        self._slots = asyncio.Semaphore(max_inflight)
+        # Slots in flight: a counter and a queue of waiters rather than asyncio.Semaphore, whose
+        # locked() scans its waiters on every call (measured: 6% of a pipelined put's cost).
+        self._free_slots = max_inflight
+        self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._pending: dict[int, tuple[asyncio.Future[Response], _Attempt]] = {}
         # Requests not yet handed to the socket, in order; bounded by the slots.
         self._outbox: dict[int, tuple[list[object], int]] = {}  # id -> (request, bytes)
@@ -221,12 +226,10 @@ class _Channel:
 
         Raises `TimeoutError` at the deadline and `_LostError` if the connection fails.
         """
-        if self._slots.locked():
-            # Every slot is taken: wait for one, but not past the caller's deadline.
-            async with asyncio.timeout_at(deadline):
-                await self._slots.acquire()
+        if self._free_slots > 0:
+            self._free_slots -= 1
         else:
-            await self._slots.acquire()
+            await self._wait_slot(deadline)
         try:
             if self.closed:
                 raise _LostError(False, self._close_reason)
@@ -248,7 +251,31 @@ class _Channel:
                 self._pending.pop(request_id, None)
                 self._outbox.pop(request_id, None)
         finally:
-            self._slots.release()
+            self._release_slot()
+
+    async def _wait_slot(self, deadline: float) -> None:
+        """Every slot is taken: wait for one, but not past the caller's deadline."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._slot_waiters.append(waiter)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._release_slot()  # handed a slot just as we gave up: pass it on
+            else:
+                waiter.cancel()  # skipped by _release_slot
+            raise
+
+    def _release_slot(self) -> None:
+        # Hand the slot straight to the oldest live waiter, else put it back.
+        waiters = self._slot_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free_slots += 1
 
     async def _write_loop(self) -> None:
         try:
@@ -327,12 +354,23 @@ class _Channel:
 
 
 class _Session:
-    __slots__ = ("client_id", "inflight", "last_seq")
+    __slots__ = ("client_id", "inflight", "last_seq", "order")
 
     def __init__(self) -> None:
         self.client_id = os.urandom(CLIENT_ID_BYTES)
         self.last_seq = 0
         self.inflight: set[int] = set()  # seqs lent and not yet given back
+        self.order: collections.deque[int] = collections.deque()
+        """Seqs in the order lent (ascending); those given back are dropped from the front
+        lazily, so the oldest seq in flight is found in O(1) amortised (min() over the set
+        was a tenth of the client's time with 256 writes in flight)."""
+
+    def oldest(self) -> int | None:
+        """The oldest seq still in flight, or None."""
+        order, inflight = self.order, self.inflight
+        while order and order[0] not in inflight:
+            order.popleft()
+        return order[0] if order else None
 
 
 class _SessionPool:
@@ -346,16 +384,16 @@ class _SessionPool:
     def lend(self) -> tuple[_Session, int]:
         for session in reversed(self._sessions):
             # Lending seq s keeps the span s - oldest within the window.
-            if not session.inflight or session.last_seq + 1 - min(session.inflight) < (
-                SEQS_IN_FLIGHT_MAX
-            ):
+            oldest = session.oldest()
+            if oldest is None or session.last_seq + 1 - oldest < SEQS_IN_FLIGHT_MAX:
                 break
         else:
             session = _Session()
             self._sessions.append(session)
-        session.last_seq += 1
-        session.inflight.add(session.last_seq)
-        return session, session.last_seq
+        seq = session.last_seq = session.last_seq + 1
+        session.inflight.add(seq)
+        session.order.append(seq)
+        return session, seq
 
     def give_back(self, session: _Session, seq: int) -> None:
         session.inflight.discard(seq)
@@ -625,7 +663,9 @@ class Client:
             redirect = None
             backoff = True
             try:
-                channel = await self._channel(target, remaining)
+                channel = self._channels.get(target)
+                if channel is None or channel.closed:
+                    channel = await self._channel(target, remaining)
             except AuthenticationError:
                 raise
             except (OSError, TimeoutError, RemoteProtocolError) as e:

@@ -236,6 +236,13 @@ def op_of(request: Request) -> Op:
 
 def encode_request(request: Request) -> list[object]:
     """Return the msgpack-able list for one request (see the module docstring)."""
+    kind = type(request)
+    if kind is PutRequest:  # the commonest two first, without the match below
+        rid, timeout_s, (cid, seq), key, value = request  # type: ignore[misc]
+        return [rid, 1, timeout_s, cid, seq, key, value]
+    if kind is GetRequest:
+        rid, timeout_s, key, consistency = request  # type: ignore[misc]
+        return [rid, 2, timeout_s, key, CONSISTENCY_LEVELS.index(consistency)]
     head: list[object] = [request.request_id, op_of(request), request.timeout_s]
     match request:
         case PutRequest(session=(cid, seq), key=key, value=value):
@@ -384,10 +391,44 @@ _ARITY = {
 }
 
 
+_PUT_ARGS = 3 + 4
+_GET_ARGS = 3 + 2
+
+
 def decode_request(obj: object) -> Request:
     """Validate one decoded request list and return its typed form."""
     if type(obj) is not list or len(obj) < 3:
         raise _fail("a request must be a list [request_id, op, timeout_s, ...]")
+    # Fast paths for the two commonest requests: the same checks as below, inline (this runs
+    # once per request; the general path cost twice as much). Anything unusual falls through.
+    size = len(obj)
+    if size == _PUT_ARGS and obj[1] == 1 and type(obj[1]) is int:
+        request_id, _op, timeout_s, cid, seq, key, value = obj
+        if (
+            type(request_id) is int
+            and 0 <= request_id <= REQUEST_ID_MAX
+            and type(timeout_s) is float
+            and 0 < timeout_s <= _TIMEOUT_S_MAX
+            and type(cid) is bytes
+            and len(cid) == CLIENT_ID_BYTES
+            and type(seq) is int
+            and 0 <= seq <= REQUEST_ID_MAX
+            and type(key) is bytes
+            and type(value) is bytes
+        ):
+            return PutRequest(request_id, timeout_s, (cid, seq), key, value)
+    elif size == _GET_ARGS and obj[1] == 2 and type(obj[1]) is int:
+        request_id, _op, timeout_s, key, level = obj
+        if (
+            type(request_id) is int
+            and 0 <= request_id <= REQUEST_ID_MAX
+            and type(timeout_s) is float
+            and 0 < timeout_s <= _TIMEOUT_S_MAX
+            and type(key) is bytes
+            and type(level) is int
+            and 0 <= level < len(CONSISTENCY_LEVELS)
+        ):
+            return GetRequest(request_id, timeout_s, key, CONSISTENCY_LEVELS[level])
     request_id = _uint(obj[0], "request_id")
     if not _is_int(obj[1]) or obj[1] not in _ARITY:
         raise _fail(f"unknown op {obj[1]!r:.60}")

@@ -17,6 +17,7 @@ breaks the protocol gets an ERROR frame and the connection is closed; nothing el
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Protocol
 
@@ -154,8 +155,13 @@ class _ConnectionService:
         self._backend = backend
         self._max_value_bytes = max_value_bytes
         self._response_bytes_max = response_bytes_max
-        self._slots = asyncio.Semaphore(max_inflight)
+        # Slots: a counter and one waiter (only the reader ever waits) rather than
+        # asyncio.Semaphore, whose acquire() scans its waiters on every request.
+        self._free_slots = max_inflight
+        self._slot_waiter: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._expired: set[asyncio.Task[None]] = set()
+        """Tasks cancelled by their deadline timer (not by the connection closing)."""
         # Answers ready to be written: (encoded response, approximate size). Never longer than
         # max_inflight, because each holds a slot until written.
         self._ready: list[tuple[list[object], int]] = []
@@ -193,12 +199,47 @@ class _ConnectionService:
                 log.warning("client connection closed: %s", e)
                 await self._send_error_frame(str(e))
                 return
+            loop = asyncio.get_running_loop()
             for request in requests:
                 # Stop reading while every slot is taken: this is the back-pressure.
-                await self._slots.acquire()
-                task = asyncio.create_task(self._serve(request))
+                if self._free_slots > 0:
+                    self._free_slots -= 1
+                else:
+                    await self._wait_slot()
+                task = loop.create_task(self._serve(request))
+                # The safety net for a backend that overruns the request's timeout: a bare
+                # timer rather than asyncio.timeout() in the task, which cost several times
+                # more per request (measured).
+                timer = loop.call_at(
+                    loop.time() + request.timeout_s + BACKEND_GRACE_S, self._expire, task
+                )
                 self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                task.add_done_callback(functools.partial(self._task_done, timer))
+
+    def _expire(self, task: asyncio.Task[None]) -> None:
+        self._expired.add(task)
+        task.cancel()
+
+    def _task_done(self, timer: asyncio.TimerHandle, task: asyncio.Task[None]) -> None:
+        timer.cancel()
+        self._tasks.discard(task)
+        self._expired.discard(task)
+
+    async def _wait_slot(self) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._slot_waiter = waiter
+        try:
+            await waiter
+        finally:
+            self._slot_waiter = None
+
+    def _release_slots(self, count: int) -> None:
+        waiter = self._slot_waiter
+        if waiter is not None and not waiter.done():
+            # The reader waits for one slot: hand it over directly.
+            waiter.set_result(None)
+            count -= 1
+        self._free_slots += count
 
     async def _send_error_frame(self, message: str) -> None:
         try:
@@ -213,8 +254,12 @@ class _ConnectionService:
         released = False
         try:
             try:
-                async with asyncio.timeout(request.timeout_s + BACKEND_GRACE_S):
+                try:
                     result = await self._call(request)
+                except asyncio.CancelledError:
+                    if asyncio.current_task() not in self._expired:
+                        raise  # the connection is closing
+                    raise TimeoutError() from None
                 size = _approx_bytes(result)
                 if size > self._response_bytes_max:
                     raise InvalidArgumentError(
@@ -239,7 +284,7 @@ class _ConnectionService:
             released = True  # the writer releases the slot once the answer is written
         finally:
             if not released:
-                self._slots.release()
+                self._release_slots(1)
 
     async def _call(self, request: Request) -> object:
         backend = self._backend
@@ -286,8 +331,7 @@ class _ConnectionService:
                     try:
                         await self._conn.send(FrameKind.RESPONSE, batch)
                     finally:
-                        for _ in range(taken):
-                            self._slots.release()
+                        self._release_slots(taken)
         except (ConnectionError, OSError) as e:
             log.debug("client connection lost while answering: %s", e)
             self._conn.close()  # wakes the reader, which ends the connection
