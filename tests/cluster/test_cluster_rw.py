@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 import kvstore
-from kvstore.testing.local_cluster import LocalCluster
+from kvstore.testing.local_cluster import LocalCluster, wait_until
 
-from .conftest import SECRET, client_for, leader_commit, wait_caught_up
+from .conftest import SECRET, WAIT_S, client_for, leader_commit, wait_caught_up
 
 LEVELS = ("linearizable", "lease", "stale")
 
@@ -61,13 +61,20 @@ def test_every_member_reads_at_every_level(secured_cluster: LocalCluster) -> Non
 
 def test_status_of_each_member(secured_cluster: LocalCluster) -> None:
     with client_for(secured_cluster) as client:
-        leader = secured_cluster.wait_for_leader(client)
-        statuses = {m.node_id: client.status(m.address) for m in secured_cluster}
+
+        def agreed() -> dict[str, kvstore.Status] | None:
+            # Taken one by one, statuses may straddle an election: wait for a quiet moment.
+            statuses = {m.node_id: client.status(m.address) for m in secured_cluster}
+            leaders = {s.leader_id for s in statuses.values()}
+            roles = [s.role for s in statuses.values()]
+            return statuses if len(leaders) == 1 and roles.count("leader") == 1 else None
+
+        statuses = wait_until(agreed, timeout_s=WAIT_S, what="the members to agree on a leader")
     expected_members = {m.node_id: m.address for m in secured_cluster}
-    assert [s.role for s in statuses.values()].count("leader") == 1
-    assert statuses[leader].role == "leader"
+    leader = next(node_id for node_id, s in statuses.items() if s.role == "leader")
     for node_id, status in statuses.items():
         assert status.node_id == node_id
         assert status.members == expected_members
         assert status.applied_index <= status.commit_index
-    assert len({s.term for s in statuses.values() if s.leader_id == leader}) == 1
+        assert status.leader_id == leader
+    assert len({s.term for s in statuses.values()}) == 1

@@ -63,23 +63,23 @@ def test_delete_cas_and_scan_semantics(shared_cluster: EmbeddedCluster) -> None:
 
 
 def test_status_names_one_leader_and_the_members(shared_cluster: EmbeddedCluster) -> None:
-    leader = shared_cluster.leader()
-    statuses = [node.status() for node in shared_cluster.nodes.values()]
     expected_members = {node.node_id: node.address for node in shared_cluster.nodes.values()}
-    assert [s.role for s in statuses].count("leader") == 1
+
+    def agreed() -> list[kvstore.Status] | None:
+        # Taken one by one, statuses may straddle an election: wait for a quiet moment.
+        statuses = [node.status() for node in shared_cluster.nodes.values()]
+        leaders = {s.leader_id for s in statuses}
+        roles = [s.role for s in statuses]
+        return statuses if len(leaders) == 1 and roles.count("leader") == 1 else None
+
+    statuses = wait_until(agreed, timeout_s=WAIT_S, what="the members to agree on a leader")
+    leader_id = next(s.node_id for s in statuses if s.role == "leader")
     for status in statuses:
         assert status.members == expected_members
         assert status.role in ("leader", "follower")
+        assert status.leader_id == leader_id
         assert status.applied_index <= status.commit_index
-    leader_status = leader.status()
-    assert leader_status.leader_id == leader.node_id
-    for node in shared_cluster.followers():
-        wait_until(
-            lambda node=node: node.status().leader_id == leader.node_id,
-            timeout_s=WAIT_S,
-            what=f"{node.node_id} to know the leader",
-        )
-    assert all(node.wait_for_leader() == leader.node_id for node in shared_cluster.nodes.values())
+    assert all(node.wait_for_leader() == leader_id for node in shared_cluster.nodes.values())
 
 
 def test_concurrent_writers_share_fsyncs(shared_cluster: EmbeddedCluster) -> None:
