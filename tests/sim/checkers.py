@@ -1,4 +1,6 @@
-"""Safety checkers the simulator runs after every step (Raft §5.4, Figure 3; thesis §6.4).
+"""Safety checkers the simulator runs after every step, one per protocol (`make_checker`).
+
+`SafetyChecker` checks a Raft cluster (Raft §5.4, Figure 3; thesis §6.4).
 
 Each property is checked incrementally, from hooks the cluster calls when something happens
 (a role is seen, entries are written, a hard state is written, an entry is applied, a read is
@@ -14,13 +16,49 @@ asked or answered), so checking after every step stays cheap:
 - no lost acknowledged write: once a proposal is applied on its proposer it is acknowledged,
   and its index forever holds it (the common sequence is append-only);
 - linearizable reads: a read's answer reflects every write acknowledged before it was asked.
+
+`PaxosSafetyChecker` checks a Multi-Paxos cluster. Entries are compared by (index, term) above;
+a Paxos leader re-proposes, in its own ballot, values that may already be chosen, so one value
+may carry different ballots on different members and ballots along a log need not grow. It keeps
+every check that still means something and replaces the term-based ones by value-based ones:
+
+- election safety: one leader per ballot (unchanged);
+- one value per (slot, ballot): log matching without its "same previous term" half, which needs
+  Raft's non-decreasing terms;
+- leader completeness by value: a leader, from the moment it finished phase 1, holds at every
+  slot the value every member applied there (Paxos Made Simple §2.2, P2c);
+- state machine safety: every member applies one sequence of values (the hash chain covers the
+  entry's type and data, not its ballot);
+- acknowledged writes are never lost, reads are linearizable (unchanged).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
+from kvstore.consensus import CONSENSUS_KINDS, ConsensusCore
 from kvstore.raft.types import Entry
+
+
+class LeaderLog(Protocol):
+    """What the leader checks read of a leader's storage (`SimStorage`)."""
+
+    def first_index(self) -> int: ...
+
+    def last_index(self) -> int: ...
+
+    def term_or_none(self, index: int) -> int | None: ...
+
+
+class HeldLog(Protocol):
+    """What the Paxos leader check reads of a core's in-memory log (`RaftLog`)."""
+
+    def first_index(self) -> int: ...
+
+    def last_index(self) -> int: ...
+
+    def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]: ...
 
 
 class SafetyViolation(AssertionError):
@@ -146,6 +184,17 @@ class SafetyChecker:
         """`node` is no longer leader (or crashed): check it again if it leads again."""
         self._checked_leaders.pop(node, None)
 
+    def check_leader(self, node: str, term: int, storage: LeaderLog, core: ConsensusCore) -> None:
+        """Leader completeness for `node`, leader of `term`, once per leadership: checked as
+        soon as its first entry of the term is written (until then its log may still grow)."""
+        if self.leader_checked(node, term):
+            return
+        if storage.term_or_none(storage.last_index()) != term:
+            return  # its first entry of this term is not written yet
+        lo = storage.first_index()
+        held = {i: storage.term_or_none(i) for i in self.indices_for_leader(term, lo)}
+        self.check_leader_log(node, term, held)
+
     # --- state machine safety -------------------------------------------------------------------
 
     def on_apply(self, node: str, entry: Entry, prev_hash: int) -> int:
@@ -226,3 +275,102 @@ class SafetyChecker:
     def forget_read(self, ctx: bytes) -> None:
         """The read `ctx` was dropped or its node crashed: it will never be answered."""
         self._reads.pop(ctx, None)
+
+
+def value_hash(prev: int, entry: Entry) -> int:
+    """The next link of the hash chain over applied values (type and data, not ballot)."""
+    return hash((prev, int(entry.type), entry.data))
+
+
+class PaxosSafetyChecker(SafetyChecker):
+    """`SafetyChecker` with value-based log checks (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._values: dict[tuple[int, int], tuple[bytes, int]] = {}
+        self.leaders_checked = 0
+
+    def on_entries_written(self, node: str, entries: list[Entry], prev_term: int | None) -> None:
+        """One ballot proposes one value per slot: (slot, ballot) always holds the same value."""
+        values = self._values
+        for e in entries:
+            fact = (e.data, int(e.type))
+            old = values.setdefault((e.index, e.term), fact)
+            if old != fact:
+                raise SafetyViolation(
+                    f"{node} holds {fact[0]!r} at slot {e.index} ballot {e.term}, "
+                    f"another member {old[0]!r}"
+                )
+
+    def on_commit(self, node: str, term: int, term_of: dict[int, int]) -> None:
+        """Ballots of chosen slots may differ between members: checked by value at apply time."""
+
+    def check_leader_log(self, node: str, term: int, term_at: dict[int, int | None]) -> None:
+        """Term-based: Paxos leaders are checked by value (`check_leader`)."""
+
+    def on_apply(self, node: str, entry: Entry, prev_hash: int) -> int:
+        """`node` applied `entry`: the value must be the one every member applies there."""
+        h = value_hash(prev_hash, entry)
+        applied = self.applied
+        if entry.index == len(applied):
+            if applied[-1][2] != prev_hash:
+                raise SafetyViolation(
+                    f"state machine safety: {node} applied slot {entry.index} on a state that "
+                    f"differs from the common sequence before it"
+                )
+            applied.append((entry.term, entry.data, h))
+        elif entry.index < len(applied):
+            if applied[entry.index][2] != h:
+                raise SafetyViolation(
+                    f"state machine safety: {node} applied {entry.data!r} at slot {entry.index}, "
+                    f"where others applied {applied[entry.index][1]!r}"
+                )
+        else:
+            raise SafetyViolation(
+                f"{node} applied slot {entry.index} but the common sequence ends at "
+                f"{len(applied) - 1}: a gap nobody filled"
+            )
+        return h
+
+    def check_leader(self, node: str, term: int, storage: LeaderLog, core: ConsensusCore) -> None:
+        """Leader completeness by value, once per leadership, from the moment it leads: its
+        whole log, persisted or not (what it will propose), agrees with every applied slot."""
+        if self.leader_checked(node, term):
+            return
+        log = leader_log(core)
+        lo = log.first_index()
+        hi = min(len(self.applied) - 1, log.last_index())
+        if hi >= lo:
+            for e in log.entries(lo, hi + 1):
+                want = self.applied[e.index][1]
+                if e.data != want:
+                    raise SafetyViolation(
+                        f"leader completeness: {node}, leader of ballot {term}, holds "
+                        f"{e.data!r} at slot {e.index} where {want!r} was applied"
+                    )
+        if log.last_index() < len(self.applied) - 1:
+            raise SafetyViolation(
+                f"leader completeness: {node}, leader of ballot {term}, ends at slot "
+                f"{log.last_index()}, but slot {len(self.applied) - 1} was applied"
+            )
+        self._checked_leaders[node] = term
+        self.leaders_checked += 1
+
+
+def leader_log(core: ConsensusCore) -> HeldLog:
+    """A Paxos core's in-memory log, persisted or not (what it will propose as leader).
+
+    White-box on purpose: at the moment a proposer finishes phase 1 its recovered values are not
+    written anywhere yet, and that moment is the one P2c speaks about.
+    """
+    log: HeldLog = getattr(core, "_log")  # noqa: B009  (private: a test-only peek)
+    return log
+
+
+def make_checker(consensus: str) -> SafetyChecker:
+    """The checker for a cluster running `consensus` ("raft" or "paxos")."""
+    if consensus == "raft":
+        return SafetyChecker()
+    if consensus == "paxos":
+        return PaxosSafetyChecker()
+    raise ValueError(f"consensus must be one of {CONSENSUS_KINDS}, got {consensus!r}")

@@ -1,4 +1,8 @@
-"""`SimCluster`: a deterministic simulation of a Raft cluster around the real `RaftCore`.
+"""`SimCluster`: a deterministic simulation of a cluster around a real consensus core.
+
+The core is `RaftCore` or `PaxosCore`, built by `make_core(SimOptions.consensus, ...)`: both take
+the same inputs and hand out the same `Ready` batches, so everything below runs either one
+unchanged; only the safety checker depends on the protocol (checkers.py, `make_checker`).
 
 Everything random comes from one `random.Random(seed)`: each core's election-jitter rng is
 derived from it, and so is every network fault, fsync delay, crash and client action. Nothing
@@ -14,6 +18,9 @@ models an fsync running while the core keeps taking messages -- sync, send
 A crash loses whatever was not synced (storage.py) and everything in flight to or from the
 node; a restart rebuilds the core from durable storage with `Config.applied` set to the state
 machine's last checkpoint, whose state is the starting point the core replays entries onto.
+One Ready's append (entries and hard state) survives a crash whole or not at all, as the redo log
+guarantees for an append that overwrites older entries (native/FORMAT.md §4): a Paxos acceptor
+relies on it never to lose an accepted value.
 
 The state machine is a small key-value map of put-style commands `key=proposal-id`, so a lost,
 replaced or reordered write shows up. Checkers (checkers.py) run after every step.
@@ -27,9 +34,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from kvstore.consensus import ConsensusCore, make_core
 from kvstore.errors import KVStoreError, ProposalDroppedError
 from kvstore.raft.config import Config
-from kvstore.raft.core import RaftCore
 from kvstore.raft.types import (
     ConfChange,
     ConfChangeType,
@@ -43,7 +50,7 @@ from kvstore.raft.types import (
     Role,
     SnapshotMeta,
 )
-from tests.sim.checkers import SafetyChecker, SafetyViolation, SimFailure
+from tests.sim.checkers import SafetyViolation, SimFailure, make_checker
 from tests.sim.network import NetworkOptions, SimNetwork
 from tests.sim.storage import SimStorage
 
@@ -100,6 +107,8 @@ class KvState:
 class SimOptions:
     """Shape of the simulated cluster and of the application around each core."""
 
+    consensus: str = "raft"
+    """The protocol of every core: "raft" or "paxos" (`kvstore.consensus.CONSENSUS_KINDS`)."""
     n_nodes: int = 3
     election_ticks: int = 10
     heartbeat_ticks: int = 1
@@ -152,7 +161,7 @@ class SimNode:
         self.storage = SimStorage()
         self.alive = False
         self.incarnation = 0
-        self.core: RaftCore = None  # type: ignore[assignment]  # set by start()
+        self.core: ConsensusCore = None  # type: ignore[assignment]  # set by start()
         self.sm = KvState(0, 0, {}, base_conf)
         self.checkpoint = self.sm.copy()
         """Durable state machine image (what a restart starts from)."""
@@ -173,7 +182,7 @@ class SimNode:
 
 
 class SimCluster:
-    """A seeded, deterministic cluster of `RaftCore`s. See the module docstring."""
+    """A seeded, deterministic cluster of consensus cores. See the module docstring."""
 
     def __init__(
         self,
@@ -182,16 +191,20 @@ class SimCluster:
         options: SimOptions | None = None,
         *,
         check: bool = True,
+        consensus: str | None = None,
     ) -> None:
+        """`n_nodes` and `consensus`, when given, override those fields of `options`."""
         self.seed = seed
         self.rng = random.Random(seed)
         opts = options if options is not None else SimOptions()
         if n_nodes is not None:
             opts = replace(opts, n_nodes=n_nodes)
+        if consensus is not None:
+            opts = replace(opts, consensus=consensus)
         self.options = opts
         self.net = SimNetwork(self.rng, opts.network)
         self.check_enabled = check
-        self.checker = SafetyChecker()
+        self.checker = make_checker(opts.consensus)
         self.now = 0
         self.trace: deque[tuple[int, str, tuple[Any, ...]]] = deque(maxlen=opts.trace_max)
         ids = tuple(f"n{i}" for i in range(1, opts.n_nodes + 1))
@@ -231,8 +244,10 @@ class SimCluster:
 
     def fail(self, why: str) -> SimFailure:
         """A `SimFailure` carrying the seed and the trace tail."""
+        kind = self.options.consensus
         err = SimFailure(
-            f"{why}\nseed={self.seed} step={self.now} (replay: KVSTORE_SIM_SEED={self.seed})\n"
+            f"{why}\nconsensus={kind} seed={self.seed} step={self.now} "
+            f"(replay: KVSTORE_SIM_SEED={self.seed} KVSTORE_SIM_CONSENSUS={kind})\n"
             f"--- trace tail ---\n{self.trace_tail()}"
         )
         err.cluster = self
@@ -274,7 +289,7 @@ class SimCluster:
         node.role = Role.FOLLOWER
         node.term = node.storage.hard_state.term
         core_rng = random.Random(self.rng.getrandbits(64))
-        node.core = RaftCore(self._config(node), node.storage, core_rng)
+        node.core = make_core(self.options.consensus, self._config(node), node.storage, core_rng)
         self.net.set_down(node.id, False)
         self.log("%s start (incarnation %d, applied %d, log [%d, %d])", node.id,
                  node.incarnation, node.checkpoint.applied, node.storage.first_index(),
@@ -708,14 +723,7 @@ class SimCluster:
             if role != Role.LEADER:
                 continue
             checker.on_leader(node.id, term)
-            if checker.leader_checked(node.id, term):
-                continue
-            st = node.storage
-            if st.term_or_none(st.last_index()) != term:
-                continue  # its first entry of this term is not written yet
-            first = st.first_index()
-            held = {i: st.term_or_none(i) for i in checker.indices_for_leader(term, first)}
-            checker.check_leader_log(node.id, term, held)
+            checker.check_leader(node.id, term, node.storage, core)
 
     # --- queries --------------------------------------------------------------------------------
 
@@ -742,7 +750,7 @@ class SimCluster:
 
 def _fmt_msg(m: Message) -> str:
     parts = [f"{m.sender}->{m.recipient} {m.type.name} t{m.term}"]
-    if m.type in (MessageType.APPEND, MessageType.VOTE, MessageType.PRE_VOTE):
+    if m.type in (MessageType.APPEND, MessageType.VOTE, MessageType.PRE_VOTE, MessageType.ACCEPT):
         parts.append(f"lt{m.log_term} i{m.index}")
     if m.entries:
         parts.append(f"[{m.entries[0].index}..{m.entries[-1].index}]")
@@ -750,7 +758,7 @@ def _fmt_msg(m: Message) -> str:
         parts.append(f"c{m.commit}")
     if m.reject:
         parts.append(f"REJECT hint{m.reject_hint}")
-    elif m.type == MessageType.APPEND_RESPONSE:
+    elif m.type in (MessageType.APPEND_RESPONSE, MessageType.ACCEPTED):
         parts.append(f"i{m.index}")
     if m.snapshot is not None:
         parts.append(f"snap{m.snapshot.index}/{m.snapshot.term}")

@@ -8,16 +8,22 @@ promote it, remove a voter -- the leader too), a leadership transfer or a forced
 heal phase removes every fault and asserts liveness within a bounded number of ticks: a leader
 is elected, and a fresh batch of writes commits and is applied on every member, which then
 agree on the whole applied sequence; every acknowledged write is still there.
+
+Scenarios run on either protocol (`run_scenario(..., consensus=...)`). Paxos runs a fixed
+configuration (its core refuses membership changes), so the driver skips membership faults there.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from kvstore.raft.types import ConfChange, ConfChangeType, Role
 from tests.sim.cluster import SimCluster, SimNode, SimOptions
 from tests.sim.network import NetworkOptions
+
+FIXED_CONFIGURATION = frozenset({"paxos"})
+"""Protocols whose cores refuse membership changes: the driver never tries one on them."""
 
 
 @dataclass(slots=True)
@@ -106,6 +112,7 @@ class FaultDriver:
         self._restarts: dict[str, int] = {}
         self._slow_until: dict[str, int] = {}
         self.allow_majority_down = self.rng.random() < faults.majority_down_probability
+        self.membership_changes = cluster.options.consensus not in FIXED_CONFIGURATION
 
     def _member_ids(self) -> list[str]:
         conf = self.c.members()
@@ -149,7 +156,8 @@ class FaultDriver:
             if now >= at:
                 del self._slow_until[nid]
                 c.net.set_slow(nid, 0)
-        if rng.random() < f.membership_probability:
+        # The draw happens either way, so a seed's other events do not depend on the protocol.
+        if rng.random() < f.membership_probability and self.membership_changes:
             self._membership()
         if rng.random() < f.transfer_probability:
             self._transfer()
@@ -323,12 +331,15 @@ def _applied_everywhere(c: SimCluster, members: set[str], pids: list[bytes]) -> 
     return all(c.nodes[m].alive and c.nodes[m].sm.applied >= top for m in members)
 
 
-def run_scenario(seed: int, faults: FaultOptions | None = None) -> ScenarioResult:
-    """Run one randomised scenario from `seed`; raise `SimFailure` on any violation."""
+def run_scenario(
+    seed: int, faults: FaultOptions | None = None, *, consensus: str = "raft"
+) -> ScenarioResult:
+    """Run one randomised scenario from `seed` on `consensus` ("raft" or "paxos"); raise
+    `SimFailure` on any violation."""
     f = faults if faults is not None else FaultOptions()
     shape_rng = random.Random(seed ^ 0x5EED)
     n_nodes = shape_rng.choice((3, 3, 5))
-    opts = random_options(shape_rng, n_nodes)
+    opts = replace(random_options(shape_rng, n_nodes), consensus=consensus)
     c = SimCluster(seed, options=opts)
     driver = FaultDriver(c, f)
     for _ in range(f.fault_steps):

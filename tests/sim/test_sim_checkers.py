@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from kvstore.raft.types import Entry
-from tests.sim.checkers import SafetyChecker, SafetyViolation
+from kvstore.raft.memory import MemoryLogView
+from kvstore.raft.types import Entry, EntryType
+from tests.paxos.helpers import paxos_peer
+from tests.sim.checkers import PaxosSafetyChecker, SafetyChecker, SafetyViolation, make_checker
 
 
 def test_two_leaders_in_one_term() -> None:
@@ -89,3 +91,53 @@ def test_acknowledged_write_lost() -> None:
     c.on_ack(b"p3", b"k", 3, b"k=p3")  # acknowledged, yet applied nowhere
     with pytest.raises(SafetyViolation, match="p3"):
         c.check_acked_present()
+
+
+# --- the Paxos checker: value-based ---------------------------------------------------------
+
+
+def test_make_checker_picks_the_protocols_checker() -> None:
+    assert type(make_checker("raft")) is SafetyChecker
+    assert type(make_checker("paxos")) is PaxosSafetyChecker
+    with pytest.raises(ValueError, match="consensus"):
+        make_checker("zab")
+
+
+def test_paxos_one_value_per_slot_and_ballot() -> None:
+    c = PaxosSafetyChecker()
+    c.on_entries_written("n1", [Entry(5, 1, EntryType.NORMAL, b"x")], None)
+    c.on_entries_written("n2", [Entry(7, 1, EntryType.NORMAL, b"x")], None)  # re-proposed: ok
+    c.on_entries_written("n3", [Entry(3, 2, EntryType.NORMAL, b"y"), Entry(2, 3)], 7)  # no order
+    with pytest.raises(SafetyViolation, match="slot 1 ballot 5"):
+        c.on_entries_written("n3", [Entry(5, 1, EntryType.NORMAL, b"y")], None)
+
+
+def test_paxos_state_machine_safety_is_by_value_not_ballot() -> None:
+    c = PaxosSafetyChecker()
+    h = c.on_apply("n1", Entry(5, 1, EntryType.NORMAL, b"x"), 0)
+    assert c.on_apply("n2", Entry(7, 1, EntryType.NORMAL, b"x"), 0) == h  # another ballot
+    with pytest.raises(SafetyViolation, match="state machine safety"):
+        c.on_apply("n3", Entry(5, 1, EntryType.NORMAL, b"y"), 0)
+    with pytest.raises(SafetyViolation, match="state machine safety"):
+        c.on_apply("n3", Entry(5, 1, EntryType.CONF_CHANGE, b"x"), 0)  # same bytes, other type
+    with pytest.raises(SafetyViolation, match="gap"):
+        c.on_apply("n3", Entry(5, 3, EntryType.NORMAL, b"z"), h)
+
+
+def test_paxos_leader_completeness_by_value() -> None:
+    c = PaxosSafetyChecker()
+    c.on_apply("n3", Entry(2, 1, EntryType.NORMAL, b"chosen"), 0)
+    # A leader whose log holds another value where one was applied.
+    other = paxos_peer("n1", storage=MemoryLogView(entries=[Entry(9, 1, EntryType.NORMAL, b"x")]))
+    with pytest.raises(SafetyViolation, match="leader completeness"):
+        c.check_leader("n1", 9, MemoryLogView(), other.core)
+    # A leader whose log ends before an applied slot.
+    short = paxos_peer("n2", storage=MemoryLogView())
+    with pytest.raises(SafetyViolation, match="ends at slot 0"):
+        c.check_leader("n2", 11, MemoryLogView(), short.core)
+    # The same value in another ballot is complete; each leadership is checked once.
+    same = paxos_peer(
+        "n3", storage=MemoryLogView(entries=[Entry(4, 1, EntryType.NORMAL, b"chosen")])
+    )
+    c.check_leader("n3", 13, MemoryLogView(), same.core)
+    assert c.leader_checked("n3", 13) and c.leaders_checked == 1
