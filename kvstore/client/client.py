@@ -20,6 +20,7 @@ from kvstore.client import aio_client
 from kvstore.client.aio_client import Connector
 from kvstore.client.balancer import Balancer
 from kvstore.errors import OperationTimeoutError, UnavailableError
+from kvstore.eventloop import new_event_loop
 from kvstore.options import Status, check_timeout
 
 __all__ = ["Client"]
@@ -71,7 +72,7 @@ class Client:
         self._closed = False
         # Calls in progress (one per waiting thread), so close() can release them all.
         self._futures: set[concurrent.futures.Future[Any]] = set()
-        self._loop = asyncio.new_event_loop()
+        self._loop = new_event_loop()  # uvloop when installed: see kvstore.eventloop
         self._thread = threading.Thread(target=self._run_loop, name="kvstore-client", daemon=True)
         self._thread.start()
 
