@@ -212,6 +212,10 @@ class StateMachine:
             return results
         data_db, meta_db = self._data, self._meta
         apply_command = self._apply_command
+        # Sessions touched by this batch, kept in memory and written once at the end: a
+        # pipelining client sends many commands under one session, and four LMDB calls per
+        # entry for its bookkeeping were half the cost of applying a put (measured).
+        sessions: dict[bytes, list[int]] = {}
         # The transaction's default database is `data`, so the commonest calls need no `db=`.
         with env.begin(db=data_db, write=True) as txn:
             start_index, term = _read_applied(txn, meta_db)
@@ -229,61 +233,89 @@ class StateMachine:
                 entry_type = entry.type
                 if entry_type == _NORMAL:
                     data = entry.data
-                    append(apply_command(txn, index, data) if data else None)
+                    append(apply_command(txn, index, data, sessions) if data else None)
                 elif entry_type == _CONF_CHANGE:
                     append(self._apply_conf_change(txn, meta_db, entry.data))
                 else:
                     append(
                         CommandRejected(ResultCode.MALFORMED, f"unknown entry type {entry_type}")
                     )
+            if sessions:
+                self._write_sessions(txn, sessions)
             if index != start_index:
                 txn.put(_KEY_APPLIED, _APPLIED.pack(index, term), db=meta_db)
         return results
 
-    def _apply_command(self, txn: lmdb.Transaction[bytes], index: int, data: bytes) -> Result:
+    def _write_sessions(
+        self, txn: lmdb.Transaction[bytes], sessions: dict[bytes, list[int]]
+    ) -> None:
+        """Write the sessions this batch changed (see `_apply_command`), then forget them."""
+        sessions_db, age_db = self._sessions, self._session_age
+        for client_id, state in sessions.items():
+            top_seq, last_index, applied_bits, result_bits, stored_index, dirty = state
+            if not dirty:
+                continue
+            if stored_index:
+                txn.delete(_AGE.pack(stored_index), db=age_db)
+            record = _SESSION.pack(
+                top_seq,
+                last_index,
+                applied_bits.to_bytes(_WINDOW_BYTES, "little"),
+                result_bits.to_bytes(_WINDOW_BYTES, "little"),
+            )
+            txn.put(client_id, record, db=sessions_db)
+            txn.put(_AGE.pack(last_index), client_id, db=age_db)
+        sessions.clear()
+
+    def _apply_command(
+        self,
+        txn: lmdb.Transaction[bytes],
+        index: int,
+        data: bytes,
+        sessions: dict[bytes, list[int]],
+    ) -> Result:
+        """Apply one command. Its session's state lives in `sessions` (client id -> [newest
+        seq, index of last apply, applied bits, result bits, last apply index as stored,
+        changed]) until `_write_sessions` stores it at the end of the batch: the final state
+        is the same as storing it after every command, whatever the batch boundaries."""
         # Runs once per entry: plain locals and module constants, no NamedTuple, no enum lookup.
         try:
             op, client_id, seq, key, value, expected, new = decode_fields(data)
         except ValueError as exc:
             return CommandRejected(ResultCode.MALFORMED, str(exc))
-        sessions = self._sessions
-        session_age = self._session_age
-        stored = txn.get(client_id, db=sessions)
-        if stored is None:
-            top_seq, applied_bits, result_bits = seq, 0, 0
-        else:
+        state = sessions.get(client_id)
+        if state is None:
+            stored = txn.get(client_id, db=self._sessions)
+            if stored is None:
+                # A new session may evict old ones, chosen by their last apply: store this
+                # batch's sessions first so the choice is the one a per-command store makes.
+                self._write_sessions(txn, sessions)
+                result = self._apply_op(txn, op, key, value, expected, new)
+                self._store_new_session(txn, client_id, seq, index, result)
+                return result
             top_seq, last_index, applied_raw, result_raw = _SESSION.unpack(stored)
-            applied_bits = int.from_bytes(applied_raw, "little")
-            result_bits = int.from_bytes(result_raw, "little")
-            if seq <= top_seq:
-                # Bit i stands for seq top_seq - i.
-                age = top_seq - seq
-                if age >= SESSION_WINDOW:
-                    return CommandRejected(
-                        ResultCode.STALE,
-                        f"seq {seq} is more than {SESSION_WINDOW} below the session's {top_seq}",
-                    )
-                bit = 1 << age
-                if applied_bits & bit:
-                    return bool(result_bits & bit)
-            txn.delete(_AGE.pack(last_index), db=session_age)
-
-        result: bool
-        if op is _PUT:
-            txn.put(key, value)  # type: ignore[arg-type]  # decode sets it for PUT
-            result = True
-        elif op is _DELETE:
-            result = txn.delete(key)
-        else:
-            if txn.get(key) != expected:
-                result = False
-            else:
-                if new is None:
-                    txn.delete(key)
-                else:
-                    txn.put(key, new)
-                result = True
-
+            state = [
+                top_seq,
+                last_index,
+                int.from_bytes(applied_raw, "little"),
+                int.from_bytes(result_raw, "little"),
+                last_index,
+                0,
+            ]
+            sessions[client_id] = state
+        top_seq, _, applied_bits, result_bits = state[0], state[1], state[2], state[3]
+        if seq <= top_seq:
+            # Bit i stands for seq top_seq - i.
+            age = top_seq - seq
+            if age >= SESSION_WINDOW:
+                return CommandRejected(
+                    ResultCode.STALE,
+                    f"seq {seq} is more than {SESSION_WINDOW} below the session's {top_seq}",
+                )
+            bit = 1 << age
+            if applied_bits & bit:
+                return bool(result_bits & bit)
+        result = self._apply_op(txn, op, key, value, expected, new)
         if seq > top_seq:
             shift = seq - top_seq
             if shift >= SESSION_WINDOW:
@@ -297,17 +329,52 @@ class StateMachine:
         applied_bits |= bit
         if result:
             result_bits |= bit
-        record = _SESSION.pack(
+        state[0], state[1], state[2], state[3], state[5] = (
             top_seq,
             index,
-            applied_bits.to_bytes(_WINDOW_BYTES, "little"),
-            result_bits.to_bytes(_WINDOW_BYTES, "little"),
+            applied_bits,
+            result_bits,
+            1,
         )
-        txn.put(client_id, record, db=sessions)
-        txn.put(_AGE.pack(index), client_id, db=session_age)
-        if stored is None:
-            self._evict_sessions(txn)
         return result
+
+    @staticmethod
+    def _apply_op(
+        txn: lmdb.Transaction[bytes],
+        op: Op,
+        key: bytes,
+        value: bytes | None,
+        expected: bytes | None,
+        new: bytes | None,
+    ) -> bool:
+        if op is _PUT:
+            txn.put(key, value)  # type: ignore[arg-type]  # decode sets it for PUT
+            return True
+        if op is _DELETE:
+            deleted: bool = txn.delete(key)
+            return deleted
+        if txn.get(key) != expected:
+            return False
+        if new is None:
+            txn.delete(key)
+        else:
+            txn.put(key, new)
+        return True
+
+    def _store_new_session(
+        self, txn: lmdb.Transaction[bytes], client_id: bytes, seq: int, index: int, result: bool
+    ) -> None:
+        """Store the first command of a session at once, then evict the oldest if too many."""
+        bit = 1  # bit 0 stands for `seq`, the newest
+        record = _SESSION.pack(
+            seq,
+            index,
+            bit.to_bytes(_WINDOW_BYTES, "little"),
+            (bit if result else 0).to_bytes(_WINDOW_BYTES, "little"),
+        )
+        txn.put(client_id, record, db=self._sessions)
+        txn.put(_AGE.pack(index), client_id, db=self._session_age)
+        self._evict_sessions(txn)
 
     def _evict_sessions(self, txn: lmdb.Transaction[bytes]) -> None:
         # Oldest last apply first: the session_age keys sort by index. A loop rather than one
