@@ -68,6 +68,8 @@ typedef struct kvwal_recovery {
     uint64_t torn_offset;
     uint64_t torn_bytes;
     char torn_path[...];
+    uint64_t torn_batch_first;
+    uint64_t torn_batch_last;
 } kvwal_recovery_t;
 
 typedef struct kvwal_stats {

@@ -44,7 +44,8 @@ enum {
 #define ENTRY_FIXED_BYTES 16u
 #define HS_FIXED_BYTES 16u
 #define SNAP_FIXED_BYTES 16u
-#define TRUNC_PAYLOAD_BYTES 8u
+#define TRUNC_PAYLOAD_BYTES 16u       /* index, last (FORMAT.md §2) */
+#define TRUNC_LEGACY_PAYLOAD_BYTES 8u /* index alone: a cut that takes effect at once */
 #define TMP_NAME "segment.tmp"
 #define SEG_NAME_LEN 37 /* 16 hex + '-' + 16 hex + ".wal" */
 #define CRC_MASK_DELTA 0xA282EAD8u
@@ -736,6 +737,7 @@ static int writer_exit(struct kvwal *wal, int rc) {
 struct batch_in {
     int truncate;
     uint64_t truncate_index;
+    uint64_t truncate_last; /* the batch's last entry (truncate_index for a bare cut) */
     size_t count;
     const uint64_t *indexes, *terms;
     const uint8_t *types;
@@ -767,8 +769,9 @@ static inline void batch_rec(const struct kvwal *wal, const struct batch_in *b, 
     if (b->truncate) {
         if (k == 0) {
             r->type = REC_TRUNCATE;
-            r->nfixed = 1;
+            r->nfixed = 2;
             r->fixed[0] = b->truncate_index;
+            r->fixed[1] = b->truncate_last;
             return;
         }
         k--;
@@ -816,6 +819,17 @@ static int scratch_reserve(struct kvwal *wal, size_t n) {
 /* Encode and write the batch, rotating segments as needed. Fills wal->pend[k] with the
  * location of entry k. Under the mutex as the writer. Does not touch the index. */
 static int batch_write(struct kvwal *wal, const struct batch_in *b) {
+    if (b->truncate && b->count > 0) {
+        /* An overwrite batch never spans segments (FORMAT.md §5), so that one left unfinished
+         * by a crash lies at the end of the newest segment, where recovery can cut it. */
+        uint64_t total = rec_bytes(TRUNC_PAYLOAD_BYTES);
+        for (size_t k = 0; k < b->count; k++) total += rec_bytes(ENTRY_FIXED_BYTES + b->lengths[k]);
+        if (b->hs != NULL) total += rec_bytes(HS_FIXED_BYTES + b->hs->vote_len);
+        if (wal->write_off + total > seg_last(wal)->size) {
+            int err = segment_rotate(wal, total, b->truncate_index + 1, 0);
+            if (err != 0) return err;
+        }
+    }
     size_t nrecs = batch_nrecs(b);
     size_t data_off = 0;
     size_t buf_len = 0;         /* encoded, not yet written */
@@ -968,6 +982,7 @@ int kvwal_log_append(kvwal_t *wal, size_t count, const uint64_t *indexes, const 
             /* The new entries conflict with the tail: cut it, in the same write (etcd). */
             b.truncate = 1;
             b.truncate_index = indexes[0] - 1;
+            b.truncate_last = indexes[count - 1];
         }
     }
     if (pend_reserve(wal, count) != 0 || ents_reserve(wal, count) != 0) {
@@ -1000,7 +1015,7 @@ int kvwal_log_truncate_after(kvwal_t *wal, uint64_t index, uint64_t *out_positio
         return writer_exit(wal, KVWAL_ECOMPACTED);
     }
     if (index < last_index(wal)) {
-        struct batch_in b = {.truncate = 1, .truncate_index = index};
+        struct batch_in b = {.truncate = 1, .truncate_index = index, .truncate_last = index};
         rc = batch_write(wal, &b);
         if (rc != 0) return writer_exit(wal, rc);
         ents_truncate_after(wal, index);
@@ -1367,10 +1382,11 @@ static int rec_parse(unsigned flags, const uint8_t *buf, uint64_t size, uint64_t
         return PARSE_BAD;
     }
     static const uint32_t min_len[REC_TYPE_MAX + 1] = {
-        0, SEG_PAYLOAD_BYTES, ENTRY_FIXED_BYTES, HS_FIXED_BYTES, TRUNC_PAYLOAD_BYTES,
+        0, SEG_PAYLOAD_BYTES, ENTRY_FIXED_BYTES, HS_FIXED_BYTES, TRUNC_LEGACY_PAYLOAD_BYTES,
         SNAP_FIXED_BYTES};
     if (len < min_len[type] || (type == REC_SEGMENT && len != SEG_PAYLOAD_BYTES) ||
-        (type == REC_TRUNCATE && len != TRUNC_PAYLOAD_BYTES)) {
+        (type == REC_TRUNCATE && len != TRUNC_PAYLOAD_BYTES &&
+         len != TRUNC_LEGACY_PAYLOAD_BYTES)) {
         return PARSE_BAD;
     }
     if (get_le32(p) != rec_crc(flags, seq, off, p, len)) return PARSE_BAD;
@@ -1379,47 +1395,95 @@ static int rec_parse(unsigned flags, const uint8_t *buf, uint64_t size, uint64_t
     return PARSE_OK;
 }
 
-/* Replay state beyond the handle's own fields: where the first gap came from. */
+/* Replay state beyond the handle's own fields: where we are, and an open overwrite batch
+ * (FORMAT.md §4), whose entries wait in wal->pend until its last one is read. */
 struct replay {
     const struct segment *seg; /* the segment being read */
     uint64_t off;
+    int batch_open;
+    uint64_t batch_off;  /* offset of its TRUNCATE record */
+    uint64_t batch_cut;  /* TRUNCATE's index: entries above it are cut when the batch closes */
+    uint64_t batch_last; /* its last entry */
+    size_t batch_held;   /* entries read so far: batch_cut + 1 .. batch_cut + batch_held */
 };
 
 static int replay_corrupt(struct kvwal *wal, const struct replay *rp, const char *what) {
     return set_error(wal, KVWAL_ECORRUPT, 0, rp->seg->name, 1, rp->off, "%s", what);
 }
 
+/* Set entry `index` (described by `e`), dropping every entry >= index first (FORMAT.md §4). */
+static int replay_entry(struct kvwal *wal, const struct replay *rp, uint64_t index,
+                        const struct ient *e) {
+    if (index <= wal->snap_index) {
+        return replay_corrupt(wal, rp, "entry at or below the snapshot index");
+    }
+    if (wal->ents_count > 0 && index > last_index(wal) + 1) {
+        return replay_corrupt(wal, rp, "entry index leaves a gap");
+    }
+    if (wal->ents_count > 0 && index >= wal->base) {
+        ents_truncate_after(wal, index - 1);
+    } else {
+        /* The first entry seen, or one below the first known: its predecessors down to the
+         * snapshot lie in deleted segments (checked at the end). */
+        ents_clear(wal, index);
+    }
+    if (ents_reserve(wal, 1) != 0) return ENOMEM;
+    wal->ents[wal->ents_head + wal->ents_count++] = *e;
+    return 0;
+}
+
+/* A bare cut: every entry above `index` is dropped. */
+static void replay_cut(struct kvwal *wal, uint64_t index) {
+    if (wal->ents_count == 0) {
+        if (index + 1 < wal->base) wal->base = index + 1;
+    } else {
+        ents_truncate_after(wal, index);
+    }
+}
+
+/* The overwrite batch's last entry was read: its cut and its entries take effect together. */
+static int replay_batch_close(struct kvwal *wal, struct replay *rp) {
+    struct replay at = *rp;
+    at.off = rp->batch_off; /* errors name the batch's TRUNCATE record */
+    replay_cut(wal, rp->batch_cut);
+    for (size_t k = 0; k < rp->batch_held; k++) {
+        int rc = replay_entry(wal, &at, rp->batch_cut + 1 + k, &wal->pend[k]);
+        if (rc != 0) return rc;
+    }
+    rp->batch_open = 0;
+    rp->batch_held = 0;
+    return 0;
+}
+
 /* Apply one valid record to the handle's state (FORMAT.md §4). */
-static int replay_record(struct kvwal *wal, const struct replay *rp, const uint8_t *p,
-                         uint32_t len, uint8_t type) {
+static int replay_record(struct kvwal *wal, struct replay *rp, const uint8_t *p, uint32_t len,
+                         uint8_t type) {
     const uint8_t *pl = p + HDR_BYTES;
     uint8_t aux = p[9];
-    switch (type) {
-    case REC_SEGMENT:
-        return replay_corrupt(wal, rp, "segment header in the middle of a segment");
-    case REC_ENTRY: {
-        uint64_t index = get_le64(pl), term = get_le64(pl + 8);
-        if (index <= wal->snap_index) {
-            return replay_corrupt(wal, rp, "entry at or below the snapshot index");
+    if (rp->batch_open) {
+        /* Inside an overwrite batch only its next entry may come; it is held until the last. */
+        if (type != REC_ENTRY || get_le64(pl) != rp->batch_cut + 1 + rp->batch_held) {
+            return replay_corrupt(wal, rp, "unexpected record inside an overwrite batch");
         }
-        if (wal->ents_count > 0 && index > last_index(wal) + 1) {
-            return replay_corrupt(wal, rp, "entry index leaves a gap");
-        }
-        if (wal->ents_count > 0 && index >= wal->base) {
-            ents_truncate_after(wal, index - 1);
-        } else {
-            /* The first entry seen, or one below the first known: its predecessors down to the
-             * snapshot lie in deleted segments (checked at the end). */
-            ents_clear(wal, index);
-        }
-        if (ents_reserve(wal, 1) != 0) return ENOMEM;
-        struct ient *e = &wal->ents[wal->ents_head + wal->ents_count++];
-        e->term = term;
+        if (pend_reserve(wal, rp->batch_held + 1) != 0) return ENOMEM;
+        struct ient *e = &wal->pend[rp->batch_held++];
+        e->term = get_le64(pl + 8);
         e->seq = rp->seg->seq;
         e->off = rp->off;
         e->len = len - ENTRY_FIXED_BYTES;
         e->type = aux;
-        return 0;
+        return get_le64(pl) == rp->batch_last ? replay_batch_close(wal, rp) : 0;
+    }
+    switch (type) {
+    case REC_SEGMENT:
+        return replay_corrupt(wal, rp, "segment header in the middle of a segment");
+    case REC_ENTRY: {
+        struct ient e = {.term = get_le64(pl + 8),
+                         .seq = rp->seg->seq,
+                         .off = rp->off,
+                         .len = len - ENTRY_FIXED_BYTES,
+                         .type = aux};
+        return replay_entry(wal, rp, get_le64(pl), &e);
     }
     case REC_HARD_STATE:
         if (len - HS_FIXED_BYTES > KVWAL_VOTE_BYTES_MAX) {
@@ -1432,14 +1496,22 @@ static int replay_record(struct kvwal *wal, const struct replay *rp, const uint8
         return 0;
     case REC_TRUNCATE: {
         uint64_t index = get_le64(pl);
+        uint64_t last = len == TRUNC_PAYLOAD_BYTES ? get_le64(pl + 8) : index;
         if (index < wal->snap_index) {
             return replay_corrupt(wal, rp, "truncation below the snapshot index");
         }
-        if (wal->ents_count == 0) {
-            if (index + 1 < wal->base) wal->base = index + 1;
-        } else {
-            ents_truncate_after(wal, index);
+        if (last < index) {
+            return replay_corrupt(wal, rp, "truncation whose batch ends before it");
         }
+        if (last == index) {
+            replay_cut(wal, index);
+            return 0;
+        }
+        rp->batch_open = 1;
+        rp->batch_off = rp->off;
+        rp->batch_cut = index;
+        rp->batch_last = last;
+        rp->batch_held = 0;
         return 0;
     }
     case REC_SNAPSHOT: {
@@ -1583,20 +1655,38 @@ static int recover_segment(struct kvwal *wal, size_t k, struct scan_buf *sb) {
         if (!is_last) {
             return replay_corrupt(wal, &rp, "damaged record in an older segment");
         }
+    }
+    uint64_t cut = off;
+    if (rp.batch_open) {
+        /* An overwrite batch a crash left unfinished (FORMAT.md §6 rule 5): void. Its cut never
+         * happened and its entries are dropped, so the older entries stay; its records go with
+         * the torn tail, so that later appends never follow them. */
+        rp.off = rp.batch_off;
+        if (!is_last) {
+            return replay_corrupt(wal, &rp, "unfinished overwrite batch in an older segment");
+        }
+        cut = rp.batch_off;
+        end = nonzero_end(buf, cut, size);
+        wal->recovery.torn_batch_first = rp.batch_cut + 1;
+        wal->recovery.torn_batch_last = rp.batch_last;
+        rp.batch_open = 0;
+        rp.batch_held = 0;
+    }
+    if (end > cut) {
         /* A torn tail: nothing valid after it, in the newest segment. */
         wal->recovery.torn = 1;
-        wal->recovery.torn_offset = off;
-        wal->recovery.torn_bytes = end - off;
+        wal->recovery.torn_offset = cut;
+        wal->recovery.torn_bytes = end - cut;
         snprintf(wal->recovery.torn_path, sizeof wal->recovery.torn_path, "%s/%s", wal->dir,
                  s->name);
-        err = zero_range(wal, s->fd, off, end);
+        err = zero_range(wal, s->fd, cut, end);
         if (err != 0) {
             wal->failed = 1;
-            return set_error(wal, KVWAL_EFAILED, err, s->name, 1, off,
+            return set_error(wal, KVWAL_EFAILED, err, s->name, 1, cut,
                              "cutting a torn tail failed: %s", strerror(err));
         }
     }
-    if (is_last) wal->write_off = off;
+    if (is_last) wal->write_off = cut;
     return 0;
 }
 

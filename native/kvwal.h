@@ -146,6 +146,10 @@ typedef struct kvwal_recovery {
     uint64_t torn_offset;   /* where the cut happened */
     uint64_t torn_bytes;    /* how many bytes were discarded (up to the last non-zero byte) */
     char torn_path[KVWAL_PATH_BYTES_MAX];
+    /* The entries an unfinished overwrite batch would have written, [first, last] (0, 0: none):
+     * the cut took the batch with it, so the entries it would have replaced are still there. */
+    uint64_t torn_batch_first;
+    uint64_t torn_batch_last;
 } kvwal_recovery_t;
 
 /** Counters since open. */
@@ -216,7 +220,9 @@ int kvwal_log_close(kvwal_t *wal);
  * write. Entry k has index indexes[k], term terms[k], type types[k] and data
  * data[sum(lengths[0..k)) .. + lengths[k]); the lengths must add up to `data_len`.
  * Indexes must be consecutive, and the first must lie in [first_index, last_index + 1]. If it is
- * <= last_index, the conflicting suffix is cut first (a TRUNCATE record in the same write).
+ * <= last_index, the conflicting suffix is cut first (a TRUNCATE record in the same write), and
+ * the cut and the new entries are all-or-nothing across a crash: recovery applies the cut only
+ * if every entry of this call is there, else it keeps the old entries (FORMAT.md §4).
  * Not durable until a sync covers the returned position.
  * @param[out] out_position  the append position after this batch (may be NULL)
  * @return 0, KVWAL_EINVAL, KVWAL_ECOMPACTED (first index below the log), KVWAL_ETOOBIG,

@@ -83,7 +83,12 @@ def crc32c(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
 
 
 class RecoveryReport(NamedTuple):
-    """What opening the log found. `torn` says whether a torn tail was cut, and where."""
+    """What opening the log found. `torn` says whether a torn tail was cut, and where.
+
+    `torn_batch` is the range of entries `(first, last)` of an append that overwrote older
+    entries and that a crash left unfinished: the cut took it whole, so the entries it would
+    have replaced are still in the log (native/FORMAT.md §4); None if there was none.
+    """
 
     segments: int
     records: int
@@ -92,6 +97,7 @@ class RecoveryReport(NamedTuple):
     torn_path: str | None
     torn_offset: int
     torn_bytes: int
+    torn_batch: tuple[int, int] | None = None
 
 
 class WalStats(NamedTuple):
@@ -189,11 +195,16 @@ class WriteAheadLog:
         self.recovery = self._read_recovery(handle)
         """What the open found (`RecoveryReport`)."""
         if self.recovery.torn:
+            batch = self.recovery.torn_batch
             logger.warning(
-                "redo log: cut a torn tail of %d bytes at offset %d of %s",
+                "redo log: cut a torn tail of %d bytes at offset %d of %s%s",
                 self.recovery.torn_bytes,
                 self.recovery.torn_offset,
                 self.recovery.torn_path,
+                ""
+                if batch is None
+                else f" (an unfinished overwrite of entries {batch[0]}..{batch[1]}: the older "
+                "entries stay)",
             )
 
     # ---- handle life cycle ---------------------------------------------------------------------
@@ -531,6 +542,9 @@ class WriteAheadLog:
             torn_path=os.fsdecode(ffi.string(out.torn_path)) if torn else None,
             torn_offset=int(out.torn_offset),
             torn_bytes=int(out.torn_bytes),
+            torn_batch=(int(out.torn_batch_first), int(out.torn_batch_last))
+            if out.torn_batch_first
+            else None,
         )
 
 

@@ -60,6 +60,14 @@ class Record:
         """For ENTRY, TRUNCATE and SNAPSHOT records: the index field."""
         return int(struct.unpack_from("<Q", self.payload)[0])
 
+    @property
+    def last(self) -> int:
+        """For TRUNCATE records: the last entry of its batch (the index for a bare cut, and for
+        the 8-byte payload of older builds)."""
+        if len(self.payload) < 16:
+            return self.index
+        return int(struct.unpack_from("<Q", self.payload, 8)[0])
+
 
 def segment_paths(directory: str | os.PathLike[str]) -> list[Path]:
     """Segment files in log order (their names sort that way)."""
@@ -123,3 +131,16 @@ def fix_crc(path: Path, record_offset: int) -> None:
     covered = data[record_offset + 4 : record_offset + HEADER_BYTES + length]
     crc = record_crc(segment_seq(path), record_offset, covered)
     patch(path, record_offset, struct.pack("<I", crc))
+
+
+def encode_record(seq: int, offset: int, rtype: int, payload: bytes, aux: int = 0) -> bytes:
+    """A valid record (padding included) for file offset `offset` of segment `seq`."""
+    covered = struct.pack("<IBBH", len(payload), rtype, aux, 0) + payload
+    raw = struct.pack("<I", record_crc(seq, offset, covered)) + covered
+    return raw + bytes(padded(len(raw)) - len(raw))
+
+
+def records_end(path: Path) -> int:
+    """The offset just past the last valid record of a segment (where the next would go)."""
+    records = read_records(path)
+    return records[-1].end if records else 0
