@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from kvstore.client.service import serve_client_connection
+from kvstore.consensus import ConsensusCore, make_core
 from kvstore.errors import (
     InvalidArgumentError,
     KVStoreError,
@@ -69,8 +70,9 @@ from kvstore.options import (
     check_timeout,
     check_value,
 )
+from kvstore.paxos.core import REASON_MEMBERSHIP
 from kvstore.raft.config import Config
-from kvstore.raft.core import REASON_NO_LEADER, RaftCore
+from kvstore.raft.core import REASON_NO_LEADER
 from kvstore.raft.types import (
     ConfChange,
     ConfChangeType,
@@ -245,7 +247,7 @@ class Node:
         self._work_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._wal: WriteAheadLog | None = None
         self._sm: StateMachine | None = None
-        self._core: RaftCore | None = None
+        self._core: ConsensusCore | None = None
         self._transport: PeerTransport | None = None
         self._failure: BaseException | None = None
         self._election_timeout_s = self.options.election_ticks * self.options.tick_s
@@ -332,7 +334,11 @@ class Node:
         self._last_checkpoint = applied
         self._checkpoint_meta: SnapshotMeta | None = None
         """The latest checkpoint: the log is compacted through it at the next one."""
-        self._core = RaftCore(self._config, self._wal, random.Random(os.urandom(16)))
+        # The one place the protocol matters: which core to build. Everything else talks to
+        # the ConsensusCore interface.
+        self._core = make_core(
+            self.options.consensus, self._config, self._wal, random.Random(os.urandom(16))
+        )
         # Members added after this node's `peers` were written: dial them where they said.
         for node_id, (address, _role) in self._sm.members().items():
             if address and node_id not in self._given_peers:
@@ -380,6 +386,7 @@ class Node:
             on_snapshot_chunk=self._on_snapshot_chunk,
             is_member=self._is_member,
             frame_bytes_max=self.options.frame_bytes_max,
+            consensus=self.options.consensus,
         )
         await self._transport.start()
         self._tasks = [
@@ -799,7 +806,7 @@ class Node:
             leader_address=address,
         )
 
-    def _require_leader(self) -> RaftCore:
+    def _require_leader(self) -> ConsensusCore:
         assert self._core is not None
         self._raise_if_failed()
         if self._role is not Role.LEADER:
@@ -811,6 +818,8 @@ class Node:
         try:
             index = core.propose_conf_change(change)
         except ProposalDroppedError as error:
+            if error.reason == REASON_MEMBERSHIP:  # a fixed configuration: retrying cannot help
+                raise InvalidArgumentError(error.reason) from None
             raise UnavailableError(f"membership change refused: {error.reason}") from None
         self._kick()
         await self._wait_applied(index, deadline)
