@@ -35,7 +35,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from kvstore.consensus import CONSENSUS_KINDS
 from kvstore.errors import KVStoreError
+from kvstore.options import Options
 from kvstore.testing.local_cluster import LocalCluster
 
 KEY_BYTES = 16
@@ -112,6 +114,8 @@ class BenchSettings:
     value_bytes: int = VALUE_BYTES
     concurrent_rounds_min: int = CONCURRENT_ROUNDS_MIN
     """Fewest operations per in-flight slot in a concurrent workload (see `concurrent_ops`)."""
+    consensus: str = "raft"
+    """The protocol kvstore's clusters run ("raft" or "paxos", `--consensus`)."""
 
     def validate(self) -> None:
         """Raise `BenchError` naming the first setting that is out of range."""
@@ -125,6 +129,8 @@ class BenchSettings:
             raise BenchError("concurrent_rounds_min must be >= 1")
         if self.key_bytes != KEY_BYTES or self.value_bytes < 1:
             raise BenchError(f"keys are {KEY_BYTES} bytes; values need at least one byte")
+        if self.consensus not in CONSENSUS_KINDS:
+            raise BenchError(f"consensus must be one of {CONSENSUS_KINDS}, got {self.consensus!r}")
 
     @property
     def concurrent_ops(self) -> int:
@@ -666,7 +672,7 @@ def client_cluster(settings: BenchSettings) -> Iterator[tuple[LocalCluster, Any]
     """Three `kvstore serve` processes with a leader, and a `kvstore.Client` on all of them."""
     _node, client_class, _aio = _import_kvstore_parts()
     with (
-        LocalCluster(3) as cluster,
+        LocalCluster(3, consensus=settings.consensus) as cluster,
         client_class(cluster.addresses, timeout_s=settings.timeout_s) as client,
     ):
         cluster.wait_for_leader(client, timeout_s=LEADER_WAIT_S_MAX)
@@ -674,10 +680,10 @@ def client_cluster(settings: BenchSettings) -> Iterator[tuple[LocalCluster, Any]
 
 
 @contextlib.contextmanager
-def embedded_node() -> Iterator[Any]:
+def embedded_node(consensus: str = "raft") -> Iterator[Any]:
     """A `kvstore.Node` in this process that leads two `kvstore serve` processes."""
     node_class, _client, _aio = _import_kvstore_parts()
-    cluster = LocalCluster(3)
+    cluster = LocalCluster(3, consensus=consensus)
     local_id = "n1"
     with contextlib.closing(cluster):
         # restart() spawns a member that is not running: start only the other two as processes.
@@ -687,7 +693,8 @@ def embedded_node() -> Iterator[Any]:
         peers = {member.node_id: member.address for member in cluster}
         data_dir = cluster.members[local_id].data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
-        with node_class(local_id, data_dir, peers) as node:
+        options = Options(consensus=consensus)
+        with node_class(local_id, data_dir, peers, options=options) as node:
             _make_leader(node, local_id, list(peers.values()))
             yield node
 
@@ -710,7 +717,7 @@ def bench_kvstore_embedded(
     settings: BenchSettings, progress: BenchProgress
 ) -> list[WorkloadResult]:
     """kvstore through a `kvstore.Node` in this process, made leader of a 3-member cluster."""
-    with embedded_node() as node:
+    with embedded_node(settings.consensus) as node:
         progress.note("kvstore-embedded: the kvstore.Node in this process is leader")
         return EmbeddedWorkloads(node, settings, progress).run_all()
 
@@ -1138,17 +1145,17 @@ def run_comparison(
     return report
 
 
-def run_bench(*, ops: int, concurrency: int, json_path: str | None) -> int:
+def run_bench(*, ops: int, concurrency: int, json_path: str | None, consensus: str = "raft") -> int:
     """The `kvstore bench` command: run every system, print the table, optionally write JSON.
 
     Returns the exit status: 0 when kvstore's workloads ran (targets missed are reported, not
     failed), 2 when kvstore itself could not be measured.
     """
-    settings = BenchSettings(ops=ops, concurrency=concurrency)
+    settings = BenchSettings(ops=ops, concurrency=concurrency, consensus=consensus)
     settings.validate()
     # Off a terminal (a log, CI) rich assumes 80 columns, too narrow for the table.
     console = Console() if sys.stdout.isatty() else Console(width=120)
-    console.rule("[bold]kvstore bench[/bold]")
+    console.rule(f"[bold]kvstore bench[/bold] (consensus={consensus})")
     with BenchProgress(console, enabled=console.is_terminal) as progress:
         report = run_comparison(settings, progress)
     render_report(report, console)
