@@ -334,6 +334,25 @@ class _PeerLink:
 
     def enqueue(self, frame: bytes) -> bool:
         """Queue a RAFT frame; False (nothing queued) when the queue is full."""
+        conn = self._conn
+        if (
+            conn is not None
+            and not self._frames
+            and not self._chunks
+            and not conn.closed
+            and conn.write_buffer_bytes == 0
+        ):
+            # Nothing waits ahead of this frame and the kernel took every byte so far: write it
+            # now rather than wake the pump, one loop iteration less per message on the path
+            # of every commit and read index. Bytes the kernel does not take stay in the
+            # connection's buffer, in order; later frames then queue behind them and the pump
+            # drains with its stall timeout.
+            try:
+                conn._write_bytes(frame)
+            except (OSError, RuntimeError):
+                pass  # closing under us: queue it instead, the pump reconnects
+            else:
+                return True
         if self._frame_bytes + len(frame) > self._transport.send_queue_bytes_max:
             return False
         self._frames.append(frame)
