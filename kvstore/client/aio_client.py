@@ -97,6 +97,12 @@ CONNECTIONS_MAX = 256
 ATTEMPTS_MAX = 256
 """Most attempts of one call, whatever its timeout (at `BACKOFF_MAX_S` apart, more than the
 default timeout lasts, so normally the timeout ends a call that cannot succeed)."""
+ATTEMPT_TIMEOUT_S = 1.0
+"""Longest wait for one attempt (connecting included), whatever is left of the call's timeout.
+A member that does not answer within it (paused, cut off, stuck) is given up on for this call
+and the next attempt goes elsewhere: a leader that fell silent is replaced by an election within
+about one election timeout (0.3-0.6 s by default), and a client waiting on it for the whole
+call would never find the new one. Retrying a write is safe: it keeps its session."""
 PINNED_CONNECT_ATTEMPTS_MAX = 2
 """Connection attempts when a call names its member (`status(address)`): fail fast when down."""
 BACKOFF_FIRST_S = 0.01
@@ -662,10 +668,11 @@ class Client:
             target = pinned or redirect or self._target(to_leader, failed)
             redirect = None
             backoff = True
+            attempt_s = min(remaining, ATTEMPT_TIMEOUT_S)
             try:
                 channel = self._channels.get(target)
                 if channel is None or channel.closed:
-                    channel = await self._channel(target, remaining)
+                    channel = await self._channel(target, attempt_s)
             except AuthenticationError:
                 raise
             except (OSError, TimeoutError, RemoteProtocolError) as e:
@@ -677,18 +684,24 @@ class Client:
                     break
             else:
                 request_id = next(self._request_ids) % _REQUEST_IDS
-                server_timeout_s = max(remaining - min(_SERVER_MARGIN_S, remaining / 10), 1e-3)
+                server_timeout_s = max(attempt_s - min(_SERVER_MARGIN_S, attempt_s / 10), 1e-3)
                 request = build(request_id, server_timeout_s)
                 attempt = _Attempt()
                 started = loop.time()
                 try:
                     response = await channel.call(
-                        request_id, encode_request(request), attempt, deadline
+                        request_id, encode_request(request), attempt, started + attempt_s
                     )
                 except TimeoutError:
                     unknown = unknown or attempt.sent
-                    self._balancer.observe(target, None, False)
-                    break
+                    if loop.time() >= deadline:
+                        self._balancer.observe(target, None, False)
+                        break
+                    # Silent for a whole attempt: try another member now (see
+                    # ATTEMPT_TIMEOUT_S); the one we took for the leader is forgotten.
+                    last_error = TimeoutError(f"{target} did not answer within {attempt_s:.2f} s")
+                    self._member_failed(target, failed)
+                    continue
                 except _LostError as e:
                     unknown = unknown or e.sent
                     last_error = e
