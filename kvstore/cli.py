@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from kvstore.consensus import CONSENSUS_KINDS
 from kvstore.errors import KVStoreError
 from kvstore.options import Options
 
@@ -82,6 +83,15 @@ def _add_client_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
 
 
+def _add_consensus_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--consensus",
+        choices=CONSENSUS_KINDS,
+        default=_DEFAULT_OPTIONS.consensus,
+        help=f"the protocol of the local cluster (default {_DEFAULT_OPTIONS.consensus})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand (each has --help)."""
     parser = argparse.ArgumentParser(
@@ -106,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--join",
         action="store_true",
         help="join an existing cluster (then run `kvstore member add` against it)",
+    )
+    serve.add_argument(
+        "--consensus",
+        choices=CONSENSUS_KINDS,
+        default=_DEFAULT_OPTIONS.consensus,
+        help="the protocol the cluster runs; every member must run the same one "
+        f"(default {_DEFAULT_OPTIONS.consensus}; paxos runs a fixed configuration)",
     )
     serve.add_argument(
         "--checkpoint-entries",
@@ -169,11 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="3 local nodes: write, kill the leader, prove no loss")
     demo.add_argument("--keys", type=int, default=3000, help="keys to write (default 3000)")
+    _add_consensus_argument(demo)
 
     bench = commands.add_parser("bench", help="throughput and latency of a local 3-node cluster")
     bench.add_argument("--ops", type=int, default=5000, help="operations per workload")
     bench.add_argument("--concurrency", type=int, default=256, help="operations in flight")
     bench.add_argument("--json", help="also write the results to this JSON file")
+    _add_consensus_argument(bench)
     return parser
 
 
@@ -192,7 +211,7 @@ def _serve(args: argparse.Namespace) -> int:
         args.id,
         args.data_dir,
         args.peers,
-        options=Options(checkpoint_entries=args.checkpoint_entries),
+        options=Options(checkpoint_entries=args.checkpoint_entries, consensus=args.consensus),
         secret=read_secret_file(args.secret_file),
         join=args.join,
     )
@@ -294,11 +313,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from kvstore.demo import run_demo
 
-            return run_demo(keys=args.keys)
+            return run_demo(keys=args.keys, consensus=args.consensus)
         if args.command == "bench":
             from kvstore.bench import run_bench
 
-            return run_bench(ops=args.ops, concurrency=args.concurrency, json_path=args.json)
+            return run_bench(
+                ops=args.ops,
+                concurrency=args.concurrency,
+                json_path=args.json,
+                consensus=args.consensus,
+            )
         handler = handlers.get(args.command, _client_command)
         return handler(args)
     except (KVStoreError, OSError) as error:

@@ -22,6 +22,8 @@ from kvstore.testing.local_cluster import LocalCluster, wait_until
 WRITE_TIMEOUT_S = 2.0
 FAILOVER_LIMIT_S = 30.0
 CATCH_UP_LIMIT_S = 60.0
+PROTOCOL_NAMES = {"raft": "Raft", "paxos": "Multi-Paxos"}
+"""How the heading names each `--consensus` protocol."""
 
 
 @dataclass
@@ -67,12 +69,14 @@ def _write_range(
     report.write_seconds += time.monotonic() - started
 
 
-def run_demo(*, keys: int = 3000) -> int:
-    """Run the demo; returns the process exit status (0 = nothing acknowledged was lost)."""
+def run_demo(*, keys: int = 3000, consensus: str = "raft") -> int:
+    """Run the demo on a cluster running `consensus` ("raft" or "paxos"); returns the process
+    exit status (0 = nothing acknowledged was lost)."""
     console = Console()
     report = DemoReport()
-    console.rule("[bold]kvstore demo[/bold]: a 3-node Raft cluster on 127.0.0.1")
-    with LocalCluster(3) as cluster:
+    protocol = PROTOCOL_NAMES.get(consensus, consensus)
+    console.rule(f"[bold]kvstore demo[/bold]: a 3-node {protocol} cluster on 127.0.0.1")
+    with LocalCluster(3, consensus=consensus) as cluster:
         console.print(f"data in [cyan]{cluster.base_dir}[/cyan]")
         for member in cluster:
             pid = member.process.pid if member.process is not None else "?"

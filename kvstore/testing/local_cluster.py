@@ -93,9 +93,12 @@ class LocalCluster:
         keep_data: bool = False,
         log_level: str = "WARNING",
         addresses: Mapping[str, str] | None = None,
+        consensus: str = "raft",
     ) -> None:
         """`addresses` (node id -> host:port) names the members and where they listen; by
-        default they are n1..n<size> on free loopback ports."""
+        default they are n1..n<size> on free loopback ports. `consensus` ("raft" or "paxos")
+        is passed to every member's `serve --consensus` (a member's `extra_args` may name
+        another one, e.g. to test that a mismatch is refused)."""
         if size < 1:
             raise ValueError("a cluster needs at least one member")
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
@@ -105,6 +108,7 @@ class LocalCluster:
         self.base_dir = Path(base_dir)
         self.keep_data = keep_data
         self.log_level = log_level
+        self.consensus = consensus
         self.secret_file: Path | None = None
         if secret is not None:
             self.secret_file = self.base_dir / "secret"
@@ -162,6 +166,8 @@ class LocalCluster:
             str(member.data_dir),
             "--peers",
             peers,
+            "--consensus",
+            self.consensus,
             *member.extra_args,
         ]
         if self.secret_file is not None:

@@ -12,11 +12,15 @@ and again), heals everything, reads every key back, and then checks:
   serving, and wiping its data directory lets it rejoin).
 
 A run prints one verdict line per schedule. Failing runs keep their history, the nemesis's log
-and the members' logs in `failures_dir/<schedule>-<seed>/`.
+and the members' logs in `failures_dir/<schedule>[-paxos]-<seed>/`.
+
+Every schedule runs on either protocol (`consensus="raft"` or `"paxos"`, passed to every
+member's `serve --consensus`), except those that change the membership (`Schedule.membership`):
+Paxos runs a fixed configuration and refuses membership changes, so they are skipped there.
 
 The long soak (`make torture SEED=... MINUTES=...`):
 
-    python -m kvstore.testing.torture --seed N --minutes M [--failures-dir DIR]
+    python -m kvstore.testing.torture --seed N --minutes M [--failures-dir DIR] [--consensus paxos]
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kvstore.consensus import CONSENSUS_KINDS
 from kvstore.errors import KVStoreError
 from kvstore.options import Status
 from kvstore.testing.history import HistoryWriter, write_history
@@ -60,6 +65,8 @@ CALL_TIMEOUT_S = 1.0
 WARM_UP_S = 0.5
 TAIL_S = 1.0
 """The workload keeps running this long after the last heal."""
+FIXED_CONFIGURATION = frozenset({"paxos"})
+"""Protocols that refuse membership changes: schedules that need them are skipped there."""
 
 
 class SkipSchedule(Exception):
@@ -186,6 +193,18 @@ class Schedule:
     consistency: str = "linearizable"
     serve_args: tuple[str, ...] = ()
     """Extra `kvstore serve` arguments for every member."""
+    membership: bool = False
+    """Whether the schedule removes and adds members (not possible with a fixed configuration,
+    so it is skipped on those protocols)."""
+
+    def skip_reason(self, consensus: str) -> str | None:
+        """Why this schedule cannot run on `consensus`, or None if it can."""
+        if self.membership and consensus in FIXED_CONFIGURATION:
+            return (
+                f"consensus={consensus} runs a fixed configuration and refuses membership "
+                f"changes, which this schedule's recovery needs (remove, wipe, add back)"
+            )
+        return None
 
 
 # --- the schedules ------------------------------------------------------------------------------
@@ -403,6 +422,7 @@ SCHEDULES: dict[str, Schedule] = {
             _corrupt_middle,
             "flip a byte mid-log; refuse; remove, wipe, rejoin by snapshot",
             serve_args=("--checkpoint-entries", "200"),
+            membership=True,
         ),
         Schedule(
             "lease-isolate-leader",
@@ -448,6 +468,7 @@ class Verdict:
     seed: int
     passed: bool
     skipped: str | None = None
+    consensus: str = "raft"
     workload: str = ""
     check: CheckResult | None = None
     recovery_s: list[float] = field(default_factory=list)
@@ -460,7 +481,7 @@ class Verdict:
 
     def line(self) -> str:
         """The one-line verdict."""
-        head = f"{self.schedule:<22} seed={self.seed:<6}"
+        head = f"{self.schedule:<22} {self.consensus:<5} seed={self.seed:<6}"
         if self.skipped is not None:
             return f"{head} SKIP  {self.skipped}"
         status = "PASS" if self.passed else "FAIL"
@@ -504,13 +525,21 @@ def run_schedule(
     clients: int = 4,
     keys: int = 6,
     failures_dir: str | Path | None = None,
+    consensus: str = "raft",
 ) -> Verdict:
-    """Run one schedule on a fresh cluster; see the module docstring for what is checked."""
+    """Run one schedule on a fresh cluster running `consensus` ("raft" or "paxos"); see the
+    module docstring for what is checked."""
+    if consensus not in CONSENSUS_KINDS:
+        raise ValueError(f"consensus must be one of {CONSENSUS_KINDS}, got {consensus!r}")
     started = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix=f"kvstore-torture-{schedule.name}-{seed}-"))
-    verdict = Verdict(schedule.name, seed, passed=False)
+    label = schedule.name if consensus == "raft" else f"{schedule.name}-{consensus}"
+    work = Path(tempfile.mkdtemp(prefix=f"kvstore-torture-{label}-{seed}-"))
+    verdict = Verdict(schedule.name, seed, passed=False, consensus=consensus)
     try:
         with contextlib.ExitStack() as stack:
+            reason = schedule.skip_reason(consensus)
+            if reason is not None:
+                raise SkipSchedule(reason)
             lab: NetnsLab | None = None
             if schedule.network == "netns":
                 reason = probe()
@@ -519,11 +548,11 @@ def run_schedule(
                 ids = [f"n{i}" for i in range(1, schedule.nodes + 1)]
                 lab = stack.enter_context(NetnsLab(ids))
                 body = lambda: _run_body(  # noqa: E731
-                    schedule, seed, verdict, work, fault_s, clients, keys, lab
+                    schedule, seed, verdict, work, fault_s, clients, keys, lab, consensus
                 )
                 lab.in_client(body)
             else:
-                _run_body(schedule, seed, verdict, work, fault_s, clients, keys, None)
+                _run_body(schedule, seed, verdict, work, fault_s, clients, keys, None, consensus)
     except SkipSchedule as skip:
         verdict.skipped = str(skip)
         verdict.passed = True
@@ -531,7 +560,7 @@ def run_schedule(
         verdict.problems.append(f"{type(exc).__name__}: {exc}")
     verdict.elapsed_s = time.monotonic() - started
     if not verdict.passed and failures_dir is not None:
-        kept = Path(failures_dir) / f"{schedule.name}-{seed}"
+        kept = Path(failures_dir) / f"{label}-{seed}"
         if kept.exists():
             shutil.rmtree(kept)
         # Logs, history and small files; not the preallocated log segments and LMDB maps.
@@ -551,6 +580,7 @@ def _run_body(
     clients: int,
     keys: int,
     lab: NetnsLab | None,
+    consensus: str,
 ) -> None:
     from kvstore.client.client import Client
 
@@ -560,7 +590,11 @@ def _run_body(
         if lab is not None:
             addresses = {node_id: lab.address(node_id) for node_id in lab.node_ids}
         cluster = LocalCluster(
-            schedule.nodes, base_dir=work / "cluster", keep_data=True, addresses=addresses
+            schedule.nodes,
+            base_dir=work / "cluster",
+            keep_data=True,
+            addresses=addresses,
+            consensus=consensus,
         )
         (work / "cluster").mkdir(exist_ok=True)
         stack.callback(cluster.close)
@@ -681,8 +715,10 @@ def soak(
     names: Sequence[str] | None = None,
     fault_s: float = 30.0,
     out: Callable[[str], None] = print,
+    consensus: str = "raft",
 ) -> list[Verdict]:
-    """Run schedules round-robin (each with its own seed) until `minutes` have passed."""
+    """Run schedules round-robin (each with its own seed) until `minutes` have passed, on
+    clusters running `consensus`."""
     chosen = list(names) if names else list(SCHEDULES)
     deadline = time.monotonic() + minutes * 60
     rng = random.Random(seed)
@@ -702,6 +738,7 @@ def soak(
                 clients=8,
                 keys=10,
                 failures_dir=failures_dir,
+                consensus=consensus,
             )
             verdicts.append(verdict)
             out(verdict.line())
@@ -721,6 +758,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--schedules", help="comma-separated names (default: all)")
     parser.add_argument("--fault-seconds", type=float, default=30.0, help="per schedule run")
     parser.add_argument("--list", action="store_true", help="list the schedules and exit")
+    parser.add_argument(
+        "--consensus", choices=CONSENSUS_KINDS, default="raft", help="the clusters' protocol"
+    )
     args = parser.parse_args(argv)
     if args.list:
         for schedule in SCHEDULES.values():
@@ -732,7 +772,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown schedules: {', '.join(unknown)} (see --list)")
     failures_dir = Path(args.failures_dir)
     print(
-        f"torture: seed {args.seed}, {args.minutes:g} minutes, failing runs kept in {failures_dir}",
+        f"torture: seed {args.seed}, {args.minutes:g} minutes, consensus {args.consensus}, "
+        f"failing runs kept in {failures_dir}",
         flush=True,
     )
     verdicts = soak(
@@ -742,6 +783,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         names=names,
         fault_s=args.fault_seconds,
         out=lambda line: print(line, flush=True),
+        consensus=args.consensus,
     )
     failed = [v for v in verdicts if not v.passed]
     skipped = [v for v in verdicts if v.skipped is not None]

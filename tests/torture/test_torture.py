@@ -8,6 +8,12 @@ kvstore/testing/torture.py). The seed is fixed so that a failure can be replayed
 KVSTORE_TORTURE_SEED=N picks another one, and KVSTORE_TORTURE_FAILURES=DIR keeps the history
 and the members' logs of a failing run there (default: under pytest's tmp_path).
 
+Every schedule runs on both protocols. Schedules that change the membership are skipped on Paxos
+(a fixed configuration), with the reason. The Paxos runs need `kvstore serve --consensus paxos`
+to really run Paxos, i.e. `Node` building its core with `make_core(options.consensus, ...)`;
+until it does, they are skipped saying so. They are marked `slow` (about as long as the Raft
+runs: together they double this file's time), so `-m "not slow"` leaves them out.
+
 The long soak is `make torture SEED=... MINUTES=...`.
 """
 
@@ -20,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from kvstore.consensus import CONSENSUS_KINDS
 from kvstore.testing.torture import SCHEDULES, run_schedule
 
 CI_FAULT_S = 6.0
@@ -42,17 +49,51 @@ CI_SCHEDULES = [
     "netns-netem",
 ]
 SEED = int(os.environ.get("KVSTORE_TORTURE_SEED", "20250601"))
+REPO = Path(__file__).resolve().parents[2]
+
+
+def node_runs_the_chosen_core() -> bool:
+    """Whether `Node` builds its core from `Options.consensus` (else serve would run Raft)."""
+    return "make_core(" in (REPO / "kvstore" / "node.py").read_text()
+
+
+def _kinds() -> list[object]:
+    return [
+        pytest.param(kind, marks=pytest.mark.slow) if kind != "raft" else kind
+        for kind in CONSENSUS_KINDS
+    ]
 
 
 @pytest.mark.parametrize("name", CI_SCHEDULES)
-def test_schedule(name: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("consensus", _kinds())
+def test_schedule(consensus: str, name: str, tmp_path: Path) -> None:
+    if consensus != "raft" and not node_runs_the_chosen_core():
+        pytest.skip(f"Node does not build its core from Options.consensus yet ({consensus})")
     failures_dir = Path(os.environ.get("KVSTORE_TORTURE_FAILURES", tmp_path / "failures"))
-    verdict = run_schedule(SCHEDULES[name], SEED, fault_s=CI_FAULT_S, failures_dir=failures_dir)
+    verdict = run_schedule(
+        SCHEDULES[name], SEED, fault_s=CI_FAULT_S, failures_dir=failures_dir, consensus=consensus
+    )
     print(verdict.line())  # shown with -s or -rA: the recovery times measured
     if verdict.skipped is not None:
         pytest.skip(verdict.skipped)
-    assert verdict.passed, f"KVSTORE_TORTURE_SEED={SEED}\n{verdict.report()}"
+    assert verdict.passed, f"KVSTORE_TORTURE_SEED={SEED} ({consensus})\n{verdict.report()}"
     assert verdict.recovery_s, "no recovery was measured"
+
+
+def test_membership_schedules_are_skipped_on_paxos_with_the_reason(tmp_path: Path) -> None:
+    """Paxos runs a fixed configuration: a schedule whose recovery removes and adds members is
+    skipped there (before any process starts), and runs on Raft."""
+    membership = [s for s in SCHEDULES.values() if s.membership]
+    assert [s.name for s in membership] == ["corrupt-middle"]
+    for schedule in membership:
+        assert schedule.skip_reason("raft") is None
+        verdict = run_schedule(schedule, SEED, fault_s=1.0, consensus="paxos")
+        assert verdict.passed and verdict.skipped is not None
+        assert "fixed configuration" in verdict.skipped and "membership" in verdict.skipped
+        assert verdict.elapsed_s < 5.0
+        assert " paxos " in verdict.line() and "SKIP" in verdict.line()
+    with pytest.raises(ValueError, match="consensus"):
+        run_schedule(SCHEDULES["kill-one"], SEED, consensus="zab")
 
 
 def test_every_schedule_is_either_in_ci_or_soak_only() -> None:
