@@ -103,6 +103,32 @@ def test_bench_wal_append(benchmark: Any, tmp_path: Path) -> None:
     _record(benchmark, "c_append", "python_append", work=BATCH * BATCHES_PER_ROUND)
 
 
+def test_bench_wal_append_overwrite(benchmark: Any, tmp_path: Path) -> None:
+    """Appends that each overwrite the previous batch's second half (a TRUNCATE opening an
+    all-or-nothing batch, FORMAT.md §4): what the overwrite path costs next to plain appends
+    (test_bench_wal_append, the baseline) for the same number of records."""
+    data = b"v" * RECORD_BYTES
+    half = BATCH // 2
+    batches = [
+        [Entry(2, i, EntryType.NORMAL, data) for i in range(1 + k * half, 1 + k * half + BATCH)]
+        for k in range(BATCHES_PER_ROUND)
+    ]
+    logs: list[WriteAheadLog] = []
+
+    def setup() -> tuple[tuple[WriteAheadLog], dict[str, Any]]:
+        logs.append(WriteAheadLog(tmp_path / f"o{len(logs)}"))
+        return (logs[-1],), {}
+
+    def run(wal: WriteAheadLog) -> None:
+        for batch in batches:
+            wal.append(batch)
+
+    benchmark.pedantic(run, setup=setup, rounds=15, iterations=1)
+    for w in logs:
+        w.close()
+    _record(benchmark, "c_append_overwrite", "c_append", work=BATCH * BATCHES_PER_ROUND)
+
+
 def test_bench_wal_append_c_core(benchmark: Any, tmp_path: Path) -> None:
     """The C call alone, with the column arrays built beforehand: what the wrapper's marshalling
     costs is the difference to test_bench_wal_append."""
