@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from kvstore.client.service import serve_client_connection
+from kvstore.eventloop import new_event_loop
 from kvstore.consensus import ConsensusCore, make_core
 from kvstore.errors import (
     InvalidArgumentError,
@@ -262,7 +263,7 @@ class Node:
             self._state = "starting"
             try:
                 self._open_storage()
-                self._loop = asyncio.new_event_loop()
+                self._loop = new_event_loop()  # uvloop when installed: kvstore.eventloop
                 self._thread = threading.Thread(
                     target=self._loop.run_forever, name=f"kvstore-{self.node_id}", daemon=True
                 )
