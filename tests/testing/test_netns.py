@@ -6,6 +6,7 @@ Skipped, with the reason, where namespaces cannot be made (not root, no iproute2
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -58,13 +59,24 @@ def reaches(lab: NetnsLab, namespace: str, node_id: str) -> bool:
     return run_in_namespace(namespace, attempt)
 
 
+def reaches_soon(lab: NetnsLab, namespace: str, node_id: str, timeout_s: float = 10.0) -> bool:
+    """Whether a connection completes within `timeout_s`: a port that just came up or moved
+    bridge may drop the first packets while neighbours (ARP) are learned again."""
+    deadline = time.monotonic() + timeout_s
+    while not reaches(lab, namespace, node_id):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)  # poll interval, not synchronisation: the loop waits on the condition
+    return True
+
+
 def test_members_and_clients_reach_each_other(
     lab: NetnsLab, listeners: dict[str, socket.socket]
 ) -> None:
     for node_id in lab.node_ids:
-        assert reaches(lab, lab.client, node_id)
+        assert reaches_soon(lab, lab.client, node_id)
         for other in lab.node_ids:
-            assert reaches(lab, lab.namespace(other), node_id)
+            assert reaches_soon(lab, lab.namespace(other), node_id)
 
 
 def test_link_down_isolates_one_member_but_not_from_clients(
@@ -73,10 +85,10 @@ def test_link_down_isolates_one_member_but_not_from_clients(
     lab.link_down("n1")
     assert not reaches(lab, lab.namespace("n2"), "n1")
     assert not reaches(lab, lab.namespace("n1"), "n3")
-    assert reaches(lab, lab.namespace("n2"), "n3")
-    assert reaches(lab, lab.client, "n1")
+    assert reaches_soon(lab, lab.namespace("n2"), "n3")
+    assert reaches_soon(lab, lab.client, "n1")
     lab.heal()
-    assert reaches(lab, lab.namespace("n2"), "n1")
+    assert reaches_soon(lab, lab.namespace("n2"), "n1")
 
 
 def test_bridge_partition_splits_minority_from_majority(
@@ -85,9 +97,9 @@ def test_bridge_partition_splits_minority_from_majority(
     lab.partition(["n3"], ["n1", "n2"])
     assert not reaches(lab, lab.namespace("n1"), "n3")
     assert not reaches(lab, lab.namespace("n3"), "n2")
-    assert reaches(lab, lab.namespace("n1"), "n2")
+    assert reaches_soon(lab, lab.namespace("n1"), "n2")
     lab.heal()
-    assert reaches(lab, lab.namespace("n1"), "n3")
+    assert reaches_soon(lab, lab.namespace("n1"), "n3")
 
 
 def test_close_removes_every_namespace() -> None:
@@ -106,6 +118,6 @@ def test_netem_delay_slows_a_member(lab: NetnsLab, listeners: dict[str, socket.s
 
     lab.netem("n1", "delay 200ms")
     started = time.monotonic()
-    assert reaches(lab, lab.namespace("n2"), "n1")
+    assert reaches_soon(lab, lab.namespace("n2"), "n1")
     assert time.monotonic() - started >= 0.2
     lab.heal()
