@@ -50,7 +50,6 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from kvstore.client.service import serve_client_connection
-from kvstore.eventloop import new_event_loop
 from kvstore.consensus import ConsensusCore, make_core
 from kvstore.errors import (
     InvalidArgumentError,
@@ -61,6 +60,7 @@ from kvstore.errors import (
     UnavailableError,
     invariant,
 )
+from kvstore.eventloop import new_event_loop
 from kvstore.options import (
     Options,
     Status,
