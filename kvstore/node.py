@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import heapq
 import itertools
 import logging
@@ -62,6 +63,8 @@ from kvstore.errors import (
 )
 from kvstore.eventloop import new_event_loop
 from kvstore.options import (
+    CONSISTENCY_LEVELS,
+    KEY_BYTES_MAX,
     Options,
     Status,
     check_consistency,
@@ -524,14 +527,22 @@ class Node:
         self, key: bytes, *, consistency: str = "linearizable", timeout_s: float = 5.0
     ) -> bytes | None:
         """Read `key`. Stale reads never leave this thread; the others wait for a read index."""
-        check_key(key)
-        consistency = check_consistency(consistency)
-        timeout_s = check_timeout(timeout_s)
-        self._check_running()
+        # The same checks in the same order as ever, with the common case inline: an in-process
+        # stale read is a few hundred nanoseconds of LMDB, and each helper call costs about a
+        # tenth of that (the check_* functions run only to raise, or for unusual types).
+        if type(key) is not bytes or not 0 < len(key) <= KEY_BYTES_MAX:
+            check_key(key)
+        if consistency not in CONSISTENCY_LEVELS:
+            check_consistency(consistency)
+        if type(timeout_s) is not float or not timeout_s > 0:
+            timeout_s = check_timeout(timeout_s)
+        if self._failure is not None or self._state != "running":
+            self._check_running()
         if consistency != "stale":
             self._run_on_loop(self.read_barrier(consistency, timeout_s), timeout_s=timeout_s)
-        assert self._sm is not None
-        return self._sm.get(key)
+        sm = self._sm
+        assert sm is not None
+        return sm.lookup(key)
 
     def scan(
         self,
@@ -622,16 +633,33 @@ class Node:
             self._pending_writes[session] = pending
             self._submit(session, pending)
         pending.waiters += 1
+        future = pending.future
         try:
-            result = await asyncio.wait_for(asyncio.shield(pending.future), timeout_s)
-        except TimeoutError:
-            if not pending.proposed:
-                raise UnavailableError(
-                    f"no leader accepted the write within {timeout_s:.2f}s; it was not applied"
-                ) from None
-            raise OperationTimeoutError(
-                f"the write was not applied within {timeout_s:.2f}s; its outcome is unknown"
-            ) from None
+            if not future.done():
+                # Wait on a private future that the write's completion or this caller's timer
+                # wakes: the shared future must outlive this caller (a client's retry may wait
+                # on it too), and this costs a loop iteration and several objects less per
+                # write than wait_for(shield(...)) (measured on pipelined puts).
+                loop = asyncio.get_running_loop()
+                waiter = loop.create_future()
+                wake = functools.partial(_wake, waiter)
+                future.add_done_callback(wake)
+                timer = loop.call_at(loop.time() + timeout_s, wake)
+                try:
+                    await waiter
+                finally:
+                    timer.cancel()
+                    future.remove_done_callback(wake)
+                if not future.done():
+                    if not pending.proposed:
+                        raise UnavailableError(
+                            f"no leader accepted the write within {timeout_s:.2f}s; "
+                            "it was not applied"
+                        )
+                    raise OperationTimeoutError(
+                        f"the write was not applied within {timeout_s:.2f}s; its outcome is unknown"
+                    )
+            result = future.result()
         finally:
             # The last caller to stop waiting (done or given up) takes the write out of the
             # retries; a client's retry of the same session may still be waiting on it.
@@ -1481,6 +1509,12 @@ def _log_remote_error(what: str, error: Exception) -> None:
         log.warning("%s: %r", what, error)
     else:
         log.error("%s", what, exc_info=error)
+
+
+def _wake(waiter: asyncio.Future[None], *_args: object) -> None:
+    """Done-callback and timer callback: wake whoever awaits `waiter` (once)."""
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 async def _as_coroutine(function: Callable[[], T]) -> T:

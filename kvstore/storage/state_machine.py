@@ -431,6 +431,10 @@ class StateMachine:
         # only runs to raise (or for a bytes subclass).
         if type(key) is not bytes or not 0 < len(key) <= KEY_BYTES_MAX:
             check_key(key)
+        return self.lookup(key)
+
+    def lookup(self, key: bytes) -> bytes | None:
+        """`get` for a key the caller has checked already (`Node.get` does, first thing)."""
         env = self._env
         if env is None:
             env = self._open_env()  # raises: used after close()
