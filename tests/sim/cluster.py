@@ -18,9 +18,9 @@ models an fsync running while the core keeps taking messages -- sync, send
 A crash loses whatever was not synced (storage.py) and everything in flight to or from the
 node; a restart rebuilds the core from durable storage with `Config.applied` set to the state
 machine's last checkpoint, whose state is the starting point the core replays entries onto.
-One Ready's append (entries and hard state) survives a crash whole or not at all, as the redo log
-guarantees for an append that overwrites older entries (native/FORMAT.md §4): a Paxos acceptor
-relies on it never to lose an accepted value.
+A crash may also keep part of the first lost append, as far as the redo log allows: a prefix of
+its entries without its hard state, but never part of an append that overwrites older entries
+(native/FORMAT.md §4): a Paxos acceptor relies on that never to lose an accepted value.
 
 The state machine is a small key-value map of put-style commands `key=proposal-id`, so a lost,
 replaced or reordered write shows up. Checkers (checkers.py) run after every step.
@@ -125,6 +125,9 @@ class SimOptions:
     """Otherwise the fsync completes 1 to this many steps later."""
     crash_keeps_unsynced_prefix: bool = True
     """A crash keeps a random prefix of the unsynced writes (else it loses all of them)."""
+    crash_tears_appends: bool = True
+    """With `crash_keeps_unsynced_prefix`: the write after that prefix may survive in part,
+    as far as the redo log allows (storage.py)."""
     checkpoint_entries: int = 0
     """Applied entries between state machine checkpoints, each followed by log compaction
     through the checkpoint (0: never checkpoint or compact)."""
@@ -229,6 +232,7 @@ class SimCluster:
             "snapshots_installed": 0,
             "conf_changes": 0,
             "dropped_proposals": 0,
+            "torn_appends": 0,
         }
 
     # --- trace ----------------------------------------------------------------------------------
@@ -301,7 +305,13 @@ class SimCluster:
         if not node.alive:
             return
         node.alive = False
-        kept = node.storage.crash(self.rng if self.options.crash_keeps_unsynced_prefix else None)
+        torn_before = node.storage.torn_appends
+        kept = node.storage.crash(
+            self.rng if self.options.crash_keeps_unsynced_prefix else None,
+            tear=self.options.crash_tears_appends,
+        )
+        torn = node.storage.torn_appends - torn_before
+        self.stats["torn_appends"] += torn
         # A snapshot stream cut by the crash fails at its sender, whose application reports
         # it to the core (the real node does the same when the stream breaks).
         for msg, payload in self.net.set_down(node_id, True):
@@ -320,7 +330,8 @@ class SimCluster:
         if node.snap_blob is not None and node.snap_blob.meta.index != snap_index:
             node.snap_blob = node.snapshot_files.get(snap_index)
         self.stats["crashes"] += 1
-        self.log("%s CRASH (kept %d unsynced writes)", node_id, kept)
+        self.log("%s CRASH (kept %d unsynced writes%s)", node_id, kept,
+                 " and part of the next" if torn else "")  # fmt: skip
 
     def restart(self, node_id: str) -> None:
         """Restart a crashed node from its durable storage and checkpoint."""

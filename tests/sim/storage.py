@@ -5,6 +5,10 @@ view at once, as a write into the page cache would, but only `sync()` makes them
 `crash()` throws the unsynced writes away, except possibly a prefix of them: writes reach the
 disk in order and a crash may land anywhere, so some unsynced records may survive (the redo log
 cuts a torn tail at a record boundary, which leaves a prefix). The core must be safe either way.
+With `tear=True` the first lost write may also survive in part, exactly as far as the redo log
+allows (native/FORMAT.md §4): an append's entries are records written before its hard state, so
+a prefix of its entries may survive without its hard state; but an append that overwrites
+older entries survives with all its entries or none (the log voids an unfinished overwrite).
 
 Compaction (`compact_through`) only ever covers entries the state machine has applied and
 checkpointed, which are durable, so it takes effect on both copies at once.
@@ -95,6 +99,8 @@ class SimStorage:
         # Unsynced writes, oldest first: (kind, entries-or-meta, hard_state or None).
         self._pending: list[tuple[int, object, HardState | None]] = []
         self.syncs = 0
+        self.torn_appends = 0
+        """Crashes that kept part of an append (its entries, or some, without its hard state)."""
 
     # --- LogView --------------------------------------------------------------------------------
 
@@ -176,14 +182,24 @@ class SimStorage:
         self._durable.compact_through(index, conf_state)
         self._cur.compact_through(index, conf_state)
 
-    def crash(self, rng: random.Random | None = None) -> int:
-        """Lose the unsynced writes, or (given `rng`) all but a random prefix of them.
+    def crash(self, rng: random.Random | None = None, *, tear: bool = False) -> int:
+        """Lose the unsynced writes, or (given `rng`) all but a random prefix of them, and with
+        `tear` maybe part of the next one (see the module docstring).
 
-        Returns how many unsynced writes survived.
+        Returns how many unsynced writes survived whole.
         """
         keep = rng.randint(0, len(self._pending)) if rng is not None and self._pending else 0
         for op in self._pending[:keep]:
             self._replay(self._durable, op)
+        if rng is not None and tear and keep < len(self._pending):
+            kind, body, _hs = self._pending[keep]
+            if kind == _APPEND and isinstance(body, tuple) and body:
+                overwrite = body[0].index <= self._durable.last_index()
+                n = len(body)
+                # The entries that reached the disk; the hard state after them did not.
+                survived = rng.choice((0, n)) if overwrite else rng.randint(0, n)
+                self._durable.append(body[:survived])
+                self.torn_appends += survived > 0
         self._pending.clear()
         self._cur = self._durable.copy()
         return keep

@@ -77,6 +77,7 @@ def test_fault_coverage(consensus: str) -> None:
         "net_dropped",
         "net_duplicated",
         "dropped_proposals",
+        "torn_appends",
     ]
     if consensus in FIXED_CONFIGURATION:
         assert totals.get("conf_changes", 0) == 0  # none tried: the configuration is fixed

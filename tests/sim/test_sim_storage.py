@@ -101,3 +101,30 @@ def test_compaction_refused_with_unsynced_writes() -> None:
     s.append(_ents(1, 4, 1), None)
     with pytest.raises(InvariantError):
         s.compact_through(2, ConfState())
+
+
+def test_a_crash_may_tear_the_next_append_as_the_redo_log_can() -> None:
+    """Past the kept prefix, an append may survive in part: some of its entries without its
+    hard state; an append that overwrites older entries survives whole or not at all."""
+    plain_cuts, overwrite_cuts = set(), set()
+    for seed in range(60):
+        s = SimStorage()
+        s.append(_ents(1, 4, 1), HardState(1, "a", 1))
+        s.sync()
+        s.append(_ents(4, 8, 2), HardState(2, "b", 2))  # extends the log
+        rng = random.Random(seed)
+        kept = s.crash(rng, tear=True)
+        if kept == 0:
+            plain_cuts.add(s.last_index() - 3)
+            assert s.hard_state == HardState(1, "a", 1)  # the hard state came after the entries
+        s = SimStorage()
+        s.append(_ents(1, 6, 1), None)
+        s.sync()
+        s.append(_ents(3, 8, 2), HardState(2, "b", 0))  # overwrites 3..5
+        kept = s.crash(random.Random(seed), tear=True)
+        if kept == 0:
+            terms = [s.term(i) for i in range(1, s.last_index() + 1)]
+            assert terms in ([1] * 5, [1, 1, 2, 2, 2, 2, 2])  # never a mix of the two
+            overwrite_cuts.add(s.last_index())
+    assert plain_cuts == {0, 1, 2, 3, 4}
+    assert overwrite_cuts == {5, 7}
