@@ -357,6 +357,7 @@ class Node:
         assert self._core is not None
         self._wake = asyncio.Event()
         self._leader_waiters: set[asyncio.Future[None]] = set()
+        self._leader_change_shared: asyncio.Future[None] | None = None
         self._pending_writes: dict[tuple[bytes, int], _PendingWrite] = {}
         self._unsubmitted: dict[tuple[bytes, int], _PendingWrite] = {}
         """Pending writes no leader has taken yet (or that one refused): retried every tick."""
@@ -732,21 +733,27 @@ class Node:
                     raise UnavailableError(f"no leader to confirm the read within {timeout_s}s")
                 continue
             request_ctx = b"r%d" % next(self._read_ids)
-            future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-            changed = self._leader_change_future()
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[int] = loop.create_future()
+            changed = self._shared_leader_change()
             self._pending_reads[request_ctx] = future
+            # Woken by the answer, a leader change or the timer, whichever comes first: a
+            # private future and bare callbacks cost far less per read than asyncio.wait()
+            # with a leader-change future of its own (measured on pipelined reads).
+            waiter: asyncio.Future[None] = loop.create_future()
+            wake = functools.partial(_wake, waiter)
+            future.add_done_callback(wake)
+            changed.add_done_callback(wake)
+            timer = loop.call_at(loop.time() + min(remaining, self._election_timeout_s), wake)
             try:
                 self._core.read_index(request_ctx, lease=lease)
                 self._kick()
-                await asyncio.wait(
-                    (future, changed),
-                    timeout=min(remaining, self._election_timeout_s),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
+                await waiter
             finally:
+                timer.cancel()
                 self._pending_reads.pop(request_ctx, None)
-                self._leader_waiters.discard(changed)
-                changed.cancel()
+                future.remove_done_callback(wake)
+                changed.remove_done_callback(wake)
             if not future.done():
                 future.cancel()
                 continue  # a new leader, or the request or its answer was lost: ask again
@@ -780,6 +787,13 @@ class Node:
                 future.set_result(None)
 
     # --- loop side: leader, status, membership --------------------------------------------------
+
+    def _shared_leader_change(self) -> asyncio.Future[None]:
+        """One leader-change future shared by every read waiting now (never cancel it)."""
+        future = self._leader_change_shared
+        if future is None or future.done():
+            future = self._leader_change_shared = self._leader_change_future()
+        return future
 
     def _leader_change_future(self) -> asyncio.Future[None]:
         """A future that completes at the next change of leader (or of knowing none)."""
