@@ -117,42 +117,32 @@ Message fields (`term` is always the sender's ballot, or its higher promise on a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from kvstore.errors import CompactedError, InvalidArgumentError, ProposalDroppedError, invariant
+from kvstore.errors import CompactedError, ProposalDroppedError, invariant
 from kvstore.paxos.ballot import next_ballot, owner
 from kvstore.paxos.recovery import Promise, recover
 from kvstore.raft import quorum
 from kvstore.raft.config import Config, apply_conf_change
-from kvstore.raft.core import (
+from kvstore.raft.core_base import (
     CAMPAIGN_TRANSFER,
-    REASON_NO_LEADER,
     REASON_NOT_LEADER,
-    REASON_READ_REFUSED,
-    REASON_TOO_MANY_READS,
-    REASON_TRANSFER,
-    REASON_UNCOMMITTED,
-    CoreStatus,
+    CoreBase,
 )
-from kvstore.raft.log import RaftLog, entries_bytes
+from kvstore.raft.log import entries_bytes
 from kvstore.raft.progress import Progress, ProgressState
-from kvstore.raft.read_only import ReadOnly, ReadRequest
 from kvstore.raft.types import (
     ConfChange,
-    ConfChangeType,
     ConfState,
     DroppedProposal,
     Entry,
     EntryType,
-    HardState,
     LogView,
     Message,
     MessageType,
-    ReadState,
     Ready,
     Role,
-    SoftState,
 )
 
 if TYPE_CHECKING:
@@ -167,10 +157,6 @@ MT = MessageType
 _LEADER = Role.LEADER
 _ACCEPT = MT.ACCEPT
 _ACCEPTED = MT.ACCEPTED
-
-# Messages that state something the sender must have persisted first: a ballot it is about to
-# use (PREPARE), a promise (PROMISE), acceptances (ACCEPTED).
-_AFTER_PERSIST = frozenset({MT.PREPARE, MT.PROMISE, MT.ACCEPTED})
 
 # Types whose `term` means nothing: local events, and requests forwarded to (or answered by)
 # the leader, valid whatever ballot the two sides are in.
@@ -187,7 +173,6 @@ _TERMLESS = frozenset(
         MT.TRANSFER_LEADER,
     }
 )
-_SELF_ONLY = frozenset({MT.HUP, MT.BEAT, MT.CHECK_QUORUM})
 # Types only the owner of the ballot in `term` may send.
 _FROM_OWNER = frozenset(
     {MT.PREPARE, MT.PRE_PREPARE, MT.ACCEPT, MT.HEARTBEAT, MT.SNAPSHOT, MT.TIMEOUT_NOW}
@@ -196,34 +181,23 @@ _FROM_LEADER = frozenset({MT.ACCEPT, MT.HEARTBEAT, MT.SNAPSHOT})
 _NO_REWRITE = 1 << 62
 
 
-class PaxosCore:
+class PaxosCore(CoreBase):
     """One Multi-Paxos member (proposer, acceptor, learner), without I/O. Not thread-safe."""
 
+    # Every type reaches the dispatcher: one this core does not use ends up ignored by the
+    # role's step function (after the ballot checks, which only the owner of a ballot passes).
+    _KNOWN = frozenset(MessageType)
+    # Messages that state something the sender must have persisted first: a ballot it is about
+    # to use (PREPARE), a promise (PROMISE), acceptances (ACCEPTED).
+    _AFTER_PERSIST = frozenset({MT.PREPARE, MT.PROMISE, MT.ACCEPTED})
+    _APPEND_TYPE = _ACCEPT
+
     def __init__(self, config: Config, log: LogView, rng: random.Random) -> None:
-        config.validate()
-        self._config = config
-        self._id = config.node_id
-        self._rng = rng
-        self._election_ticks = config.election_ticks
-        self._heartbeat_ticks = config.heartbeat_ticks
-        self._max_append_bytes = config.max_append_bytes
-
-        # Outputs gathered for the next Ready.
-        self._msgs: list[Message] = []
-        self._msgs_after: list[Message] = []
-        self._read_states: list[ReadState] = []
-        self._dropped: list[DroppedProposal] = []
-
-        # Volatile state.
-        self._role = Role.FOLLOWER
-        self._lead: str | None = None
-        self._term = 0
-        self._vote: str | None = None
+        super().__init__(config, rng)
         self._ballot_floor = 0
         """The highest ballot seen anywhere: the next one we use is above it."""
         self._pre_ballot = 0
         """PRE_CANDIDATE: the ballot asked about in the PRE_PREPARE round."""
-        self._votes: dict[str, bool] = {}
         self._promises: dict[str, Promise] = {}
         self._self_promised = False
         self._run_end = 0
@@ -232,67 +206,30 @@ class PaxosCore:
         where a batch of ballot `_term` may start after."""
         self._recovery_end = 0
         """Leader: the last slot that may hold a value chosen in an earlier ballot."""
-        self._progress: dict[str, Progress] = {}
-        self._peers: list[tuple[str, Progress]] = []
-        self._voter_progress: list[Progress] = []
-        self._read_only = ReadOnly(self._id, config.max_pending_reads)
-        self._reads_waiting: list[ReadRequest] = []
-        """Leader: reads that arrived before the recovered slots were chosen."""
-        self._transferee: str | None = None
-        self._need_flush = False
-        self._election_elapsed = 0
-        self._heartbeat_elapsed = 0
-        self._randomized_timeout = config.election_ticks
-        self._pending_ready: Ready | None = None
         self._rewritten_from = _NO_REWRITE
         """The lowest slot rewritten since the last `ready()` (`_NO_REWRITE` if none)."""
-        self._step_role: Callable[[Message], None] = self._step_follower
-        self._tick_role: Callable[[], None] = self._tick_election
-        self.ignored_messages = 0
-        """Messages dropped as stale, misaddressed or malformed (a diagnostic counter)."""
-
-        hard, conf = log.initial_state()
-        snap = log.snapshot_meta()
-        if config.initial_voters and hard.term == 0 and snap.index == 0 and log.last_index() == 0:
-            # A brand-new cluster: the same committed bootstrap entries as the Raft core (one
-            # ADD_VOTER per voter), so the state machine learns the members the same way.
-            self._prev_hard = HardState()
-            self._log = RaftLog(log, committed=0, applied=0)
-            voters = sorted(config.initial_voters)
-            self._log.append(
-                [
-                    Entry(
-                        1,
-                        i,
-                        EntryType.CONF_CHANGE,
-                        ConfChange(ConfChangeType.ADD_VOTER, v).encode(),
-                    )
-                    for i, v in enumerate(voters, start=1)
-                ]
-            )
-            self._log.commit_to(len(voters))
-            conf = ConfState(tuple(voters), ())
+        self._follower_handlers = {
+            _ACCEPT: self._handle_accept,
+            MT.HEARTBEAT: self._handle_heartbeat,
+            MT.SNAPSHOT: self._handle_snapshot,
+        }
+        self._leader_handlers = {
+            _ACCEPTED: self._handle_accepted,
+            MT.HEARTBEAT_RESPONSE: self._handle_heartbeat_response,
+        }
+        # A brand-new cluster gets the same committed bootstrap entries as the Raft core (one
+        # ADD_VOTER per voter), so the state machine learns the members the same way.
+        opened = self._open_log(log)
+        if opened is None:
             term, vote = 1, None
         else:
-            self._prev_hard = hard
-            last = log.last_index()
-            invariant(
-                config.applied <= last,
-                f"applied index {config.applied} is beyond the log's last index {last}",
-            )
-            commit = max(hard.commit, snap.index, config.applied)
-            invariant(commit <= last, f"commit index {commit} is beyond the last index {last}")
-            self._log = RaftLog(log, committed=commit, applied=max(config.applied, snap.index))
-            conf = self._bootstrap_conf(conf)
+            hard, conf = opened
+            self._set_conf(self._bootstrap_conf(conf))
             term, vote = hard.term, hard.vote
-        self._conf = conf
-        self._voters = tuple(sorted(conf.voters))
-        self._voter_set = frozenset(self._voters)
         self._term = term
         self._vote = vote
         self._ballot_floor = term
         self._run_end = self._scan_run(self._log.committed)
-        self._prev_soft = SoftState(None, Role.FOLLOWER)
         self._become_follower(term, None)
 
     def _bootstrap_conf(self, conf: ConfState) -> ConfState:
@@ -323,243 +260,42 @@ class PaxosCore:
     # --- read-only properties -------------------------------------------------------------------
 
     @property
-    def node_id(self) -> str:
-        """This node's id."""
-        return self._id
-
-    @property
-    def term(self) -> int:
-        """The promised ballot (the leader's own ballot while it leads)."""
-        return self._term
-
-    @property
-    def role(self) -> Role:
-        """FOLLOWER (acceptor), PRE_CANDIDATE / CANDIDATE (proposer in phase 1) or LEADER."""
-        return self._role
-
-    @property
-    def leader_id(self) -> str | None:
-        """The leader of the promised ballot, if known."""
-        return self._lead
-
-    @property
-    def commit_index(self) -> int:
-        """The end of the chosen prefix known here."""
-        return self._log.committed
-
-    @property
-    def applied_index(self) -> int:
-        """The highest slot the application acknowledged as applied."""
-        return self._log.applied
-
-    @property
-    def last_index(self) -> int:
-        """The last slot of this node's log."""
-        return self._log.last_index()
-
-    @property
-    def is_learner(self) -> bool:
-        """Always False: a Paxos cluster has a fixed configuration of voters."""
-        return False
-
-    @property
-    def conf_state(self) -> ConfState:
-        """The fixed configuration."""
-        return self._conf
-
-    @property
     def recovery_end(self) -> int:
         """Leader: the last slot phase 1 recovered (0 when not leading)."""
         return self._recovery_end if self._role == _LEADER else 0
 
-    def status(self) -> CoreStatus:
-        """A consistent copy of the state, with every acceptor's progress when leader."""
-        progress = (
-            {pid: pr.snapshot() for pid, pr in self._progress.items()}
-            if self._role == _LEADER
-            else {}
-        )
-        return CoreStatus(
-            self._id,
-            self._term,
-            self._vote,
-            self._log.committed,
-            self._log.applied,
-            self._role,
-            self._lead,
-            self._conf,
-            progress,
-            self._transferee,
-        )
-
     # --- inputs -------------------------------------------------------------------------------
-
-    def tick(self) -> None:
-        """Advance logical time by one tick (elections, heartbeats, quorum checks)."""
-        self._tick_role()
-
-    def step(self, msg: Message) -> None:
-        """Take one message from a peer. Stale, misaddressed or malformed ones are ignored.
-
-        Local types are accepted only as this node's own events: HUP, BEAT and CHECK_QUORUM
-        must name this node as sender; UNREACHABLE and SNAPSHOT_STATUS name the peer.
-        """
-        if msg.recipient != self._id or (msg.type in _SELF_ONLY and msg.sender != self._id):
-            self.ignored_messages += 1
-            return
-        self._step(msg)
-
-    def campaign(self) -> None:
-        """Start phase 1 now (after a PRE_PREPARE round when pre-vote is on)."""
-        self._step(Message(MT.HUP, self._id, self._id))
-
-    def propose(self, data: bytes) -> int:
-        """Propose one command. Returns its slot on the leader, 0 when forwarded to the leader.
-
-        Raises `ProposalDroppedError` (with the leader's id when known) if it cannot be taken.
-        """
-        return self.propose_many((data,))
-
-    def propose_many(self, datas: Sequence[bytes]) -> int:
-        """Propose a batch of commands, all or none. Returns the first slot assigned on the
-        leader (the others follow in order), 0 when forwarded to the leader."""
-        if not datas:
-            raise InvalidArgumentError("propose_many() needs at least one command")
-        if self._role == _LEADER:
-            self._check_leader_accepts(sum(map(len, datas)))
-            first = self._log.append_new(self._term, datas)
-            self._need_flush = True
-            return first
-        self._forward_proposal(tuple(Entry(0, 0, EntryType.NORMAL, d) for d in datas))
-        return 0
 
     def propose_conf_change(self, change: ConfChange) -> int:
         """Always refused: the Paxos core runs a fixed configuration."""
         raise ProposalDroppedError(REASON_MEMBERSHIP, leader_id=self._lead)
 
-    def read_index(self, request_ctx: bytes, *, lease: bool = False) -> None:
-        """Ask for a read index for the request `request_ctx` (unique per request).
-
-        The answer comes in a later Ready: a `ReadState` (serve the read once the state machine
-        has applied its index) or a `DroppedProposal` with a reason. `lease` is accepted for
-        interface parity and ignored: every read is confirmed by a quorum round.
-        """
-        request = ReadRequest(request_ctx, None)
-        if self._role == _LEADER:
-            self._leader_read(request)
-        elif self._lead is None:
-            self._dropped.append(DroppedProposal(request_ctx, REASON_NO_LEADER))
-        else:
-            self._msgs.append(Message(MT.READ_INDEX, self._lead, self._id, context=request_ctx))
-
-    def transfer_leadership(self, target: str) -> None:
-        """Ask the leader to hand leadership to `target`, which starts phase 1 at once."""
-        if target not in self._voter_set:
-            raise InvalidArgumentError(f"{target!r} is not a voter")
-        if self._role == _LEADER:
-            self._start_transfer(target)
-        elif self._lead is None:
-            raise ProposalDroppedError(REASON_NO_LEADER)
-        else:
-            self._msgs.append(
-                Message(MT.TRANSFER_LEADER, self._lead, self._id, context=target.encode())
-            )
-
-    def report_unreachable(self, peer_id: str) -> None:
-        """The transport could not deliver to `peer_id`: stop pipelining to it, probe instead."""
-        self._step(Message(MT.UNREACHABLE, self._id, peer_id))
-
-    def report_snapshot(self, peer_id: str, success: bool) -> None:
-        """The application finished streaming a snapshot to `peer_id` (or failed to)."""
-        self._step(Message(MT.SNAPSHOT_STATUS, self._id, peer_id, reject=not success))
-
     # --- outputs -----------------------------------------------------------------------------
-
-    def has_ready(self) -> bool:
-        """Whether `ready()` would return any work."""
-        if self._need_flush:
-            self._flush()
-        if self._msgs or self._msgs_after or self._read_states or self._dropped:
-            return True
-        log = self._log
-        if log.has_unstable() or log.has_next_committed():
-            return True
-        soft = self._prev_soft
-        if soft.leader_id != self._lead or soft.role != self._role:
-            return True
-        hard = self._prev_hard
-        return hard.term != self._term or hard.vote != self._vote or hard.commit != log.committed
 
     def ready(self) -> Ready:
         """The work to do now, in the order `Ready` documents. Call `advance()` with it next."""
-        invariant(self._pending_ready is None, "ready() called again before advance()")
-        if self._need_flush:
-            self._flush()
-        log = self._log
-        soft = SoftState(self._lead, self._role)
-        prev_hard = self._prev_hard
-        hard = HardState(self._term, self._vote, log.committed)
-        hard_out: HardState | None = None
-        must_sync = False
-        if hard != prev_hard:
-            hard_out = hard
-            must_sync = hard.term != prev_hard.term or hard.vote != prev_hard.vote
-            self._prev_hard = hard
-        entries = log.take_unstable()
-        snapshot = log.take_snapshot()
+        rd = super().ready()
+        # The entries handed out are as rewritten so far; count rewrites afresh (`advance`).
         self._rewritten_from = _NO_REWRITE
-        rd = Ready(
-            soft_state=soft if soft != self._prev_soft else None,
-            hard_state=hard_out,
-            entries=entries,
-            snapshot=snapshot,
-            messages=self._msgs,
-            persisted_messages=self._msgs_after,
-            committed_entries=log.next_committed(self._config.max_committed_bytes_per_ready),
-            read_states=self._read_states,
-            must_sync=must_sync or bool(entries) or snapshot is not None,
-            dropped=self._dropped,
-        )
-        self._prev_soft = soft
-        self._msgs = []
-        self._msgs_after = []
-        self._read_states = []
-        self._dropped = []
-        self._pending_ready = rd
         return rd
 
-    def advance(self, ready: Ready) -> None:
-        """Acknowledge `ready`: its entries, hard state and snapshot are durable, its chosen
-        values applied. A proposer's own promise and a leader's own acceptances count now."""
-        invariant(ready is self._pending_ready, "advance() with a Ready other than the last one")
-        self._pending_ready = None
-        log = self._log
-        entries = ready.entries
-        if entries:
-            # Entries rewritten after this Ready was handed out go out again in the next one.
-            # Re-appended values keep their ballot, so the last entry may look unchanged while
-            # earlier ones were replaced: mark stable only what precedes the rewrite.
-            first = entries[0][1]
-            upto = min(entries[-1][1], self._rewritten_from - 1)
-            if upto >= first:
-                last = entries[upto - first]
-                log.stable_to(last[1], last[0])
-        if ready.snapshot is not None:
-            log.stable_snapshot_to(ready.snapshot.index)
-            log.applied_to(ready.snapshot.index)
-        if ready.committed_entries:
-            log.applied_to(ready.committed_entries[-1][1])
-        role = self._role
-        if role == _LEADER:
-            me = self._progress.get(self._id)
-            if me is not None and me.maybe_update(log.stable_last_index()):
-                self._maybe_commit()
-        elif role == Role.CANDIDATE and not self._self_promised:
+    def _entries_stable(self, entries: Sequence[Entry]) -> None:
+        # Entries rewritten after this Ready was handed out go out again in the next one.
+        # Re-appended values keep their ballot, so the last entry may look unchanged while
+        # earlier ones were replaced: mark stable only what precedes the rewrite.
+        first = entries[0][1]
+        upto = min(entries[-1][1], self._rewritten_from - 1)
+        if upto >= first:
+            last = entries[upto - first]
+            self._log.stable_to(last[1], last[0])
+
+    def _advanced_not_leader(self, ready: Ready) -> None:
+        # A proposer's own promise counts once it is durable.
+        if self._role == Role.CANDIDATE and not self._self_promised:
             hard = ready.hard_state
             if hard is not None and hard.term == self._term and hard.vote == self._id:
                 self._self_promised = True
                 self._maybe_win()
-        log.trim_cache()
 
     # --- the message dispatcher ---------------------------------------------------------------
 
@@ -567,10 +303,10 @@ class PaxosCore:
         t = m.type
         if t not in _TERMLESS:
             term = m.term
-            if term <= 0 or m.sender not in self._voter_set:
+            if term <= 0 or m.sender not in self._voters:
                 self.ignored_messages += 1
                 return
-            if t in _FROM_OWNER and owner(term, self._voters) != m.sender:
+            if t in _FROM_OWNER and owner(term, self._voter_list) != m.sender:
                 self.ignored_messages += 1
                 return
             if term > self._ballot_floor:
@@ -599,23 +335,12 @@ class PaxosCore:
         elif t == MT.PRE_PREPARE:
             self._handle_pre_prepare(m)
         elif t == MT.READ_INDEX_RESPONSE:
-            if m.reject:
-                self._dropped.append(DroppedProposal(m.context, REASON_READ_REFUSED))
-            else:
-                self._read_states.append(ReadState(m.index, m.context))
+            self._handle_read_index_response(m)
         elif t == MT.PROPOSE and m.reject:
             reason = m.context.decode(errors="replace") or REASON_NOT_LEADER
             self._dropped.extend(DroppedProposal(e.data, reason) for e in m.entries)
         else:
             self._step_role(m)
-
-    def _in_lease(self, m: Message) -> bool:
-        return (
-            self._config.check_quorum
-            and self._lead is not None
-            and self._election_elapsed < self._election_ticks
-            and m.context != CAMPAIGN_TRANSFER
-        )
 
     def _step_stale(self, m: Message) -> None:
         """A message of a lower ballot: refuse it with our promise, so its sender steps down
@@ -630,62 +355,23 @@ class PaxosCore:
         else:
             self.ignored_messages += 1
 
-    def _send(self, m: Message) -> None:
-        if m.type in _AFTER_PERSIST:
-            self._msgs_after.append(m)
-        else:
-            self._msgs.append(m)
-
     # --- roles --------------------------------------------------------------------------------
 
     def _reset(self, term: int) -> None:
         if term != self._term:
             invariant(term > self._term, f"promised ballot would go back from {self._term}")
-            self._term = term
-            self._vote = None
             self._run_end = self._log.committed
-        if self._role == _LEADER:
-            self._drop_leader_reads()
-        self._lead = None
-        self._election_elapsed = 0
-        self._heartbeat_elapsed = 0
-        # Randomized backoff: a fresh random wait before the next attempt (seeded rng).
-        self._randomized_timeout = self._rng.randrange(
-            self._election_ticks, 2 * self._election_ticks
-        )
-        self._transferee = None
-        self._votes = {}
+        # Randomized backoff: the base draws a fresh random wait before the next attempt.
+        super()._reset(term)
         self._promises = {}
         self._self_promised = False
-        self._progress = {}
-        self._peers = []
-        self._voter_progress = []
         self._recovery_end = 0
-        self._need_flush = False
-
-    def _become_follower(self, term: int, lead: str | None) -> None:
-        self._reset(term)
-        self._lead = lead
-        self._role = Role.FOLLOWER
-        self._step_role = self._step_follower
-        self._tick_role = self._tick_election
-
-    def _promotable(self) -> bool:
-        return self._id in self._voter_set
 
     def _next_ballot(self) -> int:
-        rank = self._voters.index(self._id)
-        return next_ballot(max(self._term, self._ballot_floor), rank, len(self._voters))
+        rank = self._voter_list.index(self._id)
+        return next_ballot(max(self._term, self._ballot_floor), rank, len(self._voter_list))
 
-    def _hup(self, *, transfer: bool) -> None:
-        if self._role == _LEADER or not self._promotable():
-            return
-        if self._config.pre_vote and not transfer:
-            self._campaign_pre()
-        else:
-            self._campaign(transfer=transfer)
-
-    def _campaign_pre(self) -> None:
+    def _campaign_pre_vote(self) -> None:
         """Ask, without promising anything, whether a quorum would promise our next ballot."""
         self._role = Role.PRE_CANDIDATE
         self._lead = None
@@ -694,10 +380,10 @@ class PaxosCore:
         self._step_role = self._step_candidate
         self._tick_role = self._tick_election
         self._election_elapsed = 0
-        if quorum.vote_result(self._voters, self._votes) == quorum.VoteResult.WON:
+        if quorum.vote_result(self._voter_list, self._votes) == quorum.VoteResult.WON:
             self._campaign(transfer=False)
             return
-        for voter in self._voters:
+        for voter in self._voter_list:
             if voter != self._id:
                 self._msgs.append(
                     Message(
@@ -719,7 +405,7 @@ class PaxosCore:
         self._tick_role = self._tick_election
         context = CAMPAIGN_TRANSFER if transfer else b""
         commit = self._log.committed
-        for voter in self._voters:
+        for voter in self._voter_list:
             if voter != self._id:
                 self._send(
                     Message(MT.PREPARE, voter, self._id, ballot, index=commit, context=context)
@@ -730,14 +416,14 @@ class PaxosCore:
         """Phase 1 is over once a quorum promised, ourselves included: recover and lead."""
         if not self._self_promised:
             return
-        if not quorum.has_quorum(self._voters, self._promises.keys() | {self._id}):
+        if not quorum.has_quorum(self._voter_list, self._promises.keys() | {self._id}):
             return
         log = self._log
         commit = log.committed
         last = log.last_index()
         own = log.entries(commit + 1, last + 1) if last > commit else []
         promises = [Promise(commit, own)]
-        promises.extend(p for node, p in self._promises.items() if node in self._voter_set)
+        promises.extend(p for node, p in self._promises.items() if node in self._voters)
         rec = recover(self._term, commit, promises)
         if not rec.complete:
             # We lack chosen values the quorum no longer holds for us (compacted, or more than
@@ -772,7 +458,7 @@ class PaxosCore:
         config = self._config
         commit = log.committed
         progress: dict[str, Progress] = {}
-        for node in self._voters:
+        for node in self._voter_list:
             pr = Progress(
                 commit + 1,
                 is_learner=False,
@@ -796,12 +482,6 @@ class PaxosCore:
         self._maybe_commit()
 
     # --- ticks --------------------------------------------------------------------------------
-
-    def _tick_election(self) -> None:
-        self._election_elapsed += 1
-        if self._election_elapsed >= self._randomized_timeout and self._promotable():
-            self._election_elapsed = 0
-            self._hup(transfer=False)
 
     def _tick_heartbeat(self) -> None:
         self._heartbeat_elapsed += 1
@@ -863,35 +543,6 @@ class PaxosCore:
             self._msgs.append(Message(MT.PRE_PROMISE, m.sender, self._id, m.term))
         else:
             self._msgs.append(Message(MT.PRE_PROMISE, m.sender, self._id, self._term, reject=True))
-
-    def _step_follower(self, m: Message) -> None:
-        t = m.type
-        if t == _ACCEPT:
-            self._election_elapsed = 0
-            self._lead = m.sender
-            self._handle_accept(m)
-        elif t == MT.HEARTBEAT:
-            self._election_elapsed = 0
-            self._lead = m.sender
-            self._handle_heartbeat(m)
-        elif t == MT.SNAPSHOT:
-            self._election_elapsed = 0
-            self._lead = m.sender
-            self._handle_snapshot(m)
-        elif t == MT.PROPOSE:
-            self._refuse_forwarded(m, REASON_NOT_LEADER)
-        elif t == MT.READ_INDEX:
-            self._refuse_read(m)
-        elif t == MT.TRANSFER_LEADER:
-            if self._lead is not None and self._lead != m.sender:
-                target = m.context or m.sender.encode()
-                self._msgs.append(Message(MT.TRANSFER_LEADER, self._lead, self._id, context=target))
-            else:
-                self.ignored_messages += 1
-        elif t == MT.TIMEOUT_NOW:
-            self._hup(transfer=True)
-        else:
-            self.ignored_messages += 1
 
     def _handle_accept(self, m: Message) -> None:
         """Phase 2b (PMS §2.2): accept a batch of ballot `m.term`, if it can be placed."""
@@ -1051,7 +702,9 @@ class PaxosCore:
 
     # --- proposer in phase 1 ------------------------------------------------------------------
 
-    def _step_candidate(self, m: Message) -> None:
+    def _step_campaign(self, m: Message) -> None:
+        # What a leader sends (a leader of our promised ballot exists, only for a
+        # pre-candidate), forwarded proposals and reads are handled by CoreBase._step_candidate.
         t = m.type
         if t == MT.PROMISE:
             if self._role == Role.CANDIDATE and m.term == self._term and not m.reject:
@@ -1064,88 +717,28 @@ class PaxosCore:
                 self.ignored_messages += 1
                 return
             self._votes.setdefault(m.sender, not m.reject)
-            result = quorum.vote_result(self._voters, self._votes)
+            result = quorum.vote_result(self._voter_list, self._votes)
             if result == quorum.VoteResult.WON:
                 self._campaign(transfer=False)
             elif result == quorum.VoteResult.LOST:
                 self._become_follower(self._term, None)
-        elif t in _FROM_LEADER:
-            # A leader of our promised ballot exists (only for a pre-candidate): follow it.
-            self._become_follower(m.term, m.sender)
-            self._step_follower(m)
-        elif t == MT.PROPOSE:
-            self._refuse_forwarded(m, REASON_NO_LEADER)
-        elif t == MT.READ_INDEX:
-            self._refuse_read(m)
         else:
             self.ignored_messages += 1
 
     # --- leader -------------------------------------------------------------------------------
 
-    def _step_leader(self, m: Message) -> None:
-        t = m.type
-        if t == _ACCEPTED:
-            self._handle_accepted(m)
-        elif t == MT.HEARTBEAT_RESPONSE:
-            self._handle_heartbeat_response(m)
-        elif t == MT.BEAT:
-            self._beat()
-        elif t == MT.CHECK_QUORUM:
-            self._check_quorum()
-        elif t == MT.PROPOSE:
-            self._handle_forwarded_proposal(m)
-        elif t == MT.READ_INDEX:
-            self._leader_read(ReadRequest(m.context, m.sender))
-        elif t == MT.TRANSFER_LEADER:
-            target = m.context.decode(errors="replace") if m.context else m.sender
-            if target in self._voter_set:
-                self._start_transfer(target)
-            else:
-                self.ignored_messages += 1
-        elif t == MT.UNREACHABLE:
-            pr = self._progress.get(m.sender)
-            if pr is not None and pr.state == ProgressState.REPLICATE and m.sender != self._id:
-                pr.become_probe()
-                self._need_flush = True
-        elif t == MT.SNAPSHOT_STATUS:
-            pr = self._progress.get(m.sender)
-            if pr is not None and pr.state == ProgressState.SNAPSHOT:
-                if m.reject:
-                    pr.pending_snapshot = 0
-                pr.become_probe()
-                # Success: wait for its ACCEPTED. Failure: retry after a heartbeat answer.
-                pr.probe_sent = True
-        else:
-            self.ignored_messages += 1
-
     def _handle_accepted(self, m: Message) -> None:
-        pr = self._progress.get(m.sender)
-        if pr is None or m.sender == self._id:
-            self.ignored_messages += 1
+        pr = self._answering_peer(m)
+        if pr is None:
             return
-        pr.recent_active = True
         if m.reject:
             self._handle_accept_refused(pr, m)
             return
-        log = self._log
         index = m.index
-        if index > log.last_index():
+        if index > self._log.last_index():
             self.ignored_messages += 1
             return
-        was_paused = pr.is_paused()
-        if pr.maybe_update(index) or (pr.match == index and pr.state == ProgressState.PROBE):
-            state = pr.state
-            if state == ProgressState.REPLICATE:
-                pr.inflights.free_le(index)
-            elif state == ProgressState.PROBE:
-                pr.become_replicate()
-            elif pr.match + 1 >= log.first_index():
-                pr.become_probe()
-                pr.become_replicate()
-            self._need_flush = True
-            self._maybe_commit()
-        elif was_paused:
-            self._need_flush = True
+        self._acked(pr, index)
 
     def _handle_accept_refused(self, pr: Progress, m: Message) -> None:
         if m.snapshot is not None:
@@ -1174,63 +767,30 @@ class PaxosCore:
             self._need_flush = True
 
     def _handle_heartbeat_response(self, m: Message) -> None:
-        pr = self._progress.get(m.sender)
-        if pr is None or m.sender == self._id:
-            self.ignored_messages += 1
+        pr = self._answering_peer(m)
+        if pr is None:
             return
-        pr.recent_active = True
         if m.index < pr.match and pr.state != ProgressState.SNAPSHOT:
             # It accepted slots past a gap in its run (after refusing a snapshot, or as a
             # probe): fill the gap from the log, or send a snapshot if we compacted it.
             pr.state = ProgressState.PROBE
             pr.next = m.index + 1
             pr.inflights.reset()
-        pr.probe_sent = False
-        if pr.state == ProgressState.REPLICATE and pr.inflights.full():
-            # It is alive: let one more batch go in case acknowledgements were lost.
-            pr.inflights.free_first()
-        if pr.match < self._log.last_index():
-            if pr.state == ProgressState.REPLICATE:
-                pr.sent_commit = -1
-            self._need_flush = True
-        elif pr.state == ProgressState.PROBE:
-            self._need_flush = True
-        if m.context:
-            self._read_ack(m.context, m.sender)
+        self._heartbeat_answered(pr, m)
 
     def _maybe_commit(self) -> None:
         """A slot is chosen once a majority accepted it in our ballot (PMS §2.2)."""
-        voters = self._voter_progress
-        if not voters:
-            return
-        matches = sorted([pr.match for pr in voters], reverse=True)
-        index = matches[quorum.majority(len(matches)) - 1]
+        index = self._quorum_match()
         log = self._log
         if index > log.committed:
             log.commit_to(index)
             self._need_flush = True
-            if self._reads_waiting and log.committed >= self._recovery_end:
-                waiting, self._reads_waiting = self._reads_waiting, []
-                for request in waiting:
-                    self._leader_read(request)
+            self._release_waiting_reads()
 
-    def _check_quorum(self) -> None:
-        """Step down unless a quorum was heard from during the last election timeout."""
-        active = {node for node, pr in self._peers if pr.recent_active}
-        active.add(self._id)
-        if not quorum.has_quorum(self._voters, active):
-            self._become_follower(self._term, None)
-            return
-        for _, pr in self._peers:
-            pr.recent_active = False
-
-    def _check_leader_accepts(self, size: int) -> None:
-        if self._transferee is not None:
-            raise ProposalDroppedError(REASON_TRANSFER, leader_id=self._id)
-        log = self._log
-        uncommitted = log.mem_bytes(log.committed + 1, log.last_index() + 1)
-        if uncommitted and uncommitted + size > self._config.max_uncommitted_bytes:
-            raise ProposalDroppedError(REASON_UNCOMMITTED, leader_id=self._id)
+    def _reads_may_go(self) -> bool:
+        # Values of earlier ballots may be chosen up to the recovery end without our knowing
+        # it: a read must wait until those slots are chosen in our ballot.
+        return self._log.committed >= self._recovery_end
 
     def _handle_forwarded_proposal(self, m: Message) -> None:
         ents = m.entries
@@ -1256,216 +816,3 @@ class PaxosCore:
         self._transferee = target
         # Paxos needs no caught-up target: its phase 1 recovers everything. Tell it to start.
         self._msgs.append(Message(MT.TIMEOUT_NOW, target, self._id, self._term))
-
-    # --- sending ------------------------------------------------------------------------------
-
-    def _flush(self) -> None:
-        """Leader: send each acceptor what it may receive now (batches, the commit index).
-
-        Runs once per Ready, so many proposals and acknowledgements between two Readys share
-        ACCEPT messages (phase 2 for batches of slots).
-        """
-        self._need_flush = False
-        if self._role != _LEADER:
-            return
-        log = self._log
-        last = log.last_index()
-        commit = log.committed
-        ro = self._read_only
-        if ro.has_queued() and not ro.in_flight():
-            self._bcast_heartbeat(ro.start_round(commit))
-        for node, pr in self._peers:
-            state = pr.state
-            if state == ProgressState.REPLICATE:
-                inflights = pr.inflights
-                while (
-                    pr.next <= last and pr.state == ProgressState.REPLICATE and not inflights.full()
-                ):
-                    if not self._send_accept(node, pr, last):
-                        break
-                if pr.sent_commit < commit and pr.state == ProgressState.REPLICATE:
-                    self._send_accept(node, pr, pr.next - 1)
-            elif state == ProgressState.PROBE and not pr.probe_sent:
-                self._send_accept(node, pr, last)
-
-    def _send_accept(self, node: str, pr: Progress, last: int) -> bool:
-        """Send slots `[pr.next, last]` (as many as one message may carry) to `node`."""
-        log = self._log
-        prev = pr.next - 1
-        prev_term = log.term_or_none(prev)
-        if prev_term is None:
-            return self._send_snapshot(node, pr)
-        ents: list[Entry] = []
-        size = 0
-        if pr.next <= last:
-            try:
-                ents, size = log.entries_and_size(pr.next, last + 1, self._max_append_bytes)
-            except CompactedError:
-                return self._send_snapshot(node, pr)
-        commit = log.committed
-        self._msgs.append(
-            Message(
-                _ACCEPT,
-                node,
-                self._id,
-                self._term,
-                prev_term,
-                prev,
-                tuple(ents),
-                commit,
-                False,
-                self._recovery_end,
-            )
-        )
-        pr.sent_commit = commit
-        if pr.state == ProgressState.REPLICATE:
-            if ents:
-                sent = prev + len(ents)
-                pr.next = sent + 1
-                pr.inflights.add(sent, size)
-        else:
-            pr.probe_sent = True
-        return True
-
-    def _send_snapshot(self, node: str, pr: Progress) -> bool:
-        """The acceptor needs compacted slots: send the snapshot point (the node streams it)."""
-        if not pr.recent_active:
-            return False
-        meta = self._log.storage.snapshot_meta()
-        if meta.index <= 0:
-            return False
-        self._msgs.append(
-            Message(
-                MT.SNAPSHOT,
-                node,
-                self._id,
-                self._term,
-                reject_hint=self._recovery_end,
-                snapshot=meta,
-            )
-        )
-        pr.become_snapshot(meta.index)
-        return True
-
-    def _beat(self) -> None:
-        ro = self._read_only
-        if ro.has_queued():
-            self._bcast_heartbeat(ro.start_round(self._log.committed))
-        else:
-            self._bcast_heartbeat(ro.latest_round())
-
-    def _bcast_heartbeat(self, context: bytes) -> None:
-        commit = self._log.committed
-        term = self._term
-        me = self._id
-        for node, pr in self._peers:
-            self._msgs.append(
-                Message(
-                    MT.HEARTBEAT, node, me, term, 0, 0, (), min(pr.match, commit), False, 0, context
-                )
-            )
-
-    # --- reads --------------------------------------------------------------------------------
-
-    def _leader_read(self, request: ReadRequest) -> None:
-        log = self._log
-        if log.committed < self._recovery_end:
-            # Values of earlier ballots may be chosen up to the recovery end without our knowing
-            # it: a read must wait until those slots are chosen in our ballot.
-            if len(self._reads_waiting) >= self._config.max_pending_reads:
-                self._drop_read(request, REASON_TOO_MANY_READS)
-            else:
-                self._reads_waiting.append(request)
-            return
-        if len(self._voters) == 1:
-            self._answer_read(request, log.committed)
-            return
-        ro = self._read_only
-        if not ro.has_room():
-            self._drop_read(request, REASON_TOO_MANY_READS)
-            return
-        ro.enqueue(request)
-        self._need_flush = True
-
-    def _read_ack(self, ctx: bytes, sender: str) -> None:
-        ro = self._read_only
-        round_ = ro.ack(ctx, sender)
-        if round_ is None or not quorum.has_quorum(self._voters, round_.acks):
-            return
-        for done in ro.release_through(ctx):
-            for request in done.requests:
-                self._answer_read(request, done.index)
-        if ro.has_queued():
-            self._need_flush = True
-
-    def _answer_read(self, request: ReadRequest, index: int) -> None:
-        if request.sender is None or request.sender == self._id:
-            self._read_states.append(ReadState(index, request.context))
-        else:
-            self._msgs.append(
-                Message(
-                    MT.READ_INDEX_RESPONSE,
-                    request.sender,
-                    self._id,
-                    self._term,
-                    index=index,
-                    context=request.context,
-                )
-            )
-
-    def _drop_read(self, request: ReadRequest, reason: str) -> None:
-        if request.sender is None or request.sender == self._id:
-            self._dropped.append(DroppedProposal(request.context, reason))
-        else:
-            self._msgs.append(
-                Message(
-                    MT.READ_INDEX_RESPONSE,
-                    request.sender,
-                    self._id,
-                    self._term,
-                    reject=True,
-                    context=request.context,
-                )
-            )
-
-    def _refuse_read(self, m: Message) -> None:
-        self._msgs.append(
-            Message(
-                MT.READ_INDEX_RESPONSE,
-                m.sender,
-                self._id,
-                self._term,
-                reject=True,
-                context=m.context,
-            )
-        )
-
-    def _drop_leader_reads(self) -> None:
-        for request in self._read_only.drain():
-            self._drop_read(request, REASON_NOT_LEADER)
-        waiting, self._reads_waiting = self._reads_waiting, []
-        for request in waiting:
-            self._drop_read(request, REASON_NOT_LEADER)
-
-    # --- proposals from followers -------------------------------------------------------------
-
-    def _forward_proposal(self, entries: tuple[Entry, ...]) -> None:
-        if self._lead is None:
-            raise ProposalDroppedError(REASON_NO_LEADER)
-        if not self._config.forward_proposals:
-            raise ProposalDroppedError(REASON_NOT_LEADER, leader_id=self._lead)
-        self._msgs.append(Message(MT.PROPOSE, self._lead, self._id, entries=entries))
-
-    def _refuse_forwarded(self, m: Message, reason: str) -> None:
-        """Send a forwarded proposal back to its sender, which reports it in Ready.dropped."""
-        if m.entries:
-            self._msgs.append(
-                Message(
-                    MT.PROPOSE,
-                    m.sender,
-                    self._id,
-                    entries=m.entries,
-                    reject=True,
-                    context=reason.encode(),
-                )
-            )

@@ -238,16 +238,10 @@ class RaftCore(CoreBase):
                 self.ignored_messages += 1
                 return
             if term > self._term:
-                if t == MT.VOTE or t == MT.PRE_VOTE:
-                    in_lease = (
-                        self._config.check_quorum
-                        and self._lead is not None
-                        and self._election_elapsed < self._election_ticks
-                    )
-                    if in_lease and m.context != CAMPAIGN_TRANSFER:
-                        # Heard from a leader recently: this candidate is disruptive (§4.2.3).
-                        self.ignored_messages += 1
-                        return
+                if (t == MT.VOTE or t == MT.PRE_VOTE) and self._in_lease(m):
+                    # Heard from a leader recently: this candidate is disruptive (§4.2.3).
+                    self.ignored_messages += 1
+                    return
                 if t == MT.PRE_VOTE or (t == MT.PRE_VOTE_RESPONSE and not m.reject):
                     # A pre-vote uses a future term without changing anybody's term; a granted
                     # pre-vote comes back with that future term.
@@ -662,32 +656,6 @@ class RaftCore(CoreBase):
         if self._role == _LEADER:
             self._need_flush = True
             self._release_waiting_reads()
-
-    # --- sending to followers (the loop itself is CoreBase._flush) ----------------------------
-
-    def _bcast_heartbeat(self, context: bytes) -> None:
-        """Send every member a heartbeat carrying the commit index it can use, the read round
-        id `context`, and in `index` this tick (echoed back, for the lease)."""
-        commit = self._log.committed
-        term = self._term
-        me = self._id
-        now = self._now
-        for node, pr in self._peers:
-            self._msgs.append(
-                Message(
-                    MT.HEARTBEAT,
-                    node,
-                    me,
-                    term,
-                    0,
-                    now,
-                    (),
-                    min(pr.match, commit),
-                    False,
-                    0,
-                    context,
-                )
-            )
 
     # --- reads --------------------------------------------------------------------------------
 

@@ -118,6 +118,10 @@ class CoreBase:
     """The `reject_hint` a leader puts on its entry and snapshot messages. Paxos: the last slot
     phase 1 recovered, which acceptors need; Raft leaves it 0 (the field means nothing there)."""
 
+    _now = 0
+    """Ticks since the core was created, sent in heartbeats and echoed back. Raft: the leader's
+    clock for its lease; Paxos has no lease and keeps no clock (its heartbeats carry 0)."""
+
     def __init__(self, config: Config, rng: random.Random) -> None:
         config.validate()
         self._config = config
@@ -497,11 +501,17 @@ class CoreBase:
         """Whether the leader may answer a lease read without a round (never, by default)."""
         return False
 
-    def _bcast_heartbeat(self, context: bytes) -> None:
-        """Subclass: send every peer a heartbeat carrying the read round id `context`."""
-        raise NotImplementedError
-
     # --- roles --------------------------------------------------------------------------------
+
+    def _in_lease(self, m: Message) -> bool:
+        """Whether a request to elect `m.sender` comes while a leader is known to be alive, so
+        it is ignored (check-quorum, thesis §4.2.3), unless it is a leadership transfer."""
+        return (
+            self._config.check_quorum
+            and self._lead is not None
+            and self._election_elapsed < self._election_ticks
+            and m.context != CAMPAIGN_TRANSFER
+        )
 
     def _send(self, m: Message) -> None:
         if m.type in self._AFTER_PERSIST:
@@ -848,6 +858,30 @@ class CoreBase:
         )
         pr.become_snapshot(meta.index)
         return True
+
+    def _bcast_heartbeat(self, context: bytes) -> None:
+        """Send every peer a heartbeat carrying the commit index it can use (what it holds of
+        ours), the read round id `context`, and in `index` this tick (`_now`, echoed back)."""
+        commit = self._log.committed
+        term = self._term
+        me = self._id
+        now = self._now
+        for node, pr in self._peers:
+            self._msgs.append(
+                Message(
+                    MT.HEARTBEAT,
+                    node,
+                    me,
+                    term,
+                    0,
+                    now,
+                    (),
+                    min(pr.match, commit),
+                    False,
+                    0,
+                    context,
+                )
+            )
 
     def _beat(self) -> None:
         ro = self._read_only
