@@ -127,15 +127,13 @@ from kvstore.raft import quorum
 from kvstore.raft.config import Config, apply_conf_change
 from kvstore.raft.core_base import (
     CAMPAIGN_TRANSFER,
-    REASON_NOT_LEADER,
+    TERMLESS,
     CoreBase,
 )
-from kvstore.raft.log import entries_bytes
 from kvstore.raft.progress import Progress, ProgressState
 from kvstore.raft.types import (
     ConfChange,
     ConfState,
-    DroppedProposal,
     Entry,
     EntryType,
     LogView,
@@ -158,21 +156,7 @@ _LEADER = Role.LEADER
 _ACCEPT = MT.ACCEPT
 _ACCEPTED = MT.ACCEPTED
 
-# Types whose `term` means nothing: local events, and requests forwarded to (or answered by)
-# the leader, valid whatever ballot the two sides are in.
-_TERMLESS = frozenset(
-    {
-        MT.HUP,
-        MT.BEAT,
-        MT.CHECK_QUORUM,
-        MT.UNREACHABLE,
-        MT.SNAPSHOT_STATUS,
-        MT.PROPOSE,
-        MT.READ_INDEX,
-        MT.READ_INDEX_RESPONSE,
-        MT.TRANSFER_LEADER,
-    }
-)
+_TERMLESS = TERMLESS
 # Types only the owner of the ballot in `term` may send.
 _FROM_OWNER = frozenset(
     {MT.PREPARE, MT.PRE_PREPARE, MT.ACCEPT, MT.HEARTBEAT, MT.SNAPSHOT, MT.TIMEOUT_NOW}
@@ -328,19 +312,12 @@ class PaxosCore(CoreBase):
                 self._step_stale(m)
                 return
 
-        if t == MT.HUP:
-            self._hup(transfer=False)
-        elif t == MT.PREPARE:
+        if t == MT.PREPARE:
             self._handle_prepare(m)
         elif t == MT.PRE_PREPARE:
             self._handle_pre_prepare(m)
-        elif t == MT.READ_INDEX_RESPONSE:
-            self._handle_read_index_response(m)
-        elif t == MT.PROPOSE and m.reject:
-            reason = m.context.decode(errors="replace") or REASON_NOT_LEADER
-            self._dropped.extend(DroppedProposal(e.data, reason) for e in m.entries)
         else:
-            self._step_role(m)
+            self._step_any_role(m)
 
     def _step_stale(self, m: Message) -> None:
         """A message of a lower ballot: refuse it with our promise, so its sender steps down
@@ -448,11 +425,7 @@ class PaxosCore(CoreBase):
     def _become_leader(self, recovery_end: int) -> None:
         invariant(self._role == Role.CANDIDATE, "only a proposer in phase 1 can become leader")
         promises = self._promises
-        self._reset(self._term)
-        self._lead = self._id
-        self._role = _LEADER
-        self._step_role = self._step_leader
-        self._tick_role = self._tick_heartbeat
+        self._start_leading()
         self._recovery_end = recovery_end
         log = self._log
         config = self._config
@@ -641,16 +614,7 @@ class PaxosCore(CoreBase):
         if m.commit > log.committed:
             log.commit_to(min(m.commit, run))
         # Our run tells the leader whether we hold a gap behind what we accepted.
-        self._msgs.append(
-            Message(
-                MT.HEARTBEAT_RESPONSE,
-                m.sender,
-                self._id,
-                self._term,
-                index=run,
-                context=m.context,
-            )
-        )
+        self._answer_heartbeat(m, run)
 
     def _handle_snapshot(self, m: Message) -> None:
         meta = m.snapshot
@@ -799,10 +763,7 @@ class PaxosCore(CoreBase):
         if any(e[2] != EntryType.NORMAL for e in ents):
             self._refuse_forwarded(m, REASON_MEMBERSHIP)
             return
-        try:
-            self._check_leader_accepts(entries_bytes(ents))
-        except ProposalDroppedError as exc:
-            self._refuse_forwarded(m, exc.reason)
+        if not self._leader_takes_forwarded(m):
             return
         self._log.append_new(self._term, [e[3] for e in ents])
         self._need_flush = True

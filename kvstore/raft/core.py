@@ -64,15 +64,15 @@ from kvstore.raft.core_base import (
     REASON_TOO_MANY_READS,
     REASON_TRANSFER,
     REASON_UNCOMMITTED,
+    TERMLESS,
     CoreBase,
     CoreStatus,
 )
-from kvstore.raft.log import conf_change_indices, entries_bytes
+from kvstore.raft.log import conf_change_indices
 from kvstore.raft.progress import PeerProgress, Progress, ProgressState
 from kvstore.raft.types import (
     ConfChange,
     ConfChangeType,
-    DroppedProposal,
     Entry,
     EntryType,
     LogView,
@@ -112,21 +112,7 @@ _APPEND = MT.APPEND
 _APPEND_RESPONSE = MT.APPEND_RESPONSE
 _LEADER = Role.LEADER
 
-# Types that carry no meaningful term: local events, and requests forwarded to the leader (or
-# answered by it) that are valid whatever term the two sides are in.
-_TERMLESS = frozenset(
-    {
-        MT.HUP,
-        MT.BEAT,
-        MT.CHECK_QUORUM,
-        MT.UNREACHABLE,
-        MT.SNAPSHOT_STATUS,
-        MT.PROPOSE,
-        MT.READ_INDEX,
-        MT.READ_INDEX_RESPONSE,
-        MT.TRANSFER_LEADER,
-    }
-)
+_TERMLESS = TERMLESS
 
 
 class RaftCore(CoreBase):
@@ -254,17 +240,10 @@ class RaftCore(CoreBase):
                 self._step_stale(m)
                 return
 
-        if t == MT.HUP:
-            self._hup(transfer=False)
-        elif t == MT.VOTE or t == MT.PRE_VOTE:
+        if t == MT.VOTE or t == MT.PRE_VOTE:
             self._handle_vote_request(m)
-        elif t == MT.READ_INDEX_RESPONSE:
-            self._handle_read_index_response(m)
-        elif t == MT.PROPOSE and m.reject:
-            reason = m.context.decode(errors="replace") or REASON_NOT_LEADER
-            self._dropped.extend(DroppedProposal(e.data, reason) for e in m.entries)
         else:
-            self._step_role(m)
+            self._step_any_role(m)
 
     def _step_stale(self, m: Message) -> None:
         """A message from an older term (§5.1: a stale term is rejected or ignored)."""
@@ -304,11 +283,7 @@ class RaftCore(CoreBase):
 
     def _become_leader(self) -> None:
         invariant(self._role == Role.CANDIDATE, "only a candidate can become leader")
-        self._reset(self._term)
-        self._lead = self._id
-        self._role = _LEADER
-        self._step_role = self._step_leader
-        self._tick_role = self._tick_heartbeat
+        self._start_leading()
         log = self._log
         self._rebuild_progress()
         me = self._progress.get(self._id)
@@ -505,16 +480,7 @@ class RaftCore(CoreBase):
         # our last index keeps a bogus commit from crashing us.
         if self._log.commit_to(min(m.commit, self._log.last_index())):
             self._on_commit_advanced()
-        self._msgs.append(
-            Message(
-                MT.HEARTBEAT_RESPONSE,
-                m.sender,
-                self._id,
-                self._term,
-                index=m.index,
-                context=m.context,
-            )
-        )
+        self._answer_heartbeat(m, m.index)
 
     def _handle_snapshot(self, m: Message) -> None:
         meta = m.snapshot
@@ -581,10 +547,7 @@ class RaftCore(CoreBase):
         ents = m.entries
         if not ents:
             return
-        try:
-            self._check_leader_accepts(entries_bytes(ents))
-        except ProposalDroppedError as exc:
-            self._refuse_forwarded(m, exc.reason)
+        if not self._leader_takes_forwarded(m):
             return
         if not all(e[2] in (EntryType.NORMAL, EntryType.CONF_CHANGE) for e in ents):
             self.ignored_messages += 1

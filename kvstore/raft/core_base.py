@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, ClassVar, NamedTuple
 from kvstore.errors import CompactedError, InvalidArgumentError, ProposalDroppedError, invariant
 from kvstore.raft import quorum
 from kvstore.raft.config import Config
-from kvstore.raft.log import RaftLog
+from kvstore.raft.log import RaftLog, entries_bytes
 from kvstore.raft.progress import PeerProgress, Progress, ProgressState
 from kvstore.raft.read_only import ReadOnly, ReadRequest
 from kvstore.raft.types import (
@@ -59,6 +59,7 @@ __all__ = [
     "REASON_TOO_MANY_READS",
     "REASON_TRANSFER",
     "REASON_UNCOMMITTED",
+    "TERMLESS",
     "CoreBase",
     "CoreStatus",
 ]
@@ -80,6 +81,21 @@ MT = MessageType
 _LEADER = Role.LEADER
 _SELF_ONLY = frozenset({MT.HUP, MT.BEAT, MT.CHECK_QUORUM})
 """Local events a core accepts only from itself."""
+TERMLESS = frozenset(
+    {
+        MT.HUP,
+        MT.BEAT,
+        MT.CHECK_QUORUM,
+        MT.UNREACHABLE,
+        MT.SNAPSHOT_STATUS,
+        MT.PROPOSE,
+        MT.READ_INDEX,
+        MT.READ_INDEX_RESPONSE,
+        MT.TRANSFER_LEADER,
+    }
+)
+"""Types whose `term` means nothing: local events, and requests forwarded to the leader (or
+answered by it) that are valid whatever term (ballot) the two sides are in."""
 
 
 class CoreStatus(NamedTuple):
@@ -461,8 +477,22 @@ class CoreBase:
     # --- hooks --------------------------------------------------------------------------------
 
     def _step(self, m: Message) -> None:
-        """Subclass: the message dispatcher (term handling, then the role's step function)."""
+        """Subclass: the message dispatcher: term (ballot) checks, the protocol's own requests,
+        then `_step_any_role`."""
         raise NotImplementedError
+
+    def _step_any_role(self, m: Message) -> None:
+        """What every role does with `m` the same way, else the role's step function."""
+        t = m.type
+        if t == MT.HUP:
+            self._hup(transfer=False)
+        elif t == MT.READ_INDEX_RESPONSE:
+            self._handle_read_index_response(m)
+        elif t == MT.PROPOSE and m.reject:
+            reason = m.context.decode(errors="replace") or REASON_NOT_LEADER
+            self._dropped.extend(DroppedProposal(e.data, reason) for e in m.entries)
+        else:
+            self._step_role(m)
 
     def _campaign_pre_vote(self) -> None:
         """Subclass: ask, without changing anybody's term, whether a quorum would elect us."""
@@ -538,6 +568,14 @@ class CoreBase:
         self._peers = []
         self._voter_progress = []
         self._need_flush = False
+
+    def _start_leading(self) -> None:
+        """Become the leader of the current term, with fresh volatile state."""
+        self._reset(self._term)
+        self._lead = self._id
+        self._role = _LEADER
+        self._step_role = self._step_leader
+        self._tick_role = self._tick_heartbeat
 
     def _become_follower(self, term: int, lead: str | None) -> None:
         self._reset(term)
@@ -627,13 +665,17 @@ class CoreBase:
 
     def _refuse_read(self, m: Message) -> None:
         """Not the leader: refuse a READ_INDEX forwarded to us."""
+        self._send_read_response(m.sender, m.context, 0, True)
+
+    def _answer_heartbeat(self, m: Message, index: int) -> None:
+        """Answer the leader's heartbeat `m`, echoing its read round (`context`)."""
         self._msgs.append(
             Message(
-                MT.READ_INDEX_RESPONSE,
+                MT.HEARTBEAT_RESPONSE,
                 m.sender,
                 self._id,
                 self._term,
-                reject=True,
+                index=index,
                 context=m.context,
             )
         )
@@ -758,6 +800,16 @@ class CoreBase:
             return
         for _, pr in self._peers:
             pr.recent_active = False
+
+    def _leader_takes_forwarded(self, m: Message) -> bool:
+        """Whether the leader has room for the proposals forwarded in `m` (else they go back
+        to their sender with the reason)."""
+        try:
+            self._check_leader_accepts(entries_bytes(m.entries))
+        except ProposalDroppedError as exc:
+            self._refuse_forwarded(m, exc.reason)
+            return False
+        return True
 
     def _check_leader_accepts(self, size: int) -> None:
         if self._transferee is not None:
@@ -935,31 +987,26 @@ class CoreBase:
         if request.sender is None or request.sender == self._id:
             self._read_states.append(ReadState(index, request.context))
         else:
-            self._msgs.append(
-                Message(
-                    MT.READ_INDEX_RESPONSE,
-                    request.sender,
-                    self._id,
-                    self._term,
-                    index=index,
-                    context=request.context,
-                )
-            )
+            self._send_read_response(request.sender, request.context, index, False)
 
     def _drop_read(self, request: ReadRequest, reason: str) -> None:
         if request.sender is None or request.sender == self._id:
             self._dropped.append(DroppedProposal(request.context, reason))
         else:
-            self._msgs.append(
-                Message(
-                    MT.READ_INDEX_RESPONSE,
-                    request.sender,
-                    self._id,
-                    self._term,
-                    reject=True,
-                    context=request.context,
-                )
+            self._send_read_response(request.sender, request.context, 0, True)
+
+    def _send_read_response(self, to: str, context: bytes, index: int, reject: bool) -> None:
+        self._msgs.append(
+            Message(
+                MT.READ_INDEX_RESPONSE,
+                to,
+                self._id,
+                self._term,
+                index=index,
+                reject=reject,
+                context=context,
             )
+        )
 
     def _drop_leader_reads(self) -> None:
         """The leader steps down: its pending reads can no longer be confirmed."""
