@@ -1,18 +1,15 @@
 """Helpers for the Paxos core's unit tests, over the Raft tests' in-memory network.
 
 `tests/raft/helpers.py` has a `Peer` (a core over a `MemoryLogView`, every Ready persisted at
-once) and a `Network` (breadth-first delivery with drop / cut / isolate filters) that only use
-the core's public interface, so they carry `PaxosCore`s unchanged; this module builds them.
+once) and a `Network` (breadth-first delivery with drop / cut / isolate filters) that carry
+either core; this module builds them with `PaxosCore`s.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterable
 from typing import Any
 
-from kvstore.paxos.core import PaxosCore
-from kvstore.raft.config import Config
 from kvstore.raft.memory import MemoryLogView
 from kvstore.raft.types import (
     ConfState,
@@ -25,42 +22,22 @@ from kvstore.raft.types import (
     Role,
     SnapshotMeta,
 )
-from tests.raft.helpers import Network, Peer
+from tests.raft.helpers import Network, Peer, new_config, new_peer
 
 VOTERS3 = ("a", "b", "c")
 
-
-def paxos_config(node_id: str, voters: Iterable[str] = (), **options: Any) -> Config:
-    """A Config with test-friendly defaults (pre-vote and check-quorum off unless asked)."""
-    options.setdefault("election_ticks", 10)
-    options.setdefault("heartbeat_ticks", 1)
-    options.setdefault("pre_vote", False)
-    options.setdefault("check_quorum", False)
-    return Config(node_id=node_id, initial_voters=tuple(voters), **options)
+paxos_config = new_config
+"""A Config with test-friendly defaults: the same as the Raft tests use."""
 
 
-def paxos_peer(
-    node_id: str,
-    voters: Iterable[str] = (),
-    *,
-    storage: MemoryLogView | None = None,
-    seed: int = 0,
-    **options: Any,
-) -> Peer:
-    """A Peer running a `PaxosCore` over a fresh (or the given) MemoryLogView."""
-    storage = storage if storage is not None else MemoryLogView()
-    core = PaxosCore(paxos_config(node_id, voters, **options), storage, random.Random(seed))
-    return Peer(core, storage)  # type: ignore[arg-type]  # same interface as RaftCore
+def paxos_peer(node_id: str, voters: Iterable[str] = (), **kwargs: Any) -> Peer:
+    """A Peer running a `PaxosCore` (see `new_peer` for the arguments)."""
+    return new_peer(node_id, voters, consensus="paxos", **kwargs)
 
 
 def paxos_network(ids: Iterable[str] = VOTERS3, *, seed: int = 0, **options: Any) -> Network:
     """A network of fresh Paxos members bootstrapped with `ids` as the configuration."""
-    voters = tuple(ids)
-    peers = {
-        node: paxos_peer(node, voters, seed=seed * 1000 + k, **options)
-        for k, node in enumerate(voters)
-    }
-    return Network(voters, seed=seed, peers=peers)
+    return Network(ids, seed=seed, consensus="paxos", **options)
 
 
 def restart(net: Network, node: str, *, seed: int = 99, **options: Any) -> Peer:

@@ -1,4 +1,7 @@
-"""A tiny in-memory network of RaftCores for unit tests (etcd's raft_test.go `network`).
+"""A tiny in-memory network of consensus cores for unit tests (etcd's raft_test.go `network`).
+
+It carries either core (`consensus="raft"`, the default, or `"paxos"`): it uses only what both
+share (the public interface in kvstore/raft/core_base.py).
 
 Each `Peer` stores its Readys in a `MemoryLogView` at once (as if every fsync were instant) and
 applies committed entries to a list. `Network.send()` delivers messages breadth-first until
@@ -12,8 +15,9 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
+from kvstore.consensus import make_core
 from kvstore.raft.config import Config
-from kvstore.raft.core import RaftCore
+from kvstore.raft.core_base import CoreBase
 from kvstore.raft.memory import MemoryLogView
 from kvstore.raft.types import (
     ConfState,
@@ -52,7 +56,7 @@ def persist(storage: MemoryLogView, rd: Ready) -> None:
 class Peer:
     """One member: its core, its storage, and what it applied, read and dropped."""
 
-    def __init__(self, core: RaftCore, storage: MemoryLogView) -> None:
+    def __init__(self, core: CoreBase, storage: MemoryLogView) -> None:
         self.core = core
         self.storage = storage
         self.applied: list[Entry] = []
@@ -102,11 +106,14 @@ def new_peer(
     *,
     storage: MemoryLogView | None = None,
     seed: int = 0,
+    consensus: str = "raft",
     **options: Any,
 ) -> Peer:
-    """A Peer over a fresh (or the given) MemoryLogView."""
+    """A Peer running the `consensus` core over a fresh (or the given) MemoryLogView."""
     storage = storage if storage is not None else MemoryLogView()
-    core = RaftCore(new_config(node_id, voters, **options), storage, random.Random(seed))
+    config = new_config(node_id, voters, **options)
+    core = make_core(consensus, config, storage, random.Random(seed))
+    assert isinstance(core, CoreBase)
     return Peer(core, storage)
 
 
@@ -164,6 +171,7 @@ class Network:
         seed: int = 0,
         learners: Iterable[str] = (),
         peers: dict[str, Peer] | None = None,
+        consensus: str = "raft",
         **options: Any,
     ) -> None:
         self.rng = random.Random(seed)
@@ -173,12 +181,16 @@ class Network:
             if peers is not None and node in peers:
                 self.peers[node] = peers[node]
             else:
-                self.peers[node] = new_peer(node, voters, seed=seed * 1000 + k, **options)
+                self.peers[node] = new_peer(
+                    node, voters, seed=seed * 1000 + k, consensus=consensus, **options
+                )
         for node in learners:
             if peers is not None and node in peers:
                 self.peers[node] = peers[node]
             else:
-                self.peers[node] = new_peer(node, (), seed=seed * 1000 + 999, **options)
+                self.peers[node] = new_peer(
+                    node, (), seed=seed * 1000 + 999, consensus=consensus, **options
+                )
         self.dropped_links: dict[tuple[str, str], float] = {}
         self.ignored: set[MessageType] = set()
         self.down: set[str] = set()
@@ -196,7 +208,8 @@ class Network:
     def __getitem__(self, node: str) -> Peer:
         return self.peers[node]
 
-    def core(self, node: str) -> RaftCore:
+    def core(self, node: str) -> Any:
+        """The core of `node` (a RaftCore or a PaxosCore, as the network was built)."""
         return self.peers[node].core
 
     # --- faults ------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""The Raft core stays pure: no module under kvstore/raft/ may do I/O, read a clock or use the
-global random generator (DESIGN.md §1). Checked twice: statically on the source, and at run time
-on what importing the core actually loads."""
+"""The consensus cores stay pure: no module under kvstore/raft/ (the Raft core and what both
+cores share) or kvstore/paxos/ may do I/O, read a clock or use the global random generator
+(DESIGN.md §1). Checked twice: statically on the source, and at run time on what importing each
+core actually loads."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-RAFT_DIR = Path(__file__).resolve().parents[2] / "kvstore" / "raft"
+KVSTORE_DIR = Path(__file__).resolve().parents[2] / "kvstore"
+PURE_PACKAGES = {
+    "raft": ("kvstore.raft.core", "kvstore.raft.core_base", "kvstore.raft.memory"),
+    "paxos": ("kvstore.paxos.core", "kvstore.paxos.ballot", "kvstore.paxos.recovery"),
+}
+"""Each pure package, and the modules the run-time probe imports from it (the first one must
+be newly loaded by the import: the probe is not vacuous)."""
+PURE_FILES = sorted(p for pkg in PURE_PACKAGES for p in (KVSTORE_DIR / pkg).glob("*.py"))
 FORBIDDEN = (
     "asyncio",
     "socket",
@@ -83,17 +91,24 @@ def test_checker_catches_forbidden_imports() -> None:
     assert not _violations("from kvstore.errors import invariant\n")
 
 
-@pytest.mark.parametrize("path", sorted(RAFT_DIR.glob("*.py")), ids=lambda p: p.name)
-def test_raft_module_imports_nothing_impure(path: Path) -> None:
-    """DESIGN.md §1: the core imports nothing that does I/O and no global randomness."""
+@pytest.mark.parametrize("package", sorted(PURE_PACKAGES))
+def test_each_package_is_globbed(package: str) -> None:
+    """Guards the parametrised test below against an empty or partial glob."""
+    names = {f"{package}.{p.stem}" for p in PURE_FILES if p.parent.name == package}
+    assert {m.removeprefix("kvstore.") for m in PURE_PACKAGES[package]} <= names
+
+
+@pytest.mark.parametrize("path", PURE_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_core_module_imports_nothing_impure(path: Path) -> None:
+    """DESIGN.md §1: a core imports nothing that does I/O and no global randomness."""
     assert _violations(path.read_text()) == []
 
 
 _RUNTIME_PROBE = r"""
 import importlib, json, sys, types
-# Load kvstore.raft without running kvstore/__init__.py, which pulls in the node (asyncio...):
-# the question is what the raft package itself needs.
-root = sys.argv[1]
+# Load the core without running kvstore/__init__.py, which pulls in the node (asyncio...):
+# the question is what the core's package itself needs.
+root, names = sys.argv[1], sys.argv[2:]
 pkg = types.ModuleType("kvstore")
 pkg.__path__ = [root + "/kvstore"]
 sys.modules["kvstore"] = pkg
@@ -101,17 +116,18 @@ sys.modules["kvstore"] = pkg
 # not the core's doing: the static test covers direct imports of those.
 import dataclasses, enum, typing, collections, bisect, itertools, functools, operator, random
 before = set(sys.modules)
-for name in ("kvstore.raft.core", "kvstore.raft.memory", "kvstore.raft.read_only"):
+for name in names:
     importlib.import_module(name)
 print(json.dumps({"before": sorted(before), "after": sorted(sys.modules)}))
 """
 
 
-def test_importing_the_core_loads_no_impure_module() -> None:
+@pytest.mark.parametrize("package", sorted(PURE_PACKAGES))
+def test_importing_the_core_loads_no_impure_module(package: str) -> None:
     """DESIGN.md §1, checked at run time in a fresh interpreter."""
-    root = str(RAFT_DIR.parents[1])
+    modules = PURE_PACKAGES[package]
     out = subprocess.run(
-        [sys.executable, "-S", "-c", _RUNTIME_PROBE, root],
+        [sys.executable, "-S", "-c", _RUNTIME_PROBE, str(KVSTORE_DIR.parent), *modules],
         capture_output=True,
         text=True,
         check=True,
@@ -119,7 +135,7 @@ def test_importing_the_core_loads_no_impure_module() -> None:
     )
     loaded = json.loads(out.stdout)
     added = set(loaded["after"]) - set(loaded["before"])
-    assert "kvstore.raft.core" in added
+    assert set(modules) <= added
     assert sorted(m for m in added if _forbidden(m)) == []
     # Modules the prelude did not load must still be absent after importing the core.
     for name in ("asyncio", "socket", "threading", "lmdb", "kvstore._kvwal"):
