@@ -11,12 +11,9 @@ Profile with `python -m benchmarks.test_bench_paxos`.
 
 from __future__ import annotations
 
-import cProfile
-import pstats
-import time
 from typing import Any
 
-from benchmarks.test_bench_raft import BATCHES, bench, cluster, run
+from benchmarks.test_bench_raft import bench, profile, time_once
 
 _rates: dict[str, float] = {}
 
@@ -37,17 +34,8 @@ def test_bench_paxos_propose_many_3nodes(benchmark: Any) -> None:
 def main() -> None:
     """Time both cores, then profile Paxos (top 15 functions by own time)."""
     for kind in ("raft", "paxos"):
-        c, ld = cluster(3, kind)
-        t0 = time.perf_counter()
-        n = run(c, ld, BATCHES)
-        dt = time.perf_counter() - t0
-        print(f"{kind} 3 nodes: {n} entries in {dt:.3f} s = {n / dt:,.0f} entries/s")
-    c, ld = cluster(3, "paxos")
-    prof = cProfile.Profile()
-    prof.enable()
-    run(c, ld, BATCHES)
-    prof.disable()
-    pstats.Stats(prof).sort_stats("tottime").print_stats(15)
+        time_once(kind)
+    profile("paxos")
 
 
 if __name__ == "__main__":
