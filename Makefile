@@ -20,8 +20,9 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 
 # Re-install when the metadata or the C sources change: the editable install compiles kvstore._kvwal.
+# The `fast` extra adds uvloop, which the node and the client use when it is installed.
 $(STAMP): $(PY) pyproject.toml setup.py $(NATIVE)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,fast]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -37,6 +37,7 @@ from rich.table import Table
 
 from kvstore.consensus import CONSENSUS_KINDS
 from kvstore.errors import KVStoreError
+from kvstore.eventloop import new_event_loop
 from kvstore.options import Options
 from kvstore.testing.local_cluster import LocalCluster
 
@@ -600,7 +601,9 @@ class ClientWorkloads(StoreWorkloads):
             finally:
                 await aio_client.close()
 
-        asyncio.run(main())
+        # The measured client runs on the same kind of loop as the servers (uvloop if present).
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(main())
 
     def _run_concurrent_put(self, recorder: Recorder) -> None:
         keys, value, timeout_s = self.keys, self.value, self.settings.timeout_s
