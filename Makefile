@@ -14,6 +14,7 @@ help:
 	@echo "make test    lint, then the whole test suite"
 	@echo "make bench   benchmarks (pytest-benchmark), kept out of make test"
 	@echo "make lint    ruff (lint + format check) and mypy --strict on kvstore/"
+	@echo "make torture SEED=1 MINUTES=10 [CONSENSUS=raft|paxos]   a long fault soak"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,7 +45,7 @@ bench: $(STAMP)
 	$(VENV)/bin/kvstore bench --json bench.json
 
 torture: $(STAMP)
-	$(PY) -m kvstore.testing.torture --seed $${SEED:-1} --minutes $${MINUTES:-10}
+	$(PY) -m kvstore.testing.torture --seed $${SEED:-1} --minutes $${MINUTES:-10} --consensus $${CONSENSUS:-raft}
 
 clean:
 	rm -rf $(VENV) build *.egg-info kvstore/_kvwal*.so kvstore/_kvwal.c
