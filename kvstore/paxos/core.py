@@ -6,7 +6,10 @@ future slots and then phase 2 for batches of slots. The core takes the same inpu
 `RaftCore` (ticks, messages, proposals, reads) and hands out the same `Ready` batches, `Entry`,
 `HardState`, `Message` and `SnapshotMeta` values over the same `LogView`, so the node, the redo
 log, the state machine, the transport and the simulator run it unchanged. It never does I/O,
-never reads a clock, and draws randomness only from the `random.Random` it is given.
+never reads a clock, and draws randomness only from the `random.Random` it is given. What it
+does exactly as the Raft core does (Ready assembly, the leader's pipelining with `Progress`,
+heartbeats and read rounds, forwarded requests, leadership-transfer plumbing) it inherits from
+`CoreBase` (kvstore/raft/core_base.py); this module holds what is Paxos.
 
 How Paxos maps onto the shared types
 ------------------------------------
@@ -156,7 +159,6 @@ _LEADER = Role.LEADER
 _ACCEPT = MT.ACCEPT
 _ACCEPTED = MT.ACCEPTED
 
-_TERMLESS = TERMLESS
 # Types only the owner of the ballot in `term` may send.
 _FROM_OWNER = frozenset(
     {MT.PREPARE, MT.PRE_PREPARE, MT.ACCEPT, MT.HEARTBEAT, MT.SNAPSHOT, MT.TIMEOUT_NOW}
@@ -285,7 +287,7 @@ class PaxosCore(CoreBase):
 
     def _step(self, m: Message) -> None:
         t = m.type
-        if t not in _TERMLESS:
+        if t not in TERMLESS:
             term = m.term
             if term <= 0 or m.sender not in self._voters:
                 self.ignored_messages += 1

@@ -4,7 +4,9 @@ The application feeds it ticks, messages from peers and proposals, and pulls `Re
 work: state to persist, messages to send (some only after persisting), committed entries to
 apply, reads that may be served. It never does I/O, never reads a clock and draws randomness
 only from the `random.Random` it is given (for election jitter). Given the same seed and the
-same sequence of calls it does exactly the same thing.
+same sequence of calls it does exactly the same thing. What the Multi-Paxos core does the same
+way (Ready assembly, `advance`, the leader's flush loop and pipelining, heartbeats and read
+rounds, forwarded requests) lives in `CoreBase` (core_base.py); this module holds what is Raft.
 
 Design choices, with the sections of the Raft paper / Ongaro's thesis they follow:
 
@@ -112,15 +114,13 @@ _APPEND = MT.APPEND
 _APPEND_RESPONSE = MT.APPEND_RESPONSE
 _LEADER = Role.LEADER
 
-_TERMLESS = TERMLESS
-
 
 class RaftCore(CoreBase):
     """One Raft member, without I/O. Not thread-safe: one caller at a time."""
 
     # Every type this core understands; anything else (types.py may grow types for other
     # protocols) is ignored before it can touch the term.
-    _KNOWN = _TERMLESS | {
+    _KNOWN = TERMLESS | {
         MT.APPEND,
         MT.APPEND_RESPONSE,
         MT.VOTE,
@@ -218,7 +218,7 @@ class RaftCore(CoreBase):
 
     def _step(self, m: Message) -> None:
         t = m.type
-        if t not in _TERMLESS:
+        if t not in TERMLESS:
             term = m.term
             if term <= 0:
                 self.ignored_messages += 1

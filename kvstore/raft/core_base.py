@@ -118,9 +118,11 @@ class CoreStatus(NamedTuple):
 class CoreBase:
     """The protocol-independent half of a consensus core. Not thread-safe.
 
-    A subclass sets `_log`, `_prev_hard` and the configuration (`_set_conf`) in its constructor
-    after calling `super().__init__`, then becomes a follower; it provides the hooks marked
-    "Subclass:" below.
+    A subclass's constructor calls `super().__init__`, sets `_follower_handlers` and
+    `_leader_handlers`, opens the log with `_open_log` (which also sets the configuration of a
+    brand-new cluster; else the subclass calls `_set_conf`), sets the term and vote and becomes
+    a follower. It defines the class constants `_KNOWN`, `_AFTER_PERSIST` and `_APPEND_TYPE`
+    and the hooks marked "Subclass:" below.
     """
 
     _KNOWN: ClassVar[frozenset[MessageType]]
