@@ -94,11 +94,9 @@ election timeout.
 Known limits
 ------------
 - An overwrite (values of a higher ballot over older ones, with the older tail re-appended) is
-  one Ready's `entries`; the acceptor relies on that append being all-or-nothing across a
-  crash. The simulator models it so; the redo log writes it as one `pwrite` (TRUNCATE record,
-  then the entries), so a write torn by a power loss could drop older accepted values after
-  the overwrite point. Raft does not care (what it cuts is never needed); Paxos would need the
-  redo log to apply a TRUNCATE only together with the entries of its batch.
+  one Ready's `entries`, and the acceptor relies on that append being all-or-nothing across a
+  crash. The redo log guarantees it: a TRUNCATE record carries its batch's last index and
+  takes effect only once the whole batch is on disk (native/FORMAT.md).
 - A PROMISE carries every value the acceptor accepted after its chosen prefix, unbounded (a
   leader bounds that with `max_uncommitted_bytes`, but a promise may exceed a frame limit).
 - An acceptor that refuses a snapshot gets another one each heartbeat until one covers the
