@@ -44,6 +44,8 @@ class MessageType(enum.IntEnum):
     PRE_VOTE = 15
     PRE_VOTE_RESPONSE = 16
     HEARTBEAT = 17
+    """Leader -> follower: `commit`, a read round in `context`, and the leader's tick in `index`
+    (echoed back, so a lease counts from when the heartbeat was sent, thesis §6.4.1)."""
     HEARTBEAT_RESPONSE = 18
     SNAPSHOT = 19
     """Leader -> follower: install the snapshot in `snapshot`. The application streams its data."""
@@ -53,7 +55,9 @@ class MessageType(enum.IntEnum):
     TIMEOUT_NOW = 22
     """Leader -> transfer target: campaign now, skipping pre-vote (leadership transfer)."""
     TRANSFER_LEADER = 23
-    """Ask the leader to hand leadership over; `sender` is the node that should take it."""
+    """Ask the leader to hand leadership over: to `context` (a node id) when set, else to
+    `sender` (the transport only lets a node speak for itself, so a third party names the
+    target in `context`)."""
 
     # Remote, Multi-Paxos only (kvstore/paxos/core.py documents the field use). The Paxos core
     # also uses PROPOSE, HEARTBEAT(_RESPONSE), SNAPSHOT, READ_INDEX(_RESPONSE), TIMEOUT_NOW and
