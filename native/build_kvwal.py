@@ -98,6 +98,10 @@ int kvwal_log_append(kvwal_t *wal, size_t count, const uint64_t *indexes, const 
                      const uint8_t *types, const uint32_t *lengths, const uint8_t *data,
                      size_t data_len, const kvwal_hard_state_t *hard_state,
                      uint64_t *out_position);
+int kvwal_log_append_msgpack(kvwal_t *wal, size_t count, const uint64_t *indexes,
+                             const uint64_t *terms, const uint8_t *types, const uint8_t *packed,
+                             size_t packed_len, const kvwal_hard_state_t *hard_state,
+                             uint64_t *out_position);
 int kvwal_log_truncate_after(kvwal_t *wal, uint64_t index, uint64_t *out_position);
 int kvwal_log_sync(kvwal_t *wal);
 int kvwal_log_sync_to(kvwal_t *wal, uint64_t position);

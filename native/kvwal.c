@@ -107,6 +107,10 @@ struct kvwal {
     uint64_t base;
     struct ient *pend; /* a batch's new entries until its write succeeded */
     size_t pend_cap;
+    /* Where each entry's data lies in a msgpack-framed batch (kvwal_log_append_msgpack). */
+    uint64_t *frame_offs;
+    uint32_t *frame_lens;
+    size_t frame_cap;
 
     uint64_t snap_index, snap_term;
     uint8_t *snap_conf;
@@ -742,6 +746,7 @@ struct batch_in {
     const uint64_t *indexes, *terms;
     const uint8_t *types;
     const uint32_t *lengths;
+    const uint64_t *offsets; /* entry k's data at data + offsets[k]; NULL: packed back to back */
     const uint8_t *data;
     const kvwal_hard_state_t *hs;
     int snapshot; /* a compaction marker: snap_* fields of the handle */
@@ -782,7 +787,7 @@ static inline void batch_rec(const struct kvwal *wal, const struct batch_in *b, 
         r->nfixed = 2;
         r->fixed[0] = b->indexes[k];
         r->fixed[1] = b->terms[k];
-        r->data = b->data + *data_off;
+        r->data = b->data + (b->offsets != NULL ? b->offsets[k] : *data_off);
         r->data_len = b->lengths[k];
         *data_off += b->lengths[k];
         return;
@@ -917,25 +922,24 @@ static int pend_reserve(struct kvwal *wal, size_t n) {
     return 0;
 }
 
-int kvwal_log_append(kvwal_t *wal, size_t count, const uint64_t *indexes, const uint64_t *terms,
-                     const uint8_t *types, const uint32_t *lengths, const uint8_t *data,
-                     size_t data_len, const kvwal_hard_state_t *hard_state,
-                     uint64_t *out_position) {
-    if (count > 0 && (indexes == NULL || terms == NULL || types == NULL || lengths == NULL)) {
-        return KVWAL_EINVAL;
-    }
-    if (count == 0 && hard_state == NULL) {
-        /* Nothing to write; still report the position so callers can sync it. */
-        pthread_mutex_lock(&wal->mu);
-        int rc = wal->failed ? KVWAL_EFAILED : !wal->opened ? KVWAL_ECLOSED : 0;
-        if (rc == 0 && out_position != NULL) *out_position = wal->appended;
-        pthread_mutex_unlock(&wal->mu);
-        return rc;
-    }
-    int rc = writer_enter(wal);
-    if (rc != 0) return rc;
+/* Nothing to write: report the position so that callers can sync it. */
+static int append_nothing(struct kvwal *wal, uint64_t *out_position) {
+    pthread_mutex_lock(&wal->mu);
+    int rc = wal->failed ? KVWAL_EFAILED : !wal->opened ? KVWAL_ECLOSED : 0;
+    if (rc == 0 && out_position != NULL) *out_position = wal->appended;
+    pthread_mutex_unlock(&wal->mu);
+    return rc;
+}
 
-    /* Validate everything before writing anything. */
+/* The rest of an append once the caller holds the writer flag and `b` (without its truncate
+ * fields) describes the entries: validate everything, then write, then index. `data_len` is
+ * what the lengths must add up to, or UINT64_MAX when the data is not one packed block. */
+static int append_locked(struct kvwal *wal, struct batch_in *b, uint64_t data_len,
+                         uint64_t *out_position) {
+    size_t count = b->count;
+    const uint64_t *indexes = b->indexes;
+    const uint32_t *lengths = b->lengths;
+    const kvwal_hard_state_t *hard_state = b->hs;
     uint64_t total = 0;
     for (size_t k = 0; k < count; k++) {
         if (indexes[k] != indexes[0] + k) {
@@ -951,10 +955,10 @@ int kvwal_log_append(kvwal_t *wal, size_t count, const uint64_t *indexes, const 
         }
         total += lengths[k];
     }
-    if (total != data_len) {
+    if (data_len != UINT64_MAX && total != data_len) {
         set_error(wal, KVWAL_EINVAL, 0, NULL, 0, 0,
-                  "append: lengths add up to %llu bytes but data has %zu",
-                  (unsigned long long)total, data_len);
+                  "append: lengths add up to %llu bytes but data has %llu",
+                  (unsigned long long)total, (unsigned long long)data_len);
         return writer_exit(wal, KVWAL_EINVAL);
     }
     if (hard_state != NULL && hard_state->vote_len > KVWAL_VOTE_BYTES_MAX) {
@@ -963,8 +967,6 @@ int kvwal_log_append(kvwal_t *wal, size_t count, const uint64_t *indexes, const 
         return writer_exit(wal, KVWAL_ETOOBIG);
     }
     uint64_t last = last_index(wal);
-    struct batch_in b = {.count = count, .indexes = indexes, .terms = terms, .types = types,
-                         .lengths = lengths, .data = data, .hs = hard_state};
     if (count > 0) {
         if (indexes[0] <= wal->snap_index) {
             set_error(wal, KVWAL_ECOMPACTED, 0, NULL, 0, 0,
@@ -980,9 +982,9 @@ int kvwal_log_append(kvwal_t *wal, size_t count, const uint64_t *indexes, const 
         }
         if (indexes[0] <= last) {
             /* The new entries conflict with the tail: cut it, in the same write (etcd). */
-            b.truncate = 1;
-            b.truncate_index = indexes[0] - 1;
-            b.truncate_last = indexes[count - 1];
+            b->truncate = 1;
+            b->truncate_index = indexes[0] - 1;
+            b->truncate_last = indexes[count - 1];
         }
     }
     if (pend_reserve(wal, count) != 0 || ents_reserve(wal, count) != 0) {
@@ -990,7 +992,7 @@ int kvwal_log_append(kvwal_t *wal, size_t count, const uint64_t *indexes, const 
         return writer_exit(wal, ENOMEM);
     }
 
-    rc = batch_write(wal, &b);
+    int rc = batch_write(wal, b);
     if (rc != 0) return writer_exit(wal, rc);
 
     if (count > 0) {
@@ -1003,6 +1005,112 @@ int kvwal_log_append(kvwal_t *wal, size_t count, const uint64_t *indexes, const 
     wal->stats.append_calls++;
     if (out_position != NULL) *out_position = wal->appended;
     return writer_exit(wal, 0);
+}
+
+int kvwal_log_append(kvwal_t *wal, size_t count, const uint64_t *indexes, const uint64_t *terms,
+                     const uint8_t *types, const uint32_t *lengths, const uint8_t *data,
+                     size_t data_len, const kvwal_hard_state_t *hard_state,
+                     uint64_t *out_position) {
+    if (count > 0 && (indexes == NULL || terms == NULL || types == NULL || lengths == NULL)) {
+        return KVWAL_EINVAL;
+    }
+    if (count == 0 && hard_state == NULL) return append_nothing(wal, out_position);
+    int rc = writer_enter(wal);
+    if (rc != 0) return rc;
+    struct batch_in b = {.count = count, .indexes = indexes, .terms = terms, .types = types,
+                         .lengths = lengths, .data = data, .hs = hard_state};
+    return append_locked(wal, &b, data_len, out_position);
+}
+
+static inline uint32_t get_be16(const uint8_t *p) {
+    return (uint32_t)p[0] << 8 | p[1];
+}
+static inline uint32_t get_be32(const uint8_t *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* Find the `count` bin objects of the msgpack array in packed[0 .. len) (see kvwal.h): their
+ * offsets and lengths go to wal->frame_offs/frame_lens. Under the writer flag. */
+static int frames_parse(struct kvwal *wal, size_t count, const uint8_t *packed, size_t len) {
+    if (count > wal->frame_cap) {
+        size_t cap = wal->frame_cap ? wal->frame_cap : 256;
+        while (cap < count) cap *= 2;
+        uint64_t *offs = realloc(wal->frame_offs, cap * sizeof *offs);
+        if (offs != NULL) wal->frame_offs = offs;
+        uint32_t *lens = offs != NULL ? realloc(wal->frame_lens, cap * sizeof *lens) : NULL;
+        if (lens == NULL) {
+            return set_error(wal, ENOMEM, ENOMEM, NULL, 0, 0, "append: out of memory");
+        }
+        wal->frame_lens = lens;
+        wal->frame_cap = cap;
+    }
+    size_t pos, n;
+    if (len >= 1 && (packed[0] & 0xf0u) == 0x90u) {
+        n = packed[0] & 0x0fu;
+        pos = 1;
+    } else if (len >= 3 && packed[0] == 0xdcu) {
+        n = get_be16(packed + 1);
+        pos = 3;
+    } else if (len >= 5 && packed[0] == 0xddu) {
+        n = get_be32(packed + 1);
+        pos = 5;
+    } else {
+        return set_error(wal, KVWAL_EINVAL, 0, NULL, 0, 0, "append: data is not a msgpack array");
+    }
+    if (n != count) {
+        return set_error(wal, KVWAL_EINVAL, 0, NULL, 0, 0,
+                         "append: %zu entries but %zu data items", count, n);
+    }
+    for (size_t k = 0; k < count; k++) {
+        /* bin 8, bin 16, bin 32: a tag, then the length (big-endian) in 1, 2 or 4 bytes. */
+        size_t left = len - pos, head;
+        uint32_t n_bytes;
+        if (left >= 2 && packed[pos] == 0xc4u) {
+            n_bytes = packed[pos + 1];
+            head = 2;
+        } else if (left >= 3 && packed[pos] == 0xc5u) {
+            n_bytes = get_be16(packed + pos + 1);
+            head = 3;
+        } else if (left >= 5 && packed[pos] == 0xc6u) {
+            n_bytes = get_be32(packed + pos + 1);
+            head = 5;
+        } else {
+            return set_error(wal, KVWAL_EINVAL, 0, NULL, 0, 0,
+                             "append: data item %zu is not msgpack bin", k);
+        }
+        if (n_bytes > left - head) {
+            return set_error(wal, KVWAL_EINVAL, 0, NULL, 0, 0,
+                             "append: data item %zu runs past the end", k);
+        }
+        wal->frame_offs[k] = pos + head;
+        wal->frame_lens[k] = n_bytes;
+        pos += head + n_bytes;
+    }
+    if (pos != len) {
+        return set_error(wal, KVWAL_EINVAL, 0, NULL, 0, 0,
+                         "append: %zu bytes after the msgpack array", len - pos);
+    }
+    return 0;
+}
+
+int kvwal_log_append_msgpack(kvwal_t *wal, size_t count, const uint64_t *indexes,
+                             const uint64_t *terms, const uint8_t *types, const uint8_t *packed,
+                             size_t packed_len, const kvwal_hard_state_t *hard_state,
+                             uint64_t *out_position) {
+    if (count > 0 && (indexes == NULL || terms == NULL || types == NULL || packed == NULL)) {
+        return KVWAL_EINVAL;
+    }
+    if (count == 0 && hard_state == NULL) return append_nothing(wal, out_position);
+    int rc = writer_enter(wal);
+    if (rc != 0) return rc;
+    if (count > 0) {
+        rc = frames_parse(wal, count, packed, packed_len);
+        if (rc != 0) return writer_exit(wal, rc);
+    }
+    struct batch_in b = {.count = count, .indexes = indexes, .terms = terms, .types = types,
+                         .lengths = wal->frame_lens, .offsets = wal->frame_offs, .data = packed,
+                         .hs = hard_state};
+    return append_locked(wal, &b, UINT64_MAX, out_position);
 }
 
 int kvwal_log_truncate_after(kvwal_t *wal, uint64_t index, uint64_t *out_position) {
@@ -1898,6 +2006,8 @@ int kvwal_log_close(kvwal_t *wal) {
     free(wal->segs);
     free(wal->ents);
     free(wal->pend);
+    free(wal->frame_offs);
+    free(wal->frame_lens);
     free(wal->scratch);
     free(wal->snap_conf);
     free(wal->dir);

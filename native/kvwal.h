@@ -234,6 +234,20 @@ int kvwal_log_append(kvwal_t *wal, size_t count, const uint64_t *indexes, const 
                      uint64_t *out_position);
 
 /**
+ * kvwal_log_append() with the entries' data given as one msgpack array (https://msgpack.org,
+ * the "array 16", "array 32" or "fixarray" format) of exactly `count` items, each a "bin 8",
+ * "bin 16" or "bin 32" object, which is how msgpack writes byte strings: entry k's data is item
+ * k. Nothing may follow the array. It saves a caller that holds its data as separate byte
+ * strings (the Python wrapper) from measuring and joining them itself; the records written are
+ * the same. Malformed framing fails with KVWAL_EINVAL before anything is written.
+ * @return as kvwal_log_append()
+ */
+int kvwal_log_append_msgpack(kvwal_t *wal, size_t count, const uint64_t *indexes,
+                             const uint64_t *terms, const uint8_t *types, const uint8_t *packed,
+                             size_t packed_len, const kvwal_hard_state_t *hard_state,
+                             uint64_t *out_position);
+
+/**
  * Cut every entry with index > `index` (appends a TRUNCATE record). A no-op if index >= last.
  * @param[out] out_position  the append position afterwards (sync it for durability; may be NULL)
  * @return 0, KVWAL_ECOMPACTED (index < snapshot index), KVWAL_EFAILED

@@ -77,6 +77,14 @@ _FAULT_KINDS = {
 _ENTRY_TYPES: dict[int, EntryType] = {int(t): t for t in EntryType}
 
 
+# append() frames a batch's data with msgpack. A Packer keeps its buffer between calls, which
+# spares a fresh 256 KiB allocation per batch (that churn cost more than the packing here); one
+# per thread, since append() may run in several threads at once. A thread drops its packer after
+# a batch bigger than this, so that one huge batch does not pin a huge buffer for good.
+_PACKER_KEEP_BYTES = 4 << 20
+_packers = threading.local()
+
+
 def crc32c(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
     """CRC32C of `data`, extending `crc` (0 to start): the checksum the log uses."""
     return int(lib.kvwal_crc32c(crc, ffi.from_buffer("uint8_t[]", data), len(data)))
@@ -305,46 +313,60 @@ class WriteAheadLog:
                 self._exit()
             return int(nums[2])
         out = ffi.new("uint64_t *")
-        if count:
-            # One pass in C flattens the entries (term, index, type, data, term, ...); slices pick
-            # the columns and array()/bytes() pack them, in C as well, and cffi reads them in
-            # place: no Python-level loop over the entries. (zip(*entries) is faster on paper but
-            # keeps one live iterator per entry, which sets off the cyclic GC on big batches.)
-            flat: list[Any] = list(chain.from_iterable(entries))
-            if len(flat) != 4 * count:
-                raise InvalidArgumentError("append takes a sequence of Entry")
-            terms = flat[0::4]
-            types = flat[2::4]
-            datas = flat[3::4]
-            term = terms[0]
+        if not count:
+            handle = self._enter()
             try:
-                # A batch usually shares one term and holds only NORMAL entries. Counting (an
-                # identity test per item, in C) and repeating one value is cheaper than
-                # converting every item.
-                if terms.count(term) == count:
-                    term_column = array("Q", (term,)) * count
-                else:
-                    term_column = array("Q", terms)
-                if types.count(EntryType.NORMAL) == count:
-                    type_column = bytes(count)
-                else:
-                    type_column = bytes(types)
-                data = b"".join(datas)
-                args = (
-                    ffi.from_buffer("uint64_t[]", array("Q", flat[1::4])),
-                    ffi.from_buffer("uint64_t[]", term_column),
-                    ffi.from_buffer("uint8_t[]", type_column),
-                    ffi.from_buffer("uint32_t[]", array("I", map(len, datas))),
-                    ffi.from_buffer("uint8_t[]", data),
-                    len(data),
+                rc = lib.kvwal_log_append(
+                    handle, 0, ffi.NULL, ffi.NULL, ffi.NULL, ffi.NULL, ffi.NULL, 0, hs, out
                 )
-            except (TypeError, ValueError, OverflowError) as exc:
-                raise InvalidArgumentError(f"append takes a sequence of Entry: {exc}") from None
-        else:
-            args = (ffi.NULL, ffi.NULL, ffi.NULL, ffi.NULL, ffi.NULL, 0)
+                if rc:
+                    raise _error(handle, "append", rc)
+            finally:
+                self._exit()
+            return int(out[0])
+        # Every step below is one call that loops in C, so the entries cost no Python bytecode
+        # each: chain() flattens them (term, index, type, data, term, ...), slices pick the
+        # columns, array()/bytes() pack the numbers and msgpack frames the data (each item's
+        # length, then its bytes: one pass, where join() + map(len) took two), all read in place
+        # by kvwal_log_append_msgpack. (zip(*entries) would transpose faster, but it holds one
+        # live iterator per entry, which sets off the cyclic GC on big batches.)
+        flat: list[Any] = list(chain.from_iterable(entries))
+        if len(flat) != 4 * count:
+            raise InvalidArgumentError("append takes a sequence of Entry")
+        terms = flat[0::4]
+        types = flat[2::4]
+        term = terms[0]
+        try:
+            # A batch usually shares one term and holds only NORMAL entries. Counting them (an
+            # identity test per item) and repeating one value is cheaper than converting each.
+            if terms.count(term) == count:
+                term_column = array("Q", (term,)) * count
+            else:
+                term_column = array("Q", terms)
+            normal = types.count(EntryType.NORMAL) == count
+            type_column = bytes(count) if normal else bytes(types)
+            indexes = ffi.from_buffer("uint64_t[]", array("Q", flat[1::4]))
+            packer = getattr(_packers, "packer", None)
+            if packer is None:
+                packer = _packers.packer = msgpack.Packer()
+            packed: bytes = packer.pack(flat[3::4])
+            if len(packed) > _PACKER_KEEP_BYTES:
+                _packers.packer = None
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidArgumentError(f"append takes a sequence of Entry: {exc}") from None
         handle = self._enter()
         try:
-            rc = lib.kvwal_log_append(handle, count, *args, hs, out)
+            rc = lib.kvwal_log_append_msgpack(
+                handle,
+                count,
+                indexes,
+                ffi.from_buffer("uint64_t[]", term_column),
+                type_column,
+                packed,
+                len(packed),
+                hs,
+                out,
+            )
             if rc:
                 raise _error(handle, "append", rc)
         finally:
