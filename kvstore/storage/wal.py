@@ -77,10 +77,12 @@ _FAULT_KINDS = {
 _ENTRY_TYPES: dict[int, EntryType] = {int(t): t for t in EntryType}
 
 
-# append() frames a batch's data with msgpack. A Packer keeps its buffer between calls, which
-# spares a fresh 256 KiB allocation per batch (that churn cost more than the packing here); one
-# per thread, since append() may run in several threads at once. A thread drops its packer after
-# a batch bigger than this, so that one huge batch does not pin a huge buffer for good.
+# append() frames a batch's data with msgpack, into a Packer that keeps its buffer between
+# calls; the C side reads that buffer in place. So a batch allocates and copies no block as big
+# as its data (packb() did both, and a fresh block per batch can also make glibc hand memory back
+# and fault it in again). One packer per thread, since append() may run in several threads at
+# once; a thread drops its packer after a batch bigger than this, so that one huge batch does not
+# pin a huge buffer for good.
 _PACKER_KEEP_BYTES = 4 << 20
 _packers = threading.local()
 
@@ -348,29 +350,37 @@ class WriteAheadLog:
             indexes = ffi.from_buffer("uint64_t[]", array("Q", flat[1::4]))
             packer = getattr(_packers, "packer", None)
             if packer is None:
-                packer = _packers.packer = msgpack.Packer()
-            packed: bytes = packer.pack(flat[3::4])
-            if len(packed) > _PACKER_KEEP_BYTES:
-                _packers.packer = None
+                packer = _packers.packer = msgpack.Packer(autoreset=False)
+            packer.pack(flat[3::4])  # resets itself if it raises
         except (TypeError, ValueError, OverflowError) as exc:
             raise InvalidArgumentError(f"append takes a sequence of Entry: {exc}") from None
-        handle = self._enter()
+        view = packer.getbuffer()
+        size = len(view)
         try:
-            rc = lib.kvwal_log_append_msgpack(
-                handle,
-                count,
-                indexes,
-                ffi.from_buffer("uint64_t[]", term_column),
-                type_column,
-                packed,
-                len(packed),
-                hs,
-                out,
-            )
-            if rc:
-                raise _error(handle, "append", rc)
+            handle = self._enter()
+            try:
+                with ffi.from_buffer("uint8_t[]", view) as packed:
+                    rc = lib.kvwal_log_append_msgpack(
+                        handle,
+                        count,
+                        indexes,
+                        ffi.from_buffer("uint64_t[]", term_column),
+                        type_column,
+                        packed,
+                        size,
+                        hs,
+                        out,
+                    )
+                if rc:
+                    raise _error(handle, "append", rc)
+            finally:
+                self._exit()
         finally:
-            self._exit()
+            view.release()
+            if size > _PACKER_KEEP_BYTES:
+                _packers.packer = None
+            else:
+                packer.reset()
         return int(out[0])
 
     def sync(self, position: int | None = None) -> None:

@@ -10,6 +10,7 @@ the C entry point with explicit lengths (kvwal_log_append) writes for the same e
 from __future__ import annotations
 
 import random
+import threading
 from array import array
 from pathlib import Path
 
@@ -153,3 +154,53 @@ def test_bad_batches_are_refused_and_write_nothing(tmp_path: Path, batch: list[E
         # The log still takes good appends afterwards (a refusal does not poison it).
         wal.append([Entry(1, 1, EntryType.NORMAL, b"x"), Entry(1, 2, EntryType.NORMAL, b"y")])
         assert [e.data for e in wal.entries(1, 3)] == [b"x", b"y"]
+
+
+def test_threads_appending_batches_at_once_each_get_their_own_data(tmp_path: Path) -> None:
+    """append() frames data in a per-thread buffer: threads appending batches at the same time
+    (to their own logs, and to one shared log under a lock) must not see each other's data."""
+    threads_n, rounds = 4, 30
+    shared = WriteAheadLog(tmp_path / "shared", segment_bytes=SEGMENT)
+    lock = threading.Lock()
+    next_index = [1]
+    errors: list[BaseException] = []
+    own_expected: dict[int, list[Entry]] = {}
+
+    def work(k: int) -> None:
+        try:
+            rng = random.Random(SEED + k)
+            mine: list[Entry] = []
+            with WriteAheadLog(tmp_path / f"own{k}", segment_bytes=SEGMENT) as own:
+                for _ in range(rounds):
+                    batch = random_batch(rng, len(mine) + 1, rng.randrange(2, 40), term=1)
+                    own.append(batch)
+                    mine += batch
+                    with lock:
+                        first = next_index[0]
+                        shared.append(
+                            [
+                                Entry(1, first + j, EntryType.NORMAL, bytes([k]) * 3)
+                                for j in range(3)
+                            ]
+                        )
+                        next_index[0] += 3
+                assert own.entries(1, len(mine) + 1) == mine
+            own_expected[k] = mine
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(threads_n)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    try:
+        assert not errors, errors
+        assert len(own_expected) == threads_n
+        entries = shared.entries(1, next_index[0])
+        assert len(entries) == 3 * threads_n * rounds
+        for j in range(0, len(entries), 3):
+            # Each batch of three carries one thread's tag, never a mix.
+            assert len({e.data for e in entries[j : j + 3]}) == 1
+    finally:
+        shared.close()
