@@ -158,7 +158,7 @@ def _conf_reflects(conf: ConfState, change: ConfChange) -> bool:
 class _PendingWrite:
     """A proposal waiting to be applied, keyed by its session (client id, sequence number)."""
 
-    __slots__ = ("data", "future", "proposed", "waiters")
+    __slots__ = ("data", "future", "proposed", "waiters", "wakers")
 
     def __init__(self, data: bytes, future: asyncio.Future[object]) -> None:
         self.data = data
@@ -167,6 +167,8 @@ class _PendingWrite:
         """Whether the core ever took it (then it may be applied even if we stop waiting)."""
         self.waiters = 0
         """Callers waiting for it (a client may retry a write while its first try waits)."""
+        self.wakers: list[asyncio.Future[None]] = []
+        """The waiting callers' private futures, woken directly when the write is applied."""
 
 
 class _OutgoingSnapshot:
@@ -656,6 +658,10 @@ class Node:
                 loop = asyncio.get_running_loop()
                 waiter = loop.create_future()
                 wake = functools.partial(_wake, waiter)
+                # `_apply` wakes `waiter` itself, in the same callback: a done-callback would
+                # run one loop iteration later. The done-callback stays for every other way
+                # the write ends (failures, refusals).
+                pending.wakers.append(waiter)
                 future.add_done_callback(wake)
                 timer = loop.call_at(loop.time() + timeout_s, wake)
                 try:
@@ -663,6 +669,7 @@ class Node:
                 finally:
                     timer.cancel()
                     future.remove_done_callback(wake)
+                    pending.wakers.remove(waiter)
                 if not future.done():
                     if not pending.proposed:
                         raise UnavailableError(
@@ -1137,6 +1144,8 @@ class Node:
                 waiter = pending.get(session) if session is not None else None
                 if waiter is not None and not waiter.future.done():
                     waiter.future.set_result(result)
+                    for waker in waiter.wakers:
+                        _wake(waker)
         if any(entry.type == EntryType.CONF_CHANGE for entry in entries):
             self._refresh_members()
         self._release_applied_waiters(self._applied_index)
