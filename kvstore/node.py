@@ -8,11 +8,17 @@ The Ready loop (`_run_ready`) is the heart of it, in the order the core's `Ready
 
 1. send `messages` (the leader's APPENDs go out before its own fsync, thesis §10.2.1);
 2. install a received snapshot, then append `entries` and `hard_state` to the log;
-3. one fsync if `must_sync`, off the loop: while it runs the loop keeps stepping messages and
-   proposals into the core, so the next batch grows by itself (natural group commit);
+3. one fsync if `must_sync`. A batch of more than `INLINE_SYNC_ENTRIES_MAX` entries, or any
+   batch while fsyncs have been slow, is synced off the loop: while it runs the loop keeps
+   stepping messages and proposals into the core, so the next batch grows by itself (natural
+   group commit). A small batch while fsyncs are fast (a lone write) is synced on the loop
+   thread: the thread hop costs more than such an fsync (see `_can_handle_inline`);
 4. send `persisted_messages` (votes and acks: only once durable);
 5. apply `committed_entries` to LMDB in one transaction and answer the waiting callers;
 6. `advance()`.
+
+A peer's message is stepped and its Readies handled in the same callback when none of them has
+to wait (`_run_ready_inline`); otherwise the Ready task takes over.
 
 Around it:
 
