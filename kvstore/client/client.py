@@ -13,12 +13,12 @@ import concurrent.futures
 import random
 import threading
 from collections.abc import Coroutine, Mapping, Sequence
-from types import TracebackType
 from typing import Any, TypeVar
 
 from kvstore.client import aio_client
 from kvstore.client.aio_client import Connector
 from kvstore.client.balancer import Balancer
+from kvstore.closing import ClosingContext
 from kvstore.errors import OperationTimeoutError, UnavailableError
 from kvstore.eventloop import new_event_loop
 from kvstore.options import Status, check_timeout
@@ -32,7 +32,7 @@ _WAIT_GRACE_S = 5.0
 enforces every timeout itself; this only guards against a wedged loop)."""
 
 
-class Client:
+class Client(ClosingContext):
     """A client of a kvstore cluster; thread-safe. Use `close()` or a `with` block.
 
     `endpoints` lists members as "host:port", or maps each to a weight for the "weighted"
@@ -196,17 +196,6 @@ class Client:
                 future.cancel()  # their threads get UnavailableError instead of waiting on
             if not self._thread.is_alive():
                 self._loop.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __del__(self) -> None:
         # A forgotten client must not keep its thread and sockets: stop the loop at least.

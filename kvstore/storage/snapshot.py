@@ -27,8 +27,8 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 
+from kvstore.closing import ClosingContext
 from kvstore.errors import CorruptionError, InvalidArgumentError, KVStoreError
 
 PARTIAL_SUFFIX = ".partial"
@@ -79,7 +79,7 @@ def file_sha256(path: str | os.PathLike[str]) -> bytes:
     return digest.digest()
 
 
-class SnapshotWriter:
+class SnapshotWriter(ClosingContext):
     """Reassembles one snapshot file from chunks. See the module docstring.
 
     `snapshot_id` names the snapshot (1 to 128 of `[A-Za-z0-9._-]`, not starting with a dot or
@@ -210,17 +210,6 @@ class SnapshotWriter:
             self._partial.unlink()
         except FileNotFoundError:
             pass
-
-    def __enter__(self) -> SnapshotWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _check_open(self) -> int:
         if self._fd is None:

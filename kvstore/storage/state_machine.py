@@ -49,10 +49,10 @@ import os
 import struct
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
 import lmdb
 
+from kvstore.closing import ClosingContext
 from kvstore.errors import CorruptionError, InvalidArgumentError, invariant
 from kvstore.options import KEY_BYTES_MAX, check_key, check_limit
 from kvstore.raft.types import (
@@ -109,7 +109,7 @@ _NORMAL, _CONF_CHANGE = EntryType.NORMAL, EntryType.CONF_CHANGE
 _PUT, _DELETE = Op.PUT, Op.DELETE
 
 
-class StateMachine:
+class StateMachine(ClosingContext):
     """The LMDB state machine of one node. See the module docstring for layout and guarantees.
 
     `StateMachine(directory, map_size_bytes=..., sessions_max=...)` creates `directory` if
@@ -174,17 +174,6 @@ class StateMachine:
         if self._env is not None:
             self._env.close()
             self._env = None
-
-    def __enter__(self) -> StateMachine:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _open_env(self) -> lmdb.Environment:
         env = self._env

@@ -23,12 +23,12 @@ import threading
 from array import array
 from collections.abc import Sequence
 from itertools import chain
-from types import TracebackType
 from typing import Any, NamedTuple
 
 import msgpack
 
 from kvstore._kvwal import ffi, lib
+from kvstore.closing import ClosingContext
 from kvstore.errors import (
     CompactedError,
     CorruptionError,
@@ -150,7 +150,7 @@ def _decode_conf(data: bytes) -> ConfState:
     return ConfState(tuple(voters), tuple(learners))
 
 
-class WriteAheadLog:
+class WriteAheadLog(ClosingContext):
     """The redo log of one node, in `directory` (created if missing). Opening recovers it.
 
     Implements `kvstore.raft.types.LogView`. Raises `CorruptionError` (with path and offset) if
@@ -252,17 +252,6 @@ class WriteAheadLog:
         rc = lib.kvwal_log_close(handle)
         if rc:
             logger.warning("redo log: closing %s: %s", self._directory, os.strerror(rc))
-
-    def __enter__(self) -> WriteAheadLog:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # ---- writing -------------------------------------------------------------------------------
 
