@@ -694,7 +694,9 @@ class Client:
                     )
                 except TimeoutError:
                     unknown = unknown or attempt.sent
-                    if loop.time() >= deadline:
+                    if attempt_s >= remaining:
+                        # Cut short by the call's own deadline (asyncio may wake a hair before
+                        # it), not a silent member: stop, and keep the error that made us retry.
                         self._balancer.observe(target, None, False)
                         break
                     # Silent for a whole attempt: try another member now (see
