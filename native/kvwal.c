@@ -87,7 +87,11 @@ struct fault {
 
 struct kvwal {
     pthread_mutex_t mu;
-    pthread_cond_t cv;      /* writer flag released, sync finished, segment prepared, poison */
+    /* Two condition variables, so that an append does not wake the threads waiting for an
+     * fdatasync and an fdatasync does not wake the waiting writers: with one shared variable,
+     * 32 threads in group commit spent half their time waking up for nothing. */
+    pthread_cond_t writer_cv; /* writer flag released, segment prepared, poison */
+    pthread_cond_t sync_cv;   /* an fdatasync ended or the durable position moved, poison */
     pthread_cond_t prep_cv; /* wakes the helper thread */
 
     int opened;
@@ -290,7 +294,8 @@ static int poison(struct kvwal *wal, int sys_errno, const char *name, const char
     wal->failed = 1;
     set_error(wal, KVWAL_EFAILED, sys_errno, name, 0, 0, "%s failed: %s", what,
               strerror(sys_errno));
-    pthread_cond_broadcast(&wal->cv);
+    pthread_cond_broadcast(&wal->writer_cv);
+    pthread_cond_broadcast(&wal->sync_cv);
     return KVWAL_EFAILED;
 }
 
@@ -597,7 +602,7 @@ static void *prep_main(void *arg) {
             wal->prep_state = PREP_READY;
             wal->prep_fd = fd;
         }
-        pthread_cond_broadcast(&wal->cv);
+        pthread_cond_broadcast(&wal->writer_cv);
     }
     pthread_mutex_unlock(&wal->mu);
     return NULL;
@@ -669,7 +674,7 @@ static int segment_rotate(struct kvwal *wal, uint64_t need, uint64_t first_index
     if (wal->failed) return KVWAL_EFAILED;
     if (wal->durable < covered) {
         wal->durable = covered;
-        pthread_cond_broadcast(&wal->cv);
+        pthread_cond_broadcast(&wal->sync_cv);
     }
 
     if (wal->prep_state == PREP_IDLE) {
@@ -681,7 +686,7 @@ static int segment_rotate(struct kvwal *wal, uint64_t need, uint64_t first_index
         wal->stats.rotation_waits++;
         while (!wal->failed &&
                (wal->prep_state == PREP_WANTED || wal->prep_state == PREP_BUSY)) {
-            pthread_cond_wait(&wal->cv, &wal->mu);
+            pthread_cond_wait(&wal->writer_cv, &wal->mu);
         }
     }
     if (wal->failed) return KVWAL_EFAILED;
@@ -717,7 +722,7 @@ static int segment_rotate(struct kvwal *wal, uint64_t need, uint64_t first_index
 static int writer_enter(struct kvwal *wal) {
     pthread_mutex_lock(&wal->mu);
     while (wal->writer_busy && !wal->failed) {
-        pthread_cond_wait(&wal->cv, &wal->mu);
+        pthread_cond_wait(&wal->writer_cv, &wal->mu);
     }
     int rc = wal->failed ? KVWAL_EFAILED : !wal->opened ? KVWAL_ECLOSED : 0;
     if (rc != 0) {
@@ -730,7 +735,8 @@ static int writer_enter(struct kvwal *wal) {
 
 static int writer_exit(struct kvwal *wal, int rc) {
     wal->writer_busy = 0;
-    pthread_cond_broadcast(&wal->cv);
+    /* Every waiter wants the flag and only one can have it. */
+    pthread_cond_signal(&wal->writer_cv);
     pthread_mutex_unlock(&wal->mu);
     return rc;
 }
@@ -1140,7 +1146,7 @@ static int sync_to_locked(struct kvwal *wal, uint64_t position) {
         if (wal->failed) return KVWAL_EFAILED;
         if (wal->syncing) {
             /* Another thread's fdatasync is in flight: when it ends it may cover us. */
-            pthread_cond_wait(&wal->cv, &wal->mu);
+            pthread_cond_wait(&wal->sync_cv, &wal->mu);
             continue;
         }
         wal->syncing = 1;
@@ -1163,7 +1169,7 @@ static int sync_to_locked(struct kvwal *wal, uint64_t position) {
         wal->stats.fdatasyncs++;
         if (err != 0) return poison(wal, err, name, "fdatasync");
         if (wal->durable < goal) wal->durable = goal;
-        pthread_cond_broadcast(&wal->cv);
+        pthread_cond_broadcast(&wal->sync_cv);
     }
     return wal->failed ? KVWAL_EFAILED : 0;
 }
@@ -1216,7 +1222,7 @@ static int snap_set(struct kvwal *wal, uint64_t index, uint64_t term, const uint
 static int segments_delete_front(struct kvwal *wal, size_t n) {
     if (n == 0) return 0;
     /* A sync in flight may still be using an fd that was the newest when it started. */
-    while (wal->syncing) pthread_cond_wait(&wal->cv, &wal->mu);
+    while (wal->syncing) pthread_cond_wait(&wal->sync_cv, &wal->mu);
     for (size_t k = 0; k < n; k++) {
         struct segment *s = &wal->segs[k];
         close(s->fd);
@@ -1896,7 +1902,8 @@ int kvwal_log_create(kvwal_t **out) {
     struct kvwal *wal = calloc(1, sizeof *wal);
     if (wal == NULL) return ENOMEM;
     pthread_mutex_init(&wal->mu, NULL);
-    pthread_cond_init(&wal->cv, NULL);
+    pthread_cond_init(&wal->writer_cv, NULL);
+    pthread_cond_init(&wal->sync_cv, NULL);
     pthread_cond_init(&wal->prep_cv, NULL);
     wal->dirfd = -1;
     wal->prep_fd = -1;
@@ -1986,7 +1993,7 @@ int kvwal_log_close(kvwal_t *wal) {
     if (wal == NULL) return 0;
     int first_err = 0;
     pthread_mutex_lock(&wal->mu);
-    while (wal->syncing) pthread_cond_wait(&wal->cv, &wal->mu);
+    while (wal->syncing) pthread_cond_wait(&wal->sync_cv, &wal->mu);
     wal->opened = 0;
     wal->prep_stop = 1;
     atomic_store(&wal->prep_abort, 1);
@@ -2012,7 +2019,8 @@ int kvwal_log_close(kvwal_t *wal) {
     free(wal->snap_conf);
     free(wal->dir);
     pthread_cond_destroy(&wal->prep_cv);
-    pthread_cond_destroy(&wal->cv);
+    pthread_cond_destroy(&wal->sync_cv);
+    pthread_cond_destroy(&wal->writer_cv);
     pthread_mutex_destroy(&wal->mu);
     free(wal);
     return first_err;

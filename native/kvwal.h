@@ -30,8 +30,9 @@
  *    releases it only while waiting for a prepared segment or for an fdatasync.
  *  - Group commit. kvwal_log_sync_to() takes the current append position under the mutex as
  *    its goal, releases the mutex, calls fdatasync(), then retakes the mutex and publishes the
- *    durable position. Only one fdatasync runs at a time; other syncing threads wait on the
- *    condition variable and return as soon as a finished fdatasync covered their position, else
+ *    durable position. Only one fdatasync runs at a time; other syncing threads wait on a
+ *    condition variable of their own (writers waiting for the flag have another, so neither kind
+ *    wakes the other) and return as soon as a finished fdatasync covered their position, else
  *    the first of them to wake starts the next one. Appends proceed while fdatasync runs, which is
  *    what lets the next batch grow by itself.
  *  - Reads (entries, term, first/last index, hard state, snapshot, stats) take the mutex briefly
