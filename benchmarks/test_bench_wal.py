@@ -20,7 +20,7 @@ import threading
 from array import array
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import crcmod.predefined
 import pytest
@@ -65,41 +65,40 @@ def _batches() -> list[list[Entry]]:
 # ---- append without sync -----------------------------------------------------------------------
 
 
-def test_bench_wal_append_python_baseline(benchmark: Any, tmp_path: Path) -> None:
-    """The pure-Python writer: struct + crcmod + one os.pwrite per 1,000-record batch."""
-    batches = _batches()
-    writers: list[PyWalWriter] = []
+class _Writer(Protocol):
+    def append(self, entries: list[Entry]) -> object: ...
 
-    def setup() -> tuple[tuple[PyWalWriter], dict[str, Any]]:
-        writers.append(PyWalWriter(str(tmp_path / f"py{len(writers)}")))
+    def close(self) -> None: ...
+
+
+def _bench_appends(
+    benchmark: Any, make_writer: Callable[[int], _Writer], batches: list[list[Entry]]
+) -> None:
+    """Time appending `batches` to a fresh writer per round (opened in the untimed setup)."""
+    writers: list[_Writer] = []
+
+    def setup() -> tuple[tuple[_Writer], dict[str, Any]]:
+        writers.append(make_writer(len(writers)))
         return (writers[-1],), {}
 
-    def run(writer: PyWalWriter) -> None:
+    def run(writer: _Writer) -> None:
         for batch in batches:
             writer.append(batch)
 
     benchmark.pedantic(run, setup=setup, rounds=15, iterations=1)
-    for w in writers:
-        w.close()
+    for writer in writers:
+        writer.close()
+
+
+def test_bench_wal_append_python_baseline(benchmark: Any, tmp_path: Path) -> None:
+    """The pure-Python writer: struct + crcmod + one os.pwrite per 1,000-record batch."""
+    _bench_appends(benchmark, lambda n: PyWalWriter(str(tmp_path / f"py{n}")), _batches())
     _record(benchmark, "python_append", work=BATCH * BATCHES_PER_ROUND)
 
 
 def test_bench_wal_append(benchmark: Any, tmp_path: Path) -> None:
     """WriteAheadLog.append: one C call per 1,000-record batch."""
-    batches = _batches()
-    logs: list[WriteAheadLog] = []
-
-    def setup() -> tuple[tuple[WriteAheadLog], dict[str, Any]]:
-        logs.append(WriteAheadLog(tmp_path / f"c{len(logs)}"))
-        return (logs[-1],), {}
-
-    def run(wal: WriteAheadLog) -> None:
-        for batch in batches:
-            wal.append(batch)
-
-    benchmark.pedantic(run, setup=setup, rounds=15, iterations=1)
-    for w in logs:
-        w.close()
+    _bench_appends(benchmark, lambda n: WriteAheadLog(tmp_path / f"c{n}"), _batches())
     _record(benchmark, "c_append", "python_append", work=BATCH * BATCHES_PER_ROUND)
 
 
@@ -113,19 +112,7 @@ def test_bench_wal_append_overwrite(benchmark: Any, tmp_path: Path) -> None:
         [Entry(2, i, EntryType.NORMAL, data) for i in range(1 + k * half, 1 + k * half + BATCH)]
         for k in range(BATCHES_PER_ROUND)
     ]
-    logs: list[WriteAheadLog] = []
-
-    def setup() -> tuple[tuple[WriteAheadLog], dict[str, Any]]:
-        logs.append(WriteAheadLog(tmp_path / f"o{len(logs)}"))
-        return (logs[-1],), {}
-
-    def run(wal: WriteAheadLog) -> None:
-        for batch in batches:
-            wal.append(batch)
-
-    benchmark.pedantic(run, setup=setup, rounds=15, iterations=1)
-    for w in logs:
-        w.close()
+    _bench_appends(benchmark, lambda n: WriteAheadLog(tmp_path / f"o{n}"), batches)
     _record(benchmark, "c_append_overwrite", "c_append", work=BATCH * BATCHES_PER_ROUND)
 
 

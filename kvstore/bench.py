@@ -281,21 +281,25 @@ def skipped(system: str, workload: str, reason: str) -> WorkloadResult:
 # --- runners ------------------------------------------------------------------------------------
 
 
+def _timed_call(op: Callable[[int], object], number: int, recorder: Recorder) -> None:
+    """Call `op(number)` and record its latency, or its error if it raised one of OP_ERRORS."""
+    started = time.perf_counter_ns()
+    try:
+        op(number)
+    except OP_ERRORS as error:
+        recorder.record_error(error)
+    else:
+        recorder.record(time.perf_counter_ns() - started)
+
+
 def run_sequential(op: Callable[[int], object], recorder: Recorder) -> None:
     """Run `op(0)`, `op(1)`, ... one at a time, each waiting for the previous one."""
-    clock = time.perf_counter_ns
     recorder.start()
     try:
         for number in range(recorder.ops_max):
             if recorder.should_stop():
                 break
-            started = clock()
-            try:
-                op(number)
-            except OP_ERRORS as error:
-                recorder.record_error(error)
-                continue
-            recorder.record(clock() - started)
+            _timed_call(op, number, recorder)
     finally:
         recorder.stop()
 
@@ -303,20 +307,13 @@ def run_sequential(op: Callable[[int], object], recorder: Recorder) -> None:
 def run_threaded(op: Callable[[int], object], recorder: Recorder, *, concurrency: int) -> None:
     """Keep `concurrency` calls of `op` in flight from as many threads until `ops_max` are done."""
     numbers = itertools.count()  # next() on it is atomic under the GIL
-    clock = time.perf_counter_ns
 
     def worker() -> None:
         while not recorder.should_stop():
             number = next(numbers)
             if number >= recorder.ops_max:
                 return
-            started = clock()
-            try:
-                op(number)
-            except OP_ERRORS as error:
-                recorder.record_error(error)
-                continue
-            recorder.record(clock() - started)
+            _timed_call(op, number, recorder)
 
     threads = [
         threading.Thread(target=worker, name=f"bench-{i}", daemon=True)

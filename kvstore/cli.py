@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kvstore.consensus import CONSENSUS_KINDS
 from kvstore.errors import KVStoreError
-from kvstore.options import Options
+from kvstore.options import CONSISTENCY_LEVELS, Options
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -70,6 +70,10 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not >= 1")
     return value
+
+
+def _add_consistency_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--consistency", default="linearizable", choices=CONSISTENCY_LEVELS)
 
 
 def _add_client_arguments(parser: argparse.ArgumentParser) -> None:
@@ -140,9 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     get = commands.add_parser("get", help="read a key (exit 1 if absent)")
     get.add_argument("key")
-    get.add_argument(
-        "--consistency", default="linearizable", choices=("linearizable", "lease", "stale")
-    )
+    _add_consistency_argument(get)
     _add_client_arguments(get)
 
     delete = commands.add_parser("delete", help="delete a key (exit 1 if it was absent)")
@@ -162,9 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan = commands.add_parser("scan", help="list keys with a prefix, sorted")
     scan.add_argument("prefix", nargs="?", default="")
     scan.add_argument("--limit", type=int, default=None)
-    scan.add_argument(
-        "--consistency", default="linearizable", choices=("linearizable", "lease", "stale")
-    )
+    _add_consistency_argument(scan)
     _add_client_arguments(scan)
 
     status = commands.add_parser("status", help="show each member's role, term and indices")

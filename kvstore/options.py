@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from kvstore.consensus import CONSENSUS_KINDS
 from kvstore.errors import InvalidArgumentError
+from kvstore.raft.config import check_ticks
 
 KEY_BYTES_MAX = 511
 """LMDB's default maximum key size."""
@@ -62,13 +63,7 @@ class Options:
         """Raise `InvalidArgumentError` naming the first setting that is out of range."""
         if self.tick_s <= 0:
             raise InvalidArgumentError(f"tick_s must be > 0, got {self.tick_s}")
-        if self.heartbeat_ticks < 1:
-            raise InvalidArgumentError(f"heartbeat_ticks must be >= 1, got {self.heartbeat_ticks}")
-        if self.election_ticks <= self.heartbeat_ticks:
-            raise InvalidArgumentError(
-                f"election_ticks ({self.election_ticks}) must be greater than "
-                f"heartbeat_ticks ({self.heartbeat_ticks})"
-            )
+        check_ticks(self.heartbeat_ticks, self.election_ticks)
         for name in (
             "max_value_bytes",
             "max_inflight_appends",

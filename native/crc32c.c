@@ -67,6 +67,17 @@ uint32_t kvwal_crc32c_portable(uint32_t crc, const uint8_t *buf, size_t len) {
     return ~c;
 }
 
+/* The CRC of a and b laid out little-endian, one after the other (what the crc32 instruction
+ * reads from memory on x86). */
+static uint32_t crc_u64x2_portable(uint64_t a, uint64_t b) {
+    uint8_t buf[16];
+    for (int i = 0; i < 8; i++) {
+        buf[i] = (uint8_t)(a >> (8 * i));
+        buf[8 + i] = (uint8_t)(b >> (8 * i));
+    }
+    return kvwal_crc32c_portable(0, buf, sizeof buf);
+}
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define KVWAL_HAVE_SSE42 1
 #include <nmmintrin.h>
@@ -152,12 +163,7 @@ __attribute__((target("sse4.2"))) static uint32_t seed_sse42(uint64_t a, uint64_
 uint32_t kvwal__crc32c_u64x2(uint64_t a, uint64_t b, int portable) {
     /* The crc32 instruction reads the u64 in memory order, i.e. little-endian on x86. */
     if (!portable && __builtin_cpu_supports("sse4.2")) return seed_sse42(a, b);
-    uint8_t buf[16];
-    for (int i = 0; i < 8; i++) {
-        buf[i] = (uint8_t)(a >> (8 * i));
-        buf[8 + i] = (uint8_t)(b >> (8 * i));
-    }
-    return kvwal_crc32c_portable(0, buf, sizeof buf);
+    return crc_u64x2_portable(a, b);
 }
 
 void kvwal__crc32c_many(size_t n, const uint8_t *const *bufs, const size_t *lens, uint32_t *crcs,
@@ -208,12 +214,7 @@ uint32_t kvwal_crc32c(uint32_t crc, const uint8_t *buf, size_t len) {
 
 uint32_t kvwal__crc32c_u64x2(uint64_t a, uint64_t b, int portable) {
     (void)portable;
-    uint8_t buf[16];
-    for (int i = 0; i < 8; i++) {
-        buf[i] = (uint8_t)(a >> (8 * i));
-        buf[8 + i] = (uint8_t)(b >> (8 * i));
-    }
-    return kvwal_crc32c_portable(0, buf, sizeof buf);
+    return crc_u64x2_portable(a, b);
 }
 
 void kvwal__crc32c_many(size_t n, const uint8_t *const *bufs, const size_t *lens, uint32_t *crcs,

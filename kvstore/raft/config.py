@@ -11,6 +11,18 @@ from kvstore.errors import InvalidArgumentError
 from kvstore.raft.types import ConfChange, ConfChangeType, ConfState
 
 
+def check_ticks(heartbeat_ticks: int, election_ticks: int) -> None:
+    """Raise `InvalidArgumentError` unless 1 <= heartbeat_ticks < election_ticks (a follower must
+    hear at least one heartbeat before it may start an election)."""
+    if heartbeat_ticks < 1:
+        raise InvalidArgumentError(f"heartbeat_ticks must be >= 1, got {heartbeat_ticks}")
+    if election_ticks <= heartbeat_ticks:
+        raise InvalidArgumentError(
+            f"election_ticks ({election_ticks}) must be greater than "
+            f"heartbeat_ticks ({heartbeat_ticks})"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """Everything a `RaftCore` needs to know besides its log and its random source."""
@@ -78,13 +90,7 @@ class Config:
                 f"initial_voters {voters!r} must include this node ({self.node_id!r}); "
                 "a node joining an existing cluster passes ()"
             )
-        if self.heartbeat_ticks < 1:
-            raise InvalidArgumentError(f"heartbeat_ticks must be >= 1, got {self.heartbeat_ticks}")
-        if self.election_ticks <= self.heartbeat_ticks:
-            raise InvalidArgumentError(
-                f"election_ticks ({self.election_ticks}) must be greater than "
-                f"heartbeat_ticks ({self.heartbeat_ticks})"
-            )
+        check_ticks(self.heartbeat_ticks, self.election_ticks)
         if self.lease_ticks is not None and not 1 <= self.lease_ticks < self.election_ticks:
             raise InvalidArgumentError(
                 f"lease_ticks ({self.lease_ticks}) must be >= 1 and less than "

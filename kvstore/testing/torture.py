@@ -372,20 +372,6 @@ def _mixed(ctx: Context) -> None:
     ctx.cycles(lambda: ctx.rng.choice(choices)())
 
 
-def _netns_isolate_leader(ctx: Context) -> None:
-    ctx.cycles(lambda: ctx.nemesis.isolate(ctx.nemesis.leader_or_any()))
-
-
-def _netns_partition(ctx: Context) -> None:
-    def inject() -> None:
-        nodes = ctx.nemesis.node_ids
-        ctx.rng.shuffle(nodes)
-        minority = nodes[: (len(nodes) - 1) // 2]
-        ctx.nemesis.partition(minority, nodes[len(minority) :])
-
-    ctx.cycles(inject)
-
-
 def _netns_netem(ctx: Context) -> None:
     reason = probe_netem()
     if reason is not None:
@@ -440,12 +426,12 @@ SCHEDULES: dict[str, Schedule] = {
         ),
         Schedule(
             "netns-isolate-leader",
-            _netns_isolate_leader,
+            _isolate_leader,  # the same calls; the netns nemesis answers them with links down
             "own namespaces; the leader's link down",
             network="netns",
         ),
         Schedule(
-            "netns-partition", _netns_partition, "own namespaces; bridges split", network="netns"
+            "netns-partition", _partition_minority, "own namespaces; bridges split", network="netns"
         ),
         Schedule(
             "netns-netem",

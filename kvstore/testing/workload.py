@@ -275,41 +275,40 @@ def final_reads(
     """
     values: dict[bytes, bytes | None] = {}
     op_ids = itertools.count(max((op.op_id for op in history.operations), default=-1) + 1)
+
+    def record(
+        key: bytes,
+        invoke_ns: int,
+        complete_ns: int | None,
+        value: bytes | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        history.record(
+            Operation(
+                op_id=next(op_ids),
+                client_id=client_id,
+                kind="get",
+                key=key,
+                invoke_ns=invoke_ns,
+                complete_ns=complete_ns,
+                outcome="ok" if error is None else "unknown",
+                result=value,
+                error=None if error is None else type(error).__name__,
+                consistency="linearizable",
+            )
+        )
+
     for key in config.key_names():
         for attempt in range(attempts):
             invoke_ns = time.monotonic_ns()
             try:
                 value = client.get(key, consistency="linearizable", timeout_s=timeout_s)
             except (KVStoreError, OSError) as exc:
-                history.record(
-                    Operation(
-                        op_id=next(op_ids),
-                        client_id=client_id,
-                        kind="get",
-                        key=key,
-                        invoke_ns=invoke_ns,
-                        complete_ns=None,
-                        outcome="unknown",
-                        error=type(exc).__name__,
-                        consistency="linearizable",
-                    )
-                )
+                record(key, invoke_ns, None, error=exc)
                 if attempt == attempts - 1:
                     raise
                 continue
-            history.record(
-                Operation(
-                    op_id=next(op_ids),
-                    client_id=client_id,
-                    kind="get",
-                    key=key,
-                    invoke_ns=invoke_ns,
-                    complete_ns=time.monotonic_ns(),
-                    outcome="ok",
-                    result=value,
-                    consistency="linearizable",
-                )
-            )
+            record(key, invoke_ns, time.monotonic_ns(), value)
             values[key] = value
             break
     return values

@@ -49,7 +49,7 @@ import hashlib
 import hmac
 import os
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import Any, ClassVar, Final
 
 import msgpack
 
@@ -176,7 +176,40 @@ def _check_secret(secret: bytes | None) -> bytes | None:
     return secret
 
 
-class DialerHandshake:
+class _Handshake:
+    """What both sides share: the state, and `receive()` that feeds a frame to the step the
+    current state expects (`_steps`) and fails the handshake for good if that step raises."""
+
+    _state: _State
+    _steps: ClassVar[dict[tuple[_State, FrameKind], Callable[[Any, object], Outgoing]]]
+
+    @property
+    def established(self) -> bool:
+        """True once both sides have accepted each other."""
+        return self._state is _State.DONE
+
+    def receive(self, kind: FrameKind, body: object) -> Outgoing:
+        """Take one frame from the other side; return the frames to send in answer.
+
+        Raises `AuthenticationError` if the other side refused us or failed to prove itself
+        (a listener then sends an ERROR frame with code `ERROR_UNAUTHENTICATED` and closes),
+        `RemoteProtocolError` on a frame that does not belong in the handshake.
+        """
+        try:
+            if kind is FrameKind.ERROR:
+                raise _refusal(body)
+            step = self._steps.get((self._state, kind))
+            if step is None:
+                raise RemoteProtocolError(
+                    f"unexpected {kind.name} frame in handshake ({self._state.value})"
+                )
+            return step(self, body)
+        except BaseException:
+            self._state = _State.FAILED
+            raise
+
+
+class DialerHandshake(_Handshake):
     """The handshake of the side that opened the connection (a peer node or a client).
 
     Call `start()` and send what it returns, then feed every received frame to `receive()` and
@@ -219,11 +252,6 @@ class DialerHandshake:
         self.peer_consensus: str | None = None
         """The listener's consensus protocol as it sent it (proven if there is a secret)."""
 
-    @property
-    def established(self) -> bool:
-        """True once both sides have accepted each other."""
-        return self._state is _State.DONE
-
     def start(self) -> Outgoing:
         """Return the HELLO frame to send first."""
         if self._state is not _State.START:
@@ -238,29 +266,6 @@ class DialerHandshake:
         }
         self._state = _State.WAIT_HELLO_ACK
         return [(FrameKind.HELLO, self._hello)]
-
-    def receive(self, kind: FrameKind, body: object) -> Outgoing:
-        """Take one frame from the listener; return the frames to send in answer.
-
-        Raises `AuthenticationError` if the listener refused us or failed to prove itself,
-        `RemoteProtocolError` on a frame that does not belong in the handshake.
-        """
-        try:
-            return self._receive(kind, body)
-        except BaseException:
-            self._state = _State.FAILED
-            raise
-
-    def _receive(self, kind: FrameKind, body: object) -> Outgoing:
-        if kind is FrameKind.ERROR:
-            raise _refusal(body)
-        if self._state is _State.WAIT_HELLO_ACK and kind is FrameKind.HELLO_ACK:
-            return self._on_hello_ack(body)
-        if self._state is _State.WAIT_AUTH_OK and kind is FrameKind.AUTH_OK:
-            return self._on_auth_ok(body)
-        raise RemoteProtocolError(
-            f"unexpected {kind.name} frame in handshake ({self._state.value})"
-        )
 
     def _on_hello_ack(self, body: object) -> Outgoing:
         ack = _check_body(body, ("node_id", "nonce", "members"), "HELLO_ACK")
@@ -307,8 +312,13 @@ class DialerHandshake:
         if ours is not None and theirs is not None and theirs != ours:
             raise _mismatch(ours, theirs, f"node {self.peer_id!r}", "this node")
 
+    _steps = {
+        (_State.WAIT_HELLO_ACK, FrameKind.HELLO_ACK): _on_hello_ack,
+        (_State.WAIT_AUTH_OK, FrameKind.AUTH_OK): _on_auth_ok,
+    }
 
-class ListenerHandshake:
+
+class ListenerHandshake(_Handshake):
     """The handshake of the side that accepted the connection (always a node).
 
     Feed every received frame to `receive()` and send what it returns until `established`.
@@ -342,34 +352,6 @@ class ListenerHandshake:
         """A peer dialer's node id (proven if there is a secret); None for clients."""
         self.peer_consensus: str | None = None
         """A peer dialer's consensus protocol as it sent it; None for clients."""
-
-    @property
-    def established(self) -> bool:
-        """True once the dialer is accepted: nothing but handshake frames is read before."""
-        return self._state is _State.DONE
-
-    def receive(self, kind: FrameKind, body: object) -> Outgoing:
-        """Take one frame from the dialer; return the frames to send in answer.
-
-        Raises `AuthenticationError` to refuse the dialer (send an ERROR frame with code
-        `ERROR_UNAUTHENTICATED`, then close), `RemoteProtocolError` on a malformed frame.
-        """
-        try:
-            return self._receive(kind, body)
-        except BaseException:
-            self._state = _State.FAILED
-            raise
-
-    def _receive(self, kind: FrameKind, body: object) -> Outgoing:
-        if kind is FrameKind.ERROR:
-            raise _refusal(body)
-        if self._state is _State.WAIT_HELLO and kind is FrameKind.HELLO:
-            return self._on_hello(body)
-        if self._state is _State.WAIT_AUTH and kind is FrameKind.AUTH:
-            return self._on_auth(body)
-        raise RemoteProtocolError(
-            f"unexpected {kind.name} frame in handshake ({self._state.value})"
-        )
 
     def _on_hello(self, body: object) -> Outgoing:
         hello = _check_body(body, ("role", "node_id", "target", "nonce", "members"), "HELLO")
@@ -437,6 +419,11 @@ class ListenerHandshake:
         self.peer_id = self._dialer_id if self.role == ROLE_PEER else None
         self._state = _State.DONE
         return [(FrameKind.AUTH_OK, {"proof": _proof(secret, _FROM_LISTENER, hello, ack)})]
+
+    _steps = {
+        (_State.WAIT_HELLO, FrameKind.HELLO): _on_hello,
+        (_State.WAIT_AUTH, FrameKind.AUTH): _on_auth,
+    }
 
 
 def refusal_body(reason: str) -> dict[str, str]:
