@@ -197,14 +197,35 @@ class SafetyChecker:
 
     # --- state machine safety -------------------------------------------------------------------
 
+    # How messages name a log position, and what was applied at one (Paxos overrides these).
+    POSITION = "index"
+
+    def _entry_hash(self, prev_hash: int, entry: Entry) -> int:
+        return chain_hash(prev_hash, entry.term, entry.data)
+
+    def _applied_text(self, term: int, data: bytes) -> str:
+        return f"({term}, {data!r})"
+
     def on_apply(self, node: str, entry: Entry, prev_hash: int) -> int:
         """`node` applied `entry` on top of the chain hash `prev_hash`; returns the new hash."""
-        h = chain_hash(prev_hash, entry.term, entry.data)
+        h = self._extend_applied(node, entry, prev_hash)
+        c = self._committed.get(entry.index)
+        if c is not None and c.term != entry.term:
+            raise SafetyViolation(
+                f"{node} applied term {entry.term} at index {entry.index}, committed as {c.term}"
+            )
+        return h
+
+    def _extend_applied(self, node: str, entry: Entry, prev_hash: int) -> int:
+        """State machine safety: every member applies the same sequence. Extends the common
+        sequence with `entry`, or checks it against what others applied there."""
+        h = self._entry_hash(prev_hash, entry)
         applied = self.applied
+        where = f"{self.POSITION} {entry.index}"
         if entry.index == len(applied):
             if applied[-1][2] != prev_hash:
                 raise SafetyViolation(
-                    f"state machine safety: {node} applied index {entry.index} on a state that "
+                    f"state machine safety: {node} applied {where} on a state that "
                     f"differs from the common sequence before it"
                 )
             applied.append((entry.term, entry.data, h))
@@ -212,18 +233,14 @@ class SafetyChecker:
             if applied[entry.index][2] != h:
                 t, d, _ = applied[entry.index]
                 raise SafetyViolation(
-                    f"state machine safety: {node} applied ({entry.term}, {entry.data!r}) at "
-                    f"index {entry.index}, where others applied ({t}, {d!r})"
+                    f"state machine safety: {node} applied "
+                    f"{self._applied_text(entry.term, entry.data)} at {where}, where others "
+                    f"applied {self._applied_text(t, d)}"
                 )
         else:
             raise SafetyViolation(
-                f"{node} applied index {entry.index} but the common sequence ends at "
+                f"{node} applied {where} but the common sequence ends at "
                 f"{len(applied) - 1}: a gap nobody filled"
-            )
-        c = self._committed.get(entry.index)
-        if c is not None and c.term != entry.term:
-            raise SafetyViolation(
-                f"{node} applied term {entry.term} at index {entry.index}, committed as {c.term}"
             )
         return h
 
@@ -308,29 +325,17 @@ class PaxosSafetyChecker(SafetyChecker):
     def check_leader_log(self, node: str, term: int, term_at: dict[int, int | None]) -> None:
         """Term-based: Paxos leaders are checked by value (`check_leader`)."""
 
+    POSITION = "slot"
+
+    def _entry_hash(self, prev_hash: int, entry: Entry) -> int:
+        return value_hash(prev_hash, entry)
+
+    def _applied_text(self, term: int, data: bytes) -> str:
+        return repr(data)  # the ballots of a chosen slot may differ between members
+
     def on_apply(self, node: str, entry: Entry, prev_hash: int) -> int:
         """`node` applied `entry`: the value must be the one every member applies there."""
-        h = value_hash(prev_hash, entry)
-        applied = self.applied
-        if entry.index == len(applied):
-            if applied[-1][2] != prev_hash:
-                raise SafetyViolation(
-                    f"state machine safety: {node} applied slot {entry.index} on a state that "
-                    f"differs from the common sequence before it"
-                )
-            applied.append((entry.term, entry.data, h))
-        elif entry.index < len(applied):
-            if applied[entry.index][2] != h:
-                raise SafetyViolation(
-                    f"state machine safety: {node} applied {entry.data!r} at slot {entry.index}, "
-                    f"where others applied {applied[entry.index][1]!r}"
-                )
-        else:
-            raise SafetyViolation(
-                f"{node} applied slot {entry.index} but the common sequence ends at "
-                f"{len(applied) - 1}: a gap nobody filled"
-            )
-        return h
+        return self._extend_applied(node, entry, prev_hash)
 
     def check_leader(self, node: str, term: int, storage: LeaderLog, core: ConsensusCore) -> None:
         """Leader completeness by value, once per leadership, from the moment it leads: its
