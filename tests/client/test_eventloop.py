@@ -13,14 +13,19 @@ from kvstore import eventloop
 HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
 
 
-def test_the_environment_variable_forces_asyncio(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(eventloop.ENV_VAR, "asyncio")
+def _assert_plain_asyncio() -> None:
+    """uvloop counts as unavailable and new loops are asyncio's own."""
     assert not eventloop.uvloop_available()
     loop = eventloop.new_event_loop()
     try:
         assert type(loop).__module__.startswith("asyncio")
     finally:
         loop.close()
+
+
+def test_the_environment_variable_forces_asyncio(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(eventloop.ENV_VAR, "asyncio")
+    _assert_plain_asyncio()
 
 
 @pytest.mark.skipif(not HAS_UVLOOP, reason="uvloop is not installed (pip install kvstore[fast])")
@@ -46,12 +51,7 @@ def test_without_uvloop_asyncio_is_used(monkeypatch: pytest.MonkeyPatch) -> None
         return real_import(name)
 
     monkeypatch.setattr(eventloop.importlib, "import_module", no_uvloop)
-    assert not eventloop.uvloop_available()
-    loop = eventloop.new_event_loop()
-    try:
-        assert type(loop).__module__.startswith("asyncio")
-    finally:
-        loop.close()
+    _assert_plain_asyncio()
 
 
 def test_the_blocking_client_runs_on_the_chosen_loop(monkeypatch: pytest.MonkeyPatch) -> None:
