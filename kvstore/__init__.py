@@ -14,11 +14,15 @@ from kvstore.client.balancer import (
 from kvstore.client.client import Client
 from kvstore.errors import (
     AuthenticationError,
+    CompactedError,
     CorruptionError,
     InvalidArgumentError,
     KVStoreError,
+    LeaseNotFoundError,
     NotLeaderError,
     OperationTimeoutError,
+    SessionExpiredError,
+    StorageFullError,
     UnavailableError,
 )
 from kvstore.node import Node
@@ -28,9 +32,11 @@ __all__ = [
     "AuthenticationError",
     "Balancer",
     "Client",
+    "CompactedError",
     "CorruptionError",
     "InvalidArgumentError",
     "KVStoreError",
+    "LeaseNotFoundError",
     "LeastLatency",
     "Node",
     "NotLeaderError",
@@ -38,7 +44,9 @@ __all__ = [
     "Options",
     "RandomBalancer",
     "RoundRobin",
+    "SessionExpiredError",
     "Status",
+    "StorageFullError",
     "UnavailableError",
     "WeightedRoundRobin",
 ]

@@ -60,6 +60,37 @@ class CorruptionError(KVStoreError):
         self.offset = offset
 
 
+class StorageFullError(KVStoreError):
+    """The store reached its storage quota: writes that add data are refused on every member
+    alike, while reads and deletes keep working. Free space (delete keys) and writes resume."""
+
+
+class SessionExpiredError(KVStoreError):
+    """A write retried under a client session the cluster no longer knows (expired, or never
+    registered). Its outcome is unknown: it may have been applied once, and it is never applied
+    a second time. Start a new session (a new client) and read before writing again."""
+
+
+class CompactedError(KVStoreError):
+    """The requested revision is older than the oldest one the store still holds.
+
+    `oldest_revision` is the oldest revision that can still be read or watched from."""
+
+    def __init__(self, oldest_revision: int, message: str | None = None) -> None:
+        super().__init__(
+            message or f"revision compacted: the oldest revision still held is {oldest_revision}"
+        )
+        self.oldest_revision = oldest_revision
+
+
+class LeaseNotFoundError(KVStoreError):
+    """The lease does not exist: it was never granted, it expired, or it was revoked."""
+
+    def __init__(self, lease_id: int, message: str | None = None) -> None:
+        super().__init__(message or f"lease {lease_id} not found (expired or revoked)")
+        self.lease_id = lease_id
+
+
 # --- internal -----------------------------------------------------------------------------------
 
 
@@ -76,7 +107,7 @@ class StorageError(KVStoreError):
     """Base of the errors a `LogView` may raise to the Raft core."""
 
 
-class CompactedError(StorageError):
+class LogCompactedError(StorageError):
     """The requested log index lies below the first index: it was compacted into a snapshot."""
 
 

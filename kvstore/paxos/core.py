@@ -121,7 +121,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from kvstore.errors import CompactedError, ProposalDroppedError, invariant
+from kvstore.errors import LogCompactedError, ProposalDroppedError, invariant
 from kvstore.paxos.ballot import next_ballot, owner
 from kvstore.paxos.recovery import Promise, recover
 from kvstore.raft import quorum
@@ -503,7 +503,7 @@ class PaxosCore(CoreBase):
         if lo <= commit and lo >= log.first_index():
             try:
                 out = log.entries(lo, commit + 1, self._max_append_bytes)
-            except CompactedError:
+            except LogCompactedError:
                 out = []
         start = max(commit, proposer_commit) + 1
         if start <= last:

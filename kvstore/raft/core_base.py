@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
-from kvstore.errors import CompactedError, InvalidArgumentError, ProposalDroppedError, invariant
+from kvstore.errors import InvalidArgumentError, LogCompactedError, ProposalDroppedError, invariant
 from kvstore.raft import quorum
 from kvstore.raft.config import Config
 from kvstore.raft.log import RaftLog, entries_bytes
@@ -865,7 +865,7 @@ class CoreBase:
         if pr.next <= last:
             try:
                 ents, size = log.entries_and_size(pr.next, last + 1, self._max_append_bytes)
-            except CompactedError:
+            except LogCompactedError:
                 return self._send_snapshot(node, pr)
         commit = log.committed
         self._msgs.append(

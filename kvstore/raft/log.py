@@ -22,7 +22,7 @@ from itertools import accumulate, count, repeat
 from operator import itemgetter
 from typing import Any, cast
 
-from kvstore.errors import CompactedError, LogUnavailableError, invariant
+from kvstore.errors import LogCompactedError, LogUnavailableError, invariant
 from kvstore.raft.types import Entry, EntryType, LogView, SnapshotMeta
 
 _DATA = itemgetter(3)
@@ -115,16 +115,16 @@ class RaftLog:
             return snap.term if index == snap.index else None
         try:
             return self.storage.term(index)
-        except (CompactedError, LogUnavailableError):
+        except (LogCompactedError, LogUnavailableError):
             return None
 
     def term(self, index: int) -> int:
-        """The term of entry `index`; raises `CompactedError` / `LogUnavailableError`."""
+        """The term of entry `index`; raises `LogCompactedError` / `LogUnavailableError`."""
         term = self.term_or_none(index)
         if term is None:
             if index > self.last_index():
                 raise LogUnavailableError(f"index {index} is beyond the last index")
-            raise CompactedError(f"index {index} is compacted")
+            raise LogCompactedError(f"index {index} is compacted")
         return term
 
     def match_term(self, index: int, term: int) -> bool:
@@ -180,7 +180,7 @@ class RaftLog:
         if lo >= offset:
             return self._mem_slice(lo, hi, max_bytes)
         if self._snapshot is not None:
-            raise CompactedError(f"index {lo} is below the snapshot being installed")
+            raise LogCompactedError(f"index {lo} is below the snapshot being installed")
         stable = self.storage.entries(lo, min(hi, offset), max_bytes)
         size = entries_bytes(stable)
         if hi <= offset or len(stable) < offset - lo:

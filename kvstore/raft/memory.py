@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from itertools import accumulate
 from operator import itemgetter
 
-from kvstore.errors import CompactedError, InvalidArgumentError, LogUnavailableError
+from kvstore.errors import InvalidArgumentError, LogCompactedError, LogUnavailableError
 from kvstore.raft.config import apply_conf_change
 from kvstore.raft.types import (
     ConfChange,
@@ -49,7 +49,7 @@ class MemoryLogView:
         """Entries in `[lo, hi)`, at most `max_bytes` of data but at least one."""
         offset = self._ents[0].index
         if lo <= offset:
-            raise CompactedError(f"index {lo} is compacted (first index {offset + 1})")
+            raise LogCompactedError(f"index {lo} is compacted (first index {offset + 1})")
         if hi > self.last_index() + 1:
             raise LogUnavailableError(
                 f"index {hi - 1} is beyond the last index {self.last_index()}"
@@ -67,7 +67,7 @@ class MemoryLogView:
         """The term of entry `index`, for `first_index() - 1 <= index <= last_index()`."""
         offset = self._ents[0].index
         if index < offset:
-            raise CompactedError(f"index {index} is compacted (first index {offset + 1})")
+            raise LogCompactedError(f"index {index} is compacted (first index {offset + 1})")
         if index - offset >= len(self._ents):
             raise LogUnavailableError(f"index {index} is beyond the last index {self.last_index()}")
         return self._ents[index - offset].term
@@ -124,7 +124,7 @@ class MemoryLogView:
         """
         offset = self._ents[0].index
         if index <= offset:
-            raise CompactedError(f"already compacted through {offset}")
+            raise LogCompactedError(f"already compacted through {offset}")
         if index > self.last_index():
             raise InvalidArgumentError(
                 f"compact({index}) beyond the last index {self.last_index()}"

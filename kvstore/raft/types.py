@@ -244,7 +244,7 @@ class Ready:
 class LogView(Protocol):
     """Read-only view of the stable log, as the core needs it (etcd's `Storage`).
 
-    Any error other than `CompactedError` / `LogUnavailableError` stops the core.
+    Any error other than `LogCompactedError` / `LogUnavailableError` stops the core.
     """
 
     def initial_state(self) -> tuple[HardState, ConfState]:
@@ -253,7 +253,7 @@ class LogView(Protocol):
 
     def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
         """Entries in `[lo, hi)`, stopping early once their data exceeds `max_bytes` (but always
-        at least one). Raises `CompactedError` if `lo < first_index()`, `LogUnavailableError` if
+        at least one). Raises `LogCompactedError` if `lo < first_index()`, `LogUnavailableError` if
         `hi > last_index() + 1`."""
         ...
 

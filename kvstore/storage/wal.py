@@ -30,10 +30,10 @@ import msgpack
 from kvstore._kvwal import ffi, lib
 from kvstore.closing import ClosingContext
 from kvstore.errors import (
-    CompactedError,
     CorruptionError,
     InvalidArgumentError,
     KVStoreError,
+    LogCompactedError,
     LogUnavailableError,
     WalFailedError,
 )
@@ -62,7 +62,7 @@ _ERRORS: dict[int, type[KVStoreError]] = {
     lib.KVWAL_ECORRUPT: CorruptionError,
     lib.KVWAL_EFAILED: WalFailedError,
     lib.KVWAL_ECLOSED: WalFailedError,
-    lib.KVWAL_ECOMPACTED: CompactedError,
+    lib.KVWAL_ECOMPACTED: LogCompactedError,
     lib.KVWAL_EUNAVAILABLE: LogUnavailableError,
     lib.KVWAL_EINVAL: InvalidArgumentError,
     lib.KVWAL_ETOOBIG: InvalidArgumentError,
@@ -260,7 +260,7 @@ class WriteAheadLog(ClosingContext):
 
         If the first entry's index is at or below `last_index()`, the conflicting suffix is cut
         first, in the same write. Returns a position: the entries are durable once
-        `sync(position)` (or `sync()`) returns. Raises `CompactedError` if the first index is at
+        `sync(position)` (or `sync()`) returns. Raises `LogCompactedError` if the first index is at
         or below the snapshot, `InvalidArgumentError` for a gap or non-consecutive indexes.
         """
         hs = ffi.NULL
@@ -441,7 +441,7 @@ class WriteAheadLog(ClosingContext):
 
     def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
         """Entries in `[lo, hi)`, stopping before the entry that would take their data past
-        `max_bytes` (but always at least one). Raises `CompactedError` if
+        `max_bytes` (but always at least one). Raises `LogCompactedError` if
         `lo < first_index()`, `LogUnavailableError` if `hi > last_index() + 1`."""
         batch = ffi.new("kvwal_batch_t *")
         budget = _U64_MAX if max_bytes is None else max(0, max_bytes)

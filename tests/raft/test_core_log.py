@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from kvstore.errors import CompactedError, InvalidArgumentError, InvariantError, LogUnavailableError
+from kvstore.errors import (
+    InvalidArgumentError,
+    InvariantError,
+    LogCompactedError,
+    LogUnavailableError,
+)
 from kvstore.raft.log import RaftLog
 from kvstore.raft.memory import MemoryLogView
 from kvstore.raft.types import (
@@ -28,7 +33,7 @@ def ents(first: int, terms: list[int], size: int = 10) -> list[Entry]:
 
 
 def test_memory_view_ranges_are_half_open_and_checked() -> None:
-    """entries(lo, hi) covers [lo, hi); below the first index is CompactedError, beyond the
+    """entries(lo, hi) covers [lo, hi); below the first index is LogCompactedError, beyond the
     last is LogUnavailableError."""
     view = MemoryLogView(entries=ents(1, [1, 1, 2]))
     assert [e.index for e in view.entries(1, 3)] == [1, 2]
@@ -39,9 +44,9 @@ def test_memory_view_ranges_are_half_open_and_checked() -> None:
     with pytest.raises(LogUnavailableError):
         view.term(4)
     view.compact(2)
-    with pytest.raises(CompactedError):
+    with pytest.raises(LogCompactedError):
         view.entries(2, 3)
-    with pytest.raises(CompactedError):
+    with pytest.raises(LogCompactedError):
         view.term(1)
     assert view.term(2) == 1 and view.first_index() == 3
 
@@ -75,7 +80,7 @@ def test_memory_view_compact_computes_the_configuration() -> None:
     view.compact(2)
     assert view.snapshot_meta() == SnapshotMeta(2, 1, ConfState(("a", "d"), ()))
     assert view.initial_state()[1] == ConfState(("a", "d"), ())
-    with pytest.raises(CompactedError):
+    with pytest.raises(LogCompactedError):
         view.compact(2)
 
 

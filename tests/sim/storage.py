@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from kvstore.errors import CompactedError, InvariantError, LogUnavailableError
+from kvstore.errors import InvariantError, LogCompactedError, LogUnavailableError
 from kvstore.raft.types import ConfState, Entry, HardState, SnapshotMeta
 
 
@@ -112,7 +112,7 @@ class SimStorage:
         """Entries in `[lo, hi)`, at most `max_bytes` of data (but at least one)."""
         cur = self._cur
         if lo <= cur.snap.index:
-            raise CompactedError(f"index {lo} is compacted (first index {cur.snap.index + 1})")
+            raise LogCompactedError(f"index {lo} is compacted (first index {cur.snap.index + 1})")
         if hi > cur.last_index() + 1:
             raise LogUnavailableError(f"index {hi - 1} is beyond the last index {cur.last_index()}")
         if lo >= hi:
@@ -131,7 +131,7 @@ class SimStorage:
         """The term of entry `index` (the snapshot's term at the snapshot's index)."""
         cur = self._cur
         if index < cur.snap.index:
-            raise CompactedError(f"index {index} is compacted (snapshot at {cur.snap.index})")
+            raise LogCompactedError(f"index {index} is compacted (snapshot at {cur.snap.index})")
         t = cur.term_at(index)
         if t is None:
             raise LogUnavailableError(f"index {index} is beyond the last index {cur.last_index()}")

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from kvstore.errors import CompactedError, InvariantError, LogUnavailableError
+from kvstore.errors import InvariantError, LogCompactedError, LogUnavailableError
 from kvstore.raft.types import ConfState, Entry, HardState, SnapshotMeta
 from tests.sim.storage import SimStorage
 
@@ -84,9 +84,9 @@ def test_compaction_and_snapshot_install() -> None:
     assert s.first_index() == 7
     assert s.snapshot_meta() == SnapshotMeta(6, 1, conf)
     assert s.term(6) == 1
-    with pytest.raises(CompactedError):
+    with pytest.raises(LogCompactedError):
         s.entries(6, 8)
-    with pytest.raises(CompactedError):
+    with pytest.raises(LogCompactedError):
         s.term(5)
     s.install_snapshot(SnapshotMeta(20, 3, conf))
     assert (s.first_index(), s.last_index()) == (21, 20)

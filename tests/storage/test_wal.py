@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from kvstore.errors import (
-    CompactedError,
     InvalidArgumentError,
+    LogCompactedError,
     LogUnavailableError,
     WalFailedError,
 )
@@ -90,14 +90,14 @@ def test_entries_range_errors(wal_dir: Path) -> None:
         wal.compact_through(SnapshotMeta(4, 1))
         assert wal.entries(5, 5) == []
         assert [e.index for e in wal.entries(5, 11)] == list(range(5, 11))
-        with pytest.raises(CompactedError):
+        with pytest.raises(LogCompactedError):
             wal.entries(4, 6)
         with pytest.raises(LogUnavailableError):
             wal.entries(5, 12)
         with pytest.raises(InvalidArgumentError):
             wal.entries(8, 7)
         assert wal.term(4) == 1
-        with pytest.raises(CompactedError):
+        with pytest.raises(LogCompactedError):
             wal.term(3)
         with pytest.raises(LogUnavailableError):
             wal.term(11)
@@ -154,7 +154,7 @@ def test_append_rejects_gaps_disorder_and_compacted_indexes(wal_dir: Path) -> No
             wal.append([(1, 6, 0)])  # type: ignore[list-item]  # not an Entry
         wal.compact_through(SnapshotMeta(3, 1))
         position = wal.stats().appended_position
-        with pytest.raises(CompactedError):
+        with pytest.raises(LogCompactedError):
             wal.append(make(3, 5, term=2))
         # A refused append writes nothing.
         assert wal.stats().appended_position == position
@@ -170,7 +170,7 @@ def test_truncate_after(wal_dir: Path) -> None:
         assert wal.truncate_after(12) == position  # nothing to cut: no record
         assert wal.truncate_after(30) == position
         wal.compact_through(SnapshotMeta(5, 1))
-        with pytest.raises(CompactedError):
+        with pytest.raises(LogCompactedError):
             wal.truncate_after(4)
         wal.sync(wal.truncate_after(5))
         assert (wal.first_index(), wal.last_index()) == (6, 5)
@@ -275,7 +275,7 @@ def test_compaction_argument_errors(wal_dir: Path) -> None:
         position = wal.stats().appended_position
         wal.compact_through(SnapshotMeta(11, 2))  # the same point again: a no-op
         assert wal.stats().appended_position == position
-        with pytest.raises(CompactedError):
+        with pytest.raises(LogCompactedError):
             wal.compact_through(SnapshotMeta(10, 1))
 
 

@@ -14,7 +14,7 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from kvstore.errors import CompactedError, InvalidArgumentError, LogUnavailableError
+from kvstore.errors import InvalidArgumentError, LogCompactedError, LogUnavailableError
 from kvstore.raft.types import ConfState, Entry, EntryType, HardState, SnapshotMeta
 from kvstore.storage.wal import WriteAheadLog
 from tests.native import walfile
@@ -112,7 +112,7 @@ class WalMachine(RuleBasedStateMachine):
         index = self.snapshot.index
         try:
             self.wal.append([Entry(self.term, index, EntryType.NORMAL, b"old")])
-        except CompactedError:
+        except LogCompactedError:
             return
         raise AssertionError("an append at the snapshot index was accepted")
 
@@ -203,7 +203,7 @@ class WalMachine(RuleBasedStateMachine):
             try:
                 self.wal.term(self.snapshot.index - 1)
                 raise AssertionError("term below the snapshot")
-            except CompactedError:
+            except LogCompactedError:
                 pass
         try:
             self.wal.entries(self.first, self.last + 2)
