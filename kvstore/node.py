@@ -71,6 +71,7 @@ from kvstore.eventloop import new_event_loop
 from kvstore.options import (
     CONSISTENCY_LEVELS,
     KEY_BYTES_MAX,
+    Consistency,
     Options,
     Status,
     check_consistency,
@@ -545,7 +546,7 @@ class Node:
         return bool(result)
 
     def get(
-        self, key: bytes, *, consistency: str = "linearizable", timeout_s: float = 5.0
+        self, key: bytes, *, consistency: Consistency = "linearizable", timeout_s: float = 5.0
     ) -> bytes | None:
         """Read `key`. Stale reads never leave this thread; the others wait for a read index."""
         # The same checks in the same order as ever, with the common case inline: an in-process
@@ -570,7 +571,7 @@ class Node:
         prefix: bytes = b"",
         *,
         limit: int | None = None,
-        consistency: str = "linearizable",
+        consistency: Consistency = "linearizable",
         timeout_s: float = 5.0,
     ) -> list[tuple[bytes, bytes]]:
         """Pairs whose key starts with `prefix`, sorted by key, at most `limit` of them."""

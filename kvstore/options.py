@@ -6,6 +6,7 @@ Also the argument checks every public entry point runs before anything is sent o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from kvstore.consensus import CONSENSUS_KINDS
 from kvstore.errors import InvalidArgumentError
@@ -14,7 +15,12 @@ from kvstore.raft.config import check_ticks
 KEY_BYTES_MAX = 511
 """LMDB's default maximum key size."""
 
-CONSISTENCY_LEVELS = ("linearizable", "lease", "stale")
+Consistency = Literal["linearizable", "lease", "stale"]
+"""A read's consistency level: "linearizable" (a quorum round, the default), "lease" (the
+leader's lease, no round) or "stale" (the local state, possibly behind)."""
+
+CONSISTENCY_LEVELS: tuple[Consistency, ...] = get_args(Consistency)
+"""Every `Consistency`, in wire-code order (the protocol sends a level as its index here)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,13 +133,15 @@ def check_optional_value(value: object, max_value_bytes: int, *, name: str) -> b
     return None if value is None else check_value(value, max_value_bytes, name=name)
 
 
-def check_consistency(consistency: object) -> str:
-    """Return `consistency` if it names a read level, else raise."""
-    if consistency not in CONSISTENCY_LEVELS:
-        raise InvalidArgumentError(
-            f"consistency must be one of {', '.join(CONSISTENCY_LEVELS)}; got {consistency!r}"
-        )
-    return str(consistency)
+def check_consistency(consistency: object) -> Consistency:
+    """Return `consistency` if it names a read level, else raise (callers that skip a type
+    checker can pass anything)."""
+    for level in CONSISTENCY_LEVELS:
+        if consistency == level and isinstance(consistency, str):
+            return level
+    raise InvalidArgumentError(
+        f"consistency must be one of {', '.join(CONSISTENCY_LEVELS)}; got {consistency!r}"
+    )
 
 
 def check_timeout(timeout_s: object) -> float:

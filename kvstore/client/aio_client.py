@@ -38,7 +38,7 @@ import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from kvstore.client.balancer import Balancer, make_balancer
+from kvstore.client.balancer import Balancer, BalancerName, make_balancer
 from kvstore.client.protocol import (
     CLIENT_ID_BYTES,
     AddMemberRequest,
@@ -72,6 +72,7 @@ from kvstore.errors import (
     UnavailableError,
 )
 from kvstore.options import (
+    Consistency,
     Status,
     check_consistency,
     check_key,
@@ -425,7 +426,7 @@ class Client:
         self,
         endpoints: Sequence[str] | Mapping[str, float],
         *,
-        balancer: str | Balancer = "weighted",
+        balancer: BalancerName | Balancer = "weighted",
         secret: bytes | None = None,
         timeout_s: float = 5.0,
         max_value_bytes: int = 1 << 20,
@@ -480,7 +481,7 @@ class Client:
         await self._write(lambda rid, ts, s: PutRequest(rid, ts, s, key, value), parse_none, t)
 
     async def get(
-        self, key: bytes, *, consistency: str = "linearizable", timeout_s: float = 5.0
+        self, key: bytes, *, consistency: Consistency = "linearizable", timeout_s: float = 5.0
     ) -> bytes | None:
         """The value of `key`, or None when it is absent."""
         check_key(key)
@@ -521,7 +522,7 @@ class Client:
         prefix: bytes = b"",
         *,
         limit: int | None = None,
-        consistency: str = "linearizable",
+        consistency: Consistency = "linearizable",
         timeout_s: float | None = None,
     ) -> list[tuple[bytes, bytes]]:
         """The pairs whose key starts with `prefix`, sorted by key, at most `limit` of them."""

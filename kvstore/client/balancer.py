@@ -14,13 +14,14 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, get_args, runtime_checkable
 
 from kvstore.errors import InvalidArgumentError
 
 __all__ = [
     "BALANCER_NAMES",
     "Balancer",
+    "BalancerName",
     "LeastLatency",
     "RandomBalancer",
     "RoundRobin",
@@ -28,7 +29,11 @@ __all__ = [
     "make_balancer",
 ]
 
-BALANCER_NAMES = ("weighted", "round_robin", "random", "latency")
+BalancerName = Literal["weighted", "round_robin", "random", "latency"]
+"""A built-in balancer by name: "weighted" (`WeightedRoundRobin`), "round_robin", "random" or
+"latency" (`LeastLatency`)."""
+
+BALANCER_NAMES: tuple[BalancerName, ...] = get_args(BalancerName)
 """The names `make_balancer` (and `kvstore.Client(balancer=...)`) accepts."""
 
 
@@ -239,7 +244,7 @@ class LeastLatency:
 
 
 def make_balancer(
-    balancer: str | Balancer,
+    balancer: BalancerName | Balancer,
     weights: Mapping[str, float] | None = None,
     *,
     rng: random.Random | None = None,

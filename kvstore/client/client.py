@@ -17,11 +17,11 @@ from typing import Any, TypeVar
 
 from kvstore.client import aio_client
 from kvstore.client.aio_client import Connector
-from kvstore.client.balancer import Balancer
+from kvstore.client.balancer import Balancer, BalancerName
 from kvstore.closing import ClosingContext
 from kvstore.errors import OperationTimeoutError, UnavailableError
 from kvstore.eventloop import new_event_loop
-from kvstore.options import Status, check_timeout
+from kvstore.options import Consistency, Status, check_timeout
 
 __all__ = ["Client"]
 
@@ -46,7 +46,7 @@ class Client(ClosingContext):
         self,
         endpoints: Sequence[str] | Mapping[str, float],
         *,
-        balancer: str | Balancer = "weighted",
+        balancer: BalancerName | Balancer = "weighted",
         secret: bytes | None = None,
         timeout_s: float = 5.0,
         max_value_bytes: int = 1 << 20,
@@ -113,7 +113,7 @@ class Client(ClosingContext):
         self._call(self._client.put(key, value, timeout_s=timeout_s), self._t(timeout_s))
 
     def get(
-        self, key: bytes, *, consistency: str = "linearizable", timeout_s: float = 5.0
+        self, key: bytes, *, consistency: Consistency = "linearizable", timeout_s: float = 5.0
     ) -> bytes | None:
         """The value of `key`, or None when it is absent."""
         return self._call(
@@ -138,7 +138,7 @@ class Client(ClosingContext):
         prefix: bytes = b"",
         *,
         limit: int | None = None,
-        consistency: str = "linearizable",
+        consistency: Consistency = "linearizable",
         timeout_s: float | None = None,
     ) -> list[tuple[bytes, bytes]]:
         """The pairs whose key starts with `prefix`, sorted by key, at most `limit` of them."""

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from kvstore.consensus import CONSENSUS_KINDS
 from kvstore.errors import KVStoreError
-from kvstore.options import Status
+from kvstore.options import Consistency, Status
 from kvstore.testing.history import HistoryWriter, write_history
 from kvstore.testing.linearizability import CheckResult, check_history
 from kvstore.testing.local_cluster import LocalCluster, wait_until
@@ -190,7 +190,7 @@ class Schedule:
     nodes: int = 3
     network: str = "direct"
     """"direct" (members dial each other), "proxy" (through a PeerMesh) or "netns"."""
-    consistency: str = "linearizable"
+    consistency: Consistency = "linearizable"
     serve_args: tuple[str, ...] = ()
     """Extra `kvstore serve` arguments for every member."""
     membership: bool = False

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from kvstore.errors import KVStoreError, UnavailableError
+from kvstore.options import Consistency
 from kvstore.testing.history import HistoryWriter, Operation, Result
 
 JOIN_GRACE_S = 10.0
@@ -43,7 +44,7 @@ class KVClient(Protocol):
     def put(self, key: bytes, value: bytes, *, timeout_s: float = ...) -> None: ...
 
     def get(
-        self, key: bytes, *, consistency: str = ..., timeout_s: float = ...
+        self, key: bytes, *, consistency: Consistency = ..., timeout_s: float = ...
     ) -> bytes | None: ...
 
     def delete(self, key: bytes, *, timeout_s: float = ...) -> bool: ...
@@ -66,7 +67,7 @@ class WorkloadConfig:
         default_factory=lambda: {"put": 0.3, "get": 0.4, "cas": 0.2, "delete": 0.1}
     )
     """Relative weights of the operation kinds."""
-    consistency: str = "linearizable"
+    consistency: Consistency = "linearizable"
     """Read level of every get: "linearizable" or "lease" (stale reads are not checkable)."""
     timeout_s: float = 1.0
     """Per-call timeout; a call that runs out has an unknown outcome."""
