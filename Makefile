@@ -7,12 +7,13 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.kvstore-installed
 NATIVE := $(wildcard native/*.c native/*.h native/*.py)
 
-.PHONY: demo test lint bench torture clean help
+.PHONY: demo test test-pythons lint bench torture clean help
 
 help:
 	@echo "make demo    start a 3-node local cluster, kill its leader, prove nothing was lost"
 	@echo "make test    lint, then the whole test suite"
 	@echo "make bench   benchmarks (pytest-benchmark), kept out of make test"
+	@echo "make test-pythons   storage, Raft and native tests on each CPython 3.11-3.13 found"
 	@echo "make lint    ruff (lint + format check) and mypy --strict on kvstore/"
 	@echo "make torture SEED=1 MINUTES=10 [CONSENSUS=raft|paxos]   a long fault soak"
 
@@ -21,9 +22,12 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 
 # Re-install when the metadata or the C sources change: the editable install compiles kvstore._kvwal.
-# The `fast` extra adds uvloop, which the node and the client use when it is installed.
+# Extras: `fast` adds uvloop (the node and the client use it when installed), `cli` rich (the
+# demo's progress bars), `tls` what the TLS tests need. The distribution was called `kvstore`
+# before it became `kvstore-raft`: an old editable install of that name is removed first.
 $(STAMP): $(PY) pyproject.toml setup.py $(NATIVE)
-	$(PY) -m pip install --quiet -e '.[test,fast]'
+	$(PY) -m pip uninstall --quiet --yes kvstore 2>/dev/null || true
+	$(PY) -m pip install --quiet -e '.[test,fast,cli,tls]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -37,6 +41,11 @@ lint: $(STAMP)
 test: lint
 	$(PY) -m pytest -q tests
 
+# Each CPython in PYTHONS that the machine has (PATH, pyenv) or Debian packages, in .venv-X.Y.
+PYTHONS ?= 3.11 3.12 3.13
+test-pythons:
+	PYTHONS="$(PYTHONS)" bash tests/packaging/pythons.sh
+
 # The peers (etcd, PySyncObj) are installed by the project's own script; a peer that cannot be
 # installed is skipped with a message, never a failure.
 bench: $(STAMP)
@@ -48,4 +57,4 @@ torture: $(STAMP)
 	$(PY) -m kvstore.testing.torture --seed $${SEED:-1} --minutes $${MINUTES:-10} --consensus $${CONSENSUS:-raft}
 
 clean:
-	rm -rf $(VENV) build *.egg-info kvstore/_kvwal*.so kvstore/_kvwal.c
+	rm -rf $(VENV) .venv-3.* build dist *.egg-info kvstore/_kvwal*.so kvstore/_kvwal.c

@@ -4,8 +4,11 @@ Only the names in `__all__` (and the `kvstore.aio` module) are public; every oth
 internal and may change.
 """
 
+from importlib import metadata as _metadata
+
 from kvstore.client.balancer import (
     Balancer,
+    BalancerName,
     LeastLatency,
     RandomBalancer,
     RoundRobin,
@@ -26,13 +29,40 @@ from kvstore.errors import (
     UnavailableError,
 )
 from kvstore.node import Node
-from kvstore.options import Options, Status
+from kvstore.options import Consistency, Options, Status
+
+# The name kvstore is published under (`pip install kvstore-raft`): the index's `kvstore` is an
+# unrelated project.
+_DISTRIBUTION_NAME = "kvstore-raft"
+
+
+def _source_tree_version() -> str:
+    """The version in pyproject.toml beside the package, for a source tree that is not installed."""
+    import tomllib
+    from pathlib import Path
+
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    try:
+        with pyproject.open("rb") as file:
+            return str(tomllib.load(file)["project"]["version"])
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return "0+unknown"
+
+
+# The installed distribution's version (PEP 440), the one `kvstore --version` prints.
+__version__: str
+try:
+    __version__ = _metadata.version(_DISTRIBUTION_NAME)
+except _metadata.PackageNotFoundError:
+    __version__ = _source_tree_version()
 
 __all__ = [
     "AuthenticationError",
     "Balancer",
+    "BalancerName",
     "Client",
     "CompactedError",
+    "Consistency",
     "CorruptionError",
     "InvalidArgumentError",
     "KVStoreError",
@@ -49,4 +79,5 @@ __all__ = [
     "StorageFullError",
     "UnavailableError",
     "WeightedRoundRobin",
+    "__version__",
 ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
 import sys
 import threading
@@ -14,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kvstore.consensus import CONSENSUS_KINDS
-from kvstore.errors import KVStoreError
+from kvstore.errors import InvalidArgumentError, KVStoreError
 from kvstore.options import CONSISTENCY_LEVELS, Options
 
 EXIT_OK = 0
@@ -96,6 +97,17 @@ def _add_consensus_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_version_argument(parser: argparse.ArgumentParser) -> None:
+    from kvstore import __version__
+
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {__version__}",
+        help="print the version and exit",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand (each has --help)."""
     parser = argparse.ArgumentParser(
@@ -104,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default="WARNING", help="logging level (DEBUG, INFO, WARNING...)"
     )
+    _add_version_argument(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run one member of a cluster until SIGTERM")
@@ -275,8 +288,11 @@ def _client_command(args: argparse.Namespace) -> int:
 
 
 def _print_status(client: object, endpoints: Sequence[str]) -> int:
-    from rich.console import Console
-    from rich.table import Table
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ModuleNotFoundError:  # the `cli` extra is not installed: plain text
+        Console, Table = _PlainConsole, _PlainTable  # type: ignore[assignment,misc]
 
     table = Table("address", "node", "role", "term", "leader", "commit", "applied")
     failures = 0
@@ -310,6 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {"serve": _serve}
     try:
+        if args.command in _NEEDS_RICH:
+            _require_rich(args.command)
         if args.command == "demo":
             from kvstore.demo import run_demo
 
@@ -329,3 +347,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The class name tells an operator what kind of failure it is (CorruptionError...).
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_ERROR
+
+
+# --- without rich (the `cli` extra) ---------------------------------------------------------------
+# The library never imports rich; `status` prints plain columns without it, and the commands that
+# draw progress bars say which extra to install.
+
+_NEEDS_RICH = ("demo", "bench")
+_MARKUP = re.compile(r"\[/?[a-z]+(?: [a-z]+)*\]")
+"""rich's style tags such as `[red]` and `[/bold green]` (not `[Errno 111]`)."""
+
+
+def _require_rich(command: str) -> None:
+    """Raise `InvalidArgumentError` naming the extra to install unless rich can be imported."""
+    try:
+        import rich  # noqa: F401
+    except ModuleNotFoundError:
+        raise InvalidArgumentError(
+            f"kvstore {command} draws with rich, which is not installed: "
+            "pip install 'kvstore-raft[cli]'"
+        ) from None
+
+
+class _PlainTable:
+    """The part of `rich.table.Table` that `status` uses, as aligned plain-text columns."""
+
+    def __init__(self, *headers: str) -> None:
+        self.rows: list[tuple[str, ...]] = [headers]
+
+    def add_row(self, *cells: str) -> None:
+        """Append one row; rich's style tags are dropped."""
+        self.rows.append(tuple(_MARKUP.sub("", cell) for cell in cells))
+
+    def render(self) -> str:
+        """The rows, each column padded to its widest cell."""
+        widths = [max(len(row[i]) for row in self.rows) for i in range(len(self.rows[0]))]
+        return "\n".join(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            for row in self.rows
+        )
+
+
+class _PlainConsole:
+    """The part of `rich.console.Console` that `status` uses: print a table to stdout."""
+
+    def print(self, table: _PlainTable) -> None:
+        """Write `table` to standard output."""
+        print(table.render())

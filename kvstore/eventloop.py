@@ -1,8 +1,9 @@
 """The event loops kvstore runs on its own threads: uvloop when it is installed, else asyncio's.
 
-uvloop is an optional speed-up (`pip install kvstore[fast]`), never a requirement: every loop
-kvstore creates for itself (a `Node`'s, a blocking `Client`'s) comes from `new_event_loop()`
-here, and an application's own loop (`kvstore.aio.Client`) is whatever the application runs.
+uvloop is an optional speed-up (`pip install 'kvstore-raft[fast]'`), never a requirement:
+every loop kvstore creates for itself (a `Node`'s, a blocking `Client`'s) comes from
+`new_event_loop()` here, and an application's own loop (`kvstore.aio.Client`) is whatever the
+application runs.
 
 Measured on the project's 2-core machine, 3 `kvstore serve` processes plus a client, with
 uvloop in every process against asyncio in every process (alternating runs): pipelined puts

@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import crcmod.predefined
-
 from kvstore.errors import KVStoreError
+from kvstore.storage.wal import crc32c
 from kvstore.testing.local_cluster import LocalCluster, wait_until
 from kvstore.testing.proxy import BLACKHOLE, Fault, PeerMesh
 
@@ -247,7 +246,6 @@ HEADER_BYTES = 12
 SECTOR_BYTES = 512
 _TYPE_ENTRY = 2
 _TYPE_SNAPSHOT = 5
-_crc32c = crcmod.predefined.mkCrcFun("crc-32c")
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +286,7 @@ def record_crc(seq: int, offset: int, covered: bytes) -> int:
 
     `covered` is the record from its length field to the end of its payload.
     """
-    return _mask(_crc32c(struct.pack("<QQ", seq, offset) + covered))
+    return _mask(crc32c(struct.pack("<QQ", seq, offset) + covered))
 
 
 def wal_segments(data_dir: str | os.PathLike[str]) -> list[Path]:

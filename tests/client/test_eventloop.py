@@ -28,7 +28,9 @@ def test_the_environment_variable_forces_asyncio(monkeypatch: pytest.MonkeyPatch
     _assert_plain_asyncio()
 
 
-@pytest.mark.skipif(not HAS_UVLOOP, reason="uvloop is not installed (pip install kvstore[fast])")
+@pytest.mark.skipif(
+    not HAS_UVLOOP, reason="uvloop is not installed (pip install 'kvstore-raft[fast]')"
+)
 def test_uvloop_is_used_when_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(eventloop.ENV_VAR, raising=False)
     assert eventloop.uvloop_available()
