@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.kvstore-installed
 NATIVE := $(wildcard native/*.c native/*.h native/*.py)
 
-.PHONY: demo test test-pythons lint bench torture clean help
+.PHONY: demo test test-pythons lint bench torture docs clean help
 
 help:
 	@echo "make demo    start a 3-node local cluster, kill its leader, prove nothing was lost"
@@ -16,6 +16,7 @@ help:
 	@echo "make test-pythons   storage, Raft and native tests on each CPython 3.11-3.13 found"
 	@echo "make lint    ruff (lint + format check) and mypy --strict on kvstore/"
 	@echo "make torture SEED=1 MINUTES=10 [CONSENSUS=raft|paxos]   a long fault soak"
+	@echo "make docs    the documentation site (mkdocs, API reference from the docstrings) into site/"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,11 +24,12 @@ $(PY):
 
 # Re-install when the metadata or the C sources change: the editable install compiles kvstore._kvwal.
 # Extras: `fast` adds uvloop (the node and the client use it when installed), `cli` rich (the
-# demo's progress bars), `tls` what the TLS tests need. The distribution was called `kvstore`
+# demo's progress bars), `tls` what the TLS tests need, `docs` mkdocs and mkdocstrings (make docs
+# and tests/docs). The distribution was called `kvstore`
 # before it became `kvstore-raft`: an old editable install of that name is removed first.
 $(STAMP): $(PY) pyproject.toml setup.py $(NATIVE)
 	$(PY) -m pip uninstall --quiet --yes kvstore 2>/dev/null || true
-	$(PY) -m pip install --quiet -e '.[test,fast,cli,tls]'
+	$(PY) -m pip install --quiet -e '.[test,fast,cli,tls,docs]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -56,5 +58,9 @@ bench: $(STAMP)
 torture: $(STAMP)
 	$(PY) -m kvstore.testing.torture --seed $${SEED:-1} --minutes $${MINUTES:-10} --consensus $${CONSENSUS:-raft}
 
+# The site, with the API reference generated from the docstrings; any warning fails the build.
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) .venv-3.* build dist *.egg-info kvstore/_kvwal*.so kvstore/_kvwal.c
+	rm -rf $(VENV) .venv-3.* build dist site *.egg-info kvstore/_kvwal*.so kvstore/_kvwal.c
