@@ -220,7 +220,8 @@ class StateMachine(ClosingContext):
                 path=str(self._directory),
                 offset=0,
             )
-        applied = self.applied_index()
+        point = self._durable_point()
+        applied = point[0]
         if recorded is not None and applied < recorded[0]:
             raise self._lost(
                 f"state at applied index {applied} is older than its last durable checkpoint "
@@ -231,12 +232,12 @@ class StateMachine(ClosingContext):
             env.sync(True)
             fsync_dir(self._directory)
         if recorded is None:
-            self._write_checkpoint_file(applied)
+            self._write_checkpoint_file(point)
 
     def _lost(self, what: str) -> CorruptionError:
         return CorruptionError(
-            f"{what}: the state was lost (power cut?); wipe this member and re-add it, or "
-            "restore it from a peer",
+            f"{what}: the state was lost (power cut?); remove this member, move its data "
+            "directory aside and add it again: it receives a snapshot from the leader",
             path=str(self._directory),
         )
 
@@ -261,13 +262,24 @@ class StateMachine(ClosingContext):
             ) from exc
         return index, txn_id
 
-    def _write_checkpoint_file(self, applied_index: int) -> None:
-        """Durably record that LMDB holds `applied_index` (call after `env.sync`)."""
-        env = self._open_env()
+    def _durable_point(self) -> tuple[int, int]:
+        """(applied index, LMDB transaction id) read together: `checkpoint` reads them before
+        its sync, which then covers at least that transaction."""
+        with self._open_env().begin() as txn:
+            txn_id: int = txn.id()
+            return _read_applied(txn, self._meta)[0], txn_id
+
+    def _write_checkpoint_file(self, point: tuple[int, int]) -> None:
+        """Durably record `point` (see `_durable_point`), synced already, as the checkpoint.
+
+        Only the applied index is checked at open. The transaction id is for diagnostics: a
+        power cut may undo the transactions after it, never it.
+        """
+        applied_index, txn_id = point
         record = {
             "format": _CHECKPOINT_FORMAT,
             "applied_index": applied_index,
-            "lmdb_txn_id": env.info()["last_txnid"],
+            "lmdb_txn_id": txn_id,
         }
         path = self._directory / CHECKPOINT_FILE
         tmp = path.with_name(path.name + ".tmp")
@@ -529,10 +541,10 @@ class StateMachine(ClosingContext):
         then records the index in the sidecar (`CHECKPOINT_FILE`), which open() checks.
         """
         env = self._open_env()
-        index = self.applied_index()
+        point = self._durable_point()
         env.sync(True)
-        self._write_checkpoint_file(index)
-        return index
+        self._write_checkpoint_file(point)
+        return point[0]
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -709,7 +721,7 @@ class StateMachine(ClosingContext):
         finally:
             snap_env.close()
         env.sync(True)
-        self._write_checkpoint_file(index)
+        self._write_checkpoint_file(self._durable_point())
         return SnapshotMeta(index, term, conf)
 
 
@@ -723,8 +735,8 @@ def check_state_covers_log(applied_index: int, log_first_index: int, state_dir: 
     if applied_index < log_first_index - 1:
         raise CorruptionError(
             f"state at applied index {applied_index} is older than the log, which starts at "
-            f"{log_first_index}: the state was lost (power cut?); wipe this member and re-add "
-            "it, or restore it from a peer",
+            f"{log_first_index}: the state was lost (power cut?); remove this member, move its "
+            "data directory aside and add it again: it receives a snapshot from the leader",
             path=str(state_dir),
         )
 
