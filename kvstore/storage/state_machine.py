@@ -13,11 +13,12 @@ the two newest versions, so after a power cut the file opens consistent, at its 
 transaction or the one before, never torn. `checkpoint()` flushes the meta page and returns an
 applied index that is durable against power loss: only then may the log below it be compacted.
 The redo log stays the source of truth: entries above the applied index are replayed from it.
-Cost (measured A/B against `sync=False`, `benchmarks/test_bench_powerloss.py`): one fdatasync
-per applied batch, 0.25 to 0.5 ms per one-entry commit on this loaded machine (13 to 28 us
-without). Batches grow under load, so it is paid per batch, not per write: through a 3-member
-cluster the difference stayed within the noise (sequential puts 544 vs 560 ops/s median, p50
-+0.1 ms; 256 in flight 19.3k vs 17.2k ops/s). It is paid on the loop thread, inside `apply`;
+Cost (measured A/B against `sync=False`, `benchmarks/test_bench_powerloss.py`, three sittings
+on a shared machine): one fdatasync per applied batch, 0.15 to 0.55 ms per one-entry commit
+(13 to 33 us without). Batches grow under load, so it is paid per batch, not per write: through
+a 3-member cluster, sequential puts ran at 0.91x to 1.06x the median ops/s of `sync=False`
+(p50 up to +0.6 ms), and 256 puts in flight showed no loss (1.07x to 1.40x: noise). It is
+paid on the loop thread, inside `apply`;
 taking it off the write's latency would need the apply (LMDB's write transaction lives on one
 thread) in a worker and reads gated on what it committed. The alternative, `sync=False` with a
 read transaction pinned on the last checkpoint and a rollback after a reboot (boot id), saves
