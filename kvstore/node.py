@@ -98,7 +98,11 @@ from kvstore.raft.types import (
 )
 from kvstore.storage import commands
 from kvstore.storage.snapshot import SnapshotTransferError, SnapshotWriter, file_sha256
-from kvstore.storage.state_machine import StateMachine
+from kvstore.storage.state_machine import (
+    StateMachine,
+    check_state_covers_log,
+    create_directory_durably,
+)
 from kvstore.storage.wal import WriteAheadLog
 from kvstore.transport.codec import decode_message, encode_message
 from kvstore.transport.tcp import FramedConnection, PeerTransport
@@ -322,7 +326,8 @@ class Node:
         return self._transport.address
 
     def _open_storage(self) -> None:
-        (self.data_dir / "snapshots").mkdir(parents=True, exist_ok=True)
+        # Durably: a power cut soon after the first start must not lose the directories.
+        create_directory_durably(self.data_dir / "snapshots")
         self._wal = WriteAheadLog(self.data_dir / "wal", segment_bytes=self.options.segment_bytes)
         self._sm = StateMachine(
             self.data_dir / "state",
@@ -331,6 +336,8 @@ class Node:
         )
         hard_state, _ = self._wal.initial_state()
         applied = self._sm.applied_index()
+        # A state older than the compacted log was lost: refuse now, not at the first apply.
+        check_state_covers_log(applied, self._wal.first_index(), self._sm.directory)
         fresh = hard_state.term == 0 and self._wal.last_index() == 0 and applied == 0
         voters: tuple[str, ...] = ()
         if fresh and not self._join:
