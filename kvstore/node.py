@@ -96,7 +96,12 @@ from kvstore.raft.types import (
     SnapshotMeta,
 )
 from kvstore.storage import commands
-from kvstore.storage.snapshot import SnapshotTransferError, SnapshotWriter, file_sha256
+from kvstore.storage.snapshot import (
+    SnapshotTransferError,
+    SnapshotWriter,
+    file_sha256,
+    private_dir,
+)
 from kvstore.storage.state_machine import StateMachine
 from kvstore.storage.wal import WriteAheadLog
 from kvstore.transport.codec import decode_message, encode_message
@@ -321,7 +326,9 @@ class Node:
         return self._transport.address
 
     def _open_storage(self) -> None:
-        (self.data_dir / "snapshots").mkdir(parents=True, exist_ok=True)
+        # Private files (DESIGN §4): the data directory and everything below it is 0700/0600.
+        private_dir(self.data_dir)
+        private_dir(self.data_dir / "snapshots")
         self._wal = WriteAheadLog(self.data_dir / "wal", segment_bytes=self.options.segment_bytes)
         self._sm = StateMachine(
             self.data_dir / "state",

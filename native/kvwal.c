@@ -57,6 +57,10 @@ enum {
 #define READ_GAP_BYTES (64u << 10)
 #define READ_SPAN_BYTES (4u << 20)
 #define ZERO_CHUNK_BYTES (1u << 20)
+/* Private files (DESIGN §4): the log holds every value written, so only its owner may read it.
+ * The umask can only narrow these. */
+#define DIR_MODE 0700
+#define FILE_MODE 0600
 
 enum { PREP_IDLE, PREP_WANTED, PREP_BUSY, PREP_READY, PREP_FAILED };
 
@@ -374,6 +378,14 @@ static int log_sync_fd(struct kvwal *wal, int fd, int is_dir) {
     return rc == 0 ? 0 : errno;
 }
 
+/* Take the group and other bits off an existing file or directory (made by an older version,
+ * or by hand). Best effort: a file we cannot chmod is still ours to use, so a failure is
+ * ignored. */
+static void private_mode(int fd, mode_t mode) {
+    struct stat st;
+    if (fstat(fd, &st) == 0 && (st.st_mode & 077) != 0) (void)fchmod(fd, st.st_mode & mode);
+}
+
 /* ---- In-memory index ----------------------------------------------------------------------- */
 
 static inline uint64_t last_index(const struct kvwal *wal) {
@@ -549,7 +561,7 @@ static int preamble_build(struct kvwal *wal, uint64_t seq, uint64_t first_index,
  * or -errno (-ECANCELED if `abort` became non-zero). Runs in the helper thread (or alone at
  * open): touches no shared state but the abort flag. */
 static int prepare_file(int dirfd, uint64_t size, int zero_fill, atomic_int *abort) {
-    int fd = openat(dirfd, TMP_NAME, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd = openat(dirfd, TMP_NAME, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, FILE_MODE);
     if (fd < 0) return -errno;
     int err = posix_fallocate(fd, 0, (off_t)size);
     if (err == 0 && zero_fill) {
@@ -1709,6 +1721,7 @@ static int recover_segment(struct kvwal *wal, size_t k, struct scan_buf *sb) {
     if (fstat(s->fd, &st) != 0) {
         return set_error(wal, errno, errno, s->name, 0, 0, "fstat failed: %s", strerror(errno));
     }
+    if ((st.st_mode & 077) != 0) (void)fchmod(s->fd, st.st_mode & FILE_MODE);
     uint64_t size = (uint64_t)st.st_size;
     s->size = size;
     if (size > sb->cap) {
@@ -1943,7 +1956,7 @@ int kvwal_log_open(kvwal_t *wal, const char *dir, uint64_t segment_bytes, unsign
     wal->dir = strdup(dir);
     if (wal->dir == NULL) return ENOMEM;
 
-    if (mkdir(dir, 0755) == 0) {
+    if (mkdir(dir, DIR_MODE) == 0) {
         int err = fsync_parent(dir);
         if (err != 0) return set_error(wal, err, err, NULL, 0, 0, "fsync of the parent failed");
     } else if (errno != EEXIST) {
@@ -1955,6 +1968,7 @@ int kvwal_log_open(kvwal_t *wal, const char *dir, uint64_t segment_bytes, unsign
         int err = errno;
         return set_error(wal, err, err, NULL, 0, 0, "open failed: %s", strerror(err));
     }
+    private_mode(wal->dirfd, DIR_MODE);
     if (flock(wal->dirfd, LOCK_EX | LOCK_NB) != 0) {
         int err = errno == EWOULDBLOCK ? EBUSY : errno;
         return set_error(wal, err, err, NULL, 0, 0, "the log is locked by another handle");

@@ -71,7 +71,7 @@ from kvstore.storage.commands import (
     ResultCode,
     decode_fields,
 )
-from kvstore.storage.snapshot import fsync_dir
+from kvstore.storage.snapshot import PRIVATE_FILE_MODE, fsync_dir, make_private, private_dir
 
 FORMAT_VERSION = 1
 """Layout version stored in `meta`; an environment with another version is refused."""
@@ -127,8 +127,7 @@ class StateMachine(ClosingContext):
             raise InvalidArgumentError(f"map_size_bytes must be >= 1 MiB, got {map_size_bytes}")
         if sessions_max < 1:
             raise InvalidArgumentError(f"sessions_max must be >= 1, got {sessions_max}")
-        self._directory = Path(directory)
-        self._directory.mkdir(parents=True, exist_ok=True)
+        self._directory = private_dir(directory)
         self._sessions_max = sessions_max
         # writemap stays off. Measured here: it doubles one-entry transactions (52k -> 92k/s)
         # but changes nothing at 10 to 1,000 entries per batch; small batches only happen at
@@ -141,7 +140,10 @@ class StateMachine(ClosingContext):
             sync=False,
             metasync=False,
             max_readers=READERS_MAX,
+            mode=PRIVATE_FILE_MODE,
         )
+        for name in ("data.mdb", "lock.mdb"):  # made by an older version, before files were 0600
+            make_private(self._directory / name)
         env = self._env
         invariant(env.max_key_size() >= 511, "LMDB built with a key limit below 511 bytes")
         with env.begin(write=True) as txn:
@@ -518,7 +520,7 @@ class StateMachine(ClosingContext):
         with env.begin() as txn:
             index, term = _read_applied(txn, self._meta)
             conf = _conf_state(_read_members(txn, self._meta))
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
             try:
                 env.copyfd(fd, compact=True, txn=txn)
                 os.fsync(fd)
