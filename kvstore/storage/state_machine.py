@@ -49,11 +49,11 @@ grown by doubling, between write transactions, once more than half of it is used
 still meets `lmdb.MapFullError` is rolled back, the map grown and the batch applied again in a
 new transaction. The map is not capped (the logical quota bounds the data; B-tree overhead,
 half-full pages and pages pinned by long readers come on top), so `apply` never fails for lack
-of map space: only a disk that is really full (ENOSPC) makes it fail. Growing remaps the file,
-which no read may overlap: every read enters a gate (`_reading`, and `lookup` inline) that the
-growth closes while it waits for the reads in progress to end (py-lmdb >= 2.3 also makes a
-remap safe for operations it overlaps: they fail cleanly). `lookup`, the hot path, stays
-outside the gate and reads again if a growth failed it. Growth that would wait is put off while
+of map space: only a disk that is really full (ENOSPC) makes it fail. Growing remaps the file:
+every read but `lookup` enters a gate (`_reading`) that the growth closes while it waits for
+the reads in progress to end. py-lmdb (>= 2.3) also makes a remap safe for operations it
+overlaps, which fail cleanly instead; so `lookup`, the hot path, stays outside the gate and
+reads again under it if a growth failed it. Growth that would wait is put off while
 the map is at most three quarters used.
 
 Determinism: `apply` depends only on the entries and the prior state, never on how the entries
@@ -252,8 +252,8 @@ class StateMachine(ClosingContext):
         # The map-growth gate. A read appends to `_readers` and then checks `_remapping`;
         # growth sets `_remapping` and then waits until `_readers` is empty. Under the GIL each
         # list operation is atomic and the two sides' steps are ordered, so whichever comes
-        # second sees the other: a read never overlaps a remap. (Two list operations are the
-        # cheapest way found: a lock pair doubled the cost of a stale read.)
+        # second sees the other: a read never overlaps a remap. (Two list operations cost less
+        # than a lock taken twice.)
         self._readers: list[None] = []
         self._remapping = False
         self._remap_done = threading.Event()
@@ -398,7 +398,7 @@ class StateMachine(ClosingContext):
             self._logical_bytes = logical_start
             raise
         logical = self._logical_applied = self._logical_bytes
-        # What the batch took from the map, roughly (`_applied_batch`), inline: it runs per batch.
+        # `_applied_batch`, inlined: this runs once per batch.
         self._room_bytes -= 2 * max(logical - logical_start, 0) + 64 * len(entries)
         return results
 
@@ -575,13 +575,13 @@ class StateMachine(ClosingContext):
     ) -> Result:
         """Apply one operation to `data`, keeping the logical size (module docstring, "Quota")."""
         if op is _PUT:
-            assert value is not None  # for mypy: decode sets it for PUT
-            added = len(key) + len(value) + ENTRY_OVERHEAD_BYTES
+            stored: bytes = value  # type: ignore[assignment]  # decode sets it for PUT
+            added = len(key) + len(stored) + ENTRY_OVERHEAD_BYTES
             if self._logical_bytes + added > self._quota_bytes:
-                return self._store_within_quota(txn, key, value, txn.get(key))
+                return self._store_within_quota(txn, key, stored, txn.get(key))
             # Far from the quota: write first, learn the old size from the same call.
-            old = txn.replace(key, value)
-            self._logical_bytes += added if old is None else len(value) - len(old)
+            old = txn.replace(key, stored)
+            self._logical_bytes += added if old is None else len(stored) - len(old)
             return True
         if op is _DELETE:
             old = txn.pop(key)
