@@ -38,11 +38,11 @@ store's logical size (in the `applied` record), the sum over every key of
 `len(key) + len(value) + ENTRY_OVERHEAD_BYTES`, updated in the same transaction as the data.
 A put, or a cas that would store a value, whose apply would take that size past `quota_bytes`
 and grow it is refused: its result is `CommandRejected(STORAGE_FULL)`, nothing is written, and
-its session records it as applied with result False (a retry is refused alike, never applied
-later). Deletes, cas-to-delete and overwrites that do not grow the store always apply, so
-deleting frees room and writes resume.
-`quota_refuses(data)` gives the same verdict on the applied state, for a proposer to refuse
-early; the apply-time rule is the authority.
+its session records it as applied with result False (so a retry, or a duplicate in the log,
+is answered False and never applied later; a put is True otherwise, so False means refused).
+Deletes, cas-to-delete and overwrites that do not grow the store always apply, so deleting
+frees room and writes resume. `quota_refuses(data)` gives the same verdict on the applied
+state, for a proposer to refuse early; the apply-time rule is the authority.
 
 Map growth: the LMDB map (the largest the file may grow) starts at `map_size_bytes` and is
 grown by doubling, between write transactions, once more than half of it is used; a batch that

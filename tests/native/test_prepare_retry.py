@@ -151,6 +151,19 @@ def test_enospc_that_lasts_poisons_the_log_and_says_no_space_left(tmp_path: Path
             wal.append(batch(120, 121))  # poisoned: every later call fails
 
 
+def test_enospc_writing_a_record_still_poisons_at_once(tmp_path: Path) -> None:
+    """Only the preparation of a new segment is retried: a failed write of a record leaves the
+    file in an unknown state (DESIGN §4)."""
+    with WriteAheadLog(tmp_path / "wal", segment_bytes=SEGMENT_BYTES) as wal:
+        wal.sync(wal.append(batch(1, 5)))
+        wal.inject_fault(FaultSpec("write", errno.ENOSPC))
+        with pytest.raises(WalFailedError, match=r"pwrite failed: ENOSPC 28"):
+            wal.append(batch(5, 6))
+        with pytest.raises(WalFailedError):
+            wal.append(batch(5, 6))
+        assert wal.stats().prepare_retries == 0
+
+
 def test_a_node_whose_disk_stays_full_says_no_space_left_on_device(tmp_path: Path) -> None:
     options = kvstore.Options(segment_bytes=SEGMENT_BYTES)
     node = kvstore.Node(
