@@ -73,6 +73,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+_SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size_bytes(text: str) -> int:
+    """A byte count: digits with an optional binary suffix K, M, G or T (also KiB, KB...):
+    "2G" is 2 GiB. Raises `argparse.ArgumentTypeError` otherwise, or if it is not >= 1."""
+    body = text.strip().upper().removesuffix("IB").removesuffix("B")
+    suffix = body[-1:] if body[-1:] in _SIZE_SUFFIXES else ""
+    digits = body[: len(body) - len(suffix)]
+    if not digits.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 1073741824 or 2G")
+    value = int(digits) * _SIZE_SUFFIXES[suffix]
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not >= 1 byte")
+    return value
+
+
 def _add_consistency_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--consistency", default="linearizable", choices=CONSISTENCY_LEVELS)
 
@@ -150,6 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {_DEFAULT_OPTIONS.checkpoint_entries}; small values are for tests)",
     )
 
+    serve.add_argument(
+        "--quota-bytes",
+        type=parse_size_bytes,
+        default=_DEFAULT_OPTIONS.quota_bytes,
+        metavar="SIZE",
+        help="storage quota, e.g. 2G: at it writes are refused (reads and deletes go on); "
+        "must be the same on every member (default 8G)",
+    )
+
     put = commands.add_parser("put", help="write a key")
     put.add_argument("key")
     put.add_argument("value")
@@ -224,7 +250,11 @@ def _serve(args: argparse.Namespace) -> int:
         args.id,
         args.data_dir,
         args.peers,
-        options=Options(checkpoint_entries=args.checkpoint_entries, consensus=args.consensus),
+        options=Options(
+            checkpoint_entries=args.checkpoint_entries,
+            consensus=args.consensus,
+            quota_bytes=args.quota_bytes,
+        ),
         secret=read_secret_file(args.secret_file),
         join=args.join,
     )

@@ -64,6 +64,7 @@ from kvstore.errors import (
     NotLeaderError,
     OperationTimeoutError,
     ProposalDroppedError,
+    StorageFullError,
     UnavailableError,
     invariant,
 )
@@ -97,7 +98,12 @@ from kvstore.raft.types import (
     SnapshotMeta,
 )
 from kvstore.storage import commands
-from kvstore.storage.snapshot import SnapshotTransferError, SnapshotWriter, file_sha256
+from kvstore.storage.snapshot import (
+    SnapshotTransferError,
+    SnapshotWriter,
+    file_sha256,
+    private_dir,
+)
 from kvstore.storage.state_machine import (
     StateMachine,
     check_state_covers_log,
@@ -326,13 +332,17 @@ class Node:
         return self._transport.address
 
     def _open_storage(self) -> None:
-        # Durably: a power cut soon after the first start must not lose the directories.
+        # Durably (a power cut soon after the first start must not lose the directories) and
+        # privately (DESIGN §4: the data directory and everything below it is 0700/0600).
         create_directory_durably(self.data_dir / "snapshots")
+        private_dir(self.data_dir)
+        private_dir(self.data_dir / "snapshots")
         self._wal = WriteAheadLog(self.data_dir / "wal", segment_bytes=self.options.segment_bytes)
         self._sm = StateMachine(
             self.data_dir / "state",
             map_size_bytes=self.options.map_size_bytes,
             sessions_max=self.options.sessions_max,
+            quota_bytes=self.options.quota_bytes,
         )
         hard_state, _ = self._wal.initial_state()
         applied = self._sm.applied_index()
@@ -658,6 +668,9 @@ class Node:
         if pending is None:
             if len(self._pending_writes) >= self.options.max_pending_proposals:
                 raise UnavailableError("too many proposals waiting; try again later")
+            assert self._sm is not None
+            if self._sm.quota_refuses(data):  # one comparison unless near the quota
+                raise _storage_full(self._sm)
             pending = _PendingWrite(data, asyncio.get_running_loop().create_future())
             self._pending_writes[session] = pending
             self._submit(session, pending)
@@ -701,6 +714,11 @@ class Node:
             if pending.waiters == 0 and self._pending_writes.get(session) is pending:
                 del self._pending_writes[session]
                 self._unsubmitted.pop(session, None)
+        if isinstance(result, commands.CommandRejected) and result.code == _STORAGE_FULL:
+            raise _storage_full(self._sm)
+        if result is False and data[0] == commands.Op.PUT:
+            # A put is True unless refused: this is a retry of a put the quota refused.
+            raise _storage_full(self._sm)
         if isinstance(result, commands.CommandRejected):
             # STALE: the session moved more than a window past this seq, so the state machine
             # cannot tell whether it ran; MALFORMED: the data was not a command. Neither applied.
@@ -1456,7 +1474,10 @@ class Node:
                     self.data_dir / "snapshots",
                     snapshot_id,
                     total,
-                    total_bytes_max=self.options.map_size_bytes,
+                    # A compacted copy of a store at its quota, B-tree pages included.
+                    total_bytes_max=max(
+                        self.options.map_size_bytes, 2 * self.options.quota_bytes + (64 << 20)
+                    ),
                 )
                 incoming = _IncomingSnapshot(writer)
                 self._incoming_snapshots[peer] = incoming
@@ -1642,6 +1663,18 @@ class _ClientBackend:
 
 _REMOTE_ERRORS = (KeyError, TypeError, ValueError, OSError, KVStoreError)
 """What garbage from a peer (or a full disk) raises while handling a snapshot frame."""
+
+
+_STORAGE_FULL = commands.ResultCode.STORAGE_FULL
+
+
+def _storage_full(sm: StateMachine | None) -> StorageFullError:
+    """The error for a write refused at the quota (nothing was written)."""
+    quota = f" of {sm.quota_bytes} bytes" if sm is not None else ""
+    return StorageFullError(
+        f"the store is at its quota{quota}: the write was refused (not applied); delete keys "
+        "to make room"
+    )
 
 
 def _log_remote_error(what: str, error: Exception) -> None:

@@ -51,7 +51,8 @@ class Options:
     segment_bytes: int = 64 << 20
     """Size of each preallocated redo-log segment."""
     map_size_bytes: int = 1 << 30
-    """LMDB map size (the largest the state may grow)."""
+    """Initial LMDB map size. The map grows by itself (doubling) as the state grows; the limit
+    on the data is `quota_bytes`."""
     checkpoint_entries: int = 50_000
     """Applied entries between LMDB checkpoints (after which the log is compacted)."""
     sessions_max: int = 100_000
@@ -64,6 +65,13 @@ class Options:
     consensus: str = "raft"
     """The protocol the cluster runs: "raft" or "paxos" (kvstore.consensus.CONSENSUS_KINDS).
     Every member must run the same one: peers refuse each other's handshake otherwise."""
+    # --- storage ---
+    quota_bytes: int = 8 << 30
+    """The store's storage quota: at this logical size (the sum of `len(key) + len(value) + 16`
+    over every key), writes that add data are refused with `StorageFullError` while reads,
+    deletes and writes that do not grow the store go on (like etcd's NOSPACE alarm). Must be
+    the same on every member: it decides, at apply time, which writes are refused. The files
+    on disk take more (B-tree pages, free pages): budget about twice the quota."""
 
     def validate(self) -> None:
         """Raise `InvalidArgumentError` naming the first setting that is out of range."""
@@ -87,6 +95,9 @@ class Options:
             raise InvalidArgumentError(f"segment_bytes must be >= 65536, got {self.segment_bytes}")
         if self.frame_bytes_max < self.max_value_bytes + (64 << 10):
             raise InvalidArgumentError("frame_bytes_max must exceed max_value_bytes by 64 KiB")
+        quota = self.quota_bytes
+        if isinstance(quota, bool) or not isinstance(quota, int) or quota < 1:
+            raise InvalidArgumentError(f"quota_bytes must be an int >= 1, got {quota!r}")
         if self.consensus not in CONSENSUS_KINDS:
             raise InvalidArgumentError(
                 f"consensus must be one of {', '.join(CONSENSUS_KINDS)}; got {self.consensus!r}"

@@ -20,6 +20,7 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "kvwal.h"
@@ -57,8 +58,17 @@ enum {
 #define READ_GAP_BYTES (64u << 10)
 #define READ_SPAN_BYTES (4u << 20)
 #define ZERO_CHUNK_BYTES (1u << 20)
+/* Private files (DESIGN §4): the log holds every value written, so only its owner may read it.
+ * The umask can only narrow these. */
+#define DIR_MODE 0700
+#define FILE_MODE 0600
 
 enum { PREP_IDLE, PREP_WANTED, PREP_BUSY, PREP_READY, PREP_FAILED };
+
+/* A preparation that fails for want of a resource that may come back (file descriptors, disk
+ * space, memory) is tried again after a pause that doubles from the first to the last. */
+#define PREP_BACKOFF_FIRST_MS 1u
+#define PREP_BACKOFF_LAST_MS 100u
 
 /* ---- Types --------------------------------------------------------------------------------- */
 
@@ -132,6 +142,8 @@ struct kvwal {
     int prep_started, prep_stop, prep_state, prep_fd, prep_err;
     atomic_int prep_abort; /* read without the mutex by prepare_file: close() stops a zero-fill */
     uint64_t prep_size;
+    uint32_t prep_retry_ms;     /* how long a waiting writer lets transient failures be retried */
+    uint64_t prep_wait_since;   /* CLOCK_MONOTONIC ns when a writer began to wait; 0: none */
 
     struct fault faults[4];
     kvwal_stats_t stats;
@@ -289,11 +301,31 @@ __attribute__((format(printf, 7, 8))) static int set_error(struct kvwal *wal, in
     return code;
 }
 
+/* The symbolic name of the errno values a log meets, so that an operator reading "ENOSPC" or
+ * "EMFILE" knows at once what ran out ("errno" and the number for others). */
+static const char *errno_name(int err) {
+    switch (err) {
+    case ENOSPC: return "ENOSPC";
+    case EDQUOT: return "EDQUOT";
+    case EMFILE: return "EMFILE";
+    case ENFILE: return "ENFILE";
+    case ENOMEM: return "ENOMEM";
+    case EIO: return "EIO";
+    case EROFS: return "EROFS";
+    case EACCES: return "EACCES";
+    case EPERM: return "EPERM";
+    case ENOENT: return "ENOENT";
+    case EINVAL: return "EINVAL";
+    case EFBIG: return "EFBIG";
+    default: return "errno";
+    }
+}
+
 /* A write or sync failed: from now on every call fails (the file's state is unknown). */
 static int poison(struct kvwal *wal, int sys_errno, const char *name, const char *what) {
     wal->failed = 1;
-    set_error(wal, KVWAL_EFAILED, sys_errno, name, 0, 0, "%s failed: %s", what,
-              strerror(sys_errno));
+    set_error(wal, KVWAL_EFAILED, sys_errno, name, 0, 0, "%s failed: %s %d (%s)", what,
+              errno_name(sys_errno), sys_errno, strerror(sys_errno));
     pthread_cond_broadcast(&wal->writer_cv);
     pthread_cond_broadcast(&wal->sync_cv);
     return KVWAL_EFAILED;
@@ -312,7 +344,13 @@ static int fault_take(struct kvwal *wal, int kind, uint64_t *partial) {
         return 0;
     }
     int err = f->err;
-    if (partial != NULL) {
+    if (kind == KVWAL_FAULT_PREPARE) {
+        /* `partial` counts the preparations in a row that fail (kvwal_log_inject_fault). */
+        if (f->partial > 1) {
+            f->partial--;
+            return err;
+        }
+    } else if (partial != NULL) {
         *partial = f->partial;
     }
     f->err = 0;
@@ -372,6 +410,14 @@ static int log_sync_fd(struct kvwal *wal, int fd, int is_dir) {
     } while (rc != 0 && errno == EINTR);
     if (!is_dir) wal->stats.fdatasyncs++;
     return rc == 0 ? 0 : errno;
+}
+
+/* Take the group and other bits off an existing file or directory (made by an older version,
+ * or by hand). Best effort: a file we cannot chmod is still ours to use, so a failure is
+ * ignored. */
+static void private_mode(int fd, mode_t mode) {
+    struct stat st;
+    if (fstat(fd, &st) == 0 && (st.st_mode & 077) != 0) (void)fchmod(fd, st.st_mode & mode);
 }
 
 /* ---- In-memory index ----------------------------------------------------------------------- */
@@ -549,7 +595,7 @@ static int preamble_build(struct kvwal *wal, uint64_t seq, uint64_t first_index,
  * or -errno (-ECANCELED if `abort` became non-zero). Runs in the helper thread (or alone at
  * open): touches no shared state but the abort flag. */
 static int prepare_file(int dirfd, uint64_t size, int zero_fill, atomic_int *abort) {
-    int fd = openat(dirfd, TMP_NAME, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd = openat(dirfd, TMP_NAME, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, FILE_MODE);
     if (fd < 0) return -errno;
     int err = posix_fallocate(fd, 0, (off_t)size);
     if (err == 0 && zero_fill) {
@@ -579,6 +625,37 @@ static int prepare_file(int dirfd, uint64_t size, int zero_fill, atomic_int *abo
     return fd;
 }
 
+static uint64_t monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Whether a preparation that failed with `err` is worth trying again. Under the mutex. Only
+ * shortages that can end are retried, and only until a writer that needs the segment has
+ * waited `prep_retry_ms` for it: then the failure is reported (and poisons the log). */
+static int prep_should_retry(struct kvwal *wal, int err) {
+    if (wal->prep_stop || wal->prep_retry_ms == 0) return 0;
+    if (err != EMFILE && err != ENFILE && err != ENOSPC && err != EDQUOT && err != ENOMEM) {
+        return 0;
+    }
+    if (wal->prep_wait_since == 0) return 1;
+    return monotonic_ns() - wal->prep_wait_since < (uint64_t)wal->prep_retry_ms * 1000000u;
+}
+
+/* Sleep about `ms` milliseconds on prep_cv, so that close() wakes it. Under the mutex. */
+static void prep_pause(struct kvwal *wal, uint32_t ms) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until); /* pthread_cond_timedwait's default clock */
+    until.tv_sec += ms / 1000u;
+    until.tv_nsec += (long)(ms % 1000u) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    (void)pthread_cond_timedwait(&wal->prep_cv, &wal->mu, &until);
+}
+
 static void *prep_main(void *arg) {
     struct kvwal *wal = arg;
     pthread_mutex_lock(&wal->mu);
@@ -590,11 +667,27 @@ static void *prep_main(void *arg) {
         wal->prep_state = PREP_BUSY;
         uint64_t size = wal->prep_size;
         int zero_fill = !(wal->flags & KVWAL_FLAG_NO_ZERO_FILL);
-        int fault = fault_take(wal, KVWAL_FAULT_PREPARE, NULL);
         int dirfd = wal->dirfd;
-        pthread_mutex_unlock(&wal->mu);
-        int fd = fault ? -fault : prepare_file(dirfd, size, zero_fill, &wal->prep_abort);
-        pthread_mutex_lock(&wal->mu);
+        uint32_t backoff_ms = PREP_BACKOFF_FIRST_MS;
+        int fd;
+        for (;;) {
+            int fault = fault_take(wal, KVWAL_FAULT_PREPARE, NULL);
+            pthread_mutex_unlock(&wal->mu);
+            fd = fault ? -fault : prepare_file(dirfd, size, zero_fill, &wal->prep_abort);
+            pthread_mutex_lock(&wal->mu);
+            if (fd >= 0 || !prep_should_retry(wal, -fd)) break;
+            /* Out of descriptors, space or memory: others may give some back (a client
+             * disconnects, a compaction deletes segments). Nobody waits yet, or not for long:
+             * pause, then try again. */
+            wal->stats.prepare_retries++;
+            prep_pause(wal, backoff_ms);
+            if (wal->prep_stop) {
+                fd = -ECANCELED;
+                break;
+            }
+            backoff_ms = backoff_ms * 2 > PREP_BACKOFF_LAST_MS ? PREP_BACKOFF_LAST_MS
+                                                                : backoff_ms * 2;
+        }
         if (fd < 0) {
             wal->prep_state = PREP_FAILED;
             wal->prep_err = -fd;
@@ -684,10 +777,14 @@ static int segment_rotate(struct kvwal *wal, uint64_t need, uint64_t first_index
     }
     if (wal->prep_state == PREP_WANTED || wal->prep_state == PREP_BUSY) {
         wal->stats.rotation_waits++;
+        /* From now on the helper's retries of a transient failure are on this writer's clock
+         * (prep_should_retry). */
+        wal->prep_wait_since = monotonic_ns();
         while (!wal->failed &&
                (wal->prep_state == PREP_WANTED || wal->prep_state == PREP_BUSY)) {
             pthread_cond_wait(&wal->writer_cv, &wal->mu);
         }
+        wal->prep_wait_since = 0;
     }
     if (wal->failed) return KVWAL_EFAILED;
     if (wal->prep_state == PREP_FAILED) {
@@ -1709,6 +1806,7 @@ static int recover_segment(struct kvwal *wal, size_t k, struct scan_buf *sb) {
     if (fstat(s->fd, &st) != 0) {
         return set_error(wal, errno, errno, s->name, 0, 0, "fstat failed: %s", strerror(errno));
     }
+    if ((st.st_mode & 077) != 0) (void)fchmod(s->fd, st.st_mode & FILE_MODE);
     uint64_t size = (uint64_t)st.st_size;
     s->size = size;
     if (size > sb->cap) {
@@ -1907,6 +2005,7 @@ int kvwal_log_create(kvwal_t **out) {
     pthread_cond_init(&wal->prep_cv, NULL);
     wal->dirfd = -1;
     wal->prep_fd = -1;
+    wal->prep_retry_ms = KVWAL_PREPARE_RETRY_MS_DEFAULT;
     atomic_init(&wal->prep_abort, 0);
     wal->base = 1;
     *out = wal;
@@ -1943,7 +2042,7 @@ int kvwal_log_open(kvwal_t *wal, const char *dir, uint64_t segment_bytes, unsign
     wal->dir = strdup(dir);
     if (wal->dir == NULL) return ENOMEM;
 
-    if (mkdir(dir, 0755) == 0) {
+    if (mkdir(dir, DIR_MODE) == 0) {
         int err = fsync_parent(dir);
         if (err != 0) return set_error(wal, err, err, NULL, 0, 0, "fsync of the parent failed");
     } else if (errno != EEXIST) {
@@ -1955,6 +2054,7 @@ int kvwal_log_open(kvwal_t *wal, const char *dir, uint64_t segment_bytes, unsign
         int err = errno;
         return set_error(wal, err, err, NULL, 0, 0, "open failed: %s", strerror(err));
     }
+    private_mode(wal->dirfd, DIR_MODE);
     if (flock(wal->dirfd, LOCK_EX | LOCK_NB) != 0) {
         int err = errno == EWOULDBLOCK ? EBUSY : errno;
         return set_error(wal, err, err, NULL, 0, 0, "the log is locked by another handle");
@@ -2048,6 +2148,13 @@ int kvwal_log_recovery(kvwal_t *wal, kvwal_recovery_t *out) {
 int kvwal_log_error(kvwal_t *wal, kvwal_error_t *out) {
     pthread_mutex_lock(&wal->mu);
     *out = wal->error;
+    pthread_mutex_unlock(&wal->mu);
+    return 0;
+}
+
+int kvwal_log_set_prepare_retry(kvwal_t *wal, uint32_t retry_ms) {
+    pthread_mutex_lock(&wal->mu);
+    wal->prep_retry_ms = retry_ms;
     pthread_mutex_unlock(&wal->mu);
     return 0;
 }

@@ -39,6 +39,10 @@
  *    (entries() pread()s under it), so they run alongside an in-flight fdatasync.
  *  - A helper thread per handle prepares the next segment (fallocate + zero-fill) in the
  *    background once the current one is half full; it touches only its own temporary file.
+ *    A preparation that fails with EMFILE, ENFILE, ENOSPC, EDQUOT or ENOMEM is tried again
+ *    (pauses of 1 ms doubling to 100 ms), for as long as no writer needs the segment and then
+ *    for up to kvwal_log_set_prepare_retry() milliseconds of that writer's wait; only then
+ *    does it poison the log. Other failures poison it at once.
  *  - kvwal_log_close() must not race with other calls on the same handle: the caller makes sure
  *    every other call has returned first (the Python wrapper does).
  */
@@ -83,6 +87,8 @@ extern "C" {
 #define KVWAL_SEGMENT_BYTES_MIN 4096
 /** Longest path kvwal_log_error() and kvwal_log_recovery() report (longer ones are cut). */
 #define KVWAL_PATH_BYTES_MAX 4096
+/** Default of kvwal_log_set_prepare_retry(): how long a writer waits out transient failures. */
+#define KVWAL_PREPARE_RETRY_MS_DEFAULT 10000
 
 /* ---- Open flags ---------------------------------------------------------------------------- */
 
@@ -165,6 +171,7 @@ typedef struct kvwal_stats {
     uint64_t segments_deleted;
     uint64_t segment_count;     /* segment files in the log now */
     uint64_t rotation_waits;    /* rotations that had to wait for the helper thread */
+    uint64_t prepare_retries;   /* preparations tried again after a transient failure */
 } kvwal_stats_t;
 
 /* ---- CRC32C -------------------------------------------------------------------------------- */
@@ -336,10 +343,19 @@ int kvwal_log_recovery(kvwal_t *wal, kvwal_recovery_t *out);
 int kvwal_log_error(kvwal_t *wal, kvwal_error_t *out);
 
 /**
+ * How long a writer that needs the next segment lets the helper thread retry a preparation
+ * that keeps failing for a transient reason (see the top of this file) before the log is
+ * poisoned with that error. 0: never retry. Default KVWAL_PREPARE_RETRY_MS_DEFAULT.
+ * @return 0
+ */
+int kvwal_log_set_prepare_retry(kvwal_t *wal, uint32_t retry_ms);
+
+/**
  * Tests only: make the (skip + 1)-th next operation of `kind` (KVWAL_FAULT_*) fail with errno
  * `err`. For KVWAL_FAULT_WRITE, the first `partial_bytes` bytes of that write reach the file
- * before it fails (0: none). One fault per kind is armed at a time; err = 0 disarms it. May be
- * called before kvwal_log_open() to hit recovery.
+ * before it fails (0: none); for KVWAL_FAULT_PREPARE, `partial_bytes` preparations in a row
+ * fail (0 counts as 1; UINT64_MAX: every one until disarmed). One fault per kind is armed at a
+ * time; err = 0 disarms it. May be called before kvwal_log_open() to hit recovery.
  * @return 0 or KVWAL_EINVAL
  */
 int kvwal_log_inject_fault(kvwal_t *wal, int kind, uint64_t skip, int err,

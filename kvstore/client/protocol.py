@@ -32,6 +32,7 @@ from kvstore.errors import (
     OperationTimeoutError,
     ProposalDroppedError,
     RemoteProtocolError,
+    StorageFullError,
     UnavailableError,
     WalFailedError,
 )
@@ -114,6 +115,8 @@ class ErrorCode(enum.IntEnum):
     INVALID_ARGUMENT = 4
     AUTHENTICATION = 5
     INTERNAL = 6
+    STORAGE_FULL = 7
+    """The store is at its quota: the write was refused, nothing was done (StorageFullError)."""
 
 
 Session: TypeAlias = tuple[bytes, int]
@@ -298,6 +301,7 @@ _CODE_OF: tuple[tuple[type[BaseException], ErrorCode], ...] = (
     (TimeoutError, ErrorCode.TIMEOUT),
     (InvalidArgumentError, ErrorCode.INVALID_ARGUMENT),
     (AuthenticationError, ErrorCode.AUTHENTICATION),
+    (StorageFullError, ErrorCode.STORAGE_FULL),
 )
 
 
@@ -513,6 +517,8 @@ def _exception(
         return InvalidArgumentError(message)
     if code == ErrorCode.AUTHENTICATION:
         return AuthenticationError(message)
+    if code == ErrorCode.STORAGE_FULL:
+        return StorageFullError(message)
     # INTERNAL, and codes from a newer server we do not know: still an error the caller sees.
     return KVStoreError(message)
 

@@ -104,6 +104,9 @@ class ResultCode(enum.IntEnum):
     """Not applied: the entry's data is not a valid command (applied as a no-op)."""
     NONE = 4
     """No result: a no-op entry, a conf change, or an entry skipped because already applied."""
+    STORAGE_FULL = 5
+    """Not applied: it would have taken the store past its quota (`StateMachine`, "Quota").
+    The session records it as applied with result False, so a retry is refused the same way."""
 
 
 class CommandRejected(NamedTuple):

@@ -15,6 +15,9 @@ to a `SnapshotWriter`, which appends to `<snapshot_id>.<total_bytes>.partial` in
 `<snapshot_id>.snap`. A mismatch (including a partial file damaged by a crash) deletes the
 partial file and raises `CorruptionError`: the sender starts again from offset 0.
 
+Files are private (DESIGN §4): the directory is made 0700 and every file 0600, whatever the
+umask (`private_dir`, `PRIVATE_FILE_MODE`).
+
 Limits: `total_bytes_max` caps a snapshot's size (checked before anything is written), and at
 most `partials_max` partial snapshots are kept in the directory (the least recently written
 others are deleted when a new one starts).
@@ -39,6 +42,12 @@ TOTAL_BYTES_MAX = 1 << 34
 
 PARTIALS_MAX = 2
 """Default number of partial snapshots kept in a directory."""
+
+PRIVATE_DIR_MODE = 0o700
+"""Mode of every directory a node writes: a snapshot holds every value, so only its owner reads."""
+
+PRIVATE_FILE_MODE = 0o600
+"""Mode of every file a node writes (log segments, LMDB files, snapshots)."""
 
 _READ_BYTES = 1 << 20
 _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -110,13 +119,13 @@ class SnapshotWriter(ClosingContext):
         self.total_bytes = total_bytes
         """The size the finished file must have."""
         self._directory = Path(directory)
-        self._directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self._directory)
         # The size is part of the name so that a resend with a different size never resumes
         # from a partial file of another length.
         self._partial = self._directory / f"{snapshot_id}.{total_bytes}{PARTIAL_SUFFIX}"
         if not self._partial.exists():
             _prune_partials(self._directory, keep=partials_max - 1)
-        self._fd: int | None = os.open(self._partial, os.O_RDWR | os.O_CREAT, 0o644)
+        self._fd: int | None = os.open(self._partial, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
         size = os.fstat(self._fd).st_size
         if size > total_bytes:
             # Cannot come from this writer: start over rather than trust it.
@@ -231,6 +240,26 @@ def _prune_partials(directory: Path, *, keep: int) -> None:
             path.unlink()
         except FileNotFoundError:
             pass
+
+
+def private_dir(directory: str | os.PathLike[str]) -> Path:
+    """Create `directory` (and missing parents) if needed and make it 0700; return it as a Path.
+
+    An existing directory with group or other bits (made by an older version, or by hand) is
+    narrowed; the umask can only narrow the mode of a new one further.
+    """
+    path = Path(directory)
+    path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    make_private(path, PRIVATE_DIR_MODE)
+    return path
+
+
+def make_private(path: str | os.PathLike[str], mode: int = PRIVATE_FILE_MODE) -> None:
+    """Take the group and other bits off an existing file or directory (`mode` gives the bits
+    kept, 0600 for files). Nothing happens if it is already private."""
+    current = os.stat(path).st_mode & 0o7777
+    if current & 0o077:
+        os.chmod(path, current & mode)
 
 
 def fsync_dir(directory: str | os.PathLike[str]) -> None:

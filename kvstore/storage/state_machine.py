@@ -35,8 +35,8 @@ The node also refuses a state older than the start of its log (`check_state_cove
 Layout: four named sub-databases in one environment (in `directory`):
 
 - `data`: key -> value.
-- `meta`: `applied` -> (index u64, term u64); `format` -> 1 byte; `member/<id>` -> role byte
-  (0 voter, 1 learner) + address (UTF-8).
+- `meta`: `applied` -> (index u64, term u64, logical size u64: see "Quota"); `format` -> 1
+  byte; `member/<id>` -> role byte (0 voter, 1 learner) + address (UTF-8).
 - `sessions`: client_id -> (newest seq applied u64, index of the session's last apply u64,
   applied bits, result bits); bit i of each (`SESSION_WINDOW` bits, little-endian) stands for
   seq `newest - i`: whether it was applied, and whether its result was True.
@@ -50,23 +50,51 @@ concurrent commands may commit out of order); one below the window is rejected a
 most `sessions_max` sessions are kept; a new one evicts the session whose last apply is oldest,
 and a retry from an evicted client is applied again.
 
+Quota (like etcd's NOSPACE alarm, but decided by replicated state alone): `meta` holds the
+store's logical size (in the `applied` record), the sum over every key of
+`len(key) + len(value) + ENTRY_OVERHEAD_BYTES`, updated in the same transaction as the data.
+A put, or a cas that would store a value, whose apply would take that size past `quota_bytes`
+and grow it is refused: its result is `CommandRejected(STORAGE_FULL)`, nothing is written, and
+its session records it as applied with result False (so a retry, or a duplicate in the log,
+is answered False and never applied later; a put is True otherwise, so False means refused).
+Deletes, cas-to-delete and overwrites that do not grow the store always apply, so deleting
+frees room and writes resume. `quota_refuses(data)` gives the same verdict on the applied
+state, for a proposer to refuse early; the apply-time rule is the authority.
+
+Map growth: the LMDB map (the largest the file may grow) starts at `map_size_bytes` and is
+grown by doubling, between write transactions, once more than half of it is used; a batch that
+still meets `lmdb.MapFullError` is rolled back, the map grown and the batch applied again in a
+new transaction. The map is not capped (the logical quota bounds the data; B-tree overhead,
+half-full pages and pages pinned by long readers come on top), so `apply` never fails for lack
+of map space: only a disk that is really full (ENOSPC) makes it fail. Growing remaps the file:
+every read but `lookup` enters a gate (`_reading`) that the growth closes while it waits for
+the reads in progress to end. py-lmdb (>= 2.3) also makes a remap safe for operations it
+overlaps, which fail cleanly instead; so `lookup`, the hot path, stays outside the gate and
+reads again under it if a growth failed it. Growth that would wait is put off while
+the map is at most three quarters used.
+
 Determinism: `apply` depends only on the entries and the prior state, never on how the entries
-were split into batches, the clock or the node. `sessions_max` must be the same on every member:
-it decides which retried commands are still recognised.
+were split into batches, the clock or the node. `sessions_max` and `quota_bytes` must be the
+same on every member: the first decides which retried commands are still recognised, the second
+which writes are refused.
 
 Threads: one writer at a time (`apply`, `restore`); reads (`get`, `scan`, `applied_index`,
 `members`, `snapshot`) may run in any thread, concurrently with the writer, without blocking it
-(LMDB readers see the last committed transaction).
+(LMDB readers see the last committed transaction). Every use of the environment outside the
+writer goes through the map-growth gate (`_reading`, never nested), except `lookup` (above).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import struct
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import lmdb
@@ -90,7 +118,15 @@ from kvstore.storage.commands import (
     ResultCode,
     decode_fields,
 )
-from kvstore.storage.snapshot import fsync_dir
+from kvstore.storage.snapshot import (
+    PRIVATE_DIR_MODE,
+    PRIVATE_FILE_MODE,
+    fsync_dir,
+    make_private,
+    private_dir,
+)
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 """Layout version stored in `meta`; an environment with another version is refused."""
@@ -131,6 +167,23 @@ CHECKPOINT_FILE = "checkpoint.json"
 """Sidecar in the state directory: the latest durable checkpoint (see the module docstring)."""
 _CHECKPOINT_FORMAT = 1
 
+QUOTA_BYTES_DEFAULT = 8 << 30
+"""Default logical size at which writes that add data are refused (see "Quota" above)."""
+
+ENTRY_OVERHEAD_BYTES = 16
+"""What one key costs the quota beyond its key and value bytes (about LMDB's node header and
+pointer), so that millions of empty values still count."""
+
+_APPLIED_LOGICAL = struct.Struct("<QQQ")
+"""The `applied` record with the logical size after index and term (a store written before the
+quota has the first two only)."""
+_STORAGE_FULL = CommandRejected(ResultCode.STORAGE_FULL, "the store is at its quota")
+_MIB = 1 << 20
+_MAP_FULL_RETRIES_MAX = 8
+"""Grow-and-retry rounds for one batch that keeps meeting a full map (each at least doubles)."""
+_REMAP_POLL_S = 0.0005
+"""How often a map growth that must wait checks whether the reads in progress have ended."""
+
 READERS_MAX = 4096
 """LMDB reader slots: read transactions open at once, across all threads (each stale read in
 an application thread holds one while it runs). LMDB's default of 126 made 256 threads reading
@@ -144,8 +197,10 @@ _PUT, _DELETE = Op.PUT, Op.DELETE
 class StateMachine(ClosingContext):
     """The LMDB state machine of one node. See the module docstring for layout and guarantees.
 
-    `StateMachine(directory, map_size_bytes=..., sessions_max=...)` creates `directory` if
-    needed and opens (or creates) the environment in it. Use `close()` or `with`.
+    `StateMachine(directory, map_size_bytes=..., sessions_max=..., quota_bytes=...)` creates
+    `directory` if needed and opens (or creates) the environment in it. `map_size_bytes` is the
+    initial LMDB map size (it grows by itself); `quota_bytes` the logical size at which writes
+    that add data are refused. Use `close()` or `with`.
     """
 
     def __init__(
@@ -154,13 +209,18 @@ class StateMachine(ClosingContext):
         *,
         map_size_bytes: int = 1 << 30,
         sessions_max: int = 100_000,
+        quota_bytes: int = QUOTA_BYTES_DEFAULT,
     ) -> None:
         if map_size_bytes < 1 << 20:
             raise InvalidArgumentError(f"map_size_bytes must be >= 1 MiB, got {map_size_bytes}")
         if sessions_max < 1:
             raise InvalidArgumentError(f"sessions_max must be >= 1, got {sessions_max}")
+        if isinstance(quota_bytes, bool) or not isinstance(quota_bytes, int) or quota_bytes < 1:
+            raise InvalidArgumentError(f"quota_bytes must be an int >= 1, got {quota_bytes!r}")
+        self._init_quota(quota_bytes)
         self._directory = Path(directory)
         create_directory_durably(self._directory)
+        private_dir(self._directory)
         self._sessions_max = sessions_max
         self._checkpoint_lock = threading.Lock()
         """Serialises writers of the checkpoint sidecar (`checkpoint` and `restore`)."""
@@ -177,7 +237,11 @@ class StateMachine(ClosingContext):
                 sync=True,
                 metasync=False,
                 max_readers=READERS_MAX,
+                mode=PRIVATE_FILE_MODE,
             )
+            for name in ("data.mdb", "lock.mdb", CHECKPOINT_FILE):  # made before files were 0600
+                if (self._directory / name).exists():
+                    make_private(self._directory / name)
             self._open_tables(self._env)
         except _DAMAGE_ERRORS as exc:
             self.close()
@@ -211,6 +275,8 @@ class StateMachine(ClosingContext):
                 if new:
                     txn.put(_KEY_FORMAT, bytes([FORMAT_VERSION]), db=self._meta)
                     txn.put(_KEY_APPLIED, _NO_APPLIED, db=self._meta)
+                if version in (None, bytes([FORMAT_VERSION])):
+                    self._load_logical_bytes(txn)
         except lmdb.NotFoundError as exc:
             raise self._lost(f"the state lacks a table ({exc})") from exc
         if not new and version is None:
@@ -234,6 +300,7 @@ class StateMachine(ClosingContext):
             fsync_dir(self._directory)
         if recorded is None:
             self._write_checkpoint_file(point)
+        self._page_bytes: int = env.stat()["psize"]
 
     def _lost(self, what: str) -> CorruptionError:
         return CorruptionError(
@@ -266,7 +333,7 @@ class StateMachine(ClosingContext):
     def _durable_point(self) -> tuple[int, int]:
         """(applied index, LMDB transaction id) read together: `checkpoint` reads them before
         its sync, which then covers at least that transaction."""
-        with self._open_env().begin() as txn:
+        with self._reading() as env, env.begin() as txn:
             txn_id: int = txn.id()
             return _read_applied(txn, self._meta)[0], txn_id
 
@@ -313,6 +380,133 @@ class StateMachine(ClosingContext):
         assert env is not None  # for mypy; invariant() above fires under -O too
         return env
 
+    # --- quota and map growth ---------------------------------------------------------------
+
+    def _init_quota(self, quota_bytes: int) -> None:
+        self._quota_bytes = quota_bytes
+        self._logical_bytes = 0
+        """The logical size, kept by the writer as it applies (module docstring, "Quota")."""
+        self._logical_applied = 0
+        """The logical size as of the last committed batch: what other threads may read."""
+        self._room_bytes = 0
+        """About how many bytes may still be written before the map needs a look."""
+        # The map-growth gate. A read appends to `_readers` and then checks `_remapping`;
+        # growth sets `_remapping` and then waits until `_readers` is empty. Under the GIL each
+        # list operation is atomic and the two sides' steps are ordered, so whichever comes
+        # second sees the other: a read never overlaps a remap. (Two list operations cost less
+        # than a lock taken twice.)
+        self._readers: list[None] = []
+        self._remapping = False
+        self._remap_done = threading.Event()
+        self._remap_done.set()
+
+    @property
+    def quota_bytes(self) -> int:
+        """The logical size at which writes that add data are refused."""
+        return self._quota_bytes
+
+    def logical_bytes(self) -> int:
+        """The store's logical size as of the last applied batch (module docstring, "Quota")."""
+        return self._logical_applied
+
+    def map_size_bytes(self) -> int:
+        """The LMDB map's current size (it grows by itself: module docstring, "Map growth")."""
+        with self._reading() as env:
+            size: int = env.info()["map_size"]
+            return size
+
+    def quota_refuses(self, data: bytes) -> bool:
+        """Whether applying the encoded command `data` now would be refused for the quota.
+
+        Judged on the applied state, for a proposer to refuse a write early (apply decides).
+        One comparison unless the store is within `len(data)` bytes of its quota: an encoded
+        command is longer than what it can add.
+        """
+        logical = self._logical_applied
+        if logical + len(data) <= self._quota_bytes:
+            return False
+        try:
+            op, _client_id, _seq, key, value, expected, new = decode_fields(data)
+        except ValueError:
+            return False  # apply rejects it as malformed
+        if op is _DELETE or (op is not _PUT and new is None):
+            return False
+        stored = value if op is _PUT else new
+        assert stored is not None  # for mypy: decode sets it
+        old = self.lookup(key)
+        if op is not _PUT and old != expected:
+            return False  # a cas that will not swap
+        if old is None:
+            grow = len(key) + len(stored) + ENTRY_OVERHEAD_BYTES
+        else:
+            grow = len(stored) - len(old)
+        return grow > 0 and logical + grow > self._quota_bytes
+
+    def _load_logical_bytes(self, txn: lmdb.Transaction[bytes]) -> None:
+        """Read the logical size (in the `applied` record) in a write transaction. A store
+        without one (written before the quota existed, or restored from such a snapshot) is
+        counted once and the count stored."""
+        raw = txn.get(_KEY_APPLIED, db=self._meta)
+        invariant(raw is not None, "meta lacks the applied index")
+        assert raw is not None  # for mypy; invariant() above fires under -O too
+        if len(raw) >= _APPLIED_LOGICAL.size:
+            _index, _term, total = _APPLIED_LOGICAL.unpack_from(raw)
+        else:
+            total = sum(
+                len(key) + len(value) + ENTRY_OVERHEAD_BYTES
+                for key, value in txn.cursor(db=self._data).iternext()
+            )
+            index, term = _APPLIED.unpack_from(raw)
+            txn.put(_KEY_APPLIED, _APPLIED_LOGICAL.pack(index, term, total), db=self._meta)
+        self._logical_bytes = self._logical_applied = total
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[lmdb.Environment]:
+        """Hold off map growth while the block reads (never nest two of these)."""
+        env = self._open_env()
+        readers = self._readers
+        readers.append(None)
+        while self._remapping:
+            readers.pop()
+            self._remap_done.wait()
+            readers.append(None)
+        try:
+            yield env
+        finally:
+            readers.pop()
+
+    def _ensure_room(self, extra_bytes: int, *, force: bool = False) -> None:
+        """Writer only, between transactions: grow the map (doubling at least) once the used
+        pages plus `extra_bytes` pass half of it, or at once if `force` (after a full map)."""
+        env = self._open_env()
+        info = env.info()  # no gate: only this thread (the writer) remaps
+        map_bytes: int = info["map_size"]
+        need = (info["last_pgno"] + 1) * self._page_bytes + extra_bytes
+        if force or need > map_bytes // 2:
+            target = max(2 * map_bytes, -(-2 * need // _MIB) * _MIB)
+            # Waiting for long reads (a snapshot being copied) is put off while there is room.
+            if self._grow_map(target, wait=force or need > map_bytes * 3 // 4):
+                map_bytes = target
+        self._room_bytes = max(map_bytes - need, 0) // 4
+
+    def _grow_map(self, map_bytes: int, *, wait: bool) -> bool:
+        """Remap at `map_bytes` once no read is in progress; False if there were reads and not
+        `wait`."""
+        env = self._open_env()
+        self._remap_done.clear()
+        self._remapping = True
+        try:
+            while self._readers:
+                if not wait:
+                    return False
+                time.sleep(_REMAP_POLL_S)
+            env.set_mapsize(map_bytes)
+        finally:
+            self._remapping = False
+            self._remap_done.set()
+        logger.info("state machine: LMDB map grown to %d MiB", map_bytes // _MIB)
+        return True
+
     # --- writes -----------------------------------------------------------------------------
 
     def apply(self, entries: Sequence[Entry]) -> list[Result]:
@@ -324,13 +518,60 @@ class StateMachine(ClosingContext):
         entries and conf changes; `CommandRejected` for a stale session sequence or for data
         that does not decode (applied as a no-op, the same way on every member).
 
-        LMDB errors (e.g. `lmdb.MapFullError`) abort the whole batch and propagate: the state
-        is unchanged and the node must stop.
+        A put or cas that would take the store past its quota gives
+        `CommandRejected(STORAGE_FULL)` (module docstring, "Quota"). A batch that meets a full
+        map is rolled back, the map grown and the batch applied again ("Map growth"). Other
+        LMDB errors (a full disk) abort the whole batch and propagate: the state is unchanged
+        and the node must stop.
         """
         env = self._open_env()
-        results: list[Result] = []
         if not entries:
+            return []
+        if self._room_bytes <= 0:
+            self._ensure_room(0)
+        logical_start = self._logical_bytes
+        try:
+            results = self._apply_in_txn(env, entries)
+        except lmdb.MapFullError:
+            self._logical_bytes = logical_start
+            return self._apply_after_map_full(env, entries)
+        except BaseException:
+            self._logical_bytes = logical_start
+            raise
+        logical = self._logical_applied = self._logical_bytes
+        # `_applied_batch`, inlined: this runs once per batch.
+        self._room_bytes -= 2 * max(logical - logical_start, 0) + 64 * len(entries)
+        return results
+
+    def _apply_after_map_full(
+        self, env: lmdb.Environment, entries: Sequence[Entry]
+    ) -> list[Result]:
+        """Nothing of the batch was committed: grow the map past it and apply it again."""
+        logical_start = self._logical_bytes
+        for attempt in range(1, _MAP_FULL_RETRIES_MAX + 1):
+            self._ensure_room(2 * sum(len(entry.data) for entry in entries), force=True)
+            try:
+                results = self._apply_in_txn(env, entries)
+            except BaseException as exc:
+                self._logical_bytes = logical_start
+                if isinstance(exc, lmdb.MapFullError) and attempt < _MAP_FULL_RETRIES_MAX:
+                    continue
+                raise
+            self._applied_batch(logical_start, len(entries))
             return results
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    def _applied_batch(self, logical_start: int, count: int) -> None:
+        """After a commit: publish the logical size; count what the batch took from the map."""
+        logical = self._logical_bytes
+        self._logical_applied = logical
+        # A rough count, so that `_ensure_room` runs only once a quarter of the free room may
+        # be gone (an underestimate costs a retry after a full map, never an error).
+        self._room_bytes -= 2 * max(logical - logical_start, 0) + 64 * count
+
+    def _apply_in_txn(self, env: lmdb.Environment, entries: Sequence[Entry]) -> list[Result]:
+        """`apply`'s one write transaction."""
+        results: list[Result] = []
         data_db, meta_db = self._data, self._meta
         apply_command = self._apply_command
         # Sessions touched by this batch, kept in memory and written once at the end: a
@@ -364,7 +605,12 @@ class StateMachine(ClosingContext):
             if sessions:
                 self._write_sessions(txn, sessions)
             if index != start_index:
-                txn.put(_KEY_APPLIED, _APPLIED.pack(index, term), db=meta_db)
+                # The logical size rides in the same record: no extra write per batch.
+                txn.put(
+                    _KEY_APPLIED,
+                    _APPLIED_LOGICAL.pack(index, term, self._logical_bytes),
+                    db=meta_db,
+                )
         return results
 
     def _write_sessions(
@@ -459,31 +705,57 @@ class StateMachine(ClosingContext):
         )
         return result
 
-    @staticmethod
     def _apply_op(
+        self,
         txn: lmdb.Transaction[bytes],
         op: Op,
         key: bytes,
         value: bytes | None,
         expected: bytes | None,
         new: bytes | None,
-    ) -> bool:
+    ) -> Result:
+        """Apply one operation to `data`, keeping the logical size (module docstring, "Quota")."""
         if op is _PUT:
-            txn.put(key, value)  # type: ignore[arg-type]  # decode sets it for PUT
+            stored: bytes = value  # type: ignore[assignment]  # decode sets it for PUT
+            added = len(key) + len(stored) + ENTRY_OVERHEAD_BYTES
+            if self._logical_bytes + added > self._quota_bytes:
+                return self._store_within_quota(txn, key, stored, txn.get(key))
+            # Far from the quota: write first, learn the old size from the same call.
+            old = txn.replace(key, stored)
+            self._logical_bytes += added if old is None else len(stored) - len(old)
             return True
         if op is _DELETE:
-            deleted: bool = txn.delete(key)
-            return deleted
-        if txn.get(key) != expected:
+            old = txn.pop(key)
+            if old is None:
+                return False
+            self._logical_bytes -= len(key) + len(old) + ENTRY_OVERHEAD_BYTES
+            return True
+        current = txn.get(key)
+        if current != expected:
             return False
         if new is None:
-            txn.delete(key)
+            if current is not None:
+                txn.delete(key)
+                self._logical_bytes -= len(key) + len(current) + ENTRY_OVERHEAD_BYTES
+            return True
+        return self._store_within_quota(txn, key, new, current)
+
+    def _store_within_quota(
+        self, txn: lmdb.Transaction[bytes], key: bytes, value: bytes, old: bytes | None
+    ) -> Result:
+        """Store `value` at `key` (holding `old`) unless that grows the store past its quota."""
+        if old is None:
+            grow = len(key) + len(value) + ENTRY_OVERHEAD_BYTES
         else:
-            txn.put(key, new)
+            grow = len(value) - len(old)
+        if grow > 0 and self._logical_bytes + grow > self._quota_bytes:
+            return _STORAGE_FULL
+        txn.put(key, value)
+        self._logical_bytes += grow
         return True
 
     def _store_new_session(
-        self, txn: lmdb.Transaction[bytes], client_id: bytes, seq: int, index: int, result: bool
+        self, txn: lmdb.Transaction[bytes], client_id: bytes, seq: int, index: int, result: Result
     ) -> None:
         """Store the first command of a session at once, then evict the oldest if too many."""
         bit = 1  # bit 0 stands for `seq`, the newest
@@ -541,9 +813,9 @@ class StateMachine(ClosingContext):
         transaction's pages were fdatasynced at its commit; this flushes the newest meta page,
         then records the index in the sidecar (`CHECKPOINT_FILE`), which open() checks.
         """
-        env = self._open_env()
         point = self._durable_point()
-        env.sync(True)
+        with self._reading() as env:  # a map growth would fail the sync
+            env.sync(True)
         self._write_checkpoint_file(point)
         return point[0]
 
@@ -566,7 +838,14 @@ class StateMachine(ClosingContext):
         # is freed at the end of this statement (CPython frees it at once, by reference
         # count). Skipping __enter__/__exit__ halves the cost of a read (measured: 805 ns with
         # the `with` block, 374 ns without).
-        value: bytes | None = env.begin(db=self._data).get(key)
+        try:
+            value: bytes | None = env.begin(db=self._data).get(key)
+        except lmdb.Error:
+            # Outside the gate (it would cost a sixth of a read), so a map growth may have
+            # invalidated this read (py-lmdb fails it cleanly): read again under the gate, once
+            # the growth is over. Any other error comes back and is raised.
+            with self._reading() as env:
+                value = env.begin(db=self._data).get(key)
         return value
 
     def scan(self, prefix: bytes = b"", limit: int | None = None) -> list[tuple[bytes, bytes]]:
@@ -575,7 +854,7 @@ class StateMachine(ClosingContext):
             raise InvalidArgumentError("prefix must be bytes")
         check_limit(limit)
         out: list[tuple[bytes, bytes]] = []
-        with self._open_env().begin(db=self._data) as txn:
+        with self._reading() as env, env.begin(db=self._data) as txn:
             cursor = txn.cursor()
             if not cursor.set_range(prefix):
                 return out
@@ -595,12 +874,12 @@ class StateMachine(ClosingContext):
 
     def applied(self) -> tuple[int, int]:
         """(applied index, applied term), read together."""
-        with self._open_env().begin() as txn:
+        with self._reading() as env, env.begin() as txn:
             return _read_applied(txn, self._meta)
 
     def members(self) -> dict[str, tuple[str, str]]:
         """node_id -> (address, role) for every member, role being "voter" or "learner"."""
-        with self._open_env().begin() as txn:
+        with self._reading() as env, env.begin() as txn:
             return _read_members(txn, self._meta)
 
     def conf_state(self) -> ConfState:
@@ -609,7 +888,7 @@ class StateMachine(ClosingContext):
 
     def session(self, client_id: bytes) -> tuple[int, bool] | None:
         """(newest seq applied for a client, its result), or None if unknown or evicted."""
-        with self._open_env().begin(db=self._sessions) as txn:
+        with self._reading() as env, env.begin(db=self._sessions) as txn:
             stored = txn.get(client_id)
         if stored is None:
             return None
@@ -618,7 +897,7 @@ class StateMachine(ClosingContext):
 
     def session_count(self) -> int:
         """Number of client sessions held (at most `sessions_max` after any apply)."""
-        with self._open_env().begin() as txn:
+        with self._reading() as env, env.begin() as txn:
             entries: int = txn.stat(self._sessions)["entries"]
             return entries
 
@@ -626,7 +905,7 @@ class StateMachine(ClosingContext):
         """SHA-256 over everything replicated (data, sessions, members, applied index and
         term), read in one transaction: equal on two members that applied the same entries."""
         digest = hashlib.sha256()
-        with self._open_env().begin() as txn:
+        with self._reading() as env, env.begin() as txn:
             for name, db in zip(_DB_NAMES, self._dbs(), strict=True):
                 digest.update(b"\x00db:" + name)
                 for key, value in txn.cursor(db=db).iternext():
@@ -647,13 +926,12 @@ class StateMachine(ClosingContext):
         file is written beside `path` and renamed into place once synced. It may take a while
         for a big state: call it off the event loop.
         """
-        env = self._open_env()
         target = Path(path)
         tmp = target.with_name(target.name + ".tmp")
-        with env.begin() as txn:
+        with self._reading() as env, env.begin() as txn:
             index, term = _read_applied(txn, self._meta)
             conf = _conf_state(_read_members(txn, self._meta))
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
             try:
                 env.copyfd(fd, compact=True, txn=txn)
                 os.fsync(fd)
@@ -703,8 +981,10 @@ class StateMachine(ClosingContext):
                     raise CorruptionError(
                         "snapshot has no valid format or applied index", path=str(source), offset=0
                     )
-                index, term = _APPLIED.unpack(applied)
+                index, term = _APPLIED.unpack_from(applied)
                 conf = _conf_state(_read_members(snap_txn, snap_dbs[1]))
+                # The old pages are freed only at the commit: room for both, and for overhead.
+                self._ensure_room(2 * source.stat().st_size)
                 with env.begin(write=True) as txn:
                     for live_db, snap_db in zip(self._dbs(), snap_dbs, strict=True):
                         txn.drop(live_db, delete=False)
@@ -719,6 +999,7 @@ class StateMachine(ClosingContext):
                             )
                     # A snapshot taken with a larger sessions_max must obey ours.
                     self._evict_sessions(txn)
+                    self._load_logical_bytes(txn)
         finally:
             snap_env.close()
         env.sync(True)
@@ -744,14 +1025,14 @@ def check_state_covers_log(applied_index: int, log_first_index: int, state_dir: 
 
 def create_directory_durably(directory: Path) -> None:
     """Create `directory` and its missing ancestors so that a power cut keeps them: each
-    created directory's parent is fsynced after it."""
+    created directory's parent is fsynced after it. New directories are private (0700)."""
     missing: list[Path] = []
     parent = directory
     while not parent.exists():
         missing.append(parent)
         parent = parent.parent
     for path in reversed(missing):
-        path.mkdir(exist_ok=True)
+        path.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
         fsync_dir(path.parent)
 
 
@@ -759,7 +1040,7 @@ def _read_applied(txn: lmdb.Transaction[bytes], meta_db: lmdb._Database) -> tupl
     raw = txn.get(_KEY_APPLIED, db=meta_db)
     invariant(raw is not None, "meta lacks the applied index")
     assert raw is not None  # for mypy; invariant() above fires under -O too
-    index, term = _APPLIED.unpack(raw)
+    index, term = _APPLIED.unpack_from(raw)  # the logical size may follow (see "Quota")
     return index, term
 
 

@@ -11,7 +11,9 @@ sure that `close()` waits until no call is using the handle, so the handle is ne
 a running call. The handle is released by `close()` or the `with` block, never by `ffi.gc`.
 
 Errors: one table maps the C codes to exceptions (py-lmdb style). A failed write or fsync
-poisons the log: that call and every later one raise `WalFailedError`.
+poisons the log: that call and every later one raise `WalFailedError`, whose message names
+the errno ("ENOSPC 28 (No space left on device)"). Preparing the next segment is not such a
+write: the C helper thread retries it through a transient shortage (`set_prepare_retry`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from kvstore.errors import (
 from kvstore.raft.types import ConfState, Entry, EntryType, HardState, SnapshotMeta
 
 __all__ = [
+    "PREPARE_RETRY_S_DEFAULT",
     "SEGMENT_BYTES_DEFAULT",
     "FaultSpec",
     "RecoveryReport",
@@ -52,6 +55,9 @@ logger = logging.getLogger(__name__)
 
 SEGMENT_BYTES_DEFAULT = 64 << 20
 """Size of each preallocated segment file unless the caller says otherwise."""
+
+PREPARE_RETRY_S_DEFAULT: float = lib.KVWAL_PREPARE_RETRY_MS_DEFAULT / 1000
+"""How long an append waits out a transient failure to prepare the next segment (10 s)."""
 
 _U64_MAX = (1 << 64) - 1
 _VOTE_BYTES_MAX: int = lib.KVWAL_VOTE_BYTES_MAX
@@ -123,19 +129,24 @@ class WalStats(NamedTuple):
     segments_deleted: int
     segment_count: int
     rotation_waits: int
+    prepare_retries: int
+    """Segment preparations tried again after a transient EMFILE, ENFILE, ENOSPC, EDQUOT or
+    ENOMEM (see `WriteAheadLog`)."""
 
 
 class FaultSpec(NamedTuple):
     """Tests only: make the (skip + 1)-th next `kind` operation fail with `error` (an errno).
 
     `kind` is "write", "sync" or "prepare". For writes, `partial_bytes` of that write reach the
-    file before it fails.
+    file before it fails. For "prepare", `times` preparations in a row fail (the helper thread
+    retries transient errors: see `WriteAheadLog`).
     """
 
     kind: str
     error: int = errno_codes.EIO
     skip: int = 0
     partial_bytes: int = 0
+    times: int = 1
 
 
 def _encode_conf(conf: ConfState) -> bytes:
@@ -166,10 +177,11 @@ class WriteAheadLog(ClosingContext):
         zero_fill: bool = True,
         portable_crc: bool = False,
         faults: Sequence[FaultSpec] = (),
+        prepare_retry_s: float = PREPARE_RETRY_S_DEFAULT,
     ) -> None:
         """Open the log. `zero_fill=False` prepares segments with fallocate only, and
         `portable_crc=True` forces the table CRC code (both for tests and benchmarks); `faults`
-        are armed before the open (tests only)."""
+        are armed before the open (tests only). `prepare_retry_s`: see `set_prepare_retry`."""
         if segment_bytes < lib.KVWAL_SEGMENT_BYTES_MIN:
             raise InvalidArgumentError(
                 f"segment_bytes must be >= {lib.KVWAL_SEGMENT_BYTES_MIN}, got {segment_bytes}"
@@ -192,6 +204,7 @@ class WriteAheadLog(ClosingContext):
             os.makedirs(os.path.dirname(os.path.abspath(self._directory)), exist_ok=True)
             for fault in faults:
                 self._arm(handle, fault)
+            lib.kvwal_log_set_prepare_retry(handle, _retry_ms(prepare_retry_s))
             flags = (0 if zero_fill else lib.KVWAL_FLAG_NO_ZERO_FILL) | (
                 lib.KVWAL_FLAG_PORTABLE_CRC if portable_crc else 0
             )
@@ -553,6 +566,19 @@ class WriteAheadLog(ClosingContext):
             self._exit()
         return WalStats(*(int(getattr(out, name)) for name in WalStats._fields))
 
+    def set_prepare_retry(self, retry_s: float) -> None:
+        """How long an append that needs the next segment waits while its preparation keeps
+        failing for want of file descriptors, disk space or memory (EMFILE, ENFILE, ENOSPC,
+        EDQUOT, ENOMEM), retried in the background, before the log fails with that error (0:
+        at once). Until an append needs the segment, such failures are retried without limit.
+        """
+        retry_ms = _retry_ms(retry_s)
+        handle = self._enter()
+        try:
+            lib.kvwal_log_set_prepare_retry(handle, retry_ms)
+        finally:
+            self._exit()
+
     def inject_fault(self, fault: FaultSpec) -> None:
         """Tests only: arm a fault (see `FaultSpec`) on the open log."""
         handle = self._enter()
@@ -564,7 +590,13 @@ class WriteAheadLog(ClosingContext):
     @staticmethod
     def _arm(handle: Any, fault: FaultSpec) -> None:
         kind = _FAULT_KINDS[fault.kind]
-        rc = lib.kvwal_log_inject_fault(handle, kind, fault.skip, fault.error, fault.partial_bytes)
+        if fault.times < 1 or (fault.times != 1 and fault.kind != "prepare"):
+            raise InvalidArgumentError(f"times must be >= 1, and 1 unless kind is prepare: {fault}")
+        # The C call counts repeated preparation failures in its partial-bytes argument.
+        partial = fault.times if fault.kind == "prepare" else fault.partial_bytes
+        rc = lib.kvwal_log_inject_fault(
+            handle, kind, fault.skip, fault.error, min(partial, _U64_MAX)
+        )
         if rc:
             raise _error(handle, "inject_fault", rc)
 
@@ -585,6 +617,14 @@ class WriteAheadLog(ClosingContext):
             if out.torn_batch_first
             else None,
         )
+
+
+def _retry_ms(retry_s: float) -> int:
+    if isinstance(retry_s, bool) or not isinstance(retry_s, int | float):
+        raise InvalidArgumentError(f"prepare_retry_s must be a number, got {retry_s!r}")
+    if not 0 <= retry_s <= 3600:  # also refuses nan
+        raise InvalidArgumentError(f"prepare_retry_s must be in [0, 3600], got {retry_s!r}")
+    return round(retry_s * 1000)
 
 
 def _error(handle: Any, what: str, rc: int) -> Exception:

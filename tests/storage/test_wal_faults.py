@@ -146,7 +146,8 @@ def test_a_failed_sync_wakes_every_waiting_thread(tmp_path: Path) -> None:
 
 def test_failed_segment_preparation_poisons_at_rotation(tmp_path: Path) -> None:
     with WriteAheadLog(tmp_path / "wal", segment_bytes=SEGMENT_BYTES) as wal:
-        wal.inject_fault(FaultSpec("prepare", errno.ENOSPC))
+        # EIO: not a shortage that can end (those are retried: tests/native/test_prepare_retry.py)
+        wal.inject_fault(FaultSpec("prepare", errno.EIO))
         with pytest.raises(WalFailedError, match="preparing a segment"):
             for i in range(1, 400):
                 wal.append(batch(i, i + 1))
