@@ -1764,15 +1764,39 @@ static uint64_t nonzero_end(const uint8_t *buf, uint64_t from, uint64_t size) {
     return end;
 }
 
-/* Is there any valid record at an 8-aligned offset in (from, size)? */
-static int valid_record_after(unsigned flags, const uint8_t *buf, uint64_t size, uint64_t seq,
-                              uint64_t from) {
+/* The offset of the first valid record at an 8-aligned offset in (from, size), or 0 if none. */
+static uint64_t valid_record_after(unsigned flags, const uint8_t *buf, uint64_t size,
+                                   uint64_t seq, uint64_t from) {
     for (uint64_t off = align8(from + 1); off + HDR_BYTES <= size; off += 8) {
         uint8_t type = buf[off + 8];
         if (type == REC_ZERO || type > REC_TYPE_MAX) continue; /* cheap reject first */
         uint32_t len;
         uint8_t t;
-        if (rec_parse(flags, buf, size, seq, off, &len, &t) == PARSE_OK) return 1;
+        if (rec_parse(flags, buf, size, seq, off, &len, &t) == PARSE_OK) return off;
+    }
+    return 0;
+}
+
+#define DISK_PAGE_BYTES 4096u
+
+static int all_zero(const uint8_t *p, uint64_t n) {
+    for (uint64_t i = 0; i < n; i++) {
+        if (p[i] != 0) return 0;
+    }
+    return 1;
+}
+
+/* Is there a hole between a damaged record at `off` and the next valid record at `next`: a
+ * disk page that never reached the disk (FORMAT.md §6 rule 3)? A page is written whole or not
+ * at all, so the hole is the rest of the page holding `off`, or a whole page, that lies entirely
+ * before `next` and is still the zeros of preallocation: a power cut kept a later page of
+ * unsynced writes but not this one. Damage to data that was written (bit rot, a bad copy, a
+ * wrong length field) does not zero whole pages. */
+static int unwritten_page_between(const uint8_t *buf, uint64_t off, uint64_t next) {
+    uint64_t page_end = (off / DISK_PAGE_BYTES + 1) * DISK_PAGE_BYTES;
+    if (page_end <= next && all_zero(buf + off, page_end - off)) return 1;
+    for (uint64_t page = page_end; page + DISK_PAGE_BYTES <= next; page += DISK_PAGE_BYTES) {
+        if (all_zero(buf + page, DISK_PAGE_BYTES)) return 1;
     }
     return 0;
 }
@@ -1861,7 +1885,11 @@ static int recover_segment(struct kvwal *wal, size_t k, struct scan_buf *sb) {
     }
     uint64_t end = nonzero_end(buf, off, size);
     if (end > off) {
-        if (valid_record_after(wal->flags, buf, size, s->seq, off)) {
+        /* Only the newest segment can hold unsynced writes (rule 4), so only there can a
+         * never-written page be a power cut's hole rather than damage. */
+        uint64_t next = valid_record_after(wal->flags, buf, size, s->seq, off);
+        int hole = is_last && next != 0 && unwritten_page_between(buf, off, next);
+        if (next != 0 && !hole) {
             return replay_corrupt(wal, &rp, "damaged record followed by valid records");
         }
         if (!is_last) {

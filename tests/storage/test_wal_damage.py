@@ -324,3 +324,62 @@ def test_torn_tail_is_logged(
         pass
     [message] = [r.getMessage() for r in caplog.records if r.name == "kvstore.storage.wal"]
     assert str(segment) in message and f"offset {rec.offset}" in message
+
+
+@pytest.fixture(scope="module")
+def paged_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-segment log whose records span several 4 KiB disk pages (120 records of 200
+    bytes): room to lose a page in the middle of the tail, as a power cut may."""
+    directory = tmp_path_factory.mktemp("paged") / "wal"
+    with WriteAheadLog(directory, segment_bytes=1 << 16) as wal:
+        wal.sync(wal.append([Entry(1, i, EntryType.NORMAL, b"p" * 200) for i in range(1, 121)]))
+    return directory
+
+
+def _first_record_reaching(segment: Path, page: int) -> walfile.Record:
+    return next(r for r in walfile.entry_records(segment) if r.offset + r.size > page)
+
+
+@pytest.mark.parametrize("page", [4096, 8192])
+def test_a_page_lost_to_a_power_cut_is_a_torn_tail(
+    paged_template: Path, tmp_path: Path, page: int
+) -> None:
+    """After a power cut a disk may keep a later unsynced page but not an earlier one: a page
+    of preallocation zeros, then valid records that were never acknowledged. That is a torn
+    tail from the first record the lost page touches, not corruption."""
+    directory, segment = copy(paged_template, tmp_path)
+    victim = _first_record_reaching(segment, page)
+    walfile.patch(segment, page, bytes(4096))
+    with reopen(directory, segment_bytes=1 << 16) as wal:
+        assert_torn(wal, segment, victim.offset)
+        last = wal.last_index()
+        # One record per entry, numbered from 1: the entries before the victim survive.
+        assert last == sum(1 for r in walfile.entry_records(segment) if r.offset < victim.offset)
+        assert last > 0
+        assert all(e.data == b"p" * 200 for e in wal.entries(1, last + 1))
+
+
+def test_a_lost_page_in_an_older_segment_is_corruption(
+    multi_template: Path, tmp_path: Path
+) -> None:
+    """Older segments were synced before the next one was made: a zero page there is damage."""
+    directory = tmp_path / "wal"
+    shutil.copytree(multi_template, directory)
+    first = walfile.segment_paths(directory)[0]
+    rec = walfile.entry_records(first)[3]
+    walfile.patch(first, rec.offset, bytes(rec.size))
+    with pytest.raises(CorruptionError):
+        reopen(directory, segment_bytes=4096)
+
+
+def test_zeros_that_are_not_a_whole_page_before_valid_records_are_corruption(
+    paged_template: Path, tmp_path: Path
+) -> None:
+    """A zeroed record inside one page, followed by valid records: a page is written whole or
+    not at all, so this is damage to written data, never a power cut."""
+    directory, segment = copy(paged_template, tmp_path)
+    rec = next(r for r in walfile.entry_records(segment) if r.offset > 4096 + 300)
+    walfile.patch(segment, rec.offset, bytes(rec.size))
+    with pytest.raises(CorruptionError) as info:
+        reopen(directory, segment_bytes=1 << 16)
+    assert info.value.offset == rec.offset
