@@ -23,7 +23,7 @@ $(PY):
 # Re-install when the metadata or the C sources change: the editable install compiles kvstore._kvwal.
 # The `fast` extra adds uvloop, which the node and the client use when it is installed.
 $(STAMP): $(PY) pyproject.toml setup.py $(NATIVE)
-	$(PY) -m pip install --quiet -e '.[test,fast]'
+	$(PY) -m pip install --quiet -e '.[test,fast,tls]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -27,6 +27,7 @@ from kvstore.errors import (
 )
 from kvstore.node import Node
 from kvstore.options import Options, Status
+from kvstore.transport.tls import TLSConfig
 
 __all__ = [
     "AuthenticationError",
@@ -47,6 +48,7 @@ __all__ = [
     "SessionExpiredError",
     "Status",
     "StorageFullError",
+    "TLSConfig",
     "UnavailableError",
     "WeightedRoundRobin",
 ]
