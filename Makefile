@@ -14,7 +14,7 @@ help:
 	@echo "make test    lint, then the whole test suite"
 	@echo "make bench   benchmarks (pytest-benchmark), kept out of make test"
 	@echo "make lint    ruff (lint + format check) and mypy --strict on kvstore/"
-	@echo "make torture SEED=1 MINUTES=10 [CONSENSUS=raft|paxos]   a long fault soak"
+	@echo "make torture SEED=1 MINUTES=10 [CONSENSUS=raft|paxos] [TLS=1]   a long fault soak"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,7 +45,7 @@ bench: $(STAMP)
 	$(VENV)/bin/kvstore bench --json bench.json
 
 torture: $(STAMP)
-	$(PY) -m kvstore.testing.torture --seed $${SEED:-1} --minutes $${MINUTES:-10} --consensus $${CONSENSUS:-raft}
+	$(PY) -m kvstore.testing.torture --seed $${SEED:-1} --minutes $${MINUTES:-10} --consensus $${CONSENSUS:-raft} $(if $(filter 1 yes true,$(TLS)),--tls)
 
 clean:
 	rm -rf $(VENV) build *.egg-info kvstore/_kvwal*.so kvstore/_kvwal.c
