@@ -6,6 +6,11 @@
   (the HELLO says which), keeps one outbound connection per peer, and passes one-way Raft
   messages: `send()` never blocks and never raises; failures are reported via `on_unreachable`.
 
+With a TLS configuration (kvstore/transport/tls.py) every connection is mutual TLS 1.3: the
+listener is a TLS server that requires a client certificate, dialers present theirs, and the
+identity each certificate names is checked against the ids of the handshake (at the accept and
+dial points below, in the blocks marked TLS); the handshake itself then runs without a secret.
+
 Everything here runs on one event loop; call `PeerTransport` methods from that loop's thread.
 """
 
