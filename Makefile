@@ -15,7 +15,7 @@ help:
 	@echo "make bench   benchmarks (pytest-benchmark), kept out of make test"
 	@echo "make test-pythons   storage, Raft and native tests on each CPython 3.11-3.13 found"
 	@echo "make lint    ruff (lint + format check) and mypy --strict on kvstore/"
-	@echo "make torture SEED=1 MINUTES=10 [CONSENSUS=raft|paxos]   a long fault soak"
+	@echo "make torture SEED=1 MINUTES=10 [CONSENSUS=raft|paxos] [TLS=1]   a long fault soak"
 	@echo "make docs    the documentation site (mkdocs, API reference from the docstrings) into site/"
 
 $(PY):
@@ -56,7 +56,7 @@ bench: $(STAMP)
 	$(VENV)/bin/kvstore bench --json bench.json
 
 torture: $(STAMP)
-	$(PY) -m kvstore.testing.torture --seed $${SEED:-1} --minutes $${MINUTES:-10} --consensus $${CONSENSUS:-raft}
+	$(PY) -m kvstore.testing.torture --seed $${SEED:-1} --minutes $${MINUTES:-10} --consensus $${CONSENSUS:-raft} $(if $(filter 1 yes true,$(TLS)),--tls)
 
 # The site, with the API reference generated from the docstrings; any warning fails the build.
 docs: $(STAMP)

@@ -30,6 +30,7 @@ from kvstore.errors import (
 )
 from kvstore.node import Node
 from kvstore.options import Consistency, Options, Status
+from kvstore.transport.tls import TLSConfig
 
 # The name kvstore is published under (`pip install kvstore-raft`): the index's `kvstore` is an
 # unrelated project.
@@ -77,6 +78,7 @@ __all__ = [
     "SessionExpiredError",
     "Status",
     "StorageFullError",
+    "TLSConfig",
     "UnavailableError",
     "WeightedRoundRobin",
     "__version__",

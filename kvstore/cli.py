@@ -13,10 +13,14 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kvstore.consensus import CONSENSUS_KINDS
 from kvstore.errors import InvalidArgumentError, KVStoreError
 from kvstore.options import CONSISTENCY_LEVELS, Options
+
+if TYPE_CHECKING:
+    from kvstore.transport.tls import TLSConfig
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -63,6 +67,72 @@ def read_secret_file(path: str | None) -> bytes | None:
     return data
 
 
+# --- mutual TLS ---
+
+
+def _add_tls_arguments(parser: argparse.ArgumentParser, whose: str) -> None:
+    group = parser.add_argument_group(
+        "mutual TLS", "all three together (see `kvstore certs`); not with --secret-file"
+    )
+    group.add_argument("--tls-ca", metavar="FILE", help="the cluster CA certificate (ca.crt)")
+    group.add_argument("--tls-cert", metavar="FILE", help=f"{whose} certificate")
+    group.add_argument("--tls-key", metavar="FILE", help=f"{whose} private key (mode 0600)")
+
+
+def tls_config(args: argparse.Namespace) -> TLSConfig | None:
+    """The `TLSConfig` of --tls-ca/--tls-cert/--tls-key, or None when none is given."""
+    from kvstore.transport.tls import TLSConfig
+
+    paths = (args.tls_ca, args.tls_cert, args.tls_key)
+    if all(path is None for path in paths):
+        return None
+    if any(path is None for path in paths):
+        raise InvalidArgumentError("--tls-ca, --tls-cert and --tls-key go together")
+    if getattr(args, "secret_file", None) is not None:
+        raise InvalidArgumentError("give either --tls-* or --secret-file, not both")
+    return TLSConfig(ca_file=args.tls_ca, cert_file=args.tls_cert, key_file=args.tls_key)
+
+
+def _add_certs_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    certs = commands.add_parser(
+        "certs", help="create the cluster CA and member and client certificates (mutual TLS)"
+    )
+    certs_commands = certs.add_subparsers(dest="certs_command", required=True)
+    init = certs_commands.add_parser("init", help="create the cluster CA (ca.crt, ca.key)")
+    init.add_argument("--dir", required=True, help="where the files go (created 0700)")
+    init.add_argument("--cluster", default="kvstore", help="the cluster's name, in the CA")
+    member = certs_commands.add_parser(
+        "member", help="create member-<id>.crt/.key, naming the member id"
+    )
+    member.add_argument("--dir", required=True, help="the directory holding the CA")
+    member.add_argument("--id", required=True, help="the member's node id")
+    member.add_argument(
+        "--address",
+        action="append",
+        default=[],
+        help="host:port of the member, recorded for information (repeatable)",
+    )
+    client = certs_commands.add_parser(
+        "client", help="create client-<name>.crt/.key: may talk to the cluster, never as a member"
+    )
+    client.add_argument("--dir", required=True, help="the directory holding the CA")
+    client.add_argument("--name", required=True, help="the client's name")
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from kvstore import certs
+
+    if args.certs_command == "init":
+        paths = certs.init_ca(args.dir, cluster=args.cluster)
+    elif args.certs_command == "member":
+        paths = certs.issue_member(args.dir, args.id, addresses=args.address)
+    else:
+        paths = certs.issue_client(args.dir, args.name)
+    for path in paths:
+        print(f"wrote {path}")
+    return EXIT_OK
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -103,6 +173,7 @@ def _add_client_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--secret-file", help="file holding the cluster secret")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+    _add_tls_arguments(parser, "this client's")
 
 
 def _add_consensus_argument(parser: argparse.ArgumentParser) -> None:
@@ -146,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="id=host:port of every voting member, this one included",
     )
     serve.add_argument("--secret-file", help="file holding the cluster secret")
+    _add_tls_arguments(serve, "this member's")
     serve.add_argument(
         "--join",
         action="store_true",
@@ -232,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrency", type=int, default=256, help="operations in flight")
     bench.add_argument("--json", help="also write the results to this JSON file")
     _add_consensus_argument(bench)
+    _add_certs_parser(commands)
     return parser
 
 
@@ -257,6 +330,7 @@ def _serve(args: argparse.Namespace) -> int:
         ),
         secret=read_secret_file(args.secret_file),
         join=args.join,
+        tls=tls_config(args),
     )
     node.start()
     print(f"kvstore serve: {args.id} listening on {node.address}", flush=True)
@@ -271,7 +345,10 @@ def _client_command(args: argparse.Namespace) -> int:
     from kvstore.client.client import Client
 
     with Client(
-        args.endpoints, secret=read_secret_file(args.secret_file), timeout_s=args.timeout
+        args.endpoints,
+        secret=read_secret_file(args.secret_file),
+        timeout_s=args.timeout,
+        tls=tls_config(args),
     ) as client:
         command = args.command
         if command == "put":
@@ -354,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    handlers: dict[str, Callable[[argparse.Namespace], int]] = {"serve": _serve}
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {"serve": _serve, "certs": _certs}
     try:
         if args.command in _NEEDS_RICH:
             _require_rich(args.command)

@@ -112,6 +112,7 @@ from kvstore.storage.state_machine import (
 from kvstore.storage.wal import WriteAheadLog
 from kvstore.transport.codec import decode_message, encode_message
 from kvstore.transport.tcp import FramedConnection, PeerTransport
+from kvstore.transport.tls import TLSConfig, check_own_certificate
 
 log = logging.getLogger("kvstore.node")
 
@@ -228,6 +229,10 @@ class Node:
 
     After a storage failure (a failed write or fsync of the redo log) the node stops serving:
     every call raises `UnavailableError` naming the failure; `stop()` still works.
+
+    `tls` (a `kvstore.TLSConfig` holding this member's certificate, which must name member
+    `node_id`) makes every peer and client connection mutual TLS; `secret` is the shared-secret
+    mode instead. Giving both raises `InvalidArgumentError`.
     """
 
     def __init__(
@@ -239,6 +244,7 @@ class Node:
         options: Options | None = None,
         secret: bytes | None = None,
         join: bool = False,
+        tls: TLSConfig | None = None,
     ) -> None:
         if not isinstance(node_id, str) or not node_id:
             raise InvalidArgumentError(f"node_id must be a non-empty str, got {node_id!r}")
@@ -254,6 +260,14 @@ class Node:
             raise InvalidArgumentError(f"peers must include this node's own id {node_id!r}")
         if secret is not None and (not isinstance(secret, bytes) or not secret):
             raise InvalidArgumentError("secret must be non-empty bytes or None")
+        # --- mutual TLS ---
+        if tls is not None:
+            if not isinstance(tls, TLSConfig):
+                raise InvalidArgumentError(f"tls must be a kvstore.TLSConfig, got {tls!r}")
+            if secret is not None:
+                raise InvalidArgumentError("give either tls or secret, not both")
+            check_own_certificate(tls, node_id)
+        self._tls = tls
         if options is not None and not isinstance(options, Options):
             raise InvalidArgumentError(f"options must be an Options, got {options!r}")
         self.options = options or Options()
@@ -423,6 +437,7 @@ class Node:
             self._peers[self.node_id],
             {peer: address for peer, address in self._peers.items() if peer != self.node_id},
             secret=self._secret,
+            tls=self._tls,
             on_message=self._on_message,
             on_unreachable=self._on_unreachable,
             on_client_connection=self._on_client_connection,

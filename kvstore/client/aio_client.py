@@ -35,6 +35,7 @@ import itertools
 import logging
 import os
 import random
+import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -83,6 +84,7 @@ from kvstore.options import (
 )
 from kvstore.storage.commands import SESSION_WINDOW
 from kvstore.transport.codec import FrameKind
+from kvstore.transport.tls import TLSConfig, client_context
 
 __all__ = ["Client", "Connector", "parse_endpoints"]
 
@@ -415,7 +417,9 @@ class Client:
     for the same calls from threads.
 
     `endpoints` lists members as "host:port" (or maps each to a weight for the "weighted"
-    balancer). `balancer` picks the member for each read. `secret` authenticates connections.
+    balancer). `balancer` picks the member for each read. `secret` authenticates connections;
+    `tls` (a `kvstore.TLSConfig` with a client or member certificate) makes them mutual TLS
+    instead (not both).
     `timeout_s` is the default for `status()` and `scan()` and for connecting. `max_value_bytes`
     bounds values. `max_inflight` bounds the requests in flight per connection. `connect`
     replaces the TCP connector (tests use in-memory connections); `rng` seeds the backoff
@@ -434,6 +438,7 @@ class Client:
         frame_bytes_max: int = 16 << 20,
         connect: Connector | None = None,
         rng: random.Random | None = None,
+        tls: TLSConfig | None = None,
     ) -> None:
         weights = parse_endpoints(endpoints)
         self._endpoints = list(weights)
@@ -443,6 +448,14 @@ class Client:
         self._timeout_s = check_timeout(timeout_s)
         if secret is not None and not isinstance(secret, bytes):
             raise InvalidArgumentError("secret must be bytes or None")
+        # --- mutual TLS: one context, built once, shared by every connection ---
+        self._tls_context: ssl.SSLContext | None = None
+        if tls is not None:
+            if not isinstance(tls, TLSConfig):
+                raise InvalidArgumentError(f"tls must be a kvstore.TLSConfig, got {tls!r}")
+            if secret is not None:
+                raise InvalidArgumentError("give either tls or secret, not both")
+            self._tls_context = client_context(tls)
         for name, value in (
             ("max_value_bytes", max_value_bytes),
             ("max_inflight", max_inflight),
@@ -810,6 +823,7 @@ class Client:
             secret=self._secret,
             timeout_s=timeout_s,
             frame_bytes_max=self._frame_bytes_max,
+            tls_context=self._tls_context,
         )
 
     async def _channel(self, address: str, timeout_s: float) -> _Channel:

@@ -22,6 +22,7 @@ from kvstore.closing import ClosingContext
 from kvstore.errors import OperationTimeoutError, UnavailableError
 from kvstore.eventloop import new_event_loop
 from kvstore.options import Consistency, Status, check_timeout
+from kvstore.transport.tls import TLSConfig
 
 __all__ = ["Client"]
 
@@ -37,7 +38,8 @@ class Client(ClosingContext):
 
     `endpoints` lists members as "host:port", or maps each to a weight for the "weighted"
     balancer. `balancer` is "weighted", "round_robin", "random", "latency" or a `Balancer`;
-    it spreads reads (writes always go to the leader). `secret` authenticates every connection.
+    it spreads reads (writes always go to the leader). `secret` authenticates every connection;
+    `tls` (a `kvstore.TLSConfig`) makes every connection mutual TLS instead (not both).
     `timeout_s` is the default of `scan()` and `status()` and the connect timeout. See
     `kvstore.client.aio_client.Client` for the other keywords.
     """
@@ -54,6 +56,7 @@ class Client(ClosingContext):
         frame_bytes_max: int = 16 << 20,
         connect: Connector | None = None,
         rng: random.Random | None = None,
+        tls: TLSConfig | None = None,
     ) -> None:
         # Built (and validated) here, in the caller's thread: it needs no running loop.
         self._client = aio_client.Client(
@@ -66,6 +69,7 @@ class Client(ClosingContext):
             frame_bytes_max=frame_bytes_max,
             connect=connect,
             rng=rng,
+            tls=tls,
         )
         self._timeout_s = check_timeout(timeout_s)
         self._lock = threading.Lock()

@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from kvstore.errors import KVStoreError, UnavailableError
 from kvstore.options import Status
+from kvstore.transport.tls import TLSConfig
 
 T = TypeVar("T")
 
@@ -94,11 +95,14 @@ class LocalCluster:
         log_level: str = "WARNING",
         addresses: Mapping[str, str] | None = None,
         consensus: str = "raft",
+        tls: bool = False,
     ) -> None:
         """`addresses` (node id -> host:port) names the members and where they listen; by
         default they are n1..n<size> on free loopback ports. `consensus` ("raft" or "paxos")
         is passed to every member's `serve --consensus` (a member's `extra_args` may name
-        another one, e.g. to test that a mismatch is refused)."""
+        another one, e.g. to test that a mismatch is refused). With `tls`, a cluster CA and a
+        certificate per member are created in `certs_dir` (with `kvstore.certs`), every member
+        serves mutual TLS, and `client_tls` is a client certificate's `TLSConfig`."""
         if size < 1:
             raise ValueError("a cluster needs at least one member")
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
@@ -119,6 +123,28 @@ class LocalCluster:
         self.members: dict[str, Member] = {}
         for node_id, address in addresses.items():
             self.members[node_id] = Member(node_id, address, self.base_dir / node_id)
+        # --- mutual TLS ---
+        self.certs_dir: Path | None = None
+        self.client_tls: TLSConfig | None = None
+        """The `tls=` of a client of this cluster (None without TLS)."""
+        if tls:
+            from kvstore import certs
+
+            self.certs_dir = self.base_dir / "certs"
+            certs.init_ca(self.certs_dir, cluster="local")
+            certs.issue_client(self.certs_dir, "local")
+            self.client_tls = certs.client_config(self.certs_dir, "local")
+
+    def member_tls(self, node_id: str) -> TLSConfig:
+        """The `TLSConfig` of member `node_id` (its certificate is created on first use)."""
+        from kvstore import certs
+
+        if self.certs_dir is None:
+            raise RuntimeError("this LocalCluster runs without TLS")
+        cert, _key = certs.member_files(self.certs_dir, node_id)
+        if not cert.exists():
+            certs.issue_member(self.certs_dir, node_id)
+        return certs.member_config(self.certs_dir, node_id)
 
     # --- processes --------------------------------------------------------------------------
 
@@ -172,6 +198,10 @@ class LocalCluster:
         ]
         if self.secret_file is not None:
             command += ["--secret-file", str(self.secret_file)]
+        if self.certs_dir is not None:
+            tls = self.member_tls(member.node_id)
+            command += ["--tls-ca", tls.ca_file, "--tls-cert", tls.cert_file]
+            command += ["--tls-key", tls.key_file]
         with open(member.log_path, "ab") as log:
             member.process = subprocess.Popen(
                 command, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL

@@ -21,6 +21,10 @@ Paxos runs a fixed configuration and refuses membership changes, so they are ski
 The long soak (`make torture SEED=... MINUTES=...`):
 
     python -m kvstore.testing.torture --seed N --minutes M [--failures-dir DIR] [--consensus paxos]
+        [--tls]
+
+With `--tls` every cluster serves mutual TLS (certificates made by `LocalCluster(tls=True)`),
+and the workload's clients connect with a client certificate.
 """
 
 from __future__ import annotations
@@ -512,13 +516,15 @@ def run_schedule(
     keys: int = 6,
     failures_dir: str | Path | None = None,
     consensus: str = "raft",
+    tls: bool = False,
 ) -> Verdict:
-    """Run one schedule on a fresh cluster running `consensus` ("raft" or "paxos"); see the
-    module docstring for what is checked."""
+    """Run one schedule on a fresh cluster running `consensus` ("raft" or "paxos"), serving
+    mutual TLS if `tls`; see the module docstring for what is checked."""
     if consensus not in CONSENSUS_KINDS:
         raise ValueError(f"consensus must be one of {CONSENSUS_KINDS}, got {consensus!r}")
     started = time.monotonic()
     label = schedule.name if consensus == "raft" else f"{schedule.name}-{consensus}"
+    label += "-tls" if tls else ""
     work = Path(tempfile.mkdtemp(prefix=f"kvstore-torture-{label}-{seed}-"))
     verdict = Verdict(schedule.name, seed, passed=False, consensus=consensus)
     try:
@@ -534,11 +540,13 @@ def run_schedule(
                 ids = [f"n{i}" for i in range(1, schedule.nodes + 1)]
                 lab = stack.enter_context(NetnsLab(ids))
                 body = lambda: _run_body(  # noqa: E731
-                    schedule, seed, verdict, work, fault_s, clients, keys, lab, consensus
+                    schedule, seed, verdict, work, fault_s, clients, keys, lab, consensus, tls=tls
                 )
                 lab.in_client(body)
             else:
-                _run_body(schedule, seed, verdict, work, fault_s, clients, keys, None, consensus)
+                _run_body(
+                    schedule, seed, verdict, work, fault_s, clients, keys, None, consensus, tls=tls
+                )
     except SkipSchedule as skip:
         verdict.skipped = str(skip)
         verdict.passed = True
@@ -567,6 +575,8 @@ def _run_body(
     keys: int,
     lab: NetnsLab | None,
     consensus: str,
+    *,
+    tls: bool = False,
 ) -> None:
     from kvstore.client.client import Client
 
@@ -581,6 +591,7 @@ def _run_body(
             keep_data=True,
             addresses=addresses,
             consensus=consensus,
+            tls=tls,
         )
         (work / "cluster").mkdir(exist_ok=True)
         stack.callback(cluster.close)
@@ -599,7 +610,10 @@ def _run_body(
         cluster.start()
         phases.done("start")
         endpoints = cluster.addresses
-        client = stack.enter_context(Client(endpoints, balancer="random", timeout_s=CALL_TIMEOUT_S))
+        client_tls = cluster.client_tls
+        client = stack.enter_context(
+            Client(endpoints, balancer="random", timeout_s=CALL_TIMEOUT_S, tls=client_tls)
+        )
         probe_key = b"probe/" + schedule.name.encode()
         probe_counter = iter(range(1 << 62))
 
@@ -630,7 +644,7 @@ def _run_body(
         history = stack.enter_context(HistoryWriter(work / "history.jsonl"))
 
         def factory(number: int) -> Client:
-            return Client(endpoints, balancer="random", timeout_s=CALL_TIMEOUT_S)
+            return Client(endpoints, balancer="random", timeout_s=CALL_TIMEOUT_S, tls=client_tls)
 
         workload = Workload(factory, config, history, seed=rng.getrandbits(32)).start()
         try:
@@ -702,6 +716,7 @@ def soak(
     fault_s: float = 30.0,
     out: Callable[[str], None] = print,
     consensus: str = "raft",
+    tls: bool = False,
 ) -> list[Verdict]:
     """Run schedules round-robin (each with its own seed) until `minutes` have passed, on
     clusters running `consensus`."""
@@ -725,6 +740,7 @@ def soak(
                 keys=10,
                 failures_dir=failures_dir,
                 consensus=consensus,
+                tls=tls,
             )
             verdicts.append(verdict)
             out(verdict.line())
@@ -747,6 +763,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--consensus", choices=CONSENSUS_KINDS, default="raft", help="the clusters' protocol"
     )
+    parser.add_argument(
+        "--tls", action="store_true", help="every cluster serves mutual TLS (kvstore certs)"
+    )
     args = parser.parse_args(argv)
     if args.list:
         for schedule in SCHEDULES.values():
@@ -759,6 +778,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failures_dir = Path(args.failures_dir)
     print(
         f"torture: seed {args.seed}, {args.minutes:g} minutes, consensus {args.consensus}, "
+        f"{'mutual TLS' if args.tls else 'plaintext'}, "
         f"failing runs kept in {failures_dir}",
         flush=True,
     )
@@ -770,6 +790,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fault_s=args.fault_seconds,
         out=lambda line: print(line, flush=True),
         consensus=args.consensus,
+        tls=args.tls,
     )
     failed = [v for v in verdicts if not v.passed]
     skipped = [v for v in verdicts if v.skipped is not None]

@@ -6,6 +6,11 @@
   (the HELLO says which), keeps one outbound connection per peer, and passes one-way Raft
   messages: `send()` never blocks and never raises; failures are reported via `on_unreachable`.
 
+With a TLS configuration (kvstore/transport/tls.py) every connection is mutual TLS 1.3: the
+listener is a TLS server that requires a client certificate, dialers present theirs, and the
+identity each certificate names is checked against the ids of the handshake (at the accept and
+dial points below, in the blocks marked TLS); the handshake itself then runs without a secret.
+
 Everything here runs on one event loop; call `PeerTransport` methods from that loop's thread.
 """
 
@@ -17,6 +22,7 @@ import contextlib
 import logging
 import random
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Final
 
@@ -36,6 +42,15 @@ from kvstore.transport.codec import (
     FrameKind,
     decode_batch,
     encode_frame,
+)
+from kvstore.transport.tls import (
+    Identity,
+    TLSConfig,
+    check_listener,
+    check_peer_claim,
+    client_context,
+    connection_identity,
+    server_context,
 )
 
 log = logging.getLogger("kvstore.transport")
@@ -238,13 +253,35 @@ async def _dial(
     *,
     frame_bytes_max: int,
     role: str,
+    tls_context: ssl.SSLContext | None = None,
+    target_id: str | None = None,
 ) -> FramedConnection:
-    """Connect to `address` and run the dialer side of the handshake (no timeout here)."""
+    """Connect to `address` and run the dialer side of the handshake (no timeout here).
+
+    With `tls_context`, the connection is TLS and the listener's certificate must name a member
+    (`target_id` when given) before anything is sent.
+    """
     host, port = parse_address(address)
-    reader, writer = await asyncio.open_connection(host, port, limit=READ_CHUNK_BYTES)
+    try:
+        reader, writer = await asyncio.open_connection(
+            host, port, limit=READ_CHUNK_BYTES, ssl=tls_context
+        )
+    except ssl.SSLError as exc:
+        raise _tls_refusal(exc) from exc
     conn = FramedConnection(reader, writer, frame_bytes_max=frame_bytes_max, role=role)
     try:
-        await _run_handshake(conn, handshake, handshake.start())
+        identity = None
+        if tls_context is not None:
+            identity = _tls_identity(conn)
+            check_listener(identity, target_id)
+        try:
+            await _run_handshake(conn, handshake, handshake.start())
+        except ssl.SSLError as exc:
+            # TLS 1.3: the listener checks our certificate after our side of the TLS handshake
+            # is done, so its refusal arrives as an alert on the first read.
+            raise _tls_refusal(exc) from exc
+        if identity is not None:
+            _check_dialed_identity(identity, handshake.peer_id)
     except AuthenticationError as exc:
         _send_refusal(conn, str(exc))
         conn.close()
@@ -263,6 +300,7 @@ async def connect_client(
     secret: bytes | None,
     timeout_s: float,
     frame_bytes_max: int = 16 << 20,
+    tls_context: ssl.SSLContext | None = None,
 ) -> FramedConnection:
     """Dial a node at `"host:port"` as a client and complete the handshake.
 
@@ -270,11 +308,19 @@ async def connect_client(
     node's id (proven when there is a secret). Raises `AuthenticationError` if the node refuses
     us or cannot prove the secret, `ConnectionError`/`OSError` if it cannot be reached,
     `TimeoutError` if connecting and the handshake take longer than `timeout_s`, `ValueError`
-    on a malformed address.
+    on a malformed address. With `tls_context` (`kvstore.transport.tls.client_context`) the
+    connection is mutual TLS and the node must present a member certificate; a TLS refusal
+    either way raises `AuthenticationError`.
     """
     handshake = DialerHandshake(role=ROLE_CLIENT, node_id=None, target_id=None, secret=secret)
     async with asyncio.timeout(timeout_s):
-        return await _dial(address, handshake, frame_bytes_max=frame_bytes_max, role=ROLE_NODE)
+        return await _dial(
+            address,
+            handshake,
+            frame_bytes_max=frame_bytes_max,
+            role=ROLE_NODE,
+            tls_context=tls_context,
+        )
 
 
 async def connect_peer(
@@ -287,11 +333,13 @@ async def connect_peer(
     timeout_s: float,
     frame_bytes_max: int = 64 << 20,
     consensus: str = "raft",
+    tls_context: ssl.SSLContext | None = None,
 ) -> FramedConnection:
     """Dial `target_id` at `address` as the peer `node_id` (what `PeerTransport` does for each
     peer; public for tools and tests). Raises like `connect_client`, and `AuthenticationError`
     also when the listener is not `target_id` (`ConsensusMismatchError` when it runs another
-    `consensus` protocol)."""
+    `consensus` protocol). With `tls_context`, the listener's certificate must name member
+    `target_id`."""
     handshake = DialerHandshake(
         role=ROLE_PEER,
         node_id=node_id,
@@ -301,7 +349,38 @@ async def connect_peer(
         consensus=consensus,
     )
     async with asyncio.timeout(timeout_s):
-        return await _dial(address, handshake, frame_bytes_max=frame_bytes_max, role=ROLE_PEER)
+        return await _dial(
+            address,
+            handshake,
+            frame_bytes_max=frame_bytes_max,
+            role=ROLE_PEER,
+            tls_context=tls_context,
+            target_id=target_id,
+        )
+
+
+# --- TLS identity checks (mutual TLS: kvstore/transport/tls.py) ---------------------------------
+
+
+def _tls_identity(conn: FramedConnection) -> Identity:
+    """The verified identity in the other side's certificate; `AuthenticationError` if none."""
+    return connection_identity(conn._writer.get_extra_info("ssl_object"))
+
+
+def _check_dialed_identity(identity: Identity, listener_id: str | None) -> None:
+    # The handshake's id must be the one the certificate proves (clients dial any member).
+    if listener_id != identity.name:
+        raise AuthenticationError(
+            f"the listener says it is {listener_id!r} but its certificate names {identity}"
+        )
+
+
+def _tls_refusal(exc: ssl.SSLError) -> Exception:
+    """A TLS failure while dialing: a refused or unverifiable certificate is an authentication
+    failure (not worth retrying); a connection cut mid-handshake stays an `OSError`."""
+    if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLSyscallError):
+        return exc
+    return AuthenticationError(f"TLS refused: {exc.reason or exc}")
 
 
 # --- the node's transport ---------------------------------------------------------------------
@@ -448,6 +527,7 @@ class _PeerLink:
                 timeout_s=transport.handshake_timeout_s,
                 frame_bytes_max=transport.frame_bytes_max,
                 consensus=transport.consensus,
+                tls_context=transport._client_tls,
             )
         except AuthenticationError as exc:
             # A configuration error (wrong secret, wrong address): always worth a warning.
@@ -549,6 +629,7 @@ class PeerTransport:
         write_stall_timeout_s: float = 30.0,
         rng: random.Random | None = None,
         consensus: str = "raft",
+        tls: TLSConfig | None = None,
     ) -> None:
         """`peers` maps node id -> "host:port" (this node may be in it; it is never dialed).
 
@@ -563,7 +644,14 @@ class PeerTransport:
         accepts no bytes for `write_stall_timeout_s` is disconnected. `rng` jitters backoff.
         `consensus` is the protocol this node runs: peers running another one are refused at
         the handshake, both ways (`ConsensusMismatchError`, logged); clients are not affected.
+        With `tls`, every connection is mutual TLS: inbound and outbound peers must present the
+        member certificate of their id, clients any certificate of the cluster CA, and a client
+        certificate asking for a peer connection is refused (kvstore/transport/tls.py).
         """
+        if tls is not None and secret is not None:
+            raise ValueError("give either a TLS configuration or a secret, not both")
+        self._server_tls = None if tls is None else server_context(tls)
+        self._client_tls = None if tls is None else client_context(tls)
         self.node_id = node_id
         self.listen_address = listen_address
         self._peers: dict[str, str] = dict(peers)
@@ -626,7 +714,13 @@ class PeerTransport:
         self._loop = asyncio.get_running_loop()
         host, port = parse_address(self.listen_address)
         self._server = await asyncio.start_server(
-            self._on_accept, host, port, limit=READ_CHUNK_BYTES, reuse_address=True
+            self._on_accept,
+            host,
+            port,
+            limit=READ_CHUNK_BYTES,
+            reuse_address=True,
+            ssl=self._server_tls,
+            ssl_handshake_timeout=None if self._server_tls is None else self.handshake_timeout_s,
         )
         bound_port = self._server.sockets[0].getsockname()[1]
         self._address = format_address(host, int(bound_port))
@@ -799,17 +893,33 @@ class PeerTransport:
             )
             conn.abort()
             return
+        is_member = self._is_member
+        identity: Identity | None = None
+        if self._server_tls is not None:
+            try:
+                identity = _tls_identity(conn)
+            except AuthenticationError as exc:
+                log.warning("%s: refused %s: %s", self.node_id, conn.remote_address, exc)
+                _send_refusal(conn, str(exc))
+                conn.close()
+                await conn.wait_closed()
+                return
+            is_member = self._tls_is_member(identity)
         handshake = ListenerHandshake(
             node_id=self.node_id,
             secret=self._secret,
             member_ids=self._member_ids(),
-            is_member=self._is_member,
+            is_member=is_member,
             consensus=self.consensus,
         )
         self._handshakes += 1
         try:
             async with asyncio.timeout(self.handshake_timeout_s):
                 await _run_handshake(conn, handshake, [])
+                if identity is not None and handshake.role == ROLE_PEER:
+                    # Also checked when HELLO arrived (`_tls_is_member`); kept here so that no
+                    # peer connection is ever served without its certificate matching.
+                    check_peer_claim(identity, str(handshake.peer_id))
         except AuthenticationError as exc:
             log.warning("%s: refused %s: %s", self.node_id, conn.remote_address, exc)
             _send_refusal(conn, str(exc))
@@ -843,6 +953,16 @@ class PeerTransport:
             conn.role = ROLE_PEER
             conn.peer_id = handshake.peer_id
             await self._serve_peer(conn)
+
+    def _tls_is_member(self, identity: Identity) -> Callable[[str], bool]:
+        """`is_member` for one TLS connection: a peer claim must match the certificate (else
+        `AuthenticationError` naming the conflict, before we answer the HELLO)."""
+
+        def is_member(claimed_id: str) -> bool:
+            check_peer_claim(identity, claimed_id)
+            return self._is_member(claimed_id)
+
+        return is_member
 
     async def _serve_client(self, conn: FramedConnection) -> None:
         if self._client_connections >= self.client_connections_max:
