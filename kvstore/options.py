@@ -5,6 +5,7 @@ Also the argument checks every public entry point runs before anything is sent o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from kvstore.consensus import CONSENSUS_KINDS
@@ -58,6 +59,13 @@ class Options:
     consensus: str = "raft"
     """The protocol the cluster runs: "raft" or "paxos" (kvstore.consensus.CONSENSUS_KINDS).
     Every member must run the same one: peers refuse each other's handshake otherwise."""
+    # --- sessions ---
+    session_timeout_s: float = 600.0
+    """A client session without writes for this long expires (Raft thesis §6.3): its next
+    write is refused with `SessionExpiredError` if it was a retry, and sent again under a new
+    session if it was a first attempt. Time here is the log's clock (the leaders' wall clocks,
+    see kvstore.storage.state_machine), so it must be the SAME on every member, like
+    `sessions_max`; keep it well above your clock error and your longest write timeout."""
 
     def validate(self) -> None:
         """Raise `InvalidArgumentError` naming the first setting that is out of range."""
@@ -81,6 +89,15 @@ class Options:
             raise InvalidArgumentError(f"segment_bytes must be >= 65536, got {self.segment_bytes}")
         if self.frame_bytes_max < self.max_value_bytes + (64 << 10):
             raise InvalidArgumentError("frame_bytes_max must exceed max_value_bytes by 64 KiB")
+        if not (
+            isinstance(self.session_timeout_s, int | float)
+            and math.isfinite(self.session_timeout_s)
+            and 0.001 <= self.session_timeout_s <= 1e9
+        ):
+            raise InvalidArgumentError(
+                f"session_timeout_s must be a finite number in [0.001, 1e9], "
+                f"got {self.session_timeout_s!r}"
+            )
         if self.consensus not in CONSENSUS_KINDS:
             raise InvalidArgumentError(
                 f"consensus must be one of {', '.join(CONSENSUS_KINDS)}; got {self.consensus!r}"
