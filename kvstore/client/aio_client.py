@@ -653,11 +653,11 @@ class Client:
                     max(deadline - loop.time(), 1e-3),
                     to_leader=True,
                 )
-            except _NeverSentError:
-                # Refused as expired at its first delivery: it never ran. Once more, under a
-                # new session.
+            except SessionExpiredError as error:
                 self._sessions.expire(session)
-                if renewed:
+                # Refused as expired at its first delivery, it never ran: once more, under a
+                # new session. Otherwise its outcome is unknown: the caller must decide.
+                if renewed or not isinstance(error, _NeverSentError):
                     raise
                 renewed = True
             finally:
@@ -729,6 +729,8 @@ class Client:
         deadline = loop.time() + timeout_s
         unknown = False  # some attempt was sent and its outcome never learned
         last_error: BaseException | None = None
+        refusal: UnavailableError | None = None  # the last member that refused, e.g. "too
+        # many client sessions": redirects that follow must not hide why
         failed: set[str] = set()  # members that failed during this call
         hinted: set[str] = set()  # leader addresses redirects named during this call
         redirect: str | None = None
@@ -797,6 +799,7 @@ class Client:
                         redirect, backoff = self._follow(error, target, failed, hinted)
                     elif isinstance(error, UnavailableError):
                         # Up but without a quorum or leader (an election?): try elsewhere.
+                        refusal = error
                         self._balancer.observe(target, None, False)
                         failed.add(target)
                         if self._leader == target:
@@ -822,9 +825,10 @@ class Client:
                 f"no answer within {timeout_s:g} s; the outcome is unknown (last error: "
                 f"{last_error!r})"
             )
-        raise UnavailableError(
-            f"no member could serve the request within {timeout_s:g} s (last error: {last_error!r})"
-        )
+        why = f"last error: {last_error!r}"
+        if refusal is not None and refusal is not last_error:
+            why += f"; last refusal: {refusal!r}"
+        raise UnavailableError(f"no member could serve the request within {timeout_s:g} s ({why})")
 
     def _target(self, to_leader: bool, failed: set[str]) -> str:
         """The member to try next: the leader for writes, the balancer's pick for reads."""
