@@ -26,9 +26,10 @@ BATCH_ENTRIES = 1_000
 CLIENTS = 100
 
 
-REGISTERS = [Entry(1, n + 1, data=encode_register(n + 1)) for n in range(CLIENTS)]
-"""The sessions' registrations: entries 1..CLIENTS, so the session ids are 1..CLIENTS."""
 STAMP_MS = 1_765_000_000_000
+"""The leader's clock at the first entry (ms); it advances 1 ms every 100 puts."""
+REGISTERS = [Entry(1, n + 1, data=encode_register(n + 1, STAMP_MS)) for n in range(CLIENTS)]
+"""The sessions' registrations: entries 1..CLIENTS, so the session ids are 1..CLIENTS."""
 
 
 def make_log() -> list[Entry]:
@@ -64,6 +65,7 @@ def run_apply(
         for lo in range(0, len(log), batch_entries):
             sm.apply(log[lo : lo + batch_entries])
         assert sm.applied_index() == CLIENTS + ENTRY_COUNT
+        assert sm.session(CLIENTS) == (ENTRY_COUNT // CLIENTS, True)  # every put was applied
 
     try:
         benchmark.pedantic(apply_all, setup=setup, rounds=rounds, iterations=1)
