@@ -34,6 +34,9 @@ Around it:
 - Pending writes survive leader changes: each is proposed again to the new leader (the session
   table applies a command at most once), and again after a leader refused it or the link to
   the leader dropped messages. Reads ask again after a leader change or an election timeout.
+- Client sessions (Raft thesis §6.3, kvstore.storage.commands): each application thread's
+  writes use a session registered through the log on first use. Only a leading node stamps
+  its proposals with its wall clock, which is all the time the state machine knows (expiry).
 - Any storage failure (a failed write or fsync of the log, a failed LMDB sync) stops the node:
   it closes its transport (so the others elect a leader without it), fails every waiting call
   and refuses every later one with `UnavailableError`. It never limps on.

@@ -107,3 +107,9 @@ def test_an_expired_refusal_is_resent_only_when_its_one_copy_was_the_one_refused
     assert isinstance(too_far, kvstore.InvalidArgumentError)
     full = node_module._rejection_error(CommandRejected(ResultCode.SESSIONS_FULL), 1)
     assert isinstance(full, kvstore.UnavailableError)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), 1e12, "600"])
+def test_options_check_the_session_timeout(bad: object) -> None:
+    with pytest.raises(kvstore.InvalidArgumentError, match="session_timeout_s"):
+        dataclasses.replace(FAST, session_timeout_s=bad).validate()  # type: ignore[arg-type]
