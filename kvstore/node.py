@@ -716,6 +716,10 @@ class Node:
         self._raise_if_failed()
         pending = self._pending_writes.get(session)
         if pending is None:
+            if self._state == "stopping":
+                # stop() fails the writes waiting when it begins; one proposed after that (say,
+                # a write whose session registration just completed) would wait forever.
+                raise UnavailableError(f"node {self.node_id} is stopping; the write was not sent")
             if len(self._pending_writes) >= self.options.max_pending_proposals:
                 raise UnavailableError("too many proposals waiting; try again later")
             pending = _PendingWrite(data, asyncio.get_running_loop().create_future())
