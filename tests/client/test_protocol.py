@@ -16,6 +16,7 @@ from kvstore.errors import (
     OperationTimeoutError,
     ProposalDroppedError,
     RemoteProtocolError,
+    SessionExpiredError,
     UnavailableError,
     WalFailedError,
 )
@@ -91,6 +92,7 @@ def test_ok_responses_round_trip(op: p.Op, result: object, parse: p.ResultParser
         OperationTimeoutError("slow"),
         InvalidArgumentError("bad key"),
         AuthenticationError("who are you"),
+        SessionExpiredError("the client session is unknown or expired"),
         KVStoreError("something else"),
     ],
 )
