@@ -30,8 +30,11 @@ def addresses(cluster: EmbeddedCluster) -> list[str]:
     return [node.address for node in cluster.nodes.values()]
 
 
-def test_expired_sessions_renew_transparently_for_first_attempts(tmp_path: Path) -> None:
-    options = dataclasses.replace(FAST, session_timeout_s=SESSION_TIMEOUT_S)
+@pytest.mark.parametrize("consensus", ["raft", "paxos"])
+def test_expired_sessions_renew_transparently_for_first_attempts(
+    tmp_path: Path, consensus: str
+) -> None:
+    options = dataclasses.replace(FAST, session_timeout_s=SESSION_TIMEOUT_S, consensus=consensus)
     cluster = EmbeddedCluster(tmp_path, options=options).start()
     try:
         leader = cluster.leader()
