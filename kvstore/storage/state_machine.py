@@ -48,8 +48,10 @@ batch, whichever comes first; all three give the state an entry-by-entry expiry 
 only the leader stamps: a follower whose clock runs ahead could otherwise expire every session
 early with a single write; with leader stamps only a leader's skew matters, the thesis's own
 choice, and the max() makes a lagging leader harmless (the clock never goes back). A leader
-whose clock jumps ahead by X expires sessions up to X early; keep `session_timeout_s` well
-above the clock error of your members (NTP keeps it to milliseconds).
+whose clock jumps ahead by X expires sessions up to X early, and afterwards expiry pauses
+until the other leaders' clocks pass that time (sessions then live up to X longer, and a full
+table refuses registrations meanwhile); keep `session_timeout_s` well above the clock error of
+your members (NTP keeps it to milliseconds).
 
 Determinism: `apply` depends only on the entries and the prior state, never on how the entries
 were split into batches, the local clock or the node. `sessions_max` and `session_timeout_s`
