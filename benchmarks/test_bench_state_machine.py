@@ -2,8 +2,9 @@
 
 Run with `make bench` (or `pytest benchmarks/test_bench_state_machine.py --benchmark-only`).
 Each apply round starts from an empty environment and applies 100k puts (16-byte keys,
-100-byte values, 100 client sessions). `entries_per_s` is in each result's extra_info; the
-baseline in the same run applies one entry per write transaction.
+100-byte values, 100 client sessions, registered first and not timed, each put stamped by a
+leader's clock). `entries_per_s` is in each result's extra_info; the baseline in the same run
+applies one entry per write transaction.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import msgpack
 import pytest
 
 from kvstore.raft.types import Entry
-from kvstore.storage.commands import decode_command, decode_fields, encode_put
+from kvstore.storage.commands import decode_command, decode_fields, encode_put, encode_register
 from kvstore.storage.state_machine import StateMachine
 
 ENTRY_COUNT = 100_000
@@ -25,13 +26,21 @@ BATCH_ENTRIES = 1_000
 CLIENTS = 100
 
 
+STAMP_MS = 1_765_000_000_000
+"""The leader's clock at the first entry (ms); it advances 1 ms every 100 puts."""
+REGISTERS = [Entry(1, n + 1, data=encode_register(n + 1, STAMP_MS)) for n in range(CLIENTS)]
+"""The sessions' registrations: entries 1..CLIENTS, so the session ids are 1..CLIENTS."""
+
+
 def make_log() -> list[Entry]:
+    """The timed puts, after `REGISTERS`."""
     entries = []
     for i in range(ENTRY_COUNT):
-        client_id = (i % CLIENTS).to_bytes(16, "big")
+        session_id = i % CLIENTS + 1
         key = b"key-%012d" % ((i * 7919) % ENTRY_COUNT)  # 16 bytes, not in key order
         value = bytes([i % 251]) * 100
-        entries.append(Entry(1, i + 1, data=encode_put(client_id, i // CLIENTS + 1, key, value)))
+        data = encode_put(session_id, i // CLIENTS + 1, key, value, STAMP_MS + i // 100)
+        entries.append(Entry(1, CLIENTS + i + 1, data=data))
     return entries
 
 
@@ -49,12 +58,14 @@ def run_apply(
     def setup() -> tuple[tuple[StateMachine], dict[str, Any]]:
         sm = StateMachine(tmp_path / f"round{next(counter)}", map_size_bytes=1 << 30)
         opened.append(sm)
+        sm.apply(REGISTERS)
         return (sm,), {}
 
     def apply_all(sm: StateMachine) -> None:
         for lo in range(0, len(log), batch_entries):
             sm.apply(log[lo : lo + batch_entries])
-        assert sm.applied_index() == ENTRY_COUNT
+        assert sm.applied_index() == CLIENTS + ENTRY_COUNT
+        assert sm.session(CLIENTS) == (ENTRY_COUNT // CLIENTS, True)  # every put was applied
 
     try:
         benchmark.pedantic(apply_all, setup=setup, rounds=rounds, iterations=1)
@@ -101,7 +112,7 @@ def test_bench_state_machine_encode_put(benchmark: Any, log: list[Entry]) -> Non
 
     def encode_all() -> None:
         for c in commands:
-            encode_put(c.client_id, c.seq, c.key, c.value or b"")
+            encode_put(c.session_id, c.seq, c.key, c.value or b"", c.stamp_ms)
 
     benchmark(encode_all)
     benchmark.extra_info["commands_per_s"] = round(ENTRY_COUNT / benchmark.stats.stats.mean)
@@ -114,9 +125,9 @@ def test_bench_state_machine_encode_msgpack(benchmark: Any, log: list[Entry]) ->
 
     def encode_all() -> None:
         for c in commands:
-            if not (len(c.client_id) == 16 and c.seq >= 1 and 1 <= len(c.key) <= 511):
+            if not (c.session_id >= 1 and c.seq >= 1 and 1 <= len(c.key) <= 511):
                 raise ValueError("bad command")
-            packb((1, c.client_id, c.seq, c.key, c.value))
+            packb((1, c.session_id, c.seq, c.stamp_ms, c.key, c.value))
 
     benchmark(encode_all)
     benchmark.extra_info["commands_per_s"] = round(ENTRY_COUNT / benchmark.stats.stats.mean)
@@ -126,14 +137,17 @@ def test_bench_state_machine_decode_msgpack(benchmark: Any, log: list[Entry]) ->
     """Baseline for the encoding choice: the same commands as msgpack arrays, decoded and
     checked the way `decode_command` checks ours."""
     commands = [decode_command(entry.data) for entry in log]
-    datas = [msgpack.packb((c.op, c.client_id, c.seq, c.key, c.value)) for c in commands]
+    datas = [
+        msgpack.packb((c.op, c.session_id, c.seq, c.stamp_ms, c.key, c.value)) for c in commands
+    ]
 
     def decode(data: bytes) -> object:
-        op, client_id, seq, key, value = msgpack.unpackb(data)
+        op, session_id, seq, stamp_ms, key, value = msgpack.unpackb(data)
         if not (
             type(op) is int
-            and type(client_id) is bytes
-            and len(client_id) == 16
+            and type(session_id) is int
+            and session_id >= 1
+            and type(stamp_ms) is int
             and type(seq) is int
             and seq >= 1
             and type(key) is bytes
@@ -141,7 +155,7 @@ def test_bench_state_machine_decode_msgpack(benchmark: Any, log: list[Entry]) ->
             and type(value) is bytes
         ):
             raise ValueError("bad command")
-        return op, client_id, seq, key, value
+        return op, session_id, seq, stamp_ms, key, value
 
     benchmark(_decode_all, decode, datas)
     benchmark.extra_info["commands_per_s"] = round(ENTRY_COUNT / benchmark.stats.stats.mean)

@@ -34,6 +34,9 @@ Around it:
 - Pending writes survive leader changes: each is proposed again to the new leader (the session
   table applies a command at most once), and again after a leader refused it or the link to
   the leader dropped messages. Reads ask again after a leader change or an election timeout.
+- Client sessions (Raft thesis §6.3, kvstore.storage.commands): each application thread's
+  writes use a session registered through the log on first use. Only a leading node stamps
+  its proposals with its wall clock, which is all the time the state machine knows (expiry).
 - Any storage failure (a failed write or fsync of the log, a failed LMDB sync) stops the node:
   it closes its transport (so the others elect a leader without it), fails every waiting call
   and refuses every later one with `UnavailableError`. It never limps on.
@@ -64,6 +67,7 @@ from kvstore.errors import (
     NotLeaderError,
     OperationTimeoutError,
     ProposalDroppedError,
+    SessionExpiredError,
     StorageFullError,
     UnavailableError,
     invariant,
@@ -174,15 +178,19 @@ def _conf_reflects(conf: ConfState, change: ConfChange) -> bool:
 
 
 class _PendingWrite:
-    """A proposal waiting to be applied, keyed by its session (client id, sequence number)."""
+    """A proposal waiting to be applied, keyed by its session (session id, sequence number;
+    (0, nonce) for a session registration)."""
 
-    __slots__ = ("data", "future", "proposed", "waiters", "wakers")
+    __slots__ = ("data", "future", "proposed", "submissions", "waiters", "wakers")
 
     def __init__(self, data: bytes, future: asyncio.Future[object]) -> None:
         self.data = data
         self.future = future
         self.proposed = False
         """Whether the core ever took it (then it may be applied even if we stop waiting)."""
+        self.submissions = 0
+        """How often the core took it: with one copy proposed, the first result seen here is
+        that copy's, so a SESSION_EXPIRED answer proves the write never ran."""
         self.waiters = 0
         """Callers waiting for it (a client may retry a write while its first try waits)."""
         self.wakers: list[asyncio.Future[None]] = []
@@ -357,6 +365,7 @@ class Node:
             map_size_bytes=self.options.map_size_bytes,
             sessions_max=self.options.sessions_max,
             quota_bytes=self.options.quota_bytes,
+            session_timeout_s=self.options.session_timeout_s,
         )
         hard_state, _ = self._wal.initial_state()
         applied = self._sm.applied_index()
@@ -410,8 +419,8 @@ class Node:
         """Moving average of the log's fsync time (see `_can_handle_inline`)."""
         self._leader_waiters: set[asyncio.Future[None]] = set()
         self._leader_change_shared: asyncio.Future[None] | None = None
-        self._pending_writes: dict[tuple[bytes, int], _PendingWrite] = {}
-        self._unsubmitted: dict[tuple[bytes, int], _PendingWrite] = {}
+        self._pending_writes: dict[tuple[int, int], _PendingWrite] = {}
+        self._unsubmitted: dict[tuple[int, int], _PendingWrite] = {}
         """Pending writes no leader has taken yet (or that one refused): retried every tick."""
         self._pending_reads: dict[bytes, asyncio.Future[int]] = {}
         self._applied_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
@@ -545,19 +554,27 @@ class Node:
         check_value(value, self.options.max_value_bytes)
         timeout_s = check_timeout(timeout_s)
         self._check_running()
-        session = self._next_session()
-        data = commands.encode_put(*session, key, value)
-        self._run_on_loop(self.propose_command(data, session, timeout_s), timeout_s=timeout_s)
+        self._run_on_loop(
+            self.session_write(
+                self._thread_session(),
+                lambda sid, seq, stamp: commands.encode_put(sid, seq, key, value, stamp),
+                timeout_s,
+            ),
+            timeout_s=timeout_s,
+        )
 
     def delete(self, key: bytes, *, timeout_s: float = 5.0) -> bool:
         """Delete `key`; True if it existed."""
         check_key(key)
         timeout_s = check_timeout(timeout_s)
         self._check_running()
-        session = self._next_session()
-        data = commands.encode_delete(*session, key)
         result = self._run_on_loop(
-            self.propose_command(data, session, timeout_s), timeout_s=timeout_s
+            self.session_write(
+                self._thread_session(),
+                lambda sid, seq, stamp: commands.encode_delete(sid, seq, key, stamp),
+                timeout_s,
+            ),
+            timeout_s=timeout_s,
         )
         return bool(result)
 
@@ -570,10 +587,13 @@ class Node:
         check_optional_value(new, self.options.max_value_bytes, name="new")
         timeout_s = check_timeout(timeout_s)
         self._check_running()
-        session = self._next_session()
-        data = commands.encode_cas(*session, key, expected, new)
         result = self._run_on_loop(
-            self.propose_command(data, session, timeout_s), timeout_s=timeout_s
+            self.session_write(
+                self._thread_session(),
+                lambda sid, seq, stamp: commands.encode_cas(sid, seq, key, expected, new, stamp),
+                timeout_s,
+            ),
+            timeout_s=timeout_s,
         )
         return bool(result)
 
@@ -657,19 +677,70 @@ class Node:
         self._check_running()
         self._run_on_loop(self.transfer_leadership_async(node_id, timeout_s), timeout_s=timeout_s)
 
-    def _next_session(self) -> tuple[bytes, int]:
+    def _thread_session(self) -> _EmbeddedSession:
         # One session per application thread: a thread has one write in flight at a time, so
         # its sequence numbers commit in order and never fall out of the session's window.
         local = self._thread_sessions
-        if not hasattr(local, "session_id"):
-            local.session_id = os.urandom(16)
-            local.sequence = itertools.count(1)
-        return local.session_id, next(local.sequence)
+        session: _EmbeddedSession | None = getattr(local, "session", None)
+        if session is None:
+            session = local.session = _EmbeddedSession()
+        return session
+
+    # --- loop side: sessions (Raft thesis §6.3; see kvstore.storage.commands) -------------------
+
+    def _stamp_ms(self) -> int:
+        """The time stamp for a command proposed now: this node's wall clock if it leads, else
+        0. Only leaders' clocks drive session expiry (see kvstore.storage.state_machine)."""
+        return time.time_ns() // 1_000_000 if self._role is Role.LEADER else 0
+
+    async def register_session(self, timeout_s: float) -> int:
+        """Register a client session through the log; return its id (the entry's index).
+
+        Raises `UnavailableError` when the state machine holds `sessions_max` live sessions.
+        A registration proposed twice (after a leader change) may register two sessions; the
+        one nobody uses expires after `session_timeout_s`.
+        """
+        nonce = int.from_bytes(os.urandom(8), "little") or 1
+        data = commands.encode_register(nonce, self._stamp_ms())
+        result = await self.propose_command(data, (0, nonce), timeout_s)
+        if type(result) is not int:
+            # Matched to an entry the state machine skipped as applied already (it came in a
+            # snapshot): the id is not known here. An unused registration just expires.
+            raise UnavailableError("the session registration was not seen applied; try again")
+        return result
+
+    async def session_write(
+        self, session: _EmbeddedSession, build: Callable[[int, int, int], bytes], timeout_s: float
+    ) -> object:
+        """Propose the write `build(session_id, seq, stamp_ms)` under `session`, registering the
+        session first if it has none. A write refused because the session expired, and proven
+        never applied (`_NeverAppliedError`), is sent once more under a new session; one that
+        may have run raises `SessionExpiredError` (outcome unknown)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        renewed = False
+        while True:
+            session_id = session.session_id
+            if session_id is None:
+                session_id = await self.register_session(max(deadline - loop.time(), 1e-3))
+                session.session_id, session.last_seq = session_id, 0
+            seq = session.last_seq = session.last_seq + 1
+            data = build(session_id, seq, self._stamp_ms())
+            try:
+                return await self.propose_command(
+                    data, (session_id, seq), max(deadline - loop.time(), 1e-3)
+                )
+            except _NeverAppliedError:
+                if session.session_id == session_id:
+                    session.session_id = None
+                if renewed:
+                    raise
+                renewed = True
 
     # --- loop side: writes ----------------------------------------------------------------------
 
     async def propose_command(
-        self, data: bytes, session: tuple[bytes, int], timeout_s: float
+        self, data: bytes, session: tuple[int, int], timeout_s: float
     ) -> object:
         """Propose an encoded command and wait until it is applied here; return its result.
 
@@ -681,6 +752,10 @@ class Node:
         self._raise_if_failed()
         pending = self._pending_writes.get(session)
         if pending is None:
+            if self._state == "stopping":
+                # stop() fails the writes waiting when it begins; one proposed after that (say,
+                # a write whose session registration just completed) would wait forever.
+                raise UnavailableError(f"node {self.node_id} is stopping; the write was not sent")
             if len(self._pending_writes) >= self.options.max_pending_proposals:
                 raise UnavailableError("too many proposals waiting; try again later")
             assert self._sm is not None
@@ -735,12 +810,10 @@ class Node:
             # A put is True unless refused: this is a retry of a put the quota refused.
             raise _storage_full(self._sm)
         if isinstance(result, commands.CommandRejected):
-            # STALE: the session moved more than a window past this seq, so the state machine
-            # cannot tell whether it ran; MALFORMED: the data was not a command. Neither applied.
-            raise UnavailableError(f"the write was not applied: {result.reason}")
+            raise _rejection_error(result, pending.submissions)
         return result
 
-    def _submit(self, session: tuple[bytes, int], pending: _PendingWrite) -> None:
+    def _submit(self, session: tuple[int, int], pending: _PendingWrite) -> None:
         assert self._core is not None
         try:
             self._core.propose(pending.data)
@@ -751,6 +824,7 @@ class Node:
             return
         self._unsubmitted.pop(session, None)
         pending.proposed = True
+        pending.submissions += 1
         self._kick()
 
     def _retry_unsubmitted(self) -> None:
@@ -1619,17 +1693,32 @@ class _ClientBackend:
         if node._role is not Role.LEADER and node._leader_id is not None:
             raise node.leader_hint()
 
+    async def register_session(self, *, timeout_s: float) -> int:
+        self._redirect_writes()
+        return await self._node.register_session(timeout_s)
+
+    async def _propose(self, data: bytes, session: tuple[int, int], timeout_s: float) -> object:
+        try:
+            return await self._node.propose_command(data, session, timeout_s)
+        except _NeverAppliedError:
+            raise  # the client may send it again under a new session
+        except SessionExpiredError as error:
+            # This node proposed it more than once: an earlier copy may have run unseen (say,
+            # inside a snapshot). The client must not resend it under a new session, so report
+            # the outcome as unknown; its retry under the same session gets the plain refusal.
+            raise OperationTimeoutError(f"{error}; the outcome is unknown") from error
+
     async def put(
-        self, key: bytes, value: bytes, *, session: tuple[bytes, int], timeout_s: float
+        self, key: bytes, value: bytes, *, session: tuple[int, int], timeout_s: float
     ) -> None:
         self._redirect_writes()
-        data = commands.encode_put(*session, key, value)
-        await self._node.propose_command(data, session, timeout_s)
+        data = commands.encode_put(*session, key, value, self._node._stamp_ms())
+        await self._propose(data, session, timeout_s)
 
-    async def delete(self, key: bytes, *, session: tuple[bytes, int], timeout_s: float) -> bool:
+    async def delete(self, key: bytes, *, session: tuple[int, int], timeout_s: float) -> bool:
         self._redirect_writes()
-        data = commands.encode_delete(*session, key)
-        return bool(await self._node.propose_command(data, session, timeout_s))
+        data = commands.encode_delete(*session, key, self._node._stamp_ms())
+        return bool(await self._propose(data, session, timeout_s))
 
     async def cas(
         self,
@@ -1637,12 +1726,12 @@ class _ClientBackend:
         expected: bytes | None,
         new: bytes | None,
         *,
-        session: tuple[bytes, int],
+        session: tuple[int, int],
         timeout_s: float,
     ) -> bool:
         self._redirect_writes()
-        data = commands.encode_cas(*session, key, expected, new)
-        return bool(await self._node.propose_command(data, session, timeout_s))
+        data = commands.encode_cas(*session, key, expected, new, self._node._stamp_ms())
+        return bool(await self._propose(data, session, timeout_s))
 
     async def get(self, key: bytes, *, consistency: str, timeout_s: float) -> bytes | None:
         node = self._node
@@ -1698,6 +1787,38 @@ def _log_remote_error(what: str, error: Exception) -> None:
         log.warning("%s: %r", what, error)
     else:
         log.error("%s", what, exc_info=error)
+
+
+class _EmbeddedSession:
+    """The client session of one application thread's writes (registered on first use)."""
+
+    __slots__ = ("last_seq", "session_id")
+
+    def __init__(self) -> None:
+        self.session_id: int | None = None
+        self.last_seq = 0
+
+
+class _NeverAppliedError(SessionExpiredError):
+    """A write refused because its session expired, proven never applied: this node proposed
+    one copy of it and that copy was the one refused. It may be sent again under a new
+    session."""
+
+
+def _rejection_error(rejected: commands.CommandRejected, submissions: int) -> KVStoreError:
+    """The error a caller gets for a command the state machine refused (none was applied)."""
+    code = rejected.code
+    if code == commands.ResultCode.SESSION_EXPIRED:
+        if submissions == 1:
+            return _NeverAppliedError(rejected.reason)
+        return SessionExpiredError(
+            f"{rejected.reason}; an earlier copy of it may have been applied: outcome unknown"
+        )
+    if code == commands.ResultCode.SEQ_TOO_FAR:
+        return InvalidArgumentError(f"the write was not applied: {rejected.reason}")
+    # SESSIONS_FULL: try later; STALE: the session moved more than a window past this seq, so
+    # the state machine cannot tell whether it ran; MALFORMED: the data was not a command.
+    return UnavailableError(f"the write was not applied: {rejected.reason}")
 
 
 def _wake(waiter: asyncio.Future[None], *_args: object) -> None:

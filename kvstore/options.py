@@ -5,6 +5,7 @@ Also the argument checks every public entry point runs before anything is sent o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -73,6 +74,14 @@ class Options:
     the same on every member: it decides, at apply time, which writes are refused. The files
     on disk take more (B-tree pages, free pages): budget about twice the quota."""
 
+    # --- sessions ---
+    session_timeout_s: float = 600.0
+    """A client session without writes for this long expires (Raft thesis §6.3): its next
+    write is refused with `SessionExpiredError` if it was a retry, and sent again under a new
+    session if it was a first attempt. Time here is the log's clock (the leaders' wall clocks,
+    see kvstore.storage.state_machine), so it must be the SAME on every member, like
+    `sessions_max`; keep it well above your clock error and your longest write timeout."""
+
     def validate(self) -> None:
         """Raise `InvalidArgumentError` naming the first setting that is out of range."""
         if self.tick_s <= 0:
@@ -98,6 +107,15 @@ class Options:
         quota = self.quota_bytes
         if isinstance(quota, bool) or not isinstance(quota, int) or quota < 1:
             raise InvalidArgumentError(f"quota_bytes must be an int >= 1, got {quota!r}")
+        if not (
+            isinstance(self.session_timeout_s, int | float)
+            and math.isfinite(self.session_timeout_s)
+            and 0.001 <= self.session_timeout_s <= 1e9
+        ):
+            raise InvalidArgumentError(
+                f"session_timeout_s must be a finite number in [0.001, 1e9], "
+                f"got {self.session_timeout_s!r}"
+            )
         if self.consensus not in CONSENSUS_KINDS:
             raise InvalidArgumentError(
                 f"consensus must be one of {', '.join(CONSENSUS_KINDS)}; got {self.consensus!r}"

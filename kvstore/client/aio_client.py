@@ -16,24 +16,32 @@ an error that retrying cannot fix, or runs out of its `timeout_s`. At that point
 have happened), and `UnavailableError` if nothing was ever delivered. `AuthenticationError` is
 raised at once.
 
-Exactly-once writes: every write carries a session `(client_id, seq)` and all retries of one
-write carry the same one, so the state machine answers a retry with the first result instead of
-applying it twice. The state machine remembers only the last `SESSION_WINDOW` seqs of each
-client id and refuses anything older as stale, so pipelined writes of one session must never
-span more than that window: if they did, a slow or retried early write could arrive after the
-window moved past it and be dropped. The client therefore lends sessions from a small pool:
-a write takes the newest session whose oldest write in flight is less than
-`SEQS_IN_FLIGHT_MAX` seqs behind, or a fresh random id when none qualifies, and keeps its seq
-for every retry. Under light load one session serves everything.
+Exactly-once writes (Raft thesis §6.3): every write carries a session `(session_id, seq)` and
+all retries of one write carry the same one, so the state machine answers a retry with the
+first result instead of applying it twice. A session is registered through the log (a
+REGISTER_SESSION request, answered with its id) the first time a write needs it. The state
+machine remembers only the last `SESSION_WINDOW` seqs of each session and refuses anything
+older as stale, so pipelined writes of one session must never span more than that window: if
+they did, a slow or retried early write could arrive after the window moved past it and be
+dropped. The client therefore lends sessions from a small pool: a write takes the newest
+session whose oldest write in flight is less than `SEQS_IN_FLIGHT_MAX` seqs behind, or a new
+session when none qualifies, and keeps its seq for every retry. Under light load one session
+serves everything.
+
+Expired sessions: a session without writes for the cluster's `session_timeout_s` expires, and
+its writes are refused (`SessionExpiredError`), never applied. If no earlier attempt of the
+refused write was sent with an unknown outcome, it cannot have run: the client registers a new
+session and sends it once more, transparently. Otherwise its outcome is unknown and the caller
+gets `SessionExpiredError`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import itertools
 import logging
-import os
 import random
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -41,13 +49,13 @@ from typing import Any
 
 from kvstore.client.balancer import Balancer, BalancerName, make_balancer
 from kvstore.client.protocol import (
-    CLIENT_ID_BYTES,
     AddMemberRequest,
     CasRequest,
     DeleteRequest,
     FrameConnection,
     GetRequest,
     PutRequest,
+    RegisterSessionRequest,
     RemoveMemberRequest,
     Request,
     Response,
@@ -62,6 +70,7 @@ from kvstore.client.protocol import (
     parse_none,
     parse_optional_bytes,
     parse_pairs,
+    parse_session_id,
     parse_status,
 )
 from kvstore.errors import (
@@ -70,6 +79,7 @@ from kvstore.errors import (
     NotLeaderError,
     OperationTimeoutError,
     RemoteProtocolError,
+    SessionExpiredError,
     UnavailableError,
 )
 from kvstore.options import (
@@ -182,6 +192,25 @@ def _approx_bytes(encoded: list[object]) -> int:
 class _ClientClosedError(UnavailableError):
     def __init__(self) -> None:
         super().__init__("the client is closed")
+
+
+class _NeverSentError(SessionExpiredError):
+    """A write refused because its session expired, with no earlier attempt whose outcome is
+    unknown: it never ran, so it may be sent again under a new session."""
+
+
+def _with_session(
+    build: Callable[[int, float, Session], Request], session: Session, rid: int, ts: float
+) -> Request:
+    return build(rid, ts, session)
+
+
+def _registered(session: _Session, task: asyncio.Task[int]) -> None:
+    """Done-callback of a session's registration: keep the id, or allow another try."""
+    if not task.cancelled() and task.exception() is None:
+        session.session_id = task.result()
+    else:
+        session.registering = None
 
 
 class _LostError(Exception):
@@ -363,10 +392,13 @@ class _Channel:
 
 
 class _Session:
-    __slots__ = ("client_id", "inflight", "last_seq", "order")
+    __slots__ = ("inflight", "last_seq", "order", "registering", "session_id")
 
     def __init__(self) -> None:
-        self.client_id = os.urandom(CLIENT_ID_BYTES)
+        self.session_id: int | None = None
+        """Assigned by the cluster when the first write registers the session."""
+        self.registering: asyncio.Task[int] | None = None
+        """The registration in progress, shared by the writes that wait for it."""
         self.last_seq = 0
         self.inflight: set[int] = set()  # seqs lent and not yet given back
         self.order: collections.deque[int] = collections.deque()
@@ -406,6 +438,11 @@ class _SessionPool:
 
     def give_back(self, session: _Session, seq: int) -> None:
         session.inflight.discard(seq)
+
+    def expire(self, session: _Session) -> None:
+        """Lend no more seqs of `session` (the cluster refused it as expired)."""
+        if session in self._sessions:
+            self._sessions.remove(session)
 
     @property
     def size(self) -> int:
@@ -614,14 +651,52 @@ class Client:
     async def _write(
         self, build: Callable[[int, float, Session], Request], parse: ResultParser, timeout_s: float
     ) -> Any:
-        session, seq = self._sessions.lend()
-        pair: Session = (session.client_id, seq)  # every retry below reuses this seq
-        try:
-            return await self._execute(
-                lambda rid, ts: build(rid, ts, pair), parse, timeout_s, to_leader=True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        renewed = False
+        while True:
+            session, seq = self._sessions.lend()
+            try:
+                session_id = session.session_id
+                if session_id is None:
+                    session_id = await self._register(session, deadline - loop.time())
+                pair: Session = (session_id, seq)  # every retry below reuses this seq
+                return await self._execute(
+                    functools.partial(_with_session, build, pair),
+                    parse,
+                    max(deadline - loop.time(), 1e-3),
+                    to_leader=True,
+                )
+            except SessionExpiredError as error:
+                self._sessions.expire(session)
+                # Refused as expired at its first delivery, it never ran: once more, under a
+                # new session. Otherwise its outcome is unknown: the caller must decide.
+                if renewed or not isinstance(error, _NeverSentError):
+                    raise
+                renewed = True
+            finally:
+                self._sessions.give_back(session, seq)
+
+    async def _register(self, session: _Session, timeout_s: float) -> int:
+        """The id of `session`, registering it first; concurrent writes share one request."""
+        task = session.registering
+        if task is None:
+            task = session.registering = asyncio.ensure_future(
+                self._execute(
+                    RegisterSessionRequest, parse_session_id, max(timeout_s, 1e-3), to_leader=True
+                )
             )
-        finally:
-            self._sessions.give_back(session, seq)
+            task.add_done_callback(functools.partial(_registered, session))
+        try:
+            # A little longer than the registration's own timeout, so that its own error (it
+            # may be an OperationTimeoutError, also a TimeoutError) is the one that arrives.
+            return await asyncio.wait_for(asyncio.shield(task), max(timeout_s, 1e-3) + 0.1)
+        except TimeoutError as error:
+            if task.done():
+                raise
+            raise UnavailableError(
+                f"no client session was registered within {timeout_s:.2f}s; the write was not sent"
+            ) from error
 
     async def _admin(self, build: Callable[[int, float], Request], timeout_s: float) -> None:
         await self._execute(build, parse_none, timeout_s, to_leader=True)
@@ -668,6 +743,8 @@ class Client:
         deadline = loop.time() + timeout_s
         unknown = False  # some attempt was sent and its outcome never learned
         last_error: BaseException | None = None
+        refusal: UnavailableError | None = None  # the last member that refused, e.g. "too
+        # many client sessions": redirects that follow must not hide why
         failed: set[str] = set()  # members that failed during this call
         hinted: set[str] = set()  # leader addresses redirects named during this call
         redirect: str | None = None
@@ -736,12 +813,20 @@ class Client:
                         redirect, backoff = self._follow(error, target, failed, hinted)
                     elif isinstance(error, UnavailableError):
                         # Up but without a quorum or leader (an election?): try elsewhere.
+                        refusal = error
                         self._balancer.observe(target, None, False)
                         failed.add(target)
                         if self._leader == target:
                             self._leader = None
                     elif isinstance(error, OperationTimeoutError):
                         unknown = True
+                    elif isinstance(error, SessionExpiredError):
+                        if not unknown:
+                            raise _NeverSentError(str(error))
+                        raise SessionExpiredError(
+                            f"{error}; an earlier attempt was sent and never answered, so the "
+                            "write may have been applied: its outcome is unknown"
+                        )
                     else:
                         raise error  # invalid argument, authentication, internal: final
                     if pinned is not None:
@@ -754,9 +839,10 @@ class Client:
                 f"no answer within {timeout_s:g} s; the outcome is unknown (last error: "
                 f"{last_error!r})"
             )
-        raise UnavailableError(
-            f"no member could serve the request within {timeout_s:g} s (last error: {last_error!r})"
-        )
+        why = f"last error: {last_error!r}"
+        if refusal is not None and refusal is not last_error:
+            why += f"; last refusal: {refusal!r}"
+        raise UnavailableError(f"no member could serve the request within {timeout_s:g} s ({why})")
 
     def _target(self, to_leader: bool, failed: set[str]) -> str:
         """The member to try next: the leader for writes, the balancer's pick for reads."""

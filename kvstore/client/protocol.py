@@ -5,7 +5,8 @@ so a client with many calls in flight and a node with many answers ready cross t
 per batch. Each element is a compact list:
 
     request   [request_id, op, timeout_s, *args]
-              writes (PUT, DELETE, CAS) start their args with the session: client_id, seq
+              writes (PUT, DELETE, CAS) start their args with the session: session_id, seq
+              REGISTER_SESSION has no args; its result is the new session id
     response  [request_id, OK, result]
               [request_id, ERROR, code, message, leader_id, leader_address]
 
@@ -32,6 +33,7 @@ from kvstore.errors import (
     OperationTimeoutError,
     ProposalDroppedError,
     RemoteProtocolError,
+    SessionExpiredError,
     StorageFullError,
     UnavailableError,
     WalFailedError,
@@ -40,7 +42,6 @@ from kvstore.options import CONSISTENCY_LEVELS, Status
 from kvstore.transport.codec import FrameKind
 
 __all__ = [
-    "CLIENT_ID_BYTES",
     "REQUESTS_PER_FRAME_MAX",
     "REQUEST_ID_MAX",
     "AddMemberRequest",
@@ -52,6 +53,7 @@ __all__ = [
     "Op",
     "Outcome",
     "PutRequest",
+    "RegisterSessionRequest",
     "RemoveMemberRequest",
     "Request",
     "Response",
@@ -73,11 +75,10 @@ __all__ = [
     "parse_none",
     "parse_optional_bytes",
     "parse_pairs",
+    "parse_session_id",
     "parse_status",
 ]
 
-CLIENT_ID_BYTES = 16
-"""Length of a client's random session id."""
 REQUEST_ID_MAX = (1 << 64) - 1
 """Request ids and sequence numbers are unsigned 64-bit integers (msgpack's widest)."""
 REQUESTS_PER_FRAME_MAX = 4096
@@ -97,6 +98,7 @@ class Op(enum.IntEnum):
     ADD_MEMBER = 7
     REMOVE_MEMBER = 8
     TRANSFER_LEADER = 9
+    REGISTER_SESSION = 10
 
 
 class Outcome(enum.IntEnum):
@@ -115,12 +117,14 @@ class ErrorCode(enum.IntEnum):
     INVALID_ARGUMENT = 4
     AUTHENTICATION = 5
     INTERNAL = 6
-    STORAGE_FULL = 7
+    SESSION_EXPIRED = 7
+    STORAGE_FULL = 8
     """The store is at its quota: the write was refused, nothing was done (StorageFullError)."""
 
 
-Session: TypeAlias = tuple[bytes, int]
-"""(client_id, seq): identifies one write across its retries, for exactly-once application."""
+Session: TypeAlias = tuple[int, int]
+"""(session_id, seq): identifies one write across its retries, for exactly-once application.
+The session id comes from a REGISTER_SESSION request (Raft thesis §6.3)."""
 
 
 class PutRequest(NamedTuple):
@@ -204,6 +208,13 @@ class TransferLeaderRequest(NamedTuple):
     node_id: str
 
 
+class RegisterSessionRequest(NamedTuple):
+    """Register a client session through the log; the result is its id."""
+
+    request_id: int
+    timeout_s: float
+
+
 Request: TypeAlias = (
     PutRequest
     | GetRequest
@@ -214,6 +225,7 @@ Request: TypeAlias = (
     | AddMemberRequest
     | RemoveMemberRequest
     | TransferLeaderRequest
+    | RegisterSessionRequest
 )
 
 _OP_OF: dict[type[Any], Op] = {
@@ -226,6 +238,7 @@ _OP_OF: dict[type[Any], Op] = {
     AddMemberRequest: Op.ADD_MEMBER,
     RemoveMemberRequest: Op.REMOVE_MEMBER,
     TransferLeaderRequest: Op.TRANSFER_LEADER,
+    RegisterSessionRequest: Op.REGISTER_SESSION,
 }
 
 
@@ -258,7 +271,7 @@ def encode_request(request: Request) -> list[object]:
             return [*head, cid, seq, key, expected, new]
         case ScanRequest(prefix=prefix, limit=limit, consistency=consistency):
             return [*head, prefix, limit, CONSISTENCY_LEVELS.index(consistency)]
-        case StatusRequest():
+        case StatusRequest() | RegisterSessionRequest():
             return head
         case AddMemberRequest(node_id=node_id, address=address):
             return [*head, node_id, address]
@@ -291,6 +304,7 @@ def encode_ok(request_id: int, op: Op, result: object) -> list[object]:
 
 
 _CODE_OF: tuple[tuple[type[BaseException], ErrorCode], ...] = (
+    (SessionExpiredError, ErrorCode.SESSION_EXPIRED),
     (NotLeaderError, ErrorCode.NOT_LEADER),
     (UnavailableError, ErrorCode.UNAVAILABLE),
     # The core refused the proposal: nothing was done, another member or a later try may work.
@@ -375,11 +389,10 @@ def _timeout(value: object) -> float:
     return timeout_s
 
 
-def _session(cid: object, seq: object) -> Session:
-    client_id = _bytes(cid, "client_id")
-    if len(client_id) != CLIENT_ID_BYTES:
-        raise _fail(f"client_id must be {CLIENT_ID_BYTES} bytes, got {len(client_id)}")
-    return client_id, _uint(seq, "seq")
+def _session(session_id: object, seq: object) -> Session:
+    if not _is_int(session_id) or not 1 <= session_id <= REQUEST_ID_MAX:
+        raise _fail(f"session_id must be an int in 1..2**64-1, got {session_id!r:.60}")
+    return session_id, _uint(seq, "seq")
 
 
 _ARITY = {
@@ -392,6 +405,7 @@ _ARITY = {
     Op.ADD_MEMBER: 2,
     Op.REMOVE_MEMBER: 1,
     Op.TRANSFER_LEADER: 1,
+    Op.REGISTER_SESSION: 0,
 }
 
 
@@ -413,8 +427,8 @@ def decode_request(obj: object) -> Request:
             and 0 <= request_id <= REQUEST_ID_MAX
             and type(timeout_s) is float
             and 0 < timeout_s <= _TIMEOUT_S_MAX
-            and type(cid) is bytes
-            and len(cid) == CLIENT_ID_BYTES
+            and type(cid) is int
+            and 1 <= cid <= REQUEST_ID_MAX
             and type(seq) is int
             and 0 <= seq <= REQUEST_ID_MAX
             and type(key) is bytes
@@ -479,6 +493,8 @@ def decode_request(obj: object) -> Request:
         )
     if op is Op.REMOVE_MEMBER:
         return RemoveMemberRequest(request_id, timeout_s, _str(args[0], "node_id"))
+    if op is Op.REGISTER_SESSION:
+        return RegisterSessionRequest(request_id, timeout_s)
     return TransferLeaderRequest(request_id, timeout_s, _str(args[0], "node_id"))
 
 
@@ -519,6 +535,8 @@ def _exception(
         return AuthenticationError(message)
     if code == ErrorCode.STORAGE_FULL:
         return StorageFullError(message)
+    if code == ErrorCode.SESSION_EXPIRED:
+        return SessionExpiredError(message)
     # INTERNAL, and codes from a newer server we do not know: still an error the caller sees.
     return KVStoreError(message)
 
@@ -564,6 +582,13 @@ def parse_bool(raw: object) -> bool:
     """DELETE, CAS: whether it took effect."""
     if type(raw) is not bool:
         raise _fail(f"expected a bool result, got {type(raw).__name__}")
+    return raw
+
+
+def parse_session_id(raw: object) -> int:
+    """REGISTER_SESSION: the new session's id (>= 1)."""
+    if not _is_int(raw) or not 1 <= raw <= REQUEST_ID_MAX:
+        raise _fail(f"expected a session id, got {raw!r:.60}")
     return raw
 
 

@@ -29,6 +29,7 @@ from kvstore.client.protocol import (
     FrameConnection,
     GetRequest,
     PutRequest,
+    RegisterSessionRequest,
     RemoveMemberRequest,
     Request,
     ScanRequest,
@@ -66,8 +67,14 @@ class ServiceBackend(Protocol):
     address when known) when the request must go to the leader; any `KVStoreError` reaches the
     client as the same exception class."""
 
+    async def register_session(self, *, timeout_s: float) -> int:
+        """Register a client session through the log and return its id; `UnavailableError`
+        when too many sessions are live."""
+        ...
+
     async def put(self, key: bytes, value: bytes, *, session: Session, timeout_s: float) -> None:
-        """Set `key` to `value` once committed and applied; `session` deduplicates retries."""
+        """Set `key` to `value` once committed and applied; `session` deduplicates retries.
+        Raise `SessionExpiredError` when the session is unknown or expired (not applied)."""
         ...
 
     async def get(self, key: bytes, *, consistency: str, timeout_s: float) -> bytes | None:
@@ -319,6 +326,8 @@ class _ConnectionService:
             case TransferLeaderRequest(timeout_s=t, node_id=node_id):
                 await backend.transfer_leadership(node_id, timeout_s=t)
                 return None
+            case RegisterSessionRequest(timeout_s=t):
+                return await backend.register_session(timeout_s=t)
         raise InvalidArgumentError(f"unknown request {request!r}")  # pragma: no cover
 
     async def _write_loop(self) -> None:

@@ -1,24 +1,41 @@
-"""The replicated commands (put, delete, cas) as they travel in `Entry.data`, and their results.
+"""The replicated commands (register a session, put, delete, cas) as they travel in
+`Entry.data`, and their results.
 
-Every command carries a client session, `(client_id, seq)`: `client_id` is 16 bytes chosen by
-the client, `seq` a number >= 1 that grows with each new command of that client. The state
-machine remembers, per client, which of the last `SESSION_WINDOW` seqs were applied and their
-results, so a retried command is answered with its first result instead of being applied
-twice, even when a client's concurrent commands commit out of order.
+Client sessions follow the Raft thesis (Ongaro, §6.3 "Implementing linearizable semantics"):
 
-Wire layout (version 1; all integers little-endian, fixed width)::
+- A client first REGISTERs a session through the log; its session id is the log index of the
+  register entry, assigned by the state machine, the same on every member.
+- Every write then carries `(session_id, seq)`: `seq` >= 1 grows with each new write of that
+  session. The state machine remembers, per session, which of the last `SESSION_WINDOW` seqs
+  were applied and their results, so a retried write is answered with its first result instead
+  of being applied twice, even when a session's concurrent writes commit out of order.
+- A write from a session the state machine does not hold (never registered, or expired) is
+  refused (`SESSION_EXPIRED`) and never applied: its outcome is unknown to the client.
+- A seq more than `SESSION_WINDOW` above the newest one applied for the session is refused
+  (`SEQ_TOO_FAR`) and leaves the session as it was, so a forged seq of 2**64-1 cannot block
+  the session's later writes.
+
+Every command also carries `stamp_ms`: the wall-clock time (ms since the epoch) of the node
+that proposed it, or 0 for none. Only a node that leads stamps (see `kvstore.node`); the state
+machine keeps `clock = max(clock, stamp_ms)` and expires sessions by that clock, so expiry
+depends on the log alone.
+
+Wire layout (version 2; all integers little-endian, fixed width)::
 
     offset  size  field
-    0       1     op: 1 put, 2 delete, 3 cas
-    1       16    client_id
-    17      8     seq (u64, >= 1)
-    25      2     key length k (u16, 1..511)
+    0       1     op: 1 put, 2 delete, 3 cas, 4 register
+    1       8     session_id (u64; 0 in a register)
+    9       8     seq (u64, >= 1; in a register, the client's random nonce that matches the
+                  entry to the caller waiting for it)
+    17      8     stamp_ms (u64; 0 = no stamp)
+    25      2     key length k (u16, 1..511; 0 in a register)
     27      k     key
-    put:    the rest of the data is the value (possibly empty)
-    delete: nothing follows
-    cas:    1 byte flags (bit 0: expected present, bit 1: new present),
-            4 bytes expected length e (u32; 0 when absent), e bytes expected,
-            then the rest is the new value (must be empty when absent)
+    put:      the rest of the data is the value (possibly empty)
+    delete:   nothing follows
+    cas:      1 byte flags (bit 0: expected present, bit 1: new present),
+              4 bytes expected length e (u32; 0 when absent), e bytes expected,
+              then the rest is the new value (must be empty when absent)
+    register: nothing follows
 
 Why not msgpack: measured on this machine (benchmarks/test_bench_state_machine.py, best of
 runs, 100k puts with 16-byte keys and 100-byte values), decoding plus validating costs the same
@@ -26,9 +43,9 @@ either way (200 ns each), and encoding with the argument checks is faster with s
 vs 430 ns). A fixed layout also cannot smuggle in unexpected types, so validation is
 structural, and the encoding is canonical (one byte string per command).
 
-Results: put -> True; delete -> whether the key existed; cas -> whether it swapped. A command
-that was not applied yields a `CommandRejected` (stale session sequence, or malformed data).
-`encode_results` packs a batch of results into one byte each for the node to hand back.
+Results: register -> the new session id (an int: the entry's index); put -> True; delete ->
+whether the key existed; cas -> whether it swapped. A command that was not applied yields a
+`CommandRejected`. `encode_results` packs a batch of results into one byte each.
 """
 
 from __future__ import annotations
@@ -41,18 +58,25 @@ from typing import NamedTuple
 from kvstore.errors import InvalidArgumentError
 from kvstore.options import KEY_BYTES_MAX
 
-CLIENT_ID_BYTES = 16
-"""Length of a client session id."""
-
 SEQ_MAX = (1 << 64) - 1
 """Largest session sequence number (u64)."""
+
+SESSION_ID_MAX = SEQ_MAX
+"""Largest session id (u64; a session id is a log index, so >= 1)."""
+
+STAMP_MS_MAX = SEQ_MAX
+"""Largest proposer time stamp (u64 milliseconds)."""
 
 SESSION_WINDOW = 256
 """How many of a client's most recent seqs the state machine remembers (applied or not, and the
 result). Commands of one client may commit in any order within this window; part of the
-replicated format, so it must never differ between members."""
+replicated format, so it must never differ between members.
 
-_HEADER = struct.Struct("<B16sQH")
+It also bounds how far a seq may jump: a seq more than `SESSION_WINDOW` above the newest one
+applied for its session is refused (`SEQ_TOO_FAR`). A client keeps its writes in flight within
+half the window (`kvstore.client.aio_client.SEQS_IN_FLIGHT_MAX`), so it never meets that."""
+
+_HEADER = struct.Struct("<BQQQH")
 _HEADER_BYTES = _HEADER.size  # 27
 _CAS_EXTRA = struct.Struct("<BI")
 _CAS_EXTRA_BYTES = _CAS_EXTRA.size  # 5
@@ -66,27 +90,30 @@ class Op(enum.IntEnum):
     PUT = 1
     DELETE = 2
     CAS = 3
+    REGISTER = 4
+    """Register a client session; the state machine answers with its id."""
 
 
 _OPS = frozenset(int(op) for op in Op)
 # Plain module globals: looking up an enum member through its class costs more on the hot path.
-_PUT, _DELETE, _CAS = Op.PUT, Op.DELETE, Op.CAS
+_PUT, _DELETE, _CAS, _REGISTER = Op.PUT, Op.DELETE, Op.CAS, Op.REGISTER
 
 
 class Command(NamedTuple):
     """A decoded command. Fields an op does not use are None.
 
     put: `value`; delete: nothing; cas: `expected` (None = must be absent) and `new`
-    (None = delete).
+    (None = delete); register: `session_id` 0, `seq` the nonce, `key` empty.
     """
 
     op: Op
-    client_id: bytes
+    session_id: int
     seq: int
     key: bytes
     value: bytes | None = None
     expected: bytes | None = None
     new: bytes | None = None
+    stamp_ms: int = 0
 
 
 class ResultCode(enum.IntEnum):
@@ -104,13 +131,24 @@ class ResultCode(enum.IntEnum):
     """Not applied: the entry's data is not a valid command (applied as a no-op)."""
     NONE = 4
     """No result: a no-op entry, a conf change, or an entry skipped because already applied."""
-    STORAGE_FULL = 5
+    SESSION_EXPIRED = 5
+    """Not applied: the write's session is not held (never registered, or expired). Whether an
+    earlier copy of it ran cannot be told: its outcome is unknown."""
+    SEQ_TOO_FAR = 6
+    """Not applied: the seq is more than `SESSION_WINDOW` above its session's newest; the
+    session is unchanged."""
+    SESSIONS_FULL = 7
+    """Not applied: a registration found `sessions_max` live sessions."""
+    REGISTERED = 8
+    """A session was registered; its id is the entry's index (not carried in the byte)."""
+    STORAGE_FULL = 9
     """Not applied: it would have taken the store past its quota (`StateMachine`, "Quota").
     The session records it as applied with result False, so a retry is refused the same way."""
 
 
 class CommandRejected(NamedTuple):
-    """A command that was not applied. `code` is `STALE` or `MALFORMED`; `reason` is for logs.
+    """A command that was not applied. `code` is one of the "not applied" `ResultCode`s;
+    `reason` is for logs and error messages.
 
     It is falsy (unlike other non-empty tuples), so `bool(result)` never reads a rejection as
     "existed" or "swapped"; callers should still test for it and fail the request.
@@ -123,38 +161,51 @@ class CommandRejected(NamedTuple):
         return False
 
 
-Result = bool | CommandRejected | None
-"""What `StateMachine.apply` returns per entry."""
+Result = bool | int | CommandRejected | None
+"""What `StateMachine.apply` returns per entry (an int only for a registration)."""
 
 
-def _check_session(client_id: bytes, seq: int) -> None:
-    if not isinstance(client_id, bytes) or len(client_id) != CLIENT_ID_BYTES:
-        raise InvalidArgumentError(f"client_id must be {CLIENT_ID_BYTES} bytes")
-    if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= SEQ_MAX:
-        raise InvalidArgumentError(f"seq must be an int in 1..2**64-1, got {seq!r}")
+def _check_u64(value: int, name: str, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= SEQ_MAX:
+        raise InvalidArgumentError(f"{name} must be an int in {low}..2**64-1, got {value!r}")
 
 
-def _header(op: Op, client_id: bytes, seq: int, key: bytes) -> bytes:
-    _check_session(client_id, seq)
+def _header(op: Op, session_id: int, seq: int, key: bytes, stamp_ms: int) -> bytes:
+    _check_u64(session_id, "session_id", 1)
+    _check_u64(seq, "seq", 1)
+    _check_u64(stamp_ms, "stamp_ms", 0)
     if not isinstance(key, bytes) or not 1 <= len(key) <= KEY_BYTES_MAX:
         raise InvalidArgumentError(f"key must be 1 to {KEY_BYTES_MAX} bytes")
-    return _HEADER.pack(op, client_id, seq, len(key)) + key
+    return _HEADER.pack(op, session_id, seq, stamp_ms, len(key)) + key
 
 
-def encode_put(client_id: bytes, seq: int, key: bytes, value: bytes) -> bytes:
-    """Encode `put(key, value)` for session `(client_id, seq)`. Raises `InvalidArgumentError`."""
+def encode_register(nonce: int, stamp_ms: int = 0) -> bytes:
+    """Encode a session registration; `nonce` (1..2**64-1, random) lets the proposer match the
+    applied entry to its caller. Raises `InvalidArgumentError`."""
+    _check_u64(nonce, "nonce", 1)
+    _check_u64(stamp_ms, "stamp_ms", 0)
+    return _HEADER.pack(Op.REGISTER, 0, nonce, stamp_ms, 0)
+
+
+def encode_put(session_id: int, seq: int, key: bytes, value: bytes, stamp_ms: int = 0) -> bytes:
+    """Encode `put(key, value)` for session `(session_id, seq)`. Raises `InvalidArgumentError`."""
     if not isinstance(value, bytes):
         raise InvalidArgumentError("value must be bytes")
-    return _header(Op.PUT, client_id, seq, key) + value
+    return _header(Op.PUT, session_id, seq, key, stamp_ms) + value
 
 
-def encode_delete(client_id: bytes, seq: int, key: bytes) -> bytes:
-    """Encode `delete(key)` for session `(client_id, seq)`. Raises `InvalidArgumentError`."""
-    return _header(Op.DELETE, client_id, seq, key)
+def encode_delete(session_id: int, seq: int, key: bytes, stamp_ms: int = 0) -> bytes:
+    """Encode `delete(key)` for session `(session_id, seq)`. Raises `InvalidArgumentError`."""
+    return _header(Op.DELETE, session_id, seq, key, stamp_ms)
 
 
 def encode_cas(
-    client_id: bytes, seq: int, key: bytes, expected: bytes | None, new: bytes | None
+    session_id: int,
+    seq: int,
+    key: bytes,
+    expected: bytes | None,
+    new: bytes | None,
+    stamp_ms: int = 0,
 ) -> bytes:
     """Encode `cas(key, expected, new)`: expected None = "must be absent", new None = delete."""
     for name, part in (("expected", expected), ("new", new)):
@@ -164,7 +215,7 @@ def encode_cas(
     expected_bytes = expected or b""
     return b"".join(
         (
-            _header(Op.CAS, client_id, seq, key),
+            _header(Op.CAS, session_id, seq, key, stamp_ms),
             _CAS_EXTRA.pack(flags, len(expected_bytes)),
             expected_bytes,
             new or b"",
@@ -182,7 +233,7 @@ def decode_command(data: bytes) -> Command:
     return Command._make(decode_fields(data))
 
 
-CommandFields = tuple[Op, bytes, int, bytes, bytes | None, bytes | None, bytes | None]
+CommandFields = tuple[Op, int, int, bytes, bytes | None, bytes | None, bytes | None, int]
 """`Command`'s fields as a plain tuple, in the same order."""
 
 
@@ -192,8 +243,14 @@ def decode_fields(data: bytes) -> CommandFields:
     size = len(data)
     if size < _HEADER_BYTES:
         raise ValueError(f"command too short: {size} bytes")
-    op, client_id, seq, key_len = _HEADER.unpack_from(data)
+    op, session_id, seq, stamp_ms, key_len = _HEADER.unpack_from(data)
     end = _HEADER_BYTES + key_len
+    if op == 4:
+        if session_id or key_len or size != _HEADER_BYTES or seq < 1:
+            raise ValueError("a register carries a nonce and a stamp only")
+        return _REGISTER, 0, seq, b"", None, None, None, stamp_ms
+    if session_id < 1:
+        raise ValueError("session_id must be >= 1")
     if not 1 <= key_len <= KEY_BYTES_MAX:
         raise ValueError(f"key length {key_len} outside 1..{KEY_BYTES_MAX}")
     if size < end:
@@ -202,11 +259,11 @@ def decode_fields(data: bytes) -> CommandFields:
         raise ValueError("seq must be >= 1")
     key = data[_HEADER_BYTES:end]
     if op == 1:
-        return _PUT, client_id, seq, key, data[end:], None, None
+        return _PUT, session_id, seq, key, data[end:], None, None, stamp_ms
     if op == 2:
         if size != end:
             raise ValueError("trailing bytes after delete")
-        return _DELETE, client_id, seq, key, None, None, None
+        return _DELETE, session_id, seq, key, None, None, None, stamp_ms
     if op == 3:
         if size < end + _CAS_EXTRA_BYTES:
             raise ValueError("cas header truncated")
@@ -227,20 +284,21 @@ def decode_fields(data: bytes) -> CommandFields:
             new = data[new_start:]
         elif size != new_start:
             raise ValueError("trailing bytes after cas with new absent")
-        return _CAS, client_id, seq, key, None, expected, new
+        return _CAS, session_id, seq, key, None, expected, new, stamp_ms
     raise ValueError(f"unknown op code {op}")
 
 
-def decode_session(data: bytes) -> tuple[bytes, int] | None:
-    """The `(client_id, seq)` of an encoded command, or None if `data` is not one.
+def decode_session(data: bytes) -> tuple[int, int] | None:
+    """The `(session_id, seq)` of an encoded command, or None if `data` is not one; for a
+    register, `(0, nonce)`.
 
     A cheap peek at the fixed header (no full validation), for matching applied entries to the
     callers waiting on them.
     """
     if len(data) < _HEADER_BYTES or data[0] not in _OPS:
         return None
-    _op, client_id, seq, _key_len = _HEADER.unpack_from(data)
-    return client_id, seq
+    _op, session_id, seq, _stamp_ms, _key_len = _HEADER.unpack_from(data)
+    return session_id, seq
 
 
 def result_code(result: Result) -> ResultCode:
@@ -249,6 +307,8 @@ def result_code(result: Result) -> ResultCode:
         return ResultCode.NONE
     if isinstance(result, CommandRejected):
         return result.code
+    if type(result) is int:
+        return ResultCode.REGISTERED
     return ResultCode.TRUE if result else ResultCode.FALSE
 
 
@@ -258,14 +318,15 @@ def encode_results(results: Sequence[Result]) -> bytes:
 
 
 def decode_results(data: bytes) -> list[Result]:
-    """Inverse of `encode_results` (a rejection comes back without its reason).
+    """Inverse of `encode_results` (a rejection comes back without its reason; a registration
+    as True, its session id being the entry's index).
 
     Raises `ValueError` on an unknown code.
     """
     out: list[Result] = []
     for byte in data:
         code = ResultCode(byte)
-        if code is ResultCode.TRUE:
+        if code is ResultCode.TRUE or code is ResultCode.REGISTERED:
             out.append(True)
         elif code is ResultCode.FALSE:
             out.append(False)

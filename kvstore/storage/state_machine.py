@@ -36,19 +36,39 @@ Layout: four named sub-databases in one environment (in `directory`):
 
 - `data`: key -> value.
 - `meta`: `applied` -> (index u64, term u64, logical size u64: see "Quota"); `format` -> 1
-  byte; `member/<id>` -> role byte (0 voter, 1 learner) + address (UTF-8).
-- `sessions`: client_id -> (newest seq applied u64, index of the session's last apply u64,
-  applied bits, result bits); bit i of each (`SESSION_WINDOW` bits, little-endian) stands for
-  seq `newest - i`: whether it was applied, and whether its result was True.
-- `session_age`: index of a session's last apply (u64 big-endian, so keys sort by age) ->
-  client_id. Eviction takes the first key: O(log n), no scan.
+  byte (`FORMAT_VERSION`); `clock` -> the log's clock (u64 ms, see below); `member/<id>` -> role
+  byte (0 voter, 1 learner) + address (UTF-8).
+- `sessions`: session id (u64 big-endian) -> (newest seq applied u64, clock at the session's
+  last activity u64 ms, applied bits, result bits); bit i of each (`SESSION_WINDOW` bits,
+  little-endian) stands for seq `newest - i`: whether it was applied, and whether its result
+  was True.
+- `session_age`: (clock at last activity u64, session id u64), both big-endian so keys sort by
+  age -> empty. Expiry pops the first keys: O(log n) per expired session, no scan.
 
-Sessions: per client, the newest seq applied and a window of the `SESSION_WINDOW` seqs below
-it (applied or not, and each result). A seq in the window that was applied is answered with its
-first result and not applied again; one that was not applied yet is applied (a client's
-concurrent commands may commit out of order); one below the window is rejected as STALE. At
-most `sessions_max` sessions are kept; a new one evicts the session whose last apply is oldest,
-and a retry from an evicted client is applied again.
+Sessions (Raft thesis §6.3): a client registers a session through the log (`Op.REGISTER`); its
+id is the index of the register entry. Per session the table holds the newest seq applied and a
+window of the `SESSION_WINDOW` seqs below it (applied or not, and each result). A seq in the
+window that was applied is answered with its first result and not applied again; one that was
+not applied yet is applied (a session's concurrent commands may commit out of order); one below
+the window is rejected as STALE; one more than `SESSION_WINDOW` above the newest is rejected as
+SEQ_TOO_FAR and changes nothing. A write whose session is not in the table (never registered,
+or expired) is rejected as SESSION_EXPIRED and never applied. At most `sessions_max` sessions
+are held: a registration beyond that is REFUSED (SESSIONS_FULL), never served by evicting a
+live session, so nobody can push others' sessions out by registering many.
+
+Time and expiry: the state machine reads no clock. Each command carries `stamp_ms`, the wall
+clock of the node that proposed it if that node was leading (followers stamp 0), and `apply`
+keeps `clock = max(clock, stamp_ms)` in `meta`. A session is EXPIRED at the first entry after
+which `clock - last activity > session_timeout_s`: a write of it is refused from then on, and
+it is deleted from the table (at that write, at the next registration, or at the end of the
+batch, whichever comes first; all three give the state an entry-by-entry expiry would). Why
+only the leader stamps: a follower whose clock runs ahead could otherwise expire every session
+early with a single write; with leader stamps only a leader's skew matters, the thesis's own
+choice, and the max() makes a lagging leader harmless (the clock never goes back). A leader
+whose clock jumps ahead by X expires sessions up to X early, and afterwards expiry pauses
+until the other leaders' clocks pass that time (sessions then live up to X longer, and a full
+table refuses registrations meanwhile); keep `session_timeout_s` well above the clock error of
+your members (NTP keeps it to milliseconds).
 
 Quota (like etcd's NOSPACE alarm, but decided by replicated state alone): `meta` holds the
 store's logical size (in the `applied` record), the sum over every key of
@@ -74,9 +94,8 @@ reads again under it if a growth failed it. Growth that would wait is put off wh
 the map is at most three quarters used.
 
 Determinism: `apply` depends only on the entries and the prior state, never on how the entries
-were split into batches, the clock or the node. `sessions_max` and `quota_bytes` must be the
-same on every member: the first decides which retried commands are still recognised, the second
-which writes are refused.
+were split into batches, the local clock or the node. `sessions_max`, `session_timeout_s` and
+`quota_bytes` must be the same on every member: they decide which writes are refused.
 
 Threads: one writer at a time (`apply`, `restore`); reads (`get`, `scan`, `applied_index`,
 `members`, `snapshot`) may run in any thread, concurrently with the writer, without blocking it
@@ -128,8 +147,11 @@ from kvstore.storage.snapshot import (
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-"""Layout version stored in `meta`; an environment with another version is refused."""
+FORMAT_VERSION = 2
+"""Layout version stored in `meta`; an environment with another version is refused. Version 2
+(sessions registered through the log, expiring by the log's clock) replaced version 1 (random
+16-byte client ids, evicted by age): the log entries of version 1 do not decode as version 2
+commands, so a version 1 store is refused rather than migrated."""
 
 ROLE_VOTER = "voter"
 ROLE_LEARNER = "learner"
@@ -144,13 +166,17 @@ _DB_NAMES = (_DB_DATA, _DB_META, _DB_SESSIONS, _DB_SESSION_AGE)
 
 _KEY_APPLIED = b"applied"
 _KEY_FORMAT = b"format"
+_KEY_CLOCK = b"clock"
 _MEMBER_PREFIX = b"member/"
 
 _APPLIED = struct.Struct("<QQ")
 _WINDOW_BYTES = SESSION_WINDOW // 8
 _WINDOW_MASK = (1 << SESSION_WINDOW) - 1
 _SESSION = struct.Struct(f"<QQ{_WINDOW_BYTES}s{_WINDOW_BYTES}s")
-_AGE = struct.Struct(">Q")
+_SESSION_KEY = struct.Struct(">Q")
+_AGE = struct.Struct(">QQ")
+_CLOCK = struct.Struct("<Q")
+_NO_BITS = bytes(_WINDOW_BYTES)
 
 _NO_APPLIED = _APPLIED.pack(0, 0)
 
@@ -191,16 +217,20 @@ at once fail with MDB_READERS_FULL; each slot costs 64 bytes of the lock file.""
 
 # Module globals for the per-entry loop: an enum member looked up through its class costs more.
 _NORMAL, _CONF_CHANGE = EntryType.NORMAL, EntryType.CONF_CHANGE
-_PUT, _DELETE = Op.PUT, Op.DELETE
+_PUT, _DELETE, _REGISTER = Op.PUT, Op.DELETE, Op.REGISTER
+_SESSION_EXPIRED = CommandRejected(
+    ResultCode.SESSION_EXPIRED,
+    "the client session is unknown or expired; the write was not applied",
+)
 
 
 class StateMachine(ClosingContext):
     """The LMDB state machine of one node. See the module docstring for layout and guarantees.
 
-    `StateMachine(directory, map_size_bytes=..., sessions_max=..., quota_bytes=...)` creates
-    `directory` if needed and opens (or creates) the environment in it. `map_size_bytes` is the
-    initial LMDB map size (it grows by itself); `quota_bytes` the logical size at which writes
-    that add data are refused. Use `close()` or `with`.
+    `StateMachine(directory, map_size_bytes=..., sessions_max=..., session_timeout_s=...,
+    quota_bytes=...)` creates `directory` if needed and opens (or creates) the environment in it.
+    `map_size_bytes` is the initial LMDB map size (it grows by itself); `quota_bytes` the logical
+    size at which writes that add data are refused. Use `close()` or `with`.
     """
 
     def __init__(
@@ -209,6 +239,7 @@ class StateMachine(ClosingContext):
         *,
         map_size_bytes: int = 1 << 30,
         sessions_max: int = 100_000,
+        session_timeout_s: float = 600.0,
         quota_bytes: int = QUOTA_BYTES_DEFAULT,
     ) -> None:
         if map_size_bytes < 1 << 20:
@@ -224,6 +255,7 @@ class StateMachine(ClosingContext):
         self._sessions_max = sessions_max
         self._checkpoint_lock = threading.Lock()
         """Serialises writers of the checkpoint sidecar (`checkpoint` and `restore`)."""
+        self._init_sessions(session_timeout_s)
         # writemap stays off. Measured here: it doubles one-entry transactions (52k -> 92k/s)
         # but changes nothing at 10 to 1,000 entries per batch; small batches only happen at
         # low load, where the log's fsync dominates anyway. Its costs: the file becomes a
@@ -283,7 +315,9 @@ class StateMachine(ClosingContext):
             raise self._lost("the state lacks its format record")
         if not new and version != bytes([FORMAT_VERSION]):
             raise CorruptionError(
-                f"state format {version!r} is not {FORMAT_VERSION}",
+                f"state format {version!r} is not {FORMAT_VERSION}: written by another "
+                "version of kvstore (version 1 kept client sessions differently); start "
+                "this member with an empty data directory so it receives a snapshot",
                 path=str(self._directory),
                 offset=0,
             )
@@ -426,10 +460,10 @@ class StateMachine(ClosingContext):
         if logical + len(data) <= self._quota_bytes:
             return False
         try:
-            op, _client_id, _seq, key, value, expected, new = decode_fields(data)
+            op, _session_id, _seq, key, value, expected, new, _stamp = decode_fields(data)
         except ValueError:
             return False  # apply rejects it as malformed
-        if op is _DELETE or (op is not _PUT and new is None):
+        if op is _DELETE or op is _REGISTER or (op is not _PUT and new is None):
             return False
         stored = value if op is _PUT else new
         assert stored is not None  # for mypy: decode sets it
@@ -514,9 +548,10 @@ class StateMachine(ClosingContext):
 
         Entries at or below `applied_index()` are skipped (idempotent replay) and give None.
         The rest must follow on without a gap (a gap is a bug: `InvariantError`, nothing
-        applied). Results: put -> True, delete -> existed, cas -> swapped; None for no-op
-        entries and conf changes; `CommandRejected` for a stale session sequence or for data
-        that does not decode (applied as a no-op, the same way on every member).
+        applied). Results: register -> the session id; put -> True, delete -> existed, cas ->
+        swapped; None for no-op entries and conf changes; `CommandRejected` for a write the
+        session rules refuse (see the module docstring) or for data that does not decode
+        (applied as a no-op, the same way on every member).
 
         A put or cas that would take the store past its quota gives
         `CommandRejected(STORAGE_FULL)` (module docstring, "Quota"). A batch that meets a full
@@ -577,9 +612,10 @@ class StateMachine(ClosingContext):
         # Sessions touched by this batch, kept in memory and written once at the end: a
         # pipelining client sends many commands under one session, and four LMDB calls per
         # entry for its bookkeeping were half the cost of applying a put (measured).
-        sessions: dict[bytes, list[int]] = {}
+        sessions: dict[int, list[int]] = {}
         # The transaction's default database is `data`, so the commonest calls need no `db=`.
         with env.begin(db=data_db, write=True) as txn:
+            start_clock = self._clock = self._read_clock(txn)
             start_index, term = _read_applied(txn, meta_db)
             index = start_index
             append = results.append
@@ -604,6 +640,9 @@ class StateMachine(ClosingContext):
                     )
             if sessions:
                 self._write_sessions(txn, sessions)
+            if self._clock != start_clock:
+                self._expire_sessions(txn)
+                txn.put(_KEY_CLOCK, _CLOCK.pack(self._clock), db=meta_db)
             if index != start_index:
                 # The logical size rides in the same record: no extra write per batch.
                 txn.put(
@@ -613,64 +652,123 @@ class StateMachine(ClosingContext):
                 )
         return results
 
-    def _write_sessions(
-        self, txn: lmdb.Transaction[bytes], sessions: dict[bytes, list[int]]
-    ) -> None:
+    # --- sessions (Raft thesis §6.3; see the module docstring) -----------------------------
+
+    def _init_sessions(self, session_timeout_s: float) -> None:
+        if not (isinstance(session_timeout_s, int | float) and 0 < session_timeout_s < 1e12):
+            raise InvalidArgumentError(
+                f"session_timeout_s must be a positive finite number, got {session_timeout_s!r}"
+            )
+        self._session_timeout_ms = max(1, round(session_timeout_s * 1000))
+        self._clock = 0
+        """The log's clock while a batch is applied (ms; see the module docstring)."""
+
+    def _read_clock(self, txn: lmdb.Transaction[bytes]) -> int:
+        raw = txn.get(_KEY_CLOCK, db=self._meta)
+        return 0 if raw is None else int(_CLOCK.unpack(raw)[0])
+
+    def _write_sessions(self, txn: lmdb.Transaction[bytes], sessions: dict[int, list[int]]) -> None:
         """Write the sessions this batch changed (see `_apply_command`), then forget them."""
         sessions_db, age_db = self._sessions, self._session_age
-        for client_id, state in sessions.items():
-            top_seq, last_index, applied_bits, result_bits, stored_index, dirty = state
+        for session_id, state in sessions.items():
+            top_seq, last_active, applied_bits, result_bits, stored_active, dirty = state
             if not dirty:
                 continue
-            if stored_index:
-                txn.delete(_AGE.pack(stored_index), db=age_db)
+            key = _SESSION_KEY.pack(session_id)
             record = _SESSION.pack(
                 top_seq,
-                last_index,
+                last_active,
                 applied_bits.to_bytes(_WINDOW_BYTES, "little"),
                 result_bits.to_bytes(_WINDOW_BYTES, "little"),
             )
-            txn.put(client_id, record, db=sessions_db)
-            txn.put(_AGE.pack(last_index), client_id, db=age_db)
+            txn.put(key, record, db=sessions_db)
+            if last_active != stored_active:
+                txn.delete(_AGE.pack(stored_active, session_id), db=age_db)
+                txn.put(_AGE.pack(last_active, session_id), b"", db=age_db)
         sessions.clear()
+
+    def _expire_sessions(self, txn: lmdb.Transaction[bytes]) -> None:
+        """Delete every session idle for more than the timeout by the current clock (oldest
+        activity first: the age keys sort by it, so this stops at the first live one)."""
+        oldest_live = self._clock - self._session_timeout_ms
+        cursor = txn.cursor(db=self._session_age)
+        sessions_db = self._sessions
+        while cursor.first():
+            last_active, session_id = _AGE.unpack(cursor.key())
+            if last_active >= oldest_live:
+                break
+            invariant(
+                txn.delete(_SESSION_KEY.pack(session_id), db=sessions_db),
+                "session_age index is out of step with sessions",
+            )
+            cursor.delete()
+
+    def _register_session(
+        self, txn: lmdb.Transaction[bytes], index: int, sessions: dict[int, list[int]]
+    ) -> Result:
+        """A new session with id `index`, or SESSIONS_FULL. Expired sessions go first, so a
+        full table only refuses while `sessions_max` sessions are really live."""
+        self._write_sessions(txn, sessions)
+        self._expire_sessions(txn)
+        held: int = txn.stat(self._sessions)["entries"]
+        if held >= self._sessions_max:
+            return CommandRejected(
+                ResultCode.SESSIONS_FULL,
+                f"too many client sessions ({held} live, the limit is {self._sessions_max}); "
+                "try again once idle ones expire",
+            )
+        clock = self._clock
+        txn.put(
+            _SESSION_KEY.pack(index),
+            _SESSION.pack(0, clock, _NO_BITS, _NO_BITS),
+            db=self._sessions,
+        )
+        txn.put(_AGE.pack(clock, index), b"", db=self._session_age)
+        return index
 
     def _apply_command(
         self,
         txn: lmdb.Transaction[bytes],
         index: int,
         data: bytes,
-        sessions: dict[bytes, list[int]],
+        sessions: dict[int, list[int]],
     ) -> Result:
-        """Apply one command. Its session's state lives in `sessions` (client id -> [newest
-        seq, index of last apply, applied bits, result bits, last apply index as stored,
+        """Apply one command. Its session's state lives in `sessions` (session id -> [newest
+        seq, clock at last activity, applied bits, result bits, last activity as stored,
         changed]) until `_write_sessions` stores it at the end of the batch: the final state
         is the same as storing it after every command, whatever the batch boundaries."""
         # Runs once per entry: plain locals and module constants, no NamedTuple, no enum lookup.
         try:
-            op, client_id, seq, key, value, expected, new = decode_fields(data)
+            op, session_id, seq, key, value, expected, new, stamp_ms = decode_fields(data)
         except ValueError as exc:
             return CommandRejected(ResultCode.MALFORMED, str(exc))
-        state = sessions.get(client_id)
+        clock = self._clock
+        if stamp_ms > clock:
+            self._clock = clock = stamp_ms
+        state = sessions.get(session_id)
         if state is None:
-            stored = txn.get(client_id, db=self._sessions)
+            if op is _REGISTER:
+                return self._register_session(txn, index, sessions)
+            stored = txn.get(_SESSION_KEY.pack(session_id), db=self._sessions)
             if stored is None:
-                # A new session may evict old ones, chosen by their last apply: store this
-                # batch's sessions first so the choice is the one a per-command store makes.
-                self._write_sessions(txn, sessions)
-                result = self._apply_op(txn, op, key, value, expected, new)
-                self._store_new_session(txn, client_id, seq, index, result)
-                return result
-            top_seq, last_index, applied_raw, result_raw = _SESSION.unpack(stored)
+                return _SESSION_EXPIRED
+            top_seq, last_active, applied_raw, result_raw = _SESSION.unpack(stored)
             state = [
                 top_seq,
-                last_index,
+                last_active,
                 int.from_bytes(applied_raw, "little"),
                 int.from_bytes(result_raw, "little"),
-                last_index,
+                last_active,
                 0,
             ]
-            sessions[client_id] = state
-        top_seq, _, applied_bits, result_bits = state[0], state[1], state[2], state[3]
+            sessions[session_id] = state
+        top_seq, last_active, applied_bits, result_bits = state[0], state[1], state[2], state[3]
+        if clock - last_active > self._session_timeout_ms:
+            # Expired: gone from now on, whatever this batch holds after it.
+            del sessions[session_id]
+            txn.delete(_SESSION_KEY.pack(session_id), db=self._sessions)
+            txn.delete(_AGE.pack(state[4], session_id), db=self._session_age)
+            return _SESSION_EXPIRED
         if seq <= top_seq:
             # Bit i stands for seq top_seq - i.
             age = top_seq - seq
@@ -682,15 +780,18 @@ class StateMachine(ClosingContext):
             bit = 1 << age
             if applied_bits & bit:
                 return bool(result_bits & bit)
+        elif seq - top_seq > SESSION_WINDOW:
+            # Never move the window by such a jump: a forged seq of 2**64-1 would block every
+            # later write of the session.
+            return CommandRejected(
+                ResultCode.SEQ_TOO_FAR,
+                f"seq {seq} is more than {SESSION_WINDOW} above the session's {top_seq}",
+            )
         result = self._apply_op(txn, op, key, value, expected, new)
         if seq > top_seq:
             shift = seq - top_seq
-            if shift >= SESSION_WINDOW:
-                # Never shift by the raw gap: a seq near 2**64 would build an enormous int.
-                applied_bits = result_bits = 0
-            else:
-                applied_bits = (applied_bits << shift) & _WINDOW_MASK
-                result_bits = (result_bits << shift) & _WINDOW_MASK
+            applied_bits = (applied_bits << shift) & _WINDOW_MASK
+            result_bits = (result_bits << shift) & _WINDOW_MASK
             top_seq = seq
         bit = 1 << (top_seq - seq)
         applied_bits |= bit
@@ -698,7 +799,7 @@ class StateMachine(ClosingContext):
             result_bits |= bit
         state[0], state[1], state[2], state[3], state[5] = (
             top_seq,
-            index,
+            clock,
             applied_bits,
             result_bits,
             1,
@@ -753,33 +854,6 @@ class StateMachine(ClosingContext):
         txn.put(key, value)
         self._logical_bytes += grow
         return True
-
-    def _store_new_session(
-        self, txn: lmdb.Transaction[bytes], client_id: bytes, seq: int, index: int, result: Result
-    ) -> None:
-        """Store the first command of a session at once, then evict the oldest if too many."""
-        bit = 1  # bit 0 stands for `seq`, the newest
-        record = _SESSION.pack(
-            seq,
-            index,
-            bit.to_bytes(_WINDOW_BYTES, "little"),
-            (bit if result else 0).to_bytes(_WINDOW_BYTES, "little"),
-        )
-        txn.put(client_id, record, db=self._sessions)
-        txn.put(_AGE.pack(index), client_id, db=self._session_age)
-        self._evict_sessions(txn)
-
-    def _evict_sessions(self, txn: lmdb.Transaction[bytes]) -> None:
-        # Oldest last apply first: the session_age keys sort by index. A loop rather than one
-        # eviction so that reopening with a smaller sessions_max converges at the next apply.
-        excess = txn.stat(self._sessions)["entries"] - self._sessions_max
-        if excess <= 0:
-            return
-        cursor = txn.cursor(db=self._session_age)
-        for _ in range(excess):
-            invariant(cursor.first(), "session_age index is out of step with sessions")
-            txn.delete(cursor.value(), db=self._sessions)
-            cursor.delete()
 
     @staticmethod
     def _apply_conf_change(
@@ -886,17 +960,29 @@ class StateMachine(ClosingContext):
         """The configuration the applied conf changes describe (ids sorted)."""
         return _conf_state(self.members())
 
-    def session(self, client_id: bytes) -> tuple[int, bool] | None:
-        """(newest seq applied for a client, its result), or None if unknown or evicted."""
+    def session(self, session_id: int) -> tuple[int, bool] | None:
+        """(newest seq applied for a session, its result), or None if unknown or expired
+        (seq 0 for a session without writes yet). An expired session may still be reported
+        here until the next apply deletes it."""
         with self._reading() as env, env.begin(db=self._sessions) as txn:
-            stored = txn.get(client_id)
+            stored = txn.get(_SESSION_KEY.pack(session_id))
         if stored is None:
             return None
-        seq, _index, _applied, result_raw = _SESSION.unpack(stored)
+        seq, _active, _applied, result_raw = _SESSION.unpack(stored)
         return seq, bool(result_raw[0] & 1)
 
+    def session_ids(self) -> list[int]:
+        """The ids of the sessions held, ascending (the order they registered in)."""
+        with self._open_env().begin(db=self._sessions) as txn:
+            return [_SESSION_KEY.unpack(key)[0] for key in txn.cursor().iternext(values=False)]
+
+    def clock_ms(self) -> int:
+        """The log's clock: the largest proposer stamp applied so far (ms; 0 before any)."""
+        with self._open_env().begin() as txn:
+            return self._read_clock(txn)
+
     def session_count(self) -> int:
-        """Number of client sessions held (at most `sessions_max` after any apply)."""
+        """Number of client sessions held (at most `sessions_max`)."""
         with self._reading() as env, env.begin() as txn:
             entries: int = txn.stat(self._sessions)["entries"]
             return entries
@@ -997,8 +1083,9 @@ class StateMachine(ClosingContext):
                             raise CorruptionError(
                                 "snapshot keys out of order", path=str(source), offset=0
                             )
-                    # A snapshot taken with a larger sessions_max must obey ours.
-                    self._evict_sessions(txn)
+                    # No eviction here, even if the snapshot holds more than our
+                    # sessions_max: members must agree on it, and a full table only refuses
+                    # registrations until sessions expire.
                     self._load_logical_bytes(txn)
         finally:
             snap_env.close()

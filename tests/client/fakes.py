@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 from collections.abc import Callable
 from typing import Any
 
 from kvstore.client.protocol import Session
 from kvstore.client.service import serve_client_connection
-from kvstore.errors import NotLeaderError, UnavailableError
+from kvstore.errors import NotLeaderError, SessionExpiredError, UnavailableError
 from kvstore.options import Status
 from kvstore.storage.commands import SESSION_WINDOW
 from kvstore.transport.codec import NEED_DATA, FrameDecoder, FrameKind, encode_frame
 
 FRAME_BYTES_MAX = 16 << 20
+
+_SESSION_IDS = itertools.count(1)
+"""Session ids for every fake member: unique, like log indices of one cluster."""
 
 
 class FakeConnection:
@@ -88,7 +92,10 @@ class FakeBackend:
         self.leader_id: str | None = node_id if leader else None
         self.leader_address: str | None = None
         self.data: dict[bytes, bytes] = {}
-        self.sessions: dict[bytes, dict[int, object]] = {}  # client id -> seq -> result
+        self.sessions: dict[int, dict[int, object]] = {}  # session id -> seq -> result
+        self.registered: list[int] = []  # session ids this member registered
+        self.expired: set[int] = set()  # sessions whose writes are refused as expired
+        self.refused_expired: list[Session] = []
         self.applied: list[tuple[Session, str]] = []  # writes that changed state, in order
         self.duplicates: list[Session] = []  # retries answered from the session table
         self.stale: list[Session] = []
@@ -96,7 +103,7 @@ class FakeBackend:
         self.sessions_seen: list[Session] = []  # every write attempt's session
         self.inflight = 0
         self.inflight_max = 0
-        self.inflight_per_session: dict[bytes, set[int]] = collections.defaultdict(set)
+        self.inflight_per_session: dict[int, set[int]] = collections.defaultdict(set)
         self.session_span_max = 0  # widest span of seqs one session had in flight here
         self.gate: asyncio.Event | None = None  # when set up, every call waits on it
         self.delay_s: Callable[[], float] | None = None
@@ -140,6 +147,9 @@ class FakeBackend:
             if not self.is_leader:
                 raise self._not_leader()
             client_id, seq = session
+            if client_id in self.expired:
+                self.refused_expired.append(session)
+                raise SessionExpiredError("the client session is unknown or expired")
             seen = self.sessions.setdefault(client_id, {})
             if seq in seen:
                 self.duplicates.append(session)
@@ -167,6 +177,17 @@ class FakeBackend:
         self._exit()
         if self.reads_need_leader and consistency != "stale" and not self.is_leader:
             raise self._not_leader()
+
+    async def register_session(self, *, timeout_s: float) -> int:
+        await self._enter("register_session")
+        try:
+            if not self.is_leader:
+                raise self._not_leader()
+            session_id = next(_SESSION_IDS)
+            self.registered.append(session_id)
+            return session_id
+        finally:
+            self._exit()
 
     async def put(self, key: bytes, value: bytes, *, session: Session, timeout_s: float) -> None:
         def apply() -> None:

@@ -16,6 +16,7 @@ from kvstore.errors import (
     OperationTimeoutError,
     ProposalDroppedError,
     RemoteProtocolError,
+    SessionExpiredError,
     UnavailableError,
     WalFailedError,
 )
@@ -31,7 +32,7 @@ u64 = st.integers(min_value=0, max_value=p.REQUEST_ID_MAX)
 timeouts = st.floats(min_value=1e-3, max_value=3600, allow_nan=False)
 keys = st.binary(min_size=1, max_size=64)
 values = st.binary(max_size=256)
-sessions = st.tuples(st.binary(min_size=16, max_size=16), u64)
+sessions = st.tuples(st.integers(min_value=1, max_value=p.REQUEST_ID_MAX), u64)
 levels = st.sampled_from(CONSISTENCY_LEVELS)
 ids = st.text(min_size=1, max_size=20)
 
@@ -52,6 +53,7 @@ requests = st.one_of(
     st.builds(p.AddMemberRequest, u64, timeouts, ids, st.just("127.0.0.1:7004")),
     st.builds(p.RemoveMemberRequest, u64, timeouts, ids),
     st.builds(p.TransferLeaderRequest, u64, timeouts, ids),
+    st.builds(p.RegisterSessionRequest, u64, timeouts),
 )
 
 
@@ -90,6 +92,7 @@ def test_ok_responses_round_trip(op: p.Op, result: object, parse: p.ResultParser
         OperationTimeoutError("slow"),
         InvalidArgumentError("bad key"),
         AuthenticationError("who are you"),
+        SessionExpiredError("the client session is unknown or expired"),
         KVStoreError("something else"),
     ],
 )
@@ -118,7 +121,7 @@ def test_internal_errors_map_to_what_the_client_should_do() -> None:
     assert type(r2.error) is OperationTimeoutError
 
 
-CID = b"\x01" * 16
+CID = 1
 GOOD_PUT = [1, p.Op.PUT, 1.0, CID, 1, b"k", b"v"]
 
 
@@ -141,7 +144,9 @@ GOOD_PUT = [1, p.Op.PUT, 1.0, CID, 1, b"k", b"v"]
         [[1, p.Op.GET, 1.0, b"k", 7]],  # unknown consistency
         [[1, p.Op.GET, 1.0, b"k"]],  # too few args
         [[1, p.Op.GET, 1.0, b"k", 0, 0]],  # too many
-        [[1, p.Op.PUT, 1.0, b"short", 1, b"k", b"v"]],  # client id not 16 bytes
+        [[1, p.Op.PUT, 1.0, b"\x01" * 16, 1, b"k", b"v"]],  # session id not an int
+        [[1, p.Op.PUT, 1.0, 0, 1, b"k", b"v"]],  # session id 0 (ids are log indices)
+        [[1, p.Op.REGISTER_SESSION, 1.0, 5]],  # register takes no args
         [[1, p.Op.PUT, 1.0, CID, -1, b"k", b"v"]],
         [[1, p.Op.CAS, 1.0, CID, 1, b"k", 3, None]],
         [[1, p.Op.SCAN, 1.0, b"", 0, 0]],  # limit 0

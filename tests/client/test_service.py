@@ -22,7 +22,7 @@ from kvstore.errors import (
 from kvstore.transport.codec import FrameKind
 from tests.client.fakes import FakeBackend, FakeConnection, wait_for
 
-CID = b"\x07" * 16
+CID = 7
 
 
 def run(coro: Coroutine[Any, Any, None]) -> None:

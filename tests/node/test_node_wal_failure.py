@@ -93,11 +93,17 @@ def test_stop_waits_for_a_running_fsync_before_closing_the_log(cluster: Embedded
         assert release.wait(WAIT_S)
         real_sync(*args)
 
-    wal.sync = slow_sync  # type: ignore[method-assign]
     outcome: list[BaseException | None] = []
+    registered = threading.Event()
+    armed = threading.Event()
 
     def put() -> None:
         try:
+            # This thread's first write registers its client session: done before the fsync
+            # is slowed down, so that the write stopped mid-way below is the put itself.
+            leader.put(b"before/stop", b"0")
+            registered.set()
+            assert armed.wait(WAIT_S)
             leader.put(b"during/stop", b"1", timeout_s=10)
             outcome.append(None)
         except BaseException as error:  # reported below
@@ -105,6 +111,9 @@ def test_stop_waits_for_a_running_fsync_before_closing_the_log(cluster: Embedded
 
     writer = threading.Thread(target=put)
     writer.start()
+    assert registered.wait(WAIT_S)
+    wal.sync = slow_sync  # type: ignore[method-assign]
+    armed.set()
     assert in_fsync.wait(WAIT_S)
     stopper = threading.Thread(target=leader.stop)
     stopper.start()

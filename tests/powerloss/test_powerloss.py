@@ -136,11 +136,12 @@ os.write(fd, b"b"); os.fsync(fd); os.close(fd)
 
 
 def _entries(first: int, last: int) -> list[Entry]:
-    from kvstore.storage.commands import encode_put
+    """A session registered at `first` (its id), then puts under it through `last`."""
+    from kvstore.storage.commands import encode_put, encode_register
 
-    return [
-        Entry(1, i, data=encode_put(b"c" * 16, i, b"k%d" % i, b"v%d" % i))
-        for i in range(first, last + 1)
+    return [Entry(1, first, data=encode_register(1))] + [
+        Entry(1, i, data=encode_put(first, i - first, b"k%d" % i, b"v%d" % i))
+        for i in range(first + 1, last + 1)
     ]
 
 

@@ -27,14 +27,27 @@ from kvstore.storage.commands import (
     encode_cas,
     encode_delete,
     encode_put,
+    encode_register,
 )
 from kvstore.storage.state_machine import ENTRY_OVERHEAD_BYTES, StateMachine
 
 MIB = 1 << 20
 
 
-def cid(n: int) -> bytes:
-    return n.to_bytes(16, "big")
+SESSIONS = 8
+
+
+def cid(n: int) -> int:
+    """The id of the n-th session `registered` made (0 <= n < SESSIONS): its entry's index."""
+    assert 0 <= n < SESSIONS
+    return n + 1
+
+
+def registered(sm: StateMachine) -> StateMachine:
+    """`sm`, with `SESSIONS` client sessions registered through its log if it is new."""
+    if sm.applied_index() == 0:
+        sm.apply(entries([encode_register(n + 1) for n in range(SESSIONS)], 1))
+    return sm
 
 
 def entries(datas: list[bytes], first_index: int) -> list[Entry]:
@@ -66,14 +79,14 @@ def test_the_map_grows_past_its_initial_size_while_readers_read(tmp_path: Path) 
     datas = [encode_put(cid(1), seq, b"key-%06d" % seq, value) for seq in range(1, 8001)]
     errors: list[BaseException] = []
     stop = threading.Event()
-    with StateMachine(tmp_path / "state", map_size_bytes=MIB) as sm:
+    with registered(StateMachine(tmp_path / "state", map_size_bytes=MIB)) as sm:
 
         def read() -> None:
             try:
                 while not stop.is_set():
                     applied = sm.applied_index()
-                    if applied:
-                        assert sm.get(b"key-%06d" % applied) == value
+                    if applied > SESSIONS:  # the writes follow the registrations
+                        assert sm.get(b"key-%06d" % (applied - SESSIONS)) == value
                     sm.scan(b"key-0000", limit=5)
                     sm.members()
             except BaseException as exc:  # reported to the test thread
@@ -94,10 +107,12 @@ def test_the_map_grows_past_its_initial_size_while_readers_read(tmp_path: Path) 
         assert sm.get(b"key-000001") == value and sm.get(b"key-008000") == value
     # Reopened with the small initial size: LMDB keeps at least the size the data needs, and
     # the map grows again from there.
-    with StateMachine(tmp_path / "state", map_size_bytes=MIB) as sm:
+    with registered(StateMachine(tmp_path / "state", map_size_bytes=MIB)) as sm:
         assert sm.map_size_bytes() > 16 * MIB
         assert sm.get(b"key-008000") == value
-        assert sm.apply(entries([encode_put(cid(2), 1, b"after", value)], 8001)) == [True]
+        assert sm.apply(
+            entries([encode_put(cid(2), 1, b"after", value)], sm.applied_index() + 1)
+        ) == [True]
 
 
 def test_one_batch_bigger_than_the_whole_map_is_applied(tmp_path: Path) -> None:
@@ -108,16 +123,16 @@ def test_one_batch_bigger_than_the_whole_map_is_applied(tmp_path: Path) -> None:
         for seq in range(1, 101)
     ]
     datas.append(encode_delete(cid(1), 101, b"big-0001"))
-    with StateMachine(tmp_path / "a", map_size_bytes=MIB) as sm:
-        results = sm.apply(entries(datas, 1))
+    with registered(StateMachine(tmp_path / "a", map_size_bytes=MIB)) as sm:
+        results = sm.apply(entries(datas, sm.applied_index() + 1))
         assert results == [True] * 100 + [True]
         assert sm.get(b"big-0001") is None and sm.get(b"big-0100") == bytes([100]) * 60_000
         assert sm.logical_bytes() == sum(
             entry_bytes(b"big-%04d" % seq, b"x" * 60_000) for seq in range(2, 101)
         )
         digest = sm.digest()
-    with StateMachine(tmp_path / "b", map_size_bytes=256 * MIB) as roomy:
-        assert roomy.apply(entries(datas, 1)) == results
+    with registered(StateMachine(tmp_path / "b", map_size_bytes=256 * MIB)) as roomy:
+        assert roomy.apply(entries(datas, roomy.applied_index() + 1)) == results
         assert roomy.digest() == digest
 
 
@@ -126,7 +141,7 @@ def test_one_batch_bigger_than_the_whole_map_is_applied(tmp_path: Path) -> None:
 
 @pytest.fixture
 def small(tmp_path: Path) -> Iterator[StateMachine]:
-    with StateMachine(tmp_path / "state", map_size_bytes=MIB, quota_bytes=1000) as sm:
+    with registered(StateMachine(tmp_path / "state", map_size_bytes=MIB, quota_bytes=1000)) as sm:
         yield sm
 
 
@@ -195,8 +210,8 @@ def test_the_verdict_depends_only_on_the_entries(tmp_path: Path) -> None:
             datas.append(encode_cas(cid(seq % 7), seq, key, expected, new))
     quota = 3000
     with (
-        StateMachine(tmp_path / "a", map_size_bytes=MIB, quota_bytes=quota) as one,
-        StateMachine(tmp_path / "b", map_size_bytes=MIB, quota_bytes=quota) as other,
+        registered(StateMachine(tmp_path / "a", map_size_bytes=MIB, quota_bytes=quota)) as one,
+        registered(StateMachine(tmp_path / "b", map_size_bytes=MIB, quota_bytes=quota)) as other,
     ):
         results_one = apply_all(one, datas, batch=1)
         results_other = apply_all(other, datas, batch=rng.randrange(2, 200))
@@ -212,7 +227,7 @@ def test_quota_refuses_agrees_with_apply(tmp_path: Path) -> None:
     """The proposer's early check gives apply's verdict on the same state."""
     seed = random.randrange(1 << 32)
     rng = random.Random(seed)
-    with StateMachine(tmp_path / "s", map_size_bytes=MIB, quota_bytes=2000) as sm:
+    with registered(StateMachine(tmp_path / "s", map_size_bytes=MIB, quota_bytes=2000)) as sm:
         for seq in range(1, 400):
             key = b"k%d" % rng.randrange(12)
             if rng.random() < 0.7:
@@ -228,14 +243,14 @@ def test_quota_refuses_agrees_with_apply(tmp_path: Path) -> None:
 
 def test_the_logical_size_survives_reopen_restore_and_an_older_store(tmp_path: Path) -> None:
     datas = [encode_put(cid(1), seq, b"key-%d" % seq, b"v" * seq) for seq in range(1, 50)]
-    with StateMachine(tmp_path / "a") as sm:
+    with registered(StateMachine(tmp_path / "a")) as sm:
         apply_all(sm, datas)
         size = sm.logical_bytes()
         assert size == sum(entry_bytes(b"key-%d" % s, b"v" * s) for s in range(1, 50))
         sm.snapshot(tmp_path / "snap")
-    with StateMachine(tmp_path / "a") as sm:
+    with registered(StateMachine(tmp_path / "a")) as sm:
         assert sm.logical_bytes() == size
-    with StateMachine(tmp_path / "b") as sm:
+    with registered(StateMachine(tmp_path / "b")) as sm:
         sm.restore(tmp_path / "snap")
         assert sm.logical_bytes() == size
     # A store written before the quota existed: `applied` holds index and term only.
@@ -244,7 +259,7 @@ def test_the_logical_size_survives_reopen_restore_and_an_older_store(tmp_path: P
     with env.begin(write=True, db=meta) as txn:
         txn.put(b"applied", txn.get(b"applied")[:16])
     env.close()
-    with StateMachine(tmp_path / "a") as sm:
+    with registered(StateMachine(tmp_path / "a")) as sm:
         assert sm.logical_bytes() == size
 
 

@@ -10,23 +10,30 @@ import pytest
 
 from kvstore.errors import InvalidArgumentError, InvariantError
 from kvstore.raft.types import Entry
-from kvstore.storage.commands import encode_put
+from kvstore.storage.commands import encode_put, encode_register
 from kvstore.storage.state_machine import READERS_MAX, StateMachine
 
-CLIENT = bytes(16)
+CLIENT = 1
+"""The session `_registered` opens: the index of its register entry."""
 READER_THREADS = 300
 """More than LMDB's default of 126 reader slots, as many as a thread-per-request app may use."""
 
 
 def _put(index: int, key: bytes, value: bytes) -> Entry:
-    return Entry(1, index, data=encode_put(CLIENT, index, key, value))
+    """The put with seq `index`, at log index `index + 1` (after the registration)."""
+    return Entry(1, index + 1, data=encode_put(CLIENT, index, key, value))
+
+
+def _registered(sm: StateMachine) -> StateMachine:
+    sm.apply([Entry(1, CLIENT, data=encode_register(1))])
+    return sm
 
 
 def test_more_readers_at_once_than_lmdb_default(tmp_path: Path) -> None:
     """Every thread holds a read transaction at the same moment (a barrier inside it), as
     concurrent stale reads do; with LMDB's default reader table the 127th failed."""
     assert READERS_MAX >= READER_THREADS
-    with StateMachine(tmp_path) as sm:
+    with _registered(StateMachine(tmp_path)) as sm:
         sm.apply([_put(1, b"k", b"v")])
         env = sm._open_env()
         barrier = threading.Barrier(READER_THREADS, timeout=30)
@@ -54,7 +61,7 @@ def test_more_readers_at_once_than_lmdb_default(tmp_path: Path) -> None:
 def test_get_sees_every_apply_and_leaves_no_reader_behind(tmp_path: Path) -> None:
     """`get` runs its transaction without a `with` block: it must not pin an old snapshot,
     and it must release its reader slot (else READERS_MAX gets would exhaust the table)."""
-    with StateMachine(tmp_path) as sm:
+    with _registered(StateMachine(tmp_path)) as sm:
         for index in range(1, READERS_MAX + 50):
             if index % 512 == 1:
                 sm.apply([_put(index // 512 + 1, b"k", b"%d" % index)])
