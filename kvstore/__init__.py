@@ -25,7 +25,7 @@ from kvstore.errors import (
     StorageFullError,
     UnavailableError,
 )
-from kvstore.node import Node
+from kvstore.node import Node, NodeFailedError
 from kvstore.options import Options, Status
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "LeaseNotFoundError",
     "LeastLatency",
     "Node",
+    "NodeFailedError",
     "NotLeaderError",
     "OperationTimeoutError",
     "Options",

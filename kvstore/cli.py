@@ -1,25 +1,48 @@
 """The `kvstore` command (also `python -m kvstore`): serve a node, talk to a cluster, run the demo.
 
 Keys and values on the command line are UTF-8 text; they are stored as its bytes.
+
+Bad input never ends in a traceback: it is one line on stderr and a non-zero exit status (see
+`EXIT_HELP`). `serve` exits non-zero, with the cause on stderr, when its member stops serving
+after a storage failure (a full disk, too many open files, a failed fsync).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from kvstore.consensus import CONSENSUS_KINDS
-from kvstore.errors import KVStoreError
-from kvstore.options import CONSISTENCY_LEVELS, Options
+from kvstore.errors import InvalidArgumentError, KVStoreError
+from kvstore.options import CONSISTENCY_LEVELS, Options, check_timeout
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
+"""get/delete: the key is absent; cas: the comparison failed."""
 EXIT_ERROR = 2
+"""Bad input (usage) or an error from the cluster or the disk (one line on stderr)."""
+EXIT_NODE_FAILED = 3
+"""serve: the member stopped serving after a storage failure (the cause is on stderr)."""
+EXIT_INTERRUPTED = 130
+"""Interrupted by SIGINT (Ctrl-C) outside `serve`, which exits 0 on SIGINT and SIGTERM."""
+
+EXIT_HELP = f"""exit status:
+  {EXIT_OK}    success
+  {EXIT_NOT_FOUND}    get/delete: the key is absent; cas: the comparison failed
+  {EXIT_ERROR}    bad input, or an error from the cluster or the disk (one line on stderr)
+  {EXIT_NODE_FAILED}    serve: the member stopped serving after a storage failure (cause on stderr)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)"""
+
+FAILURE_POLL_S = 0.1
+"""How often `serve` looks whether its member failed (it exits within this of a failure)."""
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 _DEFAULT_OPTIONS = Options()
 
@@ -51,15 +74,60 @@ def parse_endpoints(text: str) -> list[str]:
 
 
 def read_secret_file(path: str | None) -> bytes | None:
-    """The secret is the file's raw bytes; one trailing newline is ignored."""
+    """The secret is the file's raw bytes; one trailing newline is ignored.
+
+    Like ssh with a private key, a secret file that its group or others may read (or write) is
+    refused: the secret is worth no more than the file's protection. Raises
+    `InvalidArgumentError` naming the file and the fix.
+    """
     if path is None:
         return None
-    data = Path(path).read_bytes()
+    try:
+        with open(path, "rb") as file:
+            mode = stat.S_IMODE(os.fstat(file.fileno()).st_mode)
+            if mode & 0o077:
+                raise InvalidArgumentError(
+                    f"secret file {path} is readable by others (mode {mode:04o}); chmod 600 {path}"
+                )
+            data = file.read()
+    except OSError as error:
+        raise InvalidArgumentError(
+            f"cannot read secret file {path}: {error.strerror or error}"
+        ) from None
     if data.endswith(b"\n"):
         data = data[:-1]
     if not data:
-        raise KVStoreError(f"secret file {path} is empty")
+        raise InvalidArgumentError(f"secret file {path} is empty")
     return data
+
+
+def _timeout(text: str) -> float:
+    try:
+        return check_timeout(float(text), "--timeout")
+    except ValueError as error:  # InvalidArgumentError is a ValueError too
+        message = str(error) if isinstance(error, InvalidArgumentError) else f"{text!r}"
+        raise argparse.ArgumentTypeError(f"invalid timeout: {message}") from None
+
+
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"unknown log level {text!r}; one of {', '.join(LOG_LEVELS)}"
+        )
+    return level
+
+
+def _utf8(text: str, what: str) -> bytes:
+    """The UTF-8 bytes of a command-line argument; arguments that are not UTF-8 (the shell
+    passed raw bytes, which Python holds as surrogate escapes) are refused."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        raw = os.fsencode(text)
+        raise InvalidArgumentError(
+            f"{what} {raw!r} is not valid UTF-8; keys and values on the command line are text"
+        ) from None
 
 
 def _positive_int(text: str) -> int:
@@ -84,7 +152,7 @@ def _add_client_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated host:port of members (default 127.0.0.1:7001)",
     )
     parser.add_argument("--secret-file", help="file holding the cluster secret")
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+    parser.add_argument("--timeout", type=_timeout, default=5.0, help="seconds to wait (default 5)")
 
 
 def _add_consensus_argument(parser: argparse.ArgumentParser) -> None:
@@ -99,10 +167,16 @@ def _add_consensus_argument(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand (each has --help)."""
     parser = argparse.ArgumentParser(
-        prog="kvstore", description="An embedded, Raft-replicated key-value store."
+        prog="kvstore",
+        description="An embedded, Raft-replicated key-value store.",
+        epilog=EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--log-level", default="WARNING", help="logging level (DEBUG, INFO, WARNING...)"
+        "--log-level",
+        type=_log_level,
+        default="WARNING",
+        help=f"logging level: {', '.join(LOG_LEVELS)} (default WARNING)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -218,7 +292,13 @@ def _serve(args: argparse.Namespace) -> int:
     node.start()
     print(f"kvstore serve: {args.id} listening on {node.address}", flush=True)
     try:
-        stop.wait()
+        # A member that stops serving says so: exit non-zero with the cause, so a supervisor
+        # (systemd, Kubernetes) restarts it or alerts, instead of a process that lingers.
+        while not stop.wait(FAILURE_POLL_S):
+            failure = node.failure
+            if failure is not None:
+                print(f"error: {type(failure).__name__}: {failure}", file=sys.stderr, flush=True)
+                return EXIT_NODE_FAILED
     finally:
         node.stop()
     return EXIT_OK
@@ -227,36 +307,36 @@ def _serve(args: argparse.Namespace) -> int:
 def _client_command(args: argparse.Namespace) -> int:
     from kvstore.client.client import Client
 
+    # Every argument is checked before anything is sent (and before connecting).
+    key = _utf8(args.key, "key") if "key" in args else b""
     with Client(
         args.endpoints, secret=read_secret_file(args.secret_file), timeout_s=args.timeout
     ) as client:
         command = args.command
         if command == "put":
-            client.put(args.key.encode(), args.value.encode(), timeout_s=args.timeout)
+            client.put(key, _utf8(args.value, "value"), timeout_s=args.timeout)
             return EXIT_OK
         if command == "get":
-            value = client.get(
-                args.key.encode(), consistency=args.consistency, timeout_s=args.timeout
-            )
+            value = client.get(key, consistency=args.consistency, timeout_s=args.timeout)
             if value is None:
                 print("not found", file=sys.stderr)
                 return EXIT_NOT_FOUND
             print(value.decode(errors="backslashreplace"))
             return EXIT_OK
         if command == "delete":
-            return EXIT_OK if client.delete(args.key.encode(), timeout_s=args.timeout) else 1
+            return EXIT_OK if client.delete(key, timeout_s=args.timeout) else EXIT_NOT_FOUND
         if command == "cas":
-            expected = None if args.absent else args.expected.encode()
-            new = None if args.delete else args.new.encode()
-            swapped = client.cas(args.key.encode(), expected, new, timeout_s=args.timeout)
+            expected = None if args.absent else _utf8(args.expected, "--expected")
+            new = None if args.delete else _utf8(args.new, "--new")
+            swapped = client.cas(key, expected, new, timeout_s=args.timeout)
             print("swapped" if swapped else "not swapped")
             return EXIT_OK if swapped else EXIT_NOT_FOUND
         if command == "scan":
-            for key, value in client.scan(
-                args.prefix.encode(), limit=args.limit, consistency=args.consistency
+            for found, value in client.scan(
+                _utf8(args.prefix, "prefix"), limit=args.limit, consistency=args.consistency
             ):
                 print(
-                    f"{key.decode(errors='backslashreplace')}\t"
+                    f"{found.decode(errors='backslashreplace')}\t"
                     f"{value.decode(errors='backslashreplace')}"
                 )
             return EXIT_OK
@@ -303,7 +383,7 @@ def _print_status(client: object, endpoints: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `kvstore` command; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # a usage error exits here: one line, status 2
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -329,3 +409,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The class name tells an operator what kind of failure it is (CorruptionError...).
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import functools
 import heapq
 import itertools
@@ -71,6 +72,7 @@ from kvstore.eventloop import new_event_loop
 from kvstore.options import (
     CONSISTENCY_LEVELS,
     KEY_BYTES_MAX,
+    TIMEOUT_S_MAX,
     Options,
     Status,
     check_consistency,
@@ -105,6 +107,31 @@ from kvstore.transport.tcp import FramedConnection, PeerTransport
 log = logging.getLogger("kvstore.node")
 
 T = TypeVar("T")
+
+
+class NodeFailedError(UnavailableError):
+    """This member stopped serving after a storage failure (a failed write or fsync of the redo
+    log, a full disk, too many open files, a failed LMDB sync). Raised by every call after the
+    failure; the message names the cause (e.g. "No space left on device (ENOSPC)") and the
+    original error is chained as `__cause__`. Restart the node once the cause is fixed."""
+
+
+def describe_failure(error: BaseException) -> str:
+    """One line naming what failed and why, with the system's reason and errno name when an
+    `OSError` lies anywhere in the chain (so a full disk reads "No space left on device
+    (ENOSPC)", not an I/O error)."""
+    text = str(error) or type(error).__name__
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno:
+            reason = os.strerror(cause.errno)
+            named = f"{reason} ({errno.errorcode.get(cause.errno, cause.errno)})"
+            return text.replace(reason, named, 1) if reason in text else f"{text}: {named}"
+        cause = cause.__cause__ or cause.__context__
+    return text
+
 
 LOOP_GRACE_S = 1.0
 """Extra time a synchronous call waits for the loop beyond the operation's own timeout."""
@@ -241,6 +268,7 @@ class Node:
             _check_address(address)
         if node_id not in peers:
             raise InvalidArgumentError(f"peers must include this node's own id {node_id!r}")
+        _check_distinct_addresses(peers)
         if secret is not None and (not isinstance(secret, bytes) or not secret):
             raise InvalidArgumentError("secret must be non-empty bytes or None")
         if options is not None and not isinstance(options, Options):
@@ -268,6 +296,9 @@ class Node:
         self._core: ConsensusCore | None = None
         self._transport: PeerTransport | None = None
         self._failure: BaseException | None = None
+        """The storage failure that stopped this node (see `failure`)."""
+        self._failure_text = ""
+        """`describe_failure(self._failure)`, computed once."""
         self._election_timeout_s = self.options.election_ticks * self.options.tick_s
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -456,13 +487,33 @@ class Node:
         task.add_done_callback(self._background.discard)
         return task
 
+    # --- failure ------------------------------------------------------------------------------
+
+    @property
+    def failure(self) -> NodeFailedError | None:
+        """Why this node stopped serving (its cause chained as `__cause__`), or None.
+
+        Set once, by a storage failure; from then on every call raises an error like this one
+        and `status().failure` names it. `kvstore serve` exits non-zero when it is set."""
+        if self._failure is None:
+            return None
+        error = NodeFailedError(self._failure_message())
+        error.__cause__ = self._failure
+        return error
+
+    def _failure_message(self) -> str:
+        return f"node {self.node_id} failed and stopped serving: {self._failure_text}"
+
     def _fail(self, error: BaseException) -> None:
         """A storage failure: stop serving for good (the log may be poisoned), never limp on."""
         if self._failure is not None:
             return
-        log.critical("node %s stops serving: %s", self.node_id, error, exc_info=error)
+        self._failure_text = describe_failure(error)
+        # An operating error (the disk, the fd table) is one line; anything else is a bug.
+        trace = None if isinstance(error, OSError | KVStoreError) else error
+        log.critical("node %s stops serving: %s", self.node_id, self._failure_text, exc_info=trace)
         self._failure = error
-        self._fail_everything(f"node {self.node_id} failed: {error}")
+        self._fail_everything(self._failure_message())
         for task in getattr(self, "_tasks", []):
             if task is not asyncio.current_task():
                 task.cancel()
@@ -494,7 +545,7 @@ class Node:
 
     def _check_running(self) -> None:
         if self._failure is not None:
-            raise UnavailableError(f"node {self.node_id} failed: {self._failure}")
+            raise NodeFailedError(self._failure_message()) from self._failure
         if self._state != "running":
             raise UnavailableError(f"node {self.node_id} is not running (state: {self._state})")
 
@@ -555,7 +606,7 @@ class Node:
             check_key(key)
         if consistency not in CONSISTENCY_LEVELS:
             check_consistency(consistency)
-        if type(timeout_s) is not float or not timeout_s > 0:
+        if type(timeout_s) is not float or not 0 < timeout_s <= TIMEOUT_S_MAX:
             timeout_s = check_timeout(timeout_s)
         if self._failure is not None or self._state != "running":
             self._check_running()
@@ -590,8 +641,11 @@ class Node:
 
         `role` is "learner" for any member that may not vote: a learner, a node started with
         `join=True` that was not added yet (its `members` is empty), or a removed member.
+        After a storage failure `failure` names it (the role is then "follower" and no leader
+        is known); every other call raises `NodeFailedError`.
         """
-        self._check_running()
+        if self._failure is None or self._state != "running":
+            self._check_running()
         return self._run_on_loop(_as_coroutine(self.status_now), timeout_s=5.0)
 
     def add_member(self, node_id: str, address: str, *, timeout_s: float = 30.0) -> None:
@@ -847,20 +901,26 @@ class Node:
     def status_now(self) -> Status:
         """The status, computed on the loop thread."""
         assert self._core is not None
-        self._raise_if_failed()
         core = self._core.status()
         conf = core.conf_state
         members = {
             node_id: self._peers.get(node_id, "") for node_id in (*conf.voters, *conf.learners)
         }
+        if self._failure is not None:
+            # It serves nothing and has closed its transport: it leads no one, knows no leader.
+            role, leader_id, failure = "follower", None, self._failure_message()
+        else:
+            role = _role_name(core.role, self.node_id in conf.voters)
+            leader_id, failure = core.leader_id, None
         return Status(
             node_id=self.node_id,
-            role=_role_name(core.role, self.node_id in conf.voters),
+            role=role,
             term=core.term,
-            leader_id=core.leader_id,
+            leader_id=leader_id,
             commit_index=core.commit,
             applied_index=self._applied_index,
             members=members,
+            failure=failure,
         )
 
     def leader_hint(self) -> NotLeaderError:
@@ -1222,29 +1282,36 @@ class Node:
         return True
 
     def _fail_everything(self, reason: str) -> None:
+        cause = self._failure  # None when stopping: then there is nothing to chain
+
+        def error(kind: type[KVStoreError], text: str) -> KVStoreError:
+            raised = kind(text)
+            raised.__cause__ = cause
+            return raised
+
         for pending in getattr(self, "_pending_writes", {}).values():
             if not pending.future.done():
                 if pending.proposed:
                     pending.future.set_exception(
-                        OperationTimeoutError(f"{reason}; the write's outcome is unknown")
+                        error(OperationTimeoutError, f"{reason}; the write's outcome is unknown")
                     )
                 else:
                     pending.future.set_exception(
-                        UnavailableError(f"{reason}; the write was not applied")
+                        error(UnavailableError, f"{reason}; the write was not applied")
                     )
         for future in getattr(self, "_pending_reads", {}).values():
             if not future.done():
-                future.set_exception(UnavailableError(reason))
+                future.set_exception(error(UnavailableError, reason))
         for _, _, future in getattr(self, "_applied_waiters", []):
             if not future.done():
-                future.set_exception(UnavailableError(reason))
+                future.set_exception(error(UnavailableError, reason))
         for waiter in getattr(self, "_leader_waiters", ()):
             if not waiter.done():
                 waiter.set_result(None)
 
     def _raise_if_failed(self) -> None:
         if self._failure is not None:
-            raise UnavailableError(f"node {self.node_id} failed: {self._failure}")
+            raise NodeFailedError(self._failure_message()) from self._failure
 
     # --- loop side: messages --------------------------------------------------------------------
 
@@ -1654,6 +1721,21 @@ async def _as_coroutine(function: Callable[[], T]) -> T:
     return function()
 
 
+def _check_distinct_addresses(peers: Mapping[str, str]) -> None:
+    """Two member ids on one address cannot both listen there: refuse the map at once rather
+    than run with one member unreachable (and refusals logged forever)."""
+    owners: dict[str, str] = {}
+    for peer_id, address in peers.items():
+        if address.rpartition(":")[2] == "0":
+            continue  # port 0: the kernel picks a distinct port for each
+        other = owners.setdefault(address, peer_id)
+        if other != peer_id:
+            raise InvalidArgumentError(
+                f"peers {other!r} and {peer_id!r} have the same address {address}; "
+                "every member needs its own host:port"
+            )
+
+
 def _check_address(address: object) -> str:
     if not isinstance(address, str):
         raise InvalidArgumentError(f"address must be 'host:port', got {address!r}")
@@ -1663,4 +1745,4 @@ def _check_address(address: object) -> str:
     return address
 
 
-__all__ = ["Node"]
+__all__ = ["Node", "NodeFailedError"]
