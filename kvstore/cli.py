@@ -203,6 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {_DEFAULT_OPTIONS.consensus}; paxos runs a fixed configuration)",
     )
     serve.add_argument(
+        "--cluster-name",
+        default=_DEFAULT_OPTIONS.cluster_name,
+        help="read when the cluster is created: its cluster id is derived from this name and "
+        "the founding member ids; clusters that share member ids need different names "
+        f"(default {_DEFAULT_OPTIONS.cluster_name})",
+    )
+    serve.add_argument(
         "--checkpoint-entries",
         type=_positive_int,
         default=_DEFAULT_OPTIONS.checkpoint_entries,
@@ -285,7 +292,11 @@ def _serve(args: argparse.Namespace) -> int:
         args.id,
         args.data_dir,
         args.peers,
-        options=Options(checkpoint_entries=args.checkpoint_entries, consensus=args.consensus),
+        options=Options(
+            checkpoint_entries=args.checkpoint_entries,
+            consensus=args.consensus,
+            cluster_name=args.cluster_name,
+        ),
         secret=read_secret_file(args.secret_file),
         join=args.join,
     )

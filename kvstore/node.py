@@ -69,6 +69,7 @@ from kvstore.errors import (
     invariant,
 )
 from kvstore.eventloop import new_event_loop
+from kvstore.identity import IdentityStore, cluster_id_for
 from kvstore.options import (
     CONSISTENCY_LEVELS,
     KEY_BYTES_MAX,
@@ -102,6 +103,7 @@ from kvstore.storage.snapshot import SnapshotTransferError, SnapshotWriter, file
 from kvstore.storage.state_machine import StateMachine
 from kvstore.storage.wal import WriteAheadLog
 from kvstore.transport.codec import decode_message, encode_message
+from kvstore.transport.identity import IdentityExchange
 from kvstore.transport.tcp import FramedConnection, PeerTransport
 
 log = logging.getLogger("kvstore.node")
@@ -379,6 +381,7 @@ class Node:
             applied=min(applied, self._wal.last_index()),
         )
         self._config.validate()
+        self._open_identity(fresh)
         self._applied_index = applied
         self._last_checkpoint = applied
         self._checkpoint_meta: SnapshotMeta | None = None
@@ -397,6 +400,32 @@ class Node:
             for stale in (self.data_dir / "snapshots").glob(pattern):
                 with contextlib.suppress(OSError):
                     stale.unlink()
+
+    # --- identity (kvstore/identity.py) ----------------------------------------------------------
+
+    def _open_identity(self, fresh: bool) -> None:
+        """Read DATA_DIR/identity, or create it: a new incarnation, and for a founding member of
+        a new cluster the cluster id (a joining member learns it from the cluster)."""
+        cluster_id = None
+        if fresh and not self._join:
+            cluster_id = cluster_id_for(self.options.cluster_name, self._peers)
+        self._identity = IdentityStore.open(
+            self.data_dir, node_id=self.node_id, cluster_id=cluster_id
+        )
+
+    @property
+    def cluster_id(self) -> str | None:
+        """The id of the cluster this member belongs to (None until a joining member learns it,
+        or before `start()`)."""
+        identity = getattr(self, "_identity", None)
+        return None if identity is None else identity.cluster_id
+
+    @property
+    def incarnation(self) -> str | None:
+        """This member's incarnation: random, minted with its data directory (None before
+        `start()`). Peers refuse the same id coming back with another one (wiped data)."""
+        identity = getattr(self, "_identity", None)
+        return None if identity is None else identity.incarnation
 
     async def _async_start(self) -> None:
         assert self._core is not None
@@ -444,6 +473,9 @@ class Node:
             frame_bytes_max=self.options.frame_bytes_max,
             consensus=self.options.consensus,
         )
+        identity = IdentityExchange(self.node_id, self._identity)
+        identity.dial_at_start = not self._join
+        self._transport.identity = identity
         await self._transport.start()
         self._tasks = [
             asyncio.create_task(self._run_ticker(), name="kvstore-ticker"),
@@ -1228,6 +1260,9 @@ class Node:
         present = set(conf.voters) | set(conf.learners)
         if not present:
             return  # a joining node knows no configuration yet: keep what it was given
+        # A removed member's incarnation is forgotten: it may come back with new data once it
+        # is added again (remove, wipe, add).
+        self._identity.forget_except(present)
         recorded = self._sm.members()
         peers = {self.node_id: self._peers[self.node_id]}
         for node_id in present:

@@ -17,6 +17,9 @@ KEY_BYTES_MAX = 511
 
 CONSISTENCY_LEVELS = ("linearizable", "lease", "stale")
 
+CLUSTER_NAME_CHARS_MAX = 128
+"""Longest `Options.cluster_name`."""
+
 TIMEOUT_S_MAX = 24 * 3600.0
 """Longest timeout any call accepts (a day): the wire protocol refuses longer ones, and the
 standard library's waits overflow on timeouts of a few hundred years."""
@@ -63,6 +66,11 @@ class Options:
     consensus: str = "raft"
     """The protocol the cluster runs: "raft" or "paxos" (kvstore.consensus.CONSENSUS_KINDS).
     Every member must run the same one: peers refuse each other's handshake otherwise."""
+    # --- identity ---
+    cluster_name: str = "kvstore"
+    """Read once, when a new cluster is created: its cluster id is a hash of this name and the
+    founding member ids (`kvstore.identity`). Give clusters that share member ids different
+    names, so a member pointed at the wrong cluster is refused ("member of another cluster")."""
 
     def validate(self) -> None:
         """Raise `InvalidArgumentError` naming the first setting that is out of range.
@@ -93,6 +101,11 @@ class Options:
             raise InvalidArgumentError(f"segment_bytes must be >= 65536, got {self.segment_bytes}")
         if self.frame_bytes_max < self.max_value_bytes + (64 << 10):
             raise InvalidArgumentError("frame_bytes_max must exceed max_value_bytes by 64 KiB")
+        if not 0 < len(self.cluster_name) <= CLUSTER_NAME_CHARS_MAX:
+            raise InvalidArgumentError(
+                f"cluster_name must be 1 to {CLUSTER_NAME_CHARS_MAX} characters, "
+                f"got {self.cluster_name!r}"
+            )
         if self.consensus not in CONSENSUS_KINDS:
             raise InvalidArgumentError(
                 f"consensus must be one of {', '.join(CONSENSUS_KINDS)}; got {self.consensus!r}"

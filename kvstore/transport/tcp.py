@@ -18,7 +18,7 @@ import logging
 import random
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from kvstore.errors import AuthenticationError, RemoteProtocolError
 from kvstore.raft.types import Message, MessageType
@@ -37,6 +37,9 @@ from kvstore.transport.codec import (
     decode_batch,
     encode_frame,
 )
+
+if TYPE_CHECKING:
+    from kvstore.transport.identity import IdentityExchange
 
 log = logging.getLogger("kvstore.transport")
 
@@ -322,6 +325,9 @@ class _PeerLink:
         self._conn: FramedConnection | None = None
         self._backoff_s = BACKOFF_INITIAL_S
         self._failures = 0
+        self._dial_now = transport.identity is not None and transport.identity.dial_at_start
+        """Dial before anything is queued: with identities, every member dials every peer
+        at start, so it knows each peer's incarnation before anyone else claims the id."""
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"peer-{peer_id}")
 
     @property
@@ -405,7 +411,7 @@ class _PeerLink:
     async def _run_once(self) -> None:
         """Wait for something to send, connect, and write until the connection is lost."""
         transport = self._transport
-        while not (self._frames or self._chunks):
+        while not (self._frames or self._chunks or self._dial_now):
             self._wakeup.clear()
             await self._wakeup.wait()
         conn = await self._connect()
@@ -418,6 +424,7 @@ class _PeerLink:
             return
         self._conn = conn
         self._failures = 0
+        self._dial_now = False
         connected_at = asyncio.get_running_loop().time()
         try:
             await self._pump(conn)
@@ -449,6 +456,8 @@ class _PeerLink:
                 frame_bytes_max=transport.frame_bytes_max,
                 consensus=transport.consensus,
             )
+            if transport.identity is not None:  # cluster id and incarnation (identity.py)
+                await transport.identity.offer(conn, self.peer_id)
         except AuthenticationError as exc:
             # A configuration error (wrong secret, wrong address): always worth a warning.
             log.warning(
@@ -526,6 +535,10 @@ class PeerTransport:
     messages go to `on_message` after checking that their sender is the authenticated peer and
     their recipient is this node. Client connections go to `on_client_connection`.
     """
+
+    identity: IdentityExchange | None = None
+    """Set by the node: after each peer handshake both sides exchange and check their cluster
+    id and incarnation (`kvstore.transport.identity`); None skips the exchange."""
 
     def __init__(
         self,
@@ -842,6 +855,9 @@ class PeerTransport:
         else:
             conn.role = ROLE_PEER
             conn.peer_id = handshake.peer_id
+            identity = self.identity
+            if identity is not None and not await identity.answer(conn, conn.peer_id or ""):
+                return  # refused (another cluster, a second process, wiped data): logged
             await self._serve_peer(conn)
 
     async def _serve_client(self, conn: FramedConnection) -> None:
