@@ -49,6 +49,7 @@ _DEFAULT_OPTIONS = Options()
 
 def parse_peers(text: str) -> dict[str, str]:
     """Parse `n1=127.0.0.1:7001,n2=...` into {node_id: address}."""
+    _check_utf8_option(text, "--peers")
     peers: dict[str, str] = {}
     for item in text.split(","):
         item = item.strip()
@@ -67,6 +68,7 @@ def parse_peers(text: str) -> dict[str, str]:
 
 def parse_endpoints(text: str) -> list[str]:
     """Parse `127.0.0.1:7001,127.0.0.1:7002` into a list of addresses."""
+    _check_utf8_option(text, "--endpoints")
     endpoints = [item.strip() for item in text.split(",") if item.strip()]
     if not endpoints:
         raise argparse.ArgumentTypeError("--endpoints names no address")
@@ -116,6 +118,27 @@ def _log_level(text: str) -> str:
             f"unknown log level {text!r}; one of {', '.join(LOG_LEVELS)}"
         )
     return level
+
+
+def _check_utf8_option(text: str, what: str) -> None:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(
+            f"{what} {os.fsencode(text)!r} is not valid UTF-8"
+        ) from None
+
+
+def _node_id(text: str) -> str:
+    _check_utf8_option(text, "node id")
+    if not text:
+        raise argparse.ArgumentTypeError("a node id must not be empty")
+    return text
+
+
+def _cluster_name(text: str) -> str:
+    _check_utf8_option(text, "--cluster-name")
+    return text
 
 
 def _utf8(text: str, what: str) -> bytes:
@@ -181,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run one member of a cluster until SIGTERM")
-    serve.add_argument("--id", required=True, help="this member's node id")
+    serve.add_argument("--id", required=True, type=_node_id, help="this member's node id")
     serve.add_argument("--data-dir", required=True, help="directory for the log and the state")
     serve.add_argument(
         "--peers",
@@ -204,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--cluster-name",
+        type=_cluster_name,
         default=_DEFAULT_OPTIONS.cluster_name,
         help="read when the cluster is created: its cluster id is derived from this name and "
         "the founding member ids; clusters that share member ids need different names "
@@ -244,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     scan = commands.add_parser("scan", help="list keys with a prefix, sorted")
     scan.add_argument("prefix", nargs="?", default="")
-    scan.add_argument("--limit", type=int, default=None)
+    scan.add_argument("--limit", type=_positive_int, default=None)
     _add_consistency_argument(scan)
     _add_client_arguments(scan)
 
@@ -254,24 +278,28 @@ def build_parser() -> argparse.ArgumentParser:
     member = commands.add_parser("member", help="change the membership")
     member_commands = member.add_subparsers(dest="member_command", required=True)
     add = member_commands.add_parser("add", help="add a member (learner, then voter)")
-    add.add_argument("node_id")
+    add.add_argument("node_id", type=_node_id)
     add.add_argument("address", help="host:port the new member listens on")
     _add_client_arguments(add)
     remove = member_commands.add_parser("remove", help="remove a member")
-    remove.add_argument("node_id")
+    remove.add_argument("node_id", type=_node_id)
     _add_client_arguments(remove)
 
     transfer = commands.add_parser("transfer-leader", help="hand leadership to a member")
-    transfer.add_argument("node_id")
+    transfer.add_argument("node_id", type=_node_id)
     _add_client_arguments(transfer)
 
     demo = commands.add_parser("demo", help="3 local nodes: write, kill the leader, prove no loss")
-    demo.add_argument("--keys", type=int, default=3000, help="keys to write (default 3000)")
+    demo.add_argument(
+        "--keys", type=_positive_int, default=3000, help="keys to write (default 3000)"
+    )
     _add_consensus_argument(demo)
 
     bench = commands.add_parser("bench", help="throughput and latency of a local 3-node cluster")
-    bench.add_argument("--ops", type=int, default=5000, help="operations per workload")
-    bench.add_argument("--concurrency", type=int, default=256, help="operations in flight")
+    bench.add_argument("--ops", type=_positive_int, default=5000, help="operations per workload")
+    bench.add_argument(
+        "--concurrency", type=_positive_int, default=256, help="operations in flight"
+    )
     bench.add_argument("--json", help="also write the results to this JSON file")
     _add_consensus_argument(bench)
     return parser

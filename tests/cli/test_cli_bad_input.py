@@ -85,6 +85,26 @@ def test_bad_peers_are_refused(tmp_path: Path, peers: str) -> None:
     assert result.returncode == 2
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        [b"serve", b"--id", b"n\xff", b"--data-dir", b"d", b"--peers", b"n1=127.0.0.1:1"],
+        [b"serve", b"--id", b"n1", b"--data-dir", b"d", b"--peers", b"n\xff=127.0.0.1:1"],
+        [b"member", b"remove", b"n\xff"],
+        [b"get", b"k", b"--endpoints", b"127.0.0.1:\xff"],
+        [b"scan", b"--limit", b"0"],
+        [b"demo", b"--keys", b"-1"],
+        [b"bench", b"--ops", b"x"],
+    ],
+    ids=["serve-id", "peer-id", "member-id", "endpoint", "limit", "demo-keys", "bench-ops"],
+)
+def test_other_bad_arguments_are_usage_errors(tmp_path: Path, args: list[bytes]) -> None:
+    result = run(args, cwd=tmp_path)
+    assert_one_line_error(result)
+    assert result.returncode == 2
+    assert not (tmp_path / "d").exists()
+
+
 def test_two_ids_on_one_address_are_refused_at_once(tmp_path: Path) -> None:
     address = f"127.0.0.1:{free_ports(1)[0]}"
     peers = f"n1={address},n2={address}"
