@@ -61,10 +61,23 @@ def _terms(cluster: LocalCluster, client: kvstore.Client) -> dict[str, int]:
     }
 
 
+def _settled_terms(cluster: LocalCluster, client: kvstore.Client) -> dict[str, int]:
+    """Every member's term, once all of them have heard from the same leader in one term."""
+
+    def settled() -> dict[str, int] | None:
+        statuses = cluster.statuses(client)
+        views = {(s.term, s.leader_id) for s in statuses.values() if s is not None}
+        if len(views) == 1 and None not in next(iter(views)) and None not in statuses.values():
+            return {node_id: s.term for node_id, s in statuses.items() if s is not None}
+        return None
+
+    return wait_until(settled, timeout_s=WAIT_S, what="every member to follow one leader")
+
+
 def test_member_of_another_cluster_is_refused(tmp_path: Path) -> None:
     with running_cluster(log_level="INFO") as cluster, client_for(cluster) as client:
         leader = find_leader(cluster, client)
-        terms = _terms(cluster, client)
+        terms = _settled_terms(cluster, client)
         # Cluster B's n1, created under another name, is pointed at cluster A's n2 and n3.
         others = {m.node_id: m.address for m in cluster if m.node_id != "n1"}
         address = f"127.0.0.1:{free_ports(1)[0]}"
@@ -95,7 +108,7 @@ def test_second_process_with_a_members_id_is_refused_and_causes_no_election(
     with running_cluster(log_level="INFO") as cluster, client_for(cluster) as client:
         leader = find_leader(cluster, client)
         victim = next(m for m in cluster if m.node_id != leader)
-        terms = _terms(cluster, client)
+        terms = _settled_terms(cluster, client)
         others = {m.node_id: m.address for m in cluster if m is not victim}
         address = f"127.0.0.1:{free_ports(1)[0]}"
         process, log_path = _serve(tmp_path, victim.node_id, address, others)
