@@ -1003,6 +1003,7 @@ class Node:
         conf = self._core_conf()
         if node_id in conf.voters:
             return
+        _check_address_free(self._peers, node_id, address)
         if node_id not in conf.learners:
             await self._propose_conf_change(
                 ConfChange(ConfChangeType.ADD_LEARNER, node_id, address.encode()), deadline
@@ -1768,6 +1769,15 @@ def _check_distinct_addresses(peers: Mapping[str, str]) -> None:
             raise InvalidArgumentError(
                 f"peers {other!r} and {peer_id!r} have the same address {address}; "
                 "every member needs its own host:port"
+            )
+
+
+def _check_address_free(peers: Mapping[str, str], node_id: str, address: str) -> None:
+    """Refuse to add `node_id` at an address another member already listens on."""
+    for other, known in peers.items():
+        if other != node_id and known == address and not address.endswith(":0"):
+            raise InvalidArgumentError(
+                f"member {other!r} already has the address {address}; {node_id!r} needs its own"
             )
 
 

@@ -202,3 +202,11 @@ def test_node_refuses_a_data_directory_of_another_member(cluster: EmbeddedCluste
     cluster.stop_node("n1")
     with pytest.raises(kvstore.InvalidArgumentError, match="belongs to member 'n1', not 'n2'"):
         kvstore.Node("n2", n1.data_dir, cluster.peers, options=FAST).start()
+
+
+def test_adding_a_member_at_another_members_address_is_refused(cluster: EmbeddedCluster) -> None:
+    leader = cluster.leader()
+    taken = next(node.address for node in cluster.nodes.values() if node is not leader)
+    with pytest.raises(kvstore.InvalidArgumentError, match="already has the address"):
+        leader.add_member("n4", taken, timeout_s=WAIT_S)
+    assert set(leader.status().members) == {"n1", "n2", "n3"}
