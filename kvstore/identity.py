@@ -39,9 +39,9 @@ such first claims are rare.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
+import logging
 import os
 import secrets
 from collections.abc import Iterable, Sequence
@@ -49,6 +49,8 @@ from pathlib import Path
 from typing import Final
 
 from kvstore.errors import AuthenticationError, CorruptionError, InvalidArgumentError
+
+log = logging.getLogger("kvstore.identity")
 
 IDENTITY_FILE: Final = "identity"
 """The file's name inside the data directory."""
@@ -209,7 +211,15 @@ class IdentityStore:
             self._peers[peer_id] = (incarnation, dialed or (seen is not None and seen[1]))
             changed = True
         if changed:
+            self._save_or_warn()
+
+    def _save_or_warn(self) -> None:
+        # Remembered in memory either way; a disk that cannot take this small file fails the
+        # redo log soon enough, which stops the node with the real cause.
+        try:
             self.save()
+        except OSError as error:
+            log.warning("cannot save the member identity %s: %s", self.path, error)
 
     def forget_except(self, member_ids: Iterable[str]) -> None:
         """Forget the incarnations of peers that are no longer members (after a removal), so
@@ -219,8 +229,7 @@ class IdentityStore:
         if gone:
             for peer_id in gone:
                 del self._peers[peer_id]
-            with contextlib.suppress(OSError):  # remembered in memory either way
-                self.save()
+            self._save_or_warn()
 
 
 def check_peer(

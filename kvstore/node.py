@@ -245,7 +245,13 @@ class Node:
     `start()`/`stop()` or `with Node(...) as node:`.
 
     After a storage failure (a failed write or fsync of the redo log) the node stops serving:
-    every call raises `UnavailableError` naming the failure; `stop()` still works.
+    `failure` holds a `NodeFailedError` naming the cause, `status().failure` says it, every
+    other call raises it (an `UnavailableError`); `stop()` still works.
+
+    The data directory carries the member's identity (`kvstore.identity`): a node started on a
+    directory of another member id is refused, and peers refuse each other when they belong to
+    other clusters, when a second process claims a connected member's id, or when a member
+    comes back with wiped data (`Options.cluster_name` names the cluster at its creation).
     """
 
     def __init__(
