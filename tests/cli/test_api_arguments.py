@@ -155,3 +155,17 @@ def test_two_ids_on_one_address_are_refused(tmp_path: Path) -> None:
     with pytest.raises(kvstore.InvalidArgumentError, match="'n1' and 'n2' have the same address"):
         kvstore.Node("n1", tmp_path / "n1", peers)
     assert not (tmp_path / "n1").exists()
+
+
+@pytest.mark.parametrize("name", ["", "x" * 129, 5, None])
+def test_options_refuse_a_bad_cluster_name(name: Any) -> None:
+    with pytest.raises(kvstore.InvalidArgumentError, match="cluster_name"):
+        kvstore.Options(cluster_name=name).validate()
+
+
+@pytest.mark.parametrize("weight", [math.nan, math.inf, -1.0, 0, True])
+def test_clients_refuse_bad_endpoint_weights(weight: Any) -> None:
+    with pytest.raises(kvstore.InvalidArgumentError, match="weight"):
+        kvstore.Client({"127.0.0.1:1": weight})
+    with pytest.raises(kvstore.InvalidArgumentError, match="weight"):
+        kvstore.aio.Client({"127.0.0.1:1": weight})
