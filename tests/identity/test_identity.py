@@ -21,6 +21,7 @@ from kvstore.identity import (
     cluster_id_for,
 )
 from kvstore.testing.local_cluster import wait_until
+from kvstore.transport.identity import IdentityExchange
 
 from ..node.conftest import FAST, WAIT_S, EmbeddedCluster
 
@@ -210,3 +211,37 @@ def test_adding_a_member_at_another_members_address_is_refused(cluster: Embedded
     with pytest.raises(kvstore.InvalidArgumentError, match="already has the address"):
         leader.add_member("n4", taken, timeout_s=WAIT_S)
     assert set(leader.status().members) == {"n1", "n2", "n3"}
+
+
+class _FakeConnection:
+    """Stands in for a `FramedConnection` in `IdentityExchange`'s bookkeeping."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def abort(self) -> None:
+        self.closed = True
+
+
+def test_a_claim_that_came_first_cannot_make_a_member_refuse_the_real_one(
+    tmp_path: Path,
+) -> None:
+    """A second process reached n1 before n1 ever dialed the real n2: what n1 then finds at
+    n2's configured address wins, the claimant's connection is closed, and its next claim is
+    refused while the real n2 is connected."""
+    store = IdentityStore.open(tmp_path, node_id="n1", cluster_id="c")
+    exchange = IdentityExchange("n1", store)
+    claimant, real = _FakeConnection(), _FakeConnection()
+    accept = exchange._check_and_accept
+    accept(claimant, "n2", {"cluster_id": "c", "incarnation": "second"}, dialed=False)  # type: ignore[arg-type]
+    assert store.seen("n2") == ("second", False)
+    accept(real, "n2", {"cluster_id": "c", "incarnation": "real"}, dialed=True)  # type: ignore[arg-type]
+    assert claimant.closed and not real.closed
+    assert store.seen("n2") == ("real", True)
+    with pytest.raises(
+        IdentityConflictError, match="already connected to 'n1' as incarnation real"
+    ):
+        accept(_FakeConnection(), "n2", {"cluster_id": "c", "incarnation": "second"}, dialed=False)  # type: ignore[arg-type]
+    real.closed = True  # the real one went away: the memory still refuses the other
+    with pytest.raises(IdentityConflictError, match="knew it as real"):
+        accept(_FakeConnection(), "n2", {"cluster_id": "c", "incarnation": "second"}, dialed=False)  # type: ignore[arg-type]
