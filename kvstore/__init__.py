@@ -28,7 +28,7 @@ from kvstore.errors import (
     StorageFullError,
     UnavailableError,
 )
-from kvstore.node import Node
+from kvstore.node import Node, NodeFailedError
 from kvstore.options import Consistency, Options, Status
 from kvstore.transport.tls import TLSConfig
 
@@ -70,6 +70,7 @@ __all__ = [
     "LeaseNotFoundError",
     "LeastLatency",
     "Node",
+    "NodeFailedError",
     "NotLeaderError",
     "OperationTimeoutError",
     "Options",

@@ -1,36 +1,60 @@
 """The `kvstore` command (also `python -m kvstore`): serve a node, talk to a cluster, run the demo.
 
 Keys and values on the command line are UTF-8 text; they are stored as its bytes.
+
+Bad input never ends in a traceback: it is one line on stderr and a non-zero exit status (see
+`EXIT_HELP`). `serve` exits non-zero, with the cause on stderr, when its member stops serving
+after a storage failure (a full disk, too many open files, a failed fsync).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kvstore.consensus import CONSENSUS_KINDS
 from kvstore.errors import InvalidArgumentError, KVStoreError
-from kvstore.options import CONSISTENCY_LEVELS, Options
+from kvstore.options import CONSISTENCY_LEVELS, Options, check_timeout
 
 if TYPE_CHECKING:
     from kvstore.transport.tls import TLSConfig
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
+"""get/delete: the key is absent; cas: the comparison failed."""
 EXIT_ERROR = 2
+"""Bad input (usage) or an error from the cluster or the disk (one line on stderr)."""
+EXIT_NODE_FAILED = 3
+"""serve: the member stopped serving after a storage failure (the cause is on stderr)."""
+EXIT_INTERRUPTED = 130
+"""Interrupted by SIGINT (Ctrl-C) outside `serve`, which exits 0 on SIGINT and SIGTERM."""
+
+EXIT_HELP = f"""exit status:
+  {EXIT_OK}    success
+  {EXIT_NOT_FOUND}    get/delete: the key is absent; cas: the comparison failed
+  {EXIT_ERROR}    bad input, or an error from the cluster or the disk (one line on stderr)
+  {EXIT_NODE_FAILED}    serve: the member stopped serving after a storage failure (cause on stderr)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)"""
+
+FAILURE_POLL_S = 0.1
+"""How often `serve` looks whether its member failed (it exits within this of a failure)."""
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 _DEFAULT_OPTIONS = Options()
 
 
 def parse_peers(text: str) -> dict[str, str]:
     """Parse `n1=127.0.0.1:7001,n2=...` into {node_id: address}."""
+    _check_utf8_option(text, "--peers")
     peers: dict[str, str] = {}
     for item in text.split(","):
         item = item.strip()
@@ -49,6 +73,7 @@ def parse_peers(text: str) -> dict[str, str]:
 
 def parse_endpoints(text: str) -> list[str]:
     """Parse `127.0.0.1:7001,127.0.0.1:7002` into a list of addresses."""
+    _check_utf8_option(text, "--endpoints")
     endpoints = [item.strip() for item in text.split(",") if item.strip()]
     if not endpoints:
         raise argparse.ArgumentTypeError("--endpoints names no address")
@@ -56,14 +81,30 @@ def parse_endpoints(text: str) -> list[str]:
 
 
 def read_secret_file(path: str | None) -> bytes | None:
-    """The secret is the file's raw bytes; one trailing newline is ignored."""
+    """The secret is the file's raw bytes; one trailing newline is ignored.
+
+    Like ssh with a private key, a secret file that its group or others may read (or write) is
+    refused: the secret is worth no more than the file's protection. Raises
+    `InvalidArgumentError` naming the file and the fix.
+    """
     if path is None:
         return None
-    data = Path(path).read_bytes()
+    try:
+        with open(path, "rb") as file:
+            mode = stat.S_IMODE(os.fstat(file.fileno()).st_mode)
+            if mode & 0o077:
+                raise InvalidArgumentError(
+                    f"secret file {path} is readable by others (mode {mode:04o}); chmod 600 {path}"
+                )
+            data = file.read()
+    except OSError as error:
+        raise InvalidArgumentError(
+            f"cannot read secret file {path}: {error.strerror or error}"
+        ) from None
     if data.endswith(b"\n"):
         data = data[:-1]
     if not data:
-        raise KVStoreError(f"secret file {path} is empty")
+        raise InvalidArgumentError(f"secret file {path} is empty")
     return data
 
 
@@ -133,6 +174,56 @@ def _certs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _timeout(text: str) -> float:
+    try:
+        return check_timeout(float(text), "--timeout")
+    except ValueError as error:  # InvalidArgumentError is a ValueError too
+        message = str(error) if isinstance(error, InvalidArgumentError) else f"{text!r}"
+        raise argparse.ArgumentTypeError(f"invalid timeout: {message}") from None
+
+
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"unknown log level {text!r}; one of {', '.join(LOG_LEVELS)}"
+        )
+    return level
+
+
+def _check_utf8_option(text: str, what: str) -> None:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(
+            f"{what} {os.fsencode(text)!r} is not valid UTF-8"
+        ) from None
+
+
+def _node_id(text: str) -> str:
+    _check_utf8_option(text, "node id")
+    if not text:
+        raise argparse.ArgumentTypeError("a node id must not be empty")
+    return text
+
+
+def _cluster_name(text: str) -> str:
+    _check_utf8_option(text, "--cluster-name")
+    return text
+
+
+def _utf8(text: str, what: str) -> bytes:
+    """The UTF-8 bytes of a command-line argument; arguments that are not UTF-8 (the shell
+    passed raw bytes, which Python holds as surrogate escapes) are refused."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        raw = os.fsencode(text)
+        raise InvalidArgumentError(
+            f"{what} {raw!r} is not valid UTF-8; keys and values on the command line are text"
+        ) from None
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -172,7 +263,7 @@ def _add_client_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated host:port of members (default 127.0.0.1:7001)",
     )
     parser.add_argument("--secret-file", help="file holding the cluster secret")
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+    parser.add_argument("--timeout", type=_timeout, default=5.0, help="seconds to wait (default 5)")
     _add_tls_arguments(parser, "this client's")
 
 
@@ -199,16 +290,22 @@ def _add_version_argument(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand (each has --help)."""
     parser = argparse.ArgumentParser(
-        prog="kvstore", description="An embedded, Raft-replicated key-value store."
+        prog="kvstore",
+        description="An embedded, Raft-replicated key-value store.",
+        epilog=EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--log-level", default="WARNING", help="logging level (DEBUG, INFO, WARNING...)"
+        "--log-level",
+        type=_log_level,
+        default="WARNING",
+        help=f"logging level: {', '.join(LOG_LEVELS)} (default WARNING)",
     )
     _add_version_argument(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run one member of a cluster until SIGTERM")
-    serve.add_argument("--id", required=True, help="this member's node id")
+    serve.add_argument("--id", required=True, type=_node_id, help="this member's node id")
     serve.add_argument("--data-dir", required=True, help="directory for the log and the state")
     serve.add_argument(
         "--peers",
@@ -229,6 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=_DEFAULT_OPTIONS.consensus,
         help="the protocol the cluster runs; every member must run the same one "
         f"(default {_DEFAULT_OPTIONS.consensus}; paxos runs a fixed configuration)",
+    )
+    serve.add_argument(
+        "--cluster-name",
+        type=_cluster_name,
+        default=_DEFAULT_OPTIONS.cluster_name,
+        help="read when the cluster is created: its cluster id is derived from this name and "
+        "the founding member ids; clusters that share member ids need different names "
+        f"(default {_DEFAULT_OPTIONS.cluster_name})",
     )
     serve.add_argument(
         "--checkpoint-entries",
@@ -274,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     scan = commands.add_parser("scan", help="list keys with a prefix, sorted")
     scan.add_argument("prefix", nargs="?", default="")
-    scan.add_argument("--limit", type=int, default=None)
+    scan.add_argument("--limit", type=_positive_int, default=None)
     _add_consistency_argument(scan)
     _add_client_arguments(scan)
 
@@ -284,24 +389,28 @@ def build_parser() -> argparse.ArgumentParser:
     member = commands.add_parser("member", help="change the membership")
     member_commands = member.add_subparsers(dest="member_command", required=True)
     add = member_commands.add_parser("add", help="add a member (learner, then voter)")
-    add.add_argument("node_id")
+    add.add_argument("node_id", type=_node_id)
     add.add_argument("address", help="host:port the new member listens on")
     _add_client_arguments(add)
     remove = member_commands.add_parser("remove", help="remove a member")
-    remove.add_argument("node_id")
+    remove.add_argument("node_id", type=_node_id)
     _add_client_arguments(remove)
 
     transfer = commands.add_parser("transfer-leader", help="hand leadership to a member")
-    transfer.add_argument("node_id")
+    transfer.add_argument("node_id", type=_node_id)
     _add_client_arguments(transfer)
 
     demo = commands.add_parser("demo", help="3 local nodes: write, kill the leader, prove no loss")
-    demo.add_argument("--keys", type=int, default=3000, help="keys to write (default 3000)")
+    demo.add_argument(
+        "--keys", type=_positive_int, default=3000, help="keys to write (default 3000)"
+    )
     _add_consensus_argument(demo)
 
     bench = commands.add_parser("bench", help="throughput and latency of a local 3-node cluster")
-    bench.add_argument("--ops", type=int, default=5000, help="operations per workload")
-    bench.add_argument("--concurrency", type=int, default=256, help="operations in flight")
+    bench.add_argument("--ops", type=_positive_int, default=5000, help="operations per workload")
+    bench.add_argument(
+        "--concurrency", type=_positive_int, default=256, help="operations in flight"
+    )
     bench.add_argument("--json", help="also write the results to this JSON file")
     _add_consensus_argument(bench)
     _add_certs_parser(commands)
@@ -327,6 +436,7 @@ def _serve(args: argparse.Namespace) -> int:
             checkpoint_entries=args.checkpoint_entries,
             consensus=args.consensus,
             quota_bytes=args.quota_bytes,
+            cluster_name=args.cluster_name,
         ),
         secret=read_secret_file(args.secret_file),
         join=args.join,
@@ -335,7 +445,13 @@ def _serve(args: argparse.Namespace) -> int:
     node.start()
     print(f"kvstore serve: {args.id} listening on {node.address}", flush=True)
     try:
-        stop.wait()
+        # A member that stops serving says so: exit non-zero with the cause, so a supervisor
+        # (systemd, Kubernetes) restarts it or alerts, instead of a process that lingers.
+        while not stop.wait(FAILURE_POLL_S):
+            failure = node.failure
+            if failure is not None:
+                print(f"error: {type(failure).__name__}: {failure}", file=sys.stderr, flush=True)
+                return EXIT_NODE_FAILED
     finally:
         node.stop()
     return EXIT_OK
@@ -344,6 +460,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _client_command(args: argparse.Namespace) -> int:
     from kvstore.client.client import Client
 
+    # Every argument is checked before anything is sent (and before connecting).
+    key = _utf8(args.key, "key") if "key" in args else b""
     with Client(
         args.endpoints,
         secret=read_secret_file(args.secret_file),
@@ -352,31 +470,29 @@ def _client_command(args: argparse.Namespace) -> int:
     ) as client:
         command = args.command
         if command == "put":
-            client.put(args.key.encode(), args.value.encode(), timeout_s=args.timeout)
+            client.put(key, _utf8(args.value, "value"), timeout_s=args.timeout)
             return EXIT_OK
         if command == "get":
-            value = client.get(
-                args.key.encode(), consistency=args.consistency, timeout_s=args.timeout
-            )
+            value = client.get(key, consistency=args.consistency, timeout_s=args.timeout)
             if value is None:
                 print("not found", file=sys.stderr)
                 return EXIT_NOT_FOUND
             print(value.decode(errors="backslashreplace"))
             return EXIT_OK
         if command == "delete":
-            return EXIT_OK if client.delete(args.key.encode(), timeout_s=args.timeout) else 1
+            return EXIT_OK if client.delete(key, timeout_s=args.timeout) else EXIT_NOT_FOUND
         if command == "cas":
-            expected = None if args.absent else args.expected.encode()
-            new = None if args.delete else args.new.encode()
-            swapped = client.cas(args.key.encode(), expected, new, timeout_s=args.timeout)
+            expected = None if args.absent else _utf8(args.expected, "--expected")
+            new = None if args.delete else _utf8(args.new, "--new")
+            swapped = client.cas(key, expected, new, timeout_s=args.timeout)
             print("swapped" if swapped else "not swapped")
             return EXIT_OK if swapped else EXIT_NOT_FOUND
         if command == "scan":
-            for key, value in client.scan(
-                args.prefix.encode(), limit=args.limit, consistency=args.consistency
+            for found, value in client.scan(
+                _utf8(args.prefix, "prefix"), limit=args.limit, consistency=args.consistency
             ):
                 print(
-                    f"{key.decode(errors='backslashreplace')}\t"
+                    f"{found.decode(errors='backslashreplace')}\t"
                     f"{value.decode(errors='backslashreplace')}"
                 )
             return EXIT_OK
@@ -426,7 +542,7 @@ def _print_status(client: object, endpoints: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `kvstore` command; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # a usage error exits here: one line, status 2
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -454,6 +570,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The class name tells an operator what kind of failure it is (CorruptionError...).
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 # --- without rich (the `cli` extra) ---------------------------------------------------------------

@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import functools
 import heapq
 import itertools
@@ -73,9 +74,11 @@ from kvstore.errors import (
     invariant,
 )
 from kvstore.eventloop import new_event_loop
+from kvstore.identity import IdentityStore, cluster_id_for
 from kvstore.options import (
     CONSISTENCY_LEVELS,
     KEY_BYTES_MAX,
+    TIMEOUT_S_MAX,
     Consistency,
     Options,
     Status,
@@ -115,12 +118,38 @@ from kvstore.storage.state_machine import (
 )
 from kvstore.storage.wal import WriteAheadLog
 from kvstore.transport.codec import decode_message, encode_message
+from kvstore.transport.identity import IdentityExchange
 from kvstore.transport.tcp import FramedConnection, PeerTransport
 from kvstore.transport.tls import TLSConfig, check_own_certificate
 
 log = logging.getLogger("kvstore.node")
 
 T = TypeVar("T")
+
+
+class NodeFailedError(UnavailableError):
+    """This member stopped serving after a storage failure (a failed write or fsync of the redo
+    log, a full disk, too many open files, a failed LMDB sync). Raised by every call after the
+    failure; the message names the cause (e.g. "No space left on device (ENOSPC)") and the
+    original error is chained as `__cause__`. Restart the node once the cause is fixed."""
+
+
+def describe_failure(error: BaseException) -> str:
+    """One line naming what failed and why, with the system's reason and errno name when an
+    `OSError` lies anywhere in the chain (so a full disk reads "No space left on device
+    (ENOSPC)", not an I/O error)."""
+    text = str(error) or type(error).__name__
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno:
+            reason = os.strerror(cause.errno)
+            named = f"{reason} ({errno.errorcode.get(cause.errno, cause.errno)})"
+            return text.replace(reason, named, 1) if reason in text else f"{text}: {named}"
+        cause = cause.__cause__ or cause.__context__
+    return text
+
 
 LOOP_GRACE_S = 1.0
 """Extra time a synchronous call waits for the loop beyond the operation's own timeout."""
@@ -236,7 +265,13 @@ class Node:
     `start()`/`stop()` or `with Node(...) as node:`.
 
     After a storage failure (a failed write or fsync of the redo log) the node stops serving:
-    every call raises `UnavailableError` naming the failure; `stop()` still works.
+    `failure` holds a `NodeFailedError` naming the cause, `status().failure` says it, every
+    other call raises it (an `UnavailableError`); `stop()` still works.
+
+    The data directory carries the member's identity (`kvstore.identity`): a node started on a
+    directory of another member id is refused, and peers refuse each other when they belong to
+    other clusters, when a second process claims a connected member's id, or when a member
+    comes back with wiped data (`Options.cluster_name` names the cluster at its creation).
 
     `tls` (a `kvstore.TLSConfig` holding this member's certificate, which must name member
     `node_id`) makes every peer and client connection mutual TLS; `secret` is the shared-secret
@@ -266,6 +301,7 @@ class Node:
             _check_address(address)
         if node_id not in peers:
             raise InvalidArgumentError(f"peers must include this node's own id {node_id!r}")
+        _check_distinct_addresses(peers)
         if secret is not None and (not isinstance(secret, bytes) or not secret):
             raise InvalidArgumentError("secret must be non-empty bytes or None")
         # --- mutual TLS ---
@@ -301,6 +337,9 @@ class Node:
         self._core: ConsensusCore | None = None
         self._transport: PeerTransport | None = None
         self._failure: BaseException | None = None
+        """The storage failure that stopped this node (see `failure`)."""
+        self._failure_text = ""
+        """`describe_failure(self._failure)`, computed once."""
         self._election_timeout_s = self.options.election_ticks * self.options.tick_s
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -389,6 +428,7 @@ class Node:
             applied=min(applied, self._wal.last_index()),
         )
         self._config.validate()
+        self._open_identity(fresh)
         self._applied_index = applied
         self._last_checkpoint = applied
         self._checkpoint_meta: SnapshotMeta | None = None
@@ -407,6 +447,32 @@ class Node:
             for stale in (self.data_dir / "snapshots").glob(pattern):
                 with contextlib.suppress(OSError):
                     stale.unlink()
+
+    # --- identity (kvstore/identity.py) ----------------------------------------------------------
+
+    def _open_identity(self, fresh: bool) -> None:
+        """Read DATA_DIR/identity, or create it: a new incarnation, and for a founding member of
+        a new cluster the cluster id (a joining member learns it from the cluster)."""
+        cluster_id = None
+        if fresh and not self._join:
+            cluster_id = cluster_id_for(self.options.cluster_name, self._peers)
+        self._identity = IdentityStore.open(
+            self.data_dir, node_id=self.node_id, cluster_id=cluster_id
+        )
+
+    @property
+    def cluster_id(self) -> str | None:
+        """The id of the cluster this member belongs to (None until a joining member learns it,
+        or before `start()`)."""
+        identity = getattr(self, "_identity", None)
+        return None if identity is None else identity.cluster_id
+
+    @property
+    def incarnation(self) -> str | None:
+        """This member's incarnation: random, minted with its data directory (None before
+        `start()`). Peers refuse the same id coming back with another one (wiped data)."""
+        identity = getattr(self, "_identity", None)
+        return None if identity is None else identity.incarnation
 
     async def _async_start(self) -> None:
         assert self._core is not None
@@ -455,6 +521,9 @@ class Node:
             frame_bytes_max=self.options.frame_bytes_max,
             consensus=self.options.consensus,
         )
+        identity = IdentityExchange(self.node_id, self._identity)
+        identity.dial_at_start = not self._join
+        self._transport.identity = identity
         await self._transport.start()
         self._tasks = [
             asyncio.create_task(self._run_ticker(), name="kvstore-ticker"),
@@ -498,13 +567,33 @@ class Node:
         task.add_done_callback(self._background.discard)
         return task
 
+    # --- failure ------------------------------------------------------------------------------
+
+    @property
+    def failure(self) -> NodeFailedError | None:
+        """Why this node stopped serving (its cause chained as `__cause__`), or None.
+
+        Set once, by a storage failure; from then on every call raises an error like this one
+        and `status().failure` names it. `kvstore serve` exits non-zero when it is set."""
+        if self._failure is None:
+            return None
+        error = NodeFailedError(self._failure_message())
+        error.__cause__ = self._failure
+        return error
+
+    def _failure_message(self) -> str:
+        return f"node {self.node_id} failed and stopped serving: {self._failure_text}"
+
     def _fail(self, error: BaseException) -> None:
         """A storage failure: stop serving for good (the log may be poisoned), never limp on."""
         if self._failure is not None:
             return
-        log.critical("node %s stops serving: %s", self.node_id, error, exc_info=error)
+        self._failure_text = describe_failure(error)
+        # An operating error (the disk, the fd table) is one line; anything else is a bug.
+        trace = None if isinstance(error, OSError | KVStoreError) else error
+        log.critical("node %s stops serving: %s", self.node_id, self._failure_text, exc_info=trace)
         self._failure = error
-        self._fail_everything(f"node {self.node_id} failed: {error}")
+        self._fail_everything(self._failure_message())
         for task in getattr(self, "_tasks", []):
             if task is not asyncio.current_task():
                 task.cancel()
@@ -536,7 +625,7 @@ class Node:
 
     def _check_running(self) -> None:
         if self._failure is not None:
-            raise UnavailableError(f"node {self.node_id} failed: {self._failure}")
+            raise NodeFailedError(self._failure_message()) from self._failure
         if self._state != "running":
             raise UnavailableError(f"node {self.node_id} is not running (state: {self._state})")
 
@@ -608,7 +697,7 @@ class Node:
             check_key(key)
         if consistency not in CONSISTENCY_LEVELS:
             check_consistency(consistency)
-        if type(timeout_s) is not float or not timeout_s > 0:
+        if type(timeout_s) is not float or not 0 < timeout_s <= TIMEOUT_S_MAX:
             timeout_s = check_timeout(timeout_s)
         if self._failure is not None or self._state != "running":
             self._check_running()
@@ -643,8 +732,11 @@ class Node:
 
         `role` is "learner" for any member that may not vote: a learner, a node started with
         `join=True` that was not added yet (its `members` is empty), or a removed member.
+        After a storage failure `failure` names it (the role is then "follower" and no leader
+        is known); every other call raises `NodeFailedError`.
         """
-        self._check_running()
+        if self._failure is None or self._state != "running":
+            self._check_running()
         return self._run_on_loop(_as_coroutine(self.status_now), timeout_s=5.0)
 
     def add_member(self, node_id: str, address: str, *, timeout_s: float = 30.0) -> None:
@@ -962,20 +1054,26 @@ class Node:
     def status_now(self) -> Status:
         """The status, computed on the loop thread."""
         assert self._core is not None
-        self._raise_if_failed()
         core = self._core.status()
         conf = core.conf_state
         members = {
             node_id: self._peers.get(node_id, "") for node_id in (*conf.voters, *conf.learners)
         }
+        if self._failure is not None:
+            # It serves nothing and has closed its transport: it leads no one, knows no leader.
+            role, leader_id, failure = "follower", None, self._failure_message()
+        else:
+            role = _role_name(core.role, self.node_id in conf.voters)
+            leader_id, failure = core.leader_id, None
         return Status(
             node_id=self.node_id,
-            role=_role_name(core.role, self.node_id in conf.voters),
+            role=role,
             term=core.term,
-            leader_id=core.leader_id,
+            leader_id=leader_id,
             commit_index=core.commit,
             applied_index=self._applied_index,
             members=members,
+            failure=failure,
         )
 
     def leader_hint(self) -> NotLeaderError:
@@ -1026,6 +1124,7 @@ class Node:
         conf = self._core_conf()
         if node_id in conf.voters:
             return
+        _check_address_free(self._peers, node_id, address)
         if node_id not in conf.learners:
             await self._propose_conf_change(
                 ConfChange(ConfChangeType.ADD_LEARNER, node_id, address.encode()), deadline
@@ -1283,6 +1382,9 @@ class Node:
         present = set(conf.voters) | set(conf.learners)
         if not present:
             return  # a joining node knows no configuration yet: keep what it was given
+        # A removed member's incarnation is forgotten: it may come back with new data once it
+        # is added again (remove, wipe, add).
+        self._identity.forget_except(present)
         recorded = self._sm.members()
         peers = {self.node_id: self._peers[self.node_id]}
         for node_id in present:
@@ -1337,29 +1439,36 @@ class Node:
         return True
 
     def _fail_everything(self, reason: str) -> None:
+        cause = self._failure  # None when stopping: then there is nothing to chain
+
+        def error(kind: type[KVStoreError], text: str) -> KVStoreError:
+            raised = kind(text)
+            raised.__cause__ = cause
+            return raised
+
         for pending in getattr(self, "_pending_writes", {}).values():
             if not pending.future.done():
                 if pending.proposed:
                     pending.future.set_exception(
-                        OperationTimeoutError(f"{reason}; the write's outcome is unknown")
+                        error(OperationTimeoutError, f"{reason}; the write's outcome is unknown")
                     )
                 else:
                     pending.future.set_exception(
-                        UnavailableError(f"{reason}; the write was not applied")
+                        error(UnavailableError, f"{reason}; the write was not applied")
                     )
         for future in getattr(self, "_pending_reads", {}).values():
             if not future.done():
-                future.set_exception(UnavailableError(reason))
+                future.set_exception(error(UnavailableError, reason))
         for _, _, future in getattr(self, "_applied_waiters", []):
             if not future.done():
-                future.set_exception(UnavailableError(reason))
+                future.set_exception(error(UnavailableError, reason))
         for waiter in getattr(self, "_leader_waiters", ()):
             if not waiter.done():
                 waiter.set_result(None)
 
     def _raise_if_failed(self) -> None:
         if self._failure is not None:
-            raise UnavailableError(f"node {self.node_id} failed: {self._failure}")
+            raise NodeFailedError(self._failure_message()) from self._failure
 
     # --- loop side: messages --------------------------------------------------------------------
 
@@ -1831,6 +1940,30 @@ async def _as_coroutine(function: Callable[[], T]) -> T:
     return function()
 
 
+def _check_distinct_addresses(peers: Mapping[str, str]) -> None:
+    """Two member ids on one address cannot both listen there: refuse the map at once rather
+    than run with one member unreachable (and refusals logged forever)."""
+    owners: dict[str, str] = {}
+    for peer_id, address in peers.items():
+        if address.rpartition(":")[2] == "0":
+            continue  # port 0: the kernel picks a distinct port for each
+        other = owners.setdefault(address, peer_id)
+        if other != peer_id:
+            raise InvalidArgumentError(
+                f"peers {other!r} and {peer_id!r} have the same address {address}; "
+                "every member needs its own host:port"
+            )
+
+
+def _check_address_free(peers: Mapping[str, str], node_id: str, address: str) -> None:
+    """Refuse to add `node_id` at an address another member already listens on."""
+    for other, known in peers.items():
+        if other != node_id and known == address and not address.endswith(":0"):
+            raise InvalidArgumentError(
+                f"member {other!r} already has the address {address}; {node_id!r} needs its own"
+            )
+
+
 def _check_address(address: object) -> str:
     if not isinstance(address, str):
         raise InvalidArgumentError(f"address must be 'host:port', got {address!r}")
@@ -1840,4 +1973,4 @@ def _check_address(address: object) -> str:
     return address
 
 
-__all__ = ["Node"]
+__all__ = ["Node", "NodeFailedError"]

@@ -6,7 +6,7 @@ Also the argument checks every public entry point runs before anything is sent o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal, get_args
 
 from kvstore.consensus import CONSENSUS_KINDS
@@ -22,6 +22,13 @@ leader's lease, no round) or "stale" (the local state, possibly behind)."""
 
 CONSISTENCY_LEVELS: tuple[Consistency, ...] = get_args(Consistency)
 """Every `Consistency`, in wire-code order (the protocol sends a level as its index here)."""
+
+CLUSTER_NAME_CHARS_MAX = 128
+"""Longest `Options.cluster_name`."""
+
+TIMEOUT_S_MAX = 24 * 3600.0
+"""Longest timeout any call accepts (a day): the wire protocol refuses longer ones, and the
+standard library's waits overflow on timeouts of a few hundred years."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +89,21 @@ class Options:
     see kvstore.storage.state_machine), so it must be the SAME on every member, like
     `sessions_max`; keep it well above your clock error and your longest write timeout."""
 
+    # --- identity ---
+    cluster_name: str = "kvstore"
+    """Read once, when a new cluster is created: its cluster id is a hash of this name and the
+    founding member ids (`kvstore.identity`). Give clusters that share member ids different
+    names, so a member pointed at the wrong cluster is refused ("member of another cluster")."""
+
     def validate(self) -> None:
-        """Raise `InvalidArgumentError` naming the first setting that is out of range."""
+        """Raise `InvalidArgumentError` naming the first setting that is out of range.
+
+        Every field is checked by its declared type first (`check_field`): a float must be a
+        finite number >= 0 (never nan or inf), an int an int (not a bool, not a float), a bool a
+        bool, a str a str; then the settings with tighter ranges are checked one by one.
+        """
+        for field in fields(self):
+            check_field(getattr(self, field.name), field.name, str(field.type))
         if self.tick_s <= 0:
             raise InvalidArgumentError(f"tick_s must be > 0, got {self.tick_s}")
         check_ticks(self.heartbeat_ticks, self.election_ticks)
@@ -116,6 +136,11 @@ class Options:
                 f"session_timeout_s must be a finite number in [0.001, 1e9], "
                 f"got {self.session_timeout_s!r}"
             )
+        if not 0 < len(self.cluster_name) <= CLUSTER_NAME_CHARS_MAX:
+            raise InvalidArgumentError(
+                f"cluster_name must be 1 to {CLUSTER_NAME_CHARS_MAX} characters, "
+                f"got {self.cluster_name!r}"
+            )
         if self.consensus not in CONSENSUS_KINDS:
             raise InvalidArgumentError(
                 f"consensus must be one of {', '.join(CONSENSUS_KINDS)}; got {self.consensus!r}"
@@ -135,6 +160,9 @@ class Status:
     applied_index: int
     members: dict[str, str]
     """node_id -> address of every member (voters and learners)."""
+    failure: str | None = None
+    """Why this member stopped serving (a storage failure such as "No space left on device"),
+    or None while it serves. A failed member reports role "follower" and no leader."""
 
 
 def check_key(key: object) -> bytes:
@@ -173,11 +201,43 @@ def check_consistency(consistency: object) -> Consistency:
     )
 
 
-def check_timeout(timeout_s: object) -> float:
-    """Return `timeout_s` as a float if it is a positive number, else raise."""
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or timeout_s <= 0:
-        raise InvalidArgumentError(f"timeout_s must be a positive number, got {timeout_s!r}")
+def check_timeout(timeout_s: object, name: str = "timeout_s") -> float:
+    """Return `timeout_s` as a float if it is a finite number in (0, `TIMEOUT_S_MAX`], else raise
+    `InvalidArgumentError` naming `name`. nan, inf, 0, negatives and bools are refused.
+
+    The one timeout check of the public API (Node, both clients, the CLI): call it before
+    anything is sent or written."""
+    if (
+        isinstance(timeout_s, bool)
+        or not isinstance(timeout_s, int | float)
+        or not 0 < timeout_s <= TIMEOUT_S_MAX  # False for nan
+    ):
+        raise InvalidArgumentError(
+            f"{name} must be a number of seconds in (0, {TIMEOUT_S_MAX:g}], got {timeout_s!r}"
+        )
     return float(timeout_s)
+
+
+def check_field(value: object, name: str, kind: str) -> None:
+    """Raise `InvalidArgumentError` unless `value` fits the declared type `kind` of setting
+    `name`: "float" a finite number >= 0, "int" an int (not a bool), "bool" a bool, "str" a str.
+    Other kinds are not checked here."""
+    if kind == "float":
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise InvalidArgumentError(f"{name} must be a finite number >= 0, got {value!r}")
+    elif kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidArgumentError(f"{name} must be an int, got {value!r}")
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            raise InvalidArgumentError(f"{name} must be True or False, got {value!r}")
+    elif kind == "str" and not isinstance(value, str):
+        raise InvalidArgumentError(f"{name} must be a str, got {value!r}")
 
 
 def check_limit(limit: object) -> int | None:

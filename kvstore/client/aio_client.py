@@ -42,6 +42,7 @@ import collections
 import functools
 import itertools
 import logging
+import math
 import random
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -157,8 +158,14 @@ def parse_endpoints(endpoints: object) -> dict[str, float]:
     result: dict[str, float] = {}
     for address, weight in items:
         _check_address(address)
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
-            raise InvalidArgumentError(f"weight of {address} must be > 0, got {weight!r}")
+        if (
+            isinstance(weight, bool)
+            or not isinstance(weight, int | float)
+            or not 0 < weight < math.inf  # False for nan
+        ):
+            raise InvalidArgumentError(
+                f"weight of {address} must be a finite number > 0, got {weight!r}"
+            )
         result[address] = float(weight)
     return result
 

@@ -109,33 +109,34 @@ class Client(ClosingContext):
 
     @staticmethod
     def _t(timeout_s: object) -> float:
-        # Argument errors surface from the coroutine too; this only sizes the thread's wait.
-        return timeout_s if isinstance(timeout_s, int | float) and timeout_s > 0 else 1.0
+        # Checked here, in the caller's thread, before the coroutine is handed to the loop: a
+        # bad timeout (nan, inf, negative) must fail before anything is sent, and must not
+        # reach the thread's own wait (inf overflows it).
+        return check_timeout(timeout_s)
 
     def put(self, key: bytes, value: bytes, *, timeout_s: float = 5.0) -> None:
         """Set `key` to `value`; returns once the write is committed and applied."""
-        self._call(self._client.put(key, value, timeout_s=timeout_s), self._t(timeout_s))
+        t = self._t(timeout_s)
+        self._call(self._client.put(key, value, timeout_s=t), t)
 
     def get(
         self, key: bytes, *, consistency: Consistency = "linearizable", timeout_s: float = 5.0
     ) -> bytes | None:
         """The value of `key`, or None when it is absent."""
-        return self._call(
-            self._client.get(key, consistency=consistency, timeout_s=timeout_s),
-            self._t(timeout_s),
-        )
+        t = self._t(timeout_s)
+        return self._call(self._client.get(key, consistency=consistency, timeout_s=t), t)
 
     def delete(self, key: bytes, *, timeout_s: float = 5.0) -> bool:
         """Remove `key`; True if it existed."""
-        return self._call(self._client.delete(key, timeout_s=timeout_s), self._t(timeout_s))
+        t = self._t(timeout_s)
+        return self._call(self._client.delete(key, timeout_s=t), t)
 
     def cas(
         self, key: bytes, expected: bytes | None, new: bytes | None, *, timeout_s: float = 5.0
     ) -> bool:
         """Set `key` to `new` if its value is `expected` (None: absent; `new` None: delete)."""
-        return self._call(
-            self._client.cas(key, expected, new, timeout_s=timeout_s), self._t(timeout_s)
-        )
+        t = self._t(timeout_s)
+        return self._call(self._client.cas(key, expected, new, timeout_s=t), t)
 
     def scan(
         self,
@@ -146,32 +147,30 @@ class Client(ClosingContext):
         timeout_s: float | None = None,
     ) -> list[tuple[bytes, bytes]]:
         """The pairs whose key starts with `prefix`, sorted by key, at most `limit` of them."""
-        t = self._timeout_s if timeout_s is None else timeout_s
+        t = self._timeout_s if timeout_s is None else self._t(timeout_s)
         return self._call(
-            self._client.scan(prefix, limit=limit, consistency=consistency, timeout_s=t),
-            self._t(t),
+            self._client.scan(prefix, limit=limit, consistency=consistency, timeout_s=t), t
         )
 
     def status(self, address: str | None = None, *, timeout_s: float | None = None) -> Status:
         """The status of the member at `address`, or of one the balancer picks."""
-        t = self._timeout_s if timeout_s is None else timeout_s
-        return self._call(self._client.status(address, timeout_s=t), self._t(t))
+        t = self._timeout_s if timeout_s is None else self._t(timeout_s)
+        return self._call(self._client.status(address, timeout_s=t), t)
 
     def add_member(self, node_id: str, address: str, *, timeout_s: float = 10.0) -> None:
         """Add `node_id`, reachable at `address`, to the cluster."""
-        self._call(
-            self._client.add_member(node_id, address, timeout_s=timeout_s), self._t(timeout_s)
-        )
+        t = self._t(timeout_s)
+        self._call(self._client.add_member(node_id, address, timeout_s=t), t)
 
     def remove_member(self, node_id: str, *, timeout_s: float = 10.0) -> None:
         """Remove `node_id` from the cluster."""
-        self._call(self._client.remove_member(node_id, timeout_s=timeout_s), self._t(timeout_s))
+        t = self._t(timeout_s)
+        self._call(self._client.remove_member(node_id, timeout_s=t), t)
 
     def transfer_leadership(self, node_id: str, *, timeout_s: float = 10.0) -> None:
         """Ask the leader to hand leadership to `node_id`."""
-        self._call(
-            self._client.transfer_leadership(node_id, timeout_s=timeout_s), self._t(timeout_s)
-        )
+        t = self._t(timeout_s)
+        self._call(self._client.transfer_leadership(node_id, timeout_s=t), t)
 
     @property
     def leader_address(self) -> str | None:

@@ -116,7 +116,10 @@ class LocalCluster:
         self.secret_file: Path | None = None
         if secret is not None:
             self.secret_file = self.base_dir / "secret"
-            self.secret_file.write_bytes(secret)
+            # Owner-only, or `serve --secret-file` refuses it (as ssh refuses an open key).
+            fd = os.open(self.secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as file:
+                file.write(secret)
         if addresses is None:
             ports = free_ports(size)
             addresses = {f"n{number}": f"127.0.0.1:{port}" for number, port in enumerate(ports, 1)}

@@ -71,6 +71,9 @@ class FrameKind(enum.IntEnum):
     """Handshake, dialer -> listener: the dialer's proof."""
     AUTH_OK = 4
     """Handshake, listener -> dialer: the dialer is authenticated."""
+    IDENTITY = 9
+    """Peers only, right after the handshake, both ways: the sender's cluster id and
+    incarnation (`kvstore.transport.identity`)."""
     RAFT = 10
     """A batch of Raft messages: a list of `encode_message()` results."""
     SNAPSHOT_CHUNK = 11

@@ -24,7 +24,7 @@ import random
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from kvstore.errors import AuthenticationError, RemoteProtocolError
 from kvstore.raft.types import Message, MessageType
@@ -52,6 +52,9 @@ from kvstore.transport.tls import (
     connection_identity,
     server_context,
 )
+
+if TYPE_CHECKING:
+    from kvstore.transport.identity import IdentityExchange
 
 log = logging.getLogger("kvstore.transport")
 
@@ -401,6 +404,9 @@ class _PeerLink:
         self._conn: FramedConnection | None = None
         self._backoff_s = BACKOFF_INITIAL_S
         self._failures = 0
+        self._dial_now = transport.identity is not None and transport.identity.dial_at_start
+        """Dial before anything is queued: with identities, every member dials every peer
+        at start, so it knows each peer's incarnation before anyone else claims the id."""
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"peer-{peer_id}")
 
     @property
@@ -484,7 +490,7 @@ class _PeerLink:
     async def _run_once(self) -> None:
         """Wait for something to send, connect, and write until the connection is lost."""
         transport = self._transport
-        while not (self._frames or self._chunks):
+        while not (self._frames or self._chunks or self._dial_now):
             self._wakeup.clear()
             await self._wakeup.wait()
         conn = await self._connect()
@@ -497,6 +503,7 @@ class _PeerLink:
             return
         self._conn = conn
         self._failures = 0
+        self._dial_now = False
         connected_at = asyncio.get_running_loop().time()
         try:
             await self._pump(conn)
@@ -529,6 +536,8 @@ class _PeerLink:
                 consensus=transport.consensus,
                 tls_context=transport._client_tls,
             )
+            if transport.identity is not None:  # cluster id and incarnation (identity.py)
+                await transport.identity.offer(conn, self.peer_id)
         except AuthenticationError as exc:
             # A configuration error (wrong secret, wrong address): always worth a warning.
             log.warning(
@@ -606,6 +615,10 @@ class PeerTransport:
     messages go to `on_message` after checking that their sender is the authenticated peer and
     their recipient is this node. Client connections go to `on_client_connection`.
     """
+
+    identity: IdentityExchange | None = None
+    """Set by the node: after each peer handshake both sides exchange and check their cluster
+    id and incarnation (`kvstore.transport.identity`); None skips the exchange."""
 
     def __init__(
         self,
@@ -952,6 +965,9 @@ class PeerTransport:
         else:
             conn.role = ROLE_PEER
             conn.peer_id = handshake.peer_id
+            exchange = self.identity
+            if exchange is not None and not await exchange.answer(conn, conn.peer_id or ""):
+                return  # refused (another cluster, a second process, wiped data): logged
             await self._serve_peer(conn)
 
     def _tls_is_member(self, identity: Identity) -> Callable[[str], bool]:

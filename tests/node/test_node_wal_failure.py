@@ -22,12 +22,13 @@ def _assert_stopped_serving(node: kvstore.Node) -> None:
         lambda: node.get(b"k"),
         lambda: node.get(b"k", consistency="stale"),
         lambda: node.scan(),
-        lambda: node.status(),
         lambda: node.wait_for_leader(timeout_s=1),
         lambda: node.add_member("n9", "127.0.0.1:1"),
     ):
         with pytest.raises(kvstore.UnavailableError, match="failed"):
             call()
+    # Its status still answers, and names the failure (test_node_failure_visible.py).
+    assert node.status().failure is not None
 
 
 def _survivors_serve(cluster: EmbeddedCluster, failed: kvstore.Node) -> kvstore.Node:
