@@ -3,7 +3,6 @@
 The commit rule is not here: its one home is `RaftCore._maybe_commit` (a quorum's match index,
 and only for an entry of the current term, Raft §5.4.2).
 
-
 Only voters count. Learners never appear here: the caller passes the voter ids.
 """
 
