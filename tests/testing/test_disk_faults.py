@@ -7,7 +7,6 @@ entry kept; a flipped byte with valid records after it must refuse the open with
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -27,10 +26,6 @@ from kvstore.testing.nemesis import (
 SEGMENT_BYTES = 64 << 10
 
 
-def seed() -> int:
-    return int(os.environ.get("KVSTORE_TEST_SEED", random.randrange(1 << 30)))
-
-
 def write_log(data_dir: Path, entries: int, rng: random.Random) -> list[Entry]:
     written = [
         Entry(term=1 + i // 50, index=i + 1, data=rng.randbytes(rng.randrange(10, 400)))
@@ -44,8 +39,8 @@ def write_log(data_dir: Path, entries: int, rng: random.Random) -> list[Entry]:
     return written
 
 
-def test_scan_finds_every_record_of_a_fresh_log(tmp_path: Path) -> None:
-    rng = random.Random(seed())
+def test_scan_finds_every_record_of_a_fresh_log(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
     write_log(tmp_path, 40, rng)
     (segment,) = wal_segments(tmp_path)
     records = walformat.read_records(segment)  # it verifies each record's CRC
@@ -54,8 +49,10 @@ def test_scan_finds_every_record_of_a_fresh_log(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fault", [tear_tail, zero_tail_sector])
-def test_torn_last_write_is_cut_and_nothing_is_lost(tmp_path: Path, fault: object) -> None:
-    s = seed()
+def test_torn_last_write_is_cut_and_nothing_is_lost(
+    tmp_path: Path, fault: object, seed: int
+) -> None:
+    s = seed
     rng = random.Random(s)
     written = write_log(tmp_path, 60, rng)
     damage = fault(tmp_path, rng)  # type: ignore[operator]
@@ -69,8 +66,8 @@ def test_torn_last_write_is_cut_and_nothing_is_lost(tmp_path: Path, fault: objec
         assert not wal.recovery.torn
 
 
-def test_flipped_byte_in_the_middle_refuses_to_open(tmp_path: Path) -> None:
-    s = seed()
+def test_flipped_byte_in_the_middle_refuses_to_open(tmp_path: Path, seed: int) -> None:
+    s = seed
     rng = random.Random(s)
     write_log(tmp_path, 60, rng)
     damage = flip_middle_byte(tmp_path, rng)
@@ -80,8 +77,8 @@ def test_flipped_byte_in_the_middle_refuses_to_open(tmp_path: Path) -> None:
     assert caught.value.offset == damage.offset, f"seed {s}: {damage}"
 
 
-def test_flipped_byte_in_an_older_segment_refuses_to_open(tmp_path: Path) -> None:
-    s = seed()
+def test_flipped_byte_in_an_older_segment_refuses_to_open(tmp_path: Path, seed: int) -> None:
+    s = seed
     rng = random.Random(s)
     write_log(tmp_path, 600, rng)  # about 130 KiB of entries: several 64 KiB segments
     segments = wal_segments(tmp_path)
