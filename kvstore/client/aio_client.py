@@ -81,8 +81,8 @@ from kvstore.options import (
     check_timeout,
     check_value,
 )
-from kvstore.storage.commands import SESSION_WINDOW
 from kvstore.transport.codec import FrameKind
+from kvstore.wire import SESSION_WINDOW
 
 __all__ = ["Client", "Connector", "parse_endpoints"]
 

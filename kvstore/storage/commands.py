@@ -38,6 +38,7 @@ import struct
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from kvstore import wire
 from kvstore.errors import InvalidArgumentError
 from kvstore.options import KEY_BYTES_MAX
 
@@ -47,7 +48,7 @@ CLIENT_ID_BYTES = 16
 SEQ_MAX = (1 << 64) - 1
 """Largest session sequence number (u64)."""
 
-SESSION_WINDOW = 256
+SESSION_WINDOW = wire.SESSION_WINDOW
 """How many of a client's most recent seqs the state machine remembers (applied or not, and the
 result). Commands of one client may commit in any order within this window; part of the
 replicated format, so it must never differ between members."""
