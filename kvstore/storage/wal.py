@@ -89,6 +89,8 @@ _packers = threading.local()
 
 def crc32c(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
     """CRC32C of `data`, extending `crc` (0 to start): the checksum the log uses."""
+    if type(data) is bytes:  # cffi passes bytes as a pointer itself: no buffer object to make
+        return int(lib.kvwal_crc32c(crc, data, len(data)))
     return int(lib.kvwal_crc32c(crc, ffi.from_buffer("uint8_t[]", data), len(data)))
 
 

@@ -109,17 +109,21 @@ def encode_entries(seq: int, offset: int, entries: Iterable[tuple[int, int, int,
     """ENTRY records for `(term, index, type, data)` tuples (a `kvstore.raft.types.Entry` is
     one), laid out from `offset` of segment `seq`: what one append of these entries writes."""
     parts: list[bytes] = []
+    append = parts.append
     head = _HEAD_TAIL.pack
     fixed = _ENTRY_FIXED.pack
     seed = _SEED.pack
     crc_pack = _U32.pack
+    crc32 = crc32c
     for term, index, etype, data in entries:
         length = 16 + len(data)
-        body = head(length, REC_ENTRY, etype, 0) + fixed(index, term) + data
-        crc = crc32c(body, crc32c(seed(seq, offset)))
+        body = head(length, REC_ENTRY, etype, 0) + fixed(index, term)
+        body += data
+        crc = crc32(body, crc32(seed(seq, offset)))
         pad = -(HEADER_BYTES + length) % 8
-        parts += (crc_pack((((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF), body)
-        parts.append(_PADS[pad])
+        append(crc_pack((((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF))
+        append(body)
+        append(_PADS[pad])
         offset += HEADER_BYTES + length + pad
     return b"".join(parts)
 
