@@ -7,6 +7,7 @@ format), so these tests also check that it and the C library agree.
 
 from __future__ import annotations
 
+import errno
 import struct
 import threading
 from collections.abc import Sequence
@@ -16,9 +17,9 @@ from typing import Any
 import pytest
 from kvstore._kvwal import ffi, lib
 
-from kvstore.errors import CorruptionError
+from kvstore.errors import CorruptionError, WalFailedError
 from kvstore.raft.types import Entry, EntryType, HardState
-from kvstore.storage.wal import WriteAheadLog
+from kvstore.storage.wal import FaultSpec, WriteAheadLog
 from kvstore.testing import walformat
 
 SEGMENT_BYTES = 8192
@@ -174,3 +175,28 @@ def test_a_later_failure_without_a_detail_shows_no_older_one(tmp_path: Path) -> 
         )
         assert rc == lib.KVWAL_EINVAL
         assert _last_error()[0] == 0  # code 0: this call gave no detail
+
+
+def test_every_thread_is_told_what_poisoned_the_log(tmp_path: Path) -> None:
+    """A poisoned log fails every later call, in any thread, with the cause that poisoned it
+    (the same for all: it is the handle's state, not one call's)."""
+    with WriteAheadLog(tmp_path / "wal", segment_bytes=SEGMENT_BYTES) as wal:
+        wal.inject_fault(FaultSpec("sync", errno.EIO))
+        with pytest.raises(WalFailedError) as first:
+            wal.sync(wal.append(ENTRIES))
+        assert "fdatasync failed" in str(first.value)
+        caught: list[BaseException] = []
+
+        def other_thread() -> None:
+            try:
+                wal.last_index()
+            except BaseException as exc:
+                caught.append(exc)
+
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join(10)
+        [later] = caught
+        assert isinstance(later, WalFailedError)
+        assert "fdatasync failed" in str(later), later
+        assert isinstance(later.__cause__, OSError) and later.__cause__.errno == errno.EIO
