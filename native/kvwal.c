@@ -287,6 +287,11 @@ static int error_poisoned(struct kvwal *wal) {
     return KVWAL_EFAILED;
 }
 
+int kvwal_error_last(kvwal_error_t *out) {
+    *out = last_error;
+    return 0;
+}
+
 /* Record the detail of a failure; returns `code` so call sites can `return set_error(...)`.
  * `name` is a file inside the log directory (or NULL). Callers hold the mutex or are alone. The
  * first KVWAL_EFAILED detail is also kept as the handle's poison cause. */
@@ -2115,10 +2120,6 @@ int kvwal_log_error(kvwal_t *wal, kvwal_error_t *out) {
     return 0;
 }
 
-int kvwal_error_last(kvwal_error_t *out) {
-    *out = last_error;
-    return 0;
-}
 
 int kvwal_log_inject_fault(kvwal_t *wal, int kind, uint64_t skip, int err,
                            uint64_t partial_bytes) {

@@ -190,6 +190,13 @@ int kvwal_crc32c_hw_available(void);
 /** A static, human-readable description of any code these functions return. */
 const char *kvwal_strerror(int code);
 
+/**
+ * Detail of the calling thread's latest failed kvwal call (thread-local, like errno; `code` is
+ * 0 if that call gave none). Each public call that can fail clears it when it starts, so it
+ * never describes an older call, nor another thread's.
+ */
+int kvwal_error_last(kvwal_error_t *out);
+
 /* ---- Handle life cycle --------------------------------------------------------------------- */
 
 /**
@@ -339,13 +346,6 @@ int kvwal_log_recovery(kvwal_t *wal, kvwal_recovery_t *out);
 /** The failure that poisoned the handle (`code` 0 if it is not poisoned; works on any created
  * handle). The same for every thread, and it never changes once set. */
 int kvwal_log_error(kvwal_t *wal, kvwal_error_t *out);
-
-/**
- * Detail of the calling thread's latest failed kvwal call (thread-local, like errno; `code` is
- * 0 if that call gave none). Each public call that can fail clears it when it starts, so it
- * never describes an older call, nor another thread's.
- */
-int kvwal_error_last(kvwal_error_t *out);
 
 /**
  * Tests only: make the (skip + 1)-th next operation of `kind` (KVWAL_FAULT_*) fail with errno
