@@ -2120,7 +2120,6 @@ int kvwal_log_error(kvwal_t *wal, kvwal_error_t *out) {
     return 0;
 }
 
-
 int kvwal_log_inject_fault(kvwal_t *wal, int kind, uint64_t skip, int err,
                            uint64_t partial_bytes) {
     if (kind < KVWAL_FAULT_WRITE || kind > KVWAL_FAULT_PREPARE || err < 0) return KVWAL_EINVAL;
