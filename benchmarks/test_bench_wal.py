@@ -91,7 +91,8 @@ def _bench_appends(
 
 
 def test_bench_wal_append_python_baseline(benchmark: Any, tmp_path: Path) -> None:
-    """The pure-Python writer: struct + crcmod + one os.pwrite per 1,000-record batch."""
+    """The pure-Python writer: struct + a CRC call per record + one os.pwrite per 1,000-record
+    batch."""
     _bench_appends(benchmark, lambda n: PyWalWriter(str(tmp_path / f"py{n}")), _batches())
     _record(benchmark, "python_append", work=BATCH * BATCHES_PER_ROUND)
 

@@ -40,13 +40,18 @@ enum {
 #define HDR_BYTES 12u
 #define SNAP_FLAG_RESET 0x1u
 #define SEG_MAGIC "KVWALSEG"
-#define SEG_VERSION 1u
+/* The segment format version (FORMAT.md §8). Writers write SEG_VERSION; readers accept
+ * SEG_VERSION_MIN .. SEG_VERSION and refuse any other, and any SEGMENT flag outside
+ * SEG_FLAGS_KNOWN. */
+#define SEG_VERSION 2u
+#define SEG_VERSION_MIN 1u
+#define SEG_FLAGS_KNOWN 0u
 #define SEG_PAYLOAD_BYTES 32u
 #define ENTRY_FIXED_BYTES 16u
 #define HS_FIXED_BYTES 16u
 #define SNAP_FIXED_BYTES 16u
 #define TRUNC_PAYLOAD_BYTES 16u       /* index, last (FORMAT.md §2) */
-#define TRUNC_LEGACY_PAYLOAD_BYTES 8u /* index alone: a cut that takes effect at once */
+#define TRUNC_LEGACY_PAYLOAD_BYTES 8u /* index alone, version 1 only: a cut at once */
 #define TMP_NAME "segment.tmp"
 #define SEG_NAME_LEN 37 /* 16 hex + '-' + 16 hex + ".wal" */
 #define CRC_MASK_DELTA 0xA282EAD8u
@@ -148,7 +153,7 @@ struct kvwal {
     struct fault faults[4];
     kvwal_stats_t stats;
     kvwal_recovery_t recovery;
-    kvwal_error_t error;
+    kvwal_error_t poison_cause; /* the failure that poisoned the handle (code 0: none) */
 };
 
 /* ---- Little-endian helpers ----------------------------------------------------------------- */
@@ -276,13 +281,37 @@ const char *kvwal_strerror(int code) {
     return "unknown kvwal error";
 }
 
+/* The detail of the calling thread's latest failed call (kvwal_error_last()). It belongs to the
+ * thread, like errno, so a thread is never told the path and offset of another thread's
+ * failure; a handle keeps only the cause that poisoned it (poison_cause), which is the same for
+ * every later call. */
+static _Thread_local kvwal_error_t last_error;
+
+/* A public call starts: no detail yet (so a failure without one is not shown an older one). */
+static inline void error_clear(void) {
+    last_error.code = 0;
+}
+
+/* This call fails because the handle is poisoned: its detail is what poisoned it. Under the
+ * mutex. */
+static int error_poisoned(struct kvwal *wal) {
+    last_error = wal->poison_cause;
+    return KVWAL_EFAILED;
+}
+
+int kvwal_error_last(kvwal_error_t *out) {
+    *out = last_error;
+    return 0;
+}
+
 /* Record the detail of a failure; returns `code` so call sites can `return set_error(...)`.
- * `name` is a file inside the log directory (or NULL). Callers hold the mutex or are alone. */
+ * `name` is a file inside the log directory (or NULL). Callers hold the mutex or are alone. The
+ * first KVWAL_EFAILED detail is also kept as the handle's poison cause. */
 __attribute__((format(printf, 7, 8))) static int set_error(struct kvwal *wal, int code,
                                                            int sys_errno, const char *name,
                                                            int has_offset, uint64_t offset,
                                                            const char *fmt, ...) {
-    kvwal_error_t *e = &wal->error;
+    kvwal_error_t *e = &last_error;
     e->code = code;
     e->sys_errno = sys_errno;
     e->has_offset = has_offset;
@@ -298,6 +327,7 @@ __attribute__((format(printf, 7, 8))) static int set_error(struct kvwal *wal, in
     va_start(ap, fmt);
     vsnprintf(e->message, sizeof e->message, fmt, ap);
     va_end(ap);
+    if (code == KVWAL_EFAILED && wal->poison_cause.code == 0) wal->poison_cause = *e;
     return code;
 }
 
@@ -817,11 +847,12 @@ static int segment_rotate(struct kvwal *wal, uint64_t need, uint64_t first_index
 
 /* Take the mutex and the writer flag. On success the mutex is held. */
 static int writer_enter(struct kvwal *wal) {
+    error_clear();
     pthread_mutex_lock(&wal->mu);
     while (wal->writer_busy && !wal->failed) {
         pthread_cond_wait(&wal->writer_cv, &wal->mu);
     }
-    int rc = wal->failed ? KVWAL_EFAILED : !wal->opened ? KVWAL_ECLOSED : 0;
+    int rc = wal->failed ? error_poisoned(wal) : !wal->opened ? KVWAL_ECLOSED : 0;
     if (rc != 0) {
         pthread_mutex_unlock(&wal->mu);
         return rc;
@@ -831,6 +862,7 @@ static int writer_enter(struct kvwal *wal) {
 }
 
 static int writer_exit(struct kvwal *wal, int rc) {
+    if (rc == KVWAL_EFAILED) error_poisoned(wal);
     wal->writer_busy = 0;
     /* Every waiter wants the flag and only one can have it. */
     pthread_cond_signal(&wal->writer_cv);
@@ -1028,7 +1060,7 @@ static int pend_reserve(struct kvwal *wal, size_t n) {
 /* Nothing to write: report the position so that callers can sync it. */
 static int append_nothing(struct kvwal *wal, uint64_t *out_position) {
     pthread_mutex_lock(&wal->mu);
-    int rc = wal->failed ? KVWAL_EFAILED : !wal->opened ? KVWAL_ECLOSED : 0;
+    int rc = wal->failed ? error_poisoned(wal) : !wal->opened ? KVWAL_ECLOSED : 0;
     if (rc == 0 && out_position != NULL) *out_position = wal->appended;
     pthread_mutex_unlock(&wal->mu);
     return rc;
@@ -1114,6 +1146,7 @@ int kvwal_log_append(kvwal_t *wal, size_t count, const uint64_t *indexes, const 
                      const uint8_t *types, const uint32_t *lengths, const uint8_t *data,
                      size_t data_len, const kvwal_hard_state_t *hard_state,
                      uint64_t *out_position) {
+    error_clear();
     if (count > 0 && (indexes == NULL || terms == NULL || types == NULL || lengths == NULL)) {
         return KVWAL_EINVAL;
     }
@@ -1200,6 +1233,7 @@ int kvwal_log_append_msgpack(kvwal_t *wal, size_t count, const uint64_t *indexes
                              const uint64_t *terms, const uint8_t *types, const uint8_t *packed,
                              size_t packed_len, const kvwal_hard_state_t *hard_state,
                              uint64_t *out_position) {
+    error_clear();
     if (count > 0 && (indexes == NULL || terms == NULL || types == NULL || packed == NULL)) {
         return KVWAL_EINVAL;
     }
@@ -1272,6 +1306,7 @@ static int sync_to_locked(struct kvwal *wal, uint64_t position) {
 }
 
 static int sync_common(struct kvwal *wal, int to_end, uint64_t position) {
+    error_clear();
     pthread_mutex_lock(&wal->mu);
     wal->stats.sync_calls++;
     int rc = wal->failed ? KVWAL_EFAILED : !wal->opened ? KVWAL_ECLOSED : 0;
@@ -1285,6 +1320,7 @@ static int sync_common(struct kvwal *wal, int to_end, uint64_t position) {
             rc = sync_to_locked(wal, position);
         }
     }
+    if (rc == KVWAL_EFAILED) error_poisoned(wal);
     pthread_mutex_unlock(&wal->mu);
     return rc;
 }
@@ -1343,6 +1379,7 @@ static int segments_delete_front(struct kvwal *wal, size_t n) {
 
 int kvwal_log_compact_through(kvwal_t *wal, uint64_t index, uint64_t term, const uint8_t *conf,
                               size_t conf_len) {
+    error_clear();
     if (conf_len > KVWAL_RECORD_BYTES_MAX - SNAP_FIXED_BYTES) return KVWAL_ETOOBIG;
     int rc = writer_enter(wal);
     if (rc != 0) return rc;
@@ -1387,6 +1424,7 @@ int kvwal_log_compact_through(kvwal_t *wal, uint64_t index, uint64_t term, const
 
 int kvwal_log_install_snapshot(kvwal_t *wal, uint64_t index, uint64_t term, const uint8_t *conf,
                                size_t conf_len) {
+    error_clear();
     if (conf_len > KVWAL_RECORD_BYTES_MAX - SNAP_FIXED_BYTES) return KVWAL_ETOOBIG;
     int rc = writer_enter(wal);
     if (rc != 0) return rc;
@@ -1407,8 +1445,9 @@ int kvwal_log_install_snapshot(kvwal_t *wal, uint64_t index, uint64_t term, cons
 /* ---- Reading ------------------------------------------------------------------------------- */
 
 static int reader_enter(struct kvwal *wal) {
+    error_clear();
     pthread_mutex_lock(&wal->mu);
-    int rc = wal->failed ? KVWAL_EFAILED : !wal->opened ? KVWAL_ECLOSED : 0;
+    int rc = wal->failed ? error_poisoned(wal) : !wal->opened ? KVWAL_ECLOSED : 0;
     if (rc != 0) pthread_mutex_unlock(&wal->mu);
     return rc;
 }
@@ -1610,6 +1649,7 @@ static int rec_parse(unsigned flags, const uint8_t *buf, uint64_t size, uint64_t
  * (FORMAT.md §4), whose entries wait in wal->pend until its last one is read. */
 struct replay {
     const struct segment *seg; /* the segment being read */
+    uint32_t version;          /* its format version */
     uint64_t off;
     int batch_open;
     uint64_t batch_off;  /* offset of its TRUNCATE record */
@@ -1706,6 +1746,9 @@ static int replay_record(struct kvwal *wal, struct replay *rp, const uint8_t *p,
         memcpy(wal->hs.vote, pl + HS_FIXED_BYTES, wal->hs.vote_len);
         return 0;
     case REC_TRUNCATE: {
+        if (len == TRUNC_LEGACY_PAYLOAD_BYTES && rp->version >= 2) {
+            return replay_corrupt(wal, rp, "8-byte TRUNCATE in a segment of version 2 or later");
+        }
         uint64_t index = get_le64(pl);
         uint64_t last = len == TRUNC_PAYLOAD_BYTES ? get_le64(pl + 8) : index;
         if (index < wal->snap_index) {
@@ -1822,6 +1865,31 @@ struct scan_buf {
     size_t cap;
 };
 
+/* The SEGMENT record's payload `pl` at the start of rp->seg: the magic, a version this build
+ * reads, only known flags, and the seq and first index of the file name (FORMAT.md §6, §8). */
+static int segment_header_check(struct kvwal *wal, const struct replay *rp, const uint8_t *pl) {
+    uint32_t version = get_le32(pl + 8);
+    uint32_t flags = get_le32(pl + 12);
+    if (memcmp(pl, SEG_MAGIC, 8) != 0) {
+        return replay_corrupt(wal, rp, "not a kvstore log segment (bad magic)");
+    }
+    if (version < SEG_VERSION_MIN || version > SEG_VERSION) {
+        return set_error(wal, KVWAL_ECORRUPT, 0, rp->seg->name, 1, rp->off,
+                         "segment format version %u is not supported (this build reads "
+                         "versions %u to %u)",
+                         version, SEG_VERSION_MIN, SEG_VERSION);
+    }
+    if ((flags & ~SEG_FLAGS_KNOWN) != 0) {
+        return set_error(wal, KVWAL_ECORRUPT, 0, rp->seg->name, 1, rp->off,
+                         "segment header flags 0x%x are not known (known: 0x%x)", flags,
+                         SEG_FLAGS_KNOWN);
+    }
+    if (get_le64(pl + 16) != rp->seg->seq || get_le64(pl + 24) != rp->seg->first_index) {
+        return replay_corrupt(wal, rp, "segment header does not match its file name");
+    }
+    return 0;
+}
+
 /* Scan segment k (already in wal->segs with its fd open). */
 static int recover_segment(struct kvwal *wal, size_t k, struct scan_buf *sb) {
     struct segment *s = &wal->segs[k];
@@ -1857,10 +1925,9 @@ static int recover_segment(struct kvwal *wal, size_t k, struct scan_buf *sb) {
     int st_parse = rec_parse(wal->flags, buf, size, s->seq, 0, &len, &type);
     if (st_parse == PARSE_OK && type == REC_SEGMENT) {
         const uint8_t *pl = buf + HDR_BYTES;
-        if (memcmp(pl, SEG_MAGIC, 8) != 0 || get_le32(pl + 8) != SEG_VERSION ||
-            get_le64(pl + 16) != s->seq || get_le64(pl + 24) != s->first_index) {
-            return replay_corrupt(wal, &rp, "segment header does not match its file name");
-        }
+        rc = segment_header_check(wal, &rp, pl);
+        if (rc != 0) return rc;
+        rp.version = get_le32(pl + 8);
         wal->recovery.records++;
         off = rec_bytes(len);
         for (;;) {
@@ -2060,6 +2127,7 @@ static int fsync_parent(const char *dir) {
 }
 
 int kvwal_log_open(kvwal_t *wal, const char *dir, uint64_t segment_bytes, unsigned flags) {
+    error_clear();
     if (wal->opened || wal->dir != NULL) return KVWAL_EINVAL;
     if (segment_bytes < KVWAL_SEGMENT_BYTES_MIN ||
         (flags & ~(KVWAL_FLAG_NO_ZERO_FILL | KVWAL_FLAG_PORTABLE_CRC)) != 0) {
@@ -2175,7 +2243,7 @@ int kvwal_log_recovery(kvwal_t *wal, kvwal_recovery_t *out) {
 
 int kvwal_log_error(kvwal_t *wal, kvwal_error_t *out) {
     pthread_mutex_lock(&wal->mu);
-    *out = wal->error;
+    *out = wal->poison_cause;
     pthread_mutex_unlock(&wal->mu);
     return 0;
 }

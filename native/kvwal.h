@@ -9,8 +9,10 @@
  *  - Every function named kvwal_<object>_<verb> returns an int: 0 on success, a positive errno
  *    value for a failed system call that did not touch the log's files (open, mkdir, flock...),
  *    or a negative KVWAL_E* code from the reserved range [-30999, -30900].
- *    kvwal_strerror() explains any of them; kvwal_log_error() gives the detail (path, offset,
- *    errno) of the latest failure on a handle.
+ *    kvwal_strerror() explains any of them; kvwal_error_last() gives the detail (path, offset,
+ *    errno) of the calling thread's latest failed call, like errno: the detail belongs to the
+ *    call that failed, never to the handle, so a thread is never told another thread's path
+ *    and offset. Read it right after the failing call, before the next kvwal call.
  *  - Out-parameters come last. Buffers are (const uint8_t *, size_t). Integers are fixed width.
  *  - Log indices start at 1; 0 means "none". Ranges are half-open [lo, hi).
  *
@@ -19,7 +21,8 @@
  *
  * Failure: any failed write or fsync poisons the handle (as LevelDB does after a failed sync,
  * the state of the file is unknown). The failing call and every later call except
- * kvwal_log_close() return KVWAL_EFAILED; kvwal_log_error() names the cause.
+ * kvwal_log_close() return KVWAL_EFAILED, and the detail of each of them (kvwal_error_last()) is
+ * the cause that poisoned the handle, which kvwal_log_error() also gives.
  *
  * Threads and locking. cffi releases the GIL around every call, so callers may enter from many
  * threads at once. One mutex guards the handle's state: the append position, the in-memory
@@ -85,7 +88,7 @@ extern "C" {
 #define KVWAL_VOTE_BYTES_MAX 1024
 /** Smallest segment size accepted by kvwal_log_open(). */
 #define KVWAL_SEGMENT_BYTES_MIN 4096
-/** Longest path kvwal_log_error() and kvwal_log_recovery() report (longer ones are cut). */
+/** Longest path kvwal_error_last() and kvwal_log_recovery() report (longer ones are cut). */
 #define KVWAL_PATH_BYTES_MAX 4096
 /** Default of kvwal_log_set_prepare_retry(): how long a writer waits out transient failures. */
 #define KVWAL_PREPARE_RETRY_MS_DEFAULT 10000
@@ -134,7 +137,7 @@ typedef struct kvwal_batch {
     void *block; /* private: the single allocation */
 } kvwal_batch_t;
 
-/** Detail of the latest failure on a handle. */
+/** Detail of a failed call (kvwal_error_last()) or of what poisoned a handle (kvwal_log_error()). */
 typedef struct kvwal_error {
     int code;          /* the code the failing call returned (0 if none yet) */
     int sys_errno;     /* the errno behind it, 0 if none */
@@ -194,6 +197,13 @@ int kvwal_crc32c_hw_available(void);
 /** A static, human-readable description of any code these functions return. */
 const char *kvwal_strerror(int code);
 
+/**
+ * Detail of the calling thread's latest failed kvwal call (thread-local, like errno; `code` is
+ * 0 if that call gave none). Each public call that can fail clears it when it starts, so it
+ * never describes an older call, nor another thread's.
+ */
+int kvwal_error_last(kvwal_error_t *out);
+
 /* ---- Handle life cycle --------------------------------------------------------------------- */
 
 /**
@@ -210,7 +220,8 @@ int kvwal_log_create(kvwal_t **out);
  * @param[in] dir            the directory (created if missing; its parent must exist)
  * @param[in] segment_bytes  size of new segments, >= KVWAL_SEGMENT_BYTES_MIN
  * @param[in] flags          KVWAL_FLAG_* bits
- * @return 0, KVWAL_ECORRUPT (see kvwal_log_error()), KVWAL_EINVAL, or an errno
+ * @return 0, KVWAL_ECORRUPT (see kvwal_error_last(): also for a segment of a format version this
+ *         build does not read, or with unknown header flags), KVWAL_EINVAL, or an errno
  */
 int kvwal_log_open(kvwal_t *wal, const char *dir, uint64_t segment_bytes, unsigned flags);
 
@@ -339,7 +350,8 @@ int kvwal_log_stats(kvwal_t *wal, kvwal_stats_t *out);
 /** What the open found (works on a poisoned handle). */
 int kvwal_log_recovery(kvwal_t *wal, kvwal_recovery_t *out);
 
-/** Detail of the latest failure (works on any created handle). */
+/** The failure that poisoned the handle (`code` 0 if it is not poisoned; works on any created
+ * handle). The same for every thread, and it never changes once set. */
 int kvwal_log_error(kvwal_t *wal, kvwal_error_t *out);
 
 /**

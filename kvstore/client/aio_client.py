@@ -48,6 +48,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+from kvstore import wire
 from kvstore.client.balancer import Balancer, BalancerName, make_balancer
 from kvstore.client.protocol import (
     AddMemberRequest,
@@ -93,7 +94,6 @@ from kvstore.options import (
     check_timeout,
     check_value,
 )
-from kvstore.storage.commands import SESSION_WINDOW
 from kvstore.transport.codec import FrameKind
 from kvstore.transport.tls import TLSConfig, client_context
 
@@ -128,7 +128,7 @@ election. Ten tiny attempts a second per waiting call is a small price for that.
 _SERVER_MARGIN_S = 0.05
 """The member gets this much less time than the caller, so its TIMEOUT answer arrives first."""
 _REQUEST_IDS = 1 << 64
-SEQS_IN_FLIGHT_MAX = SESSION_WINDOW // 2
+SEQS_IN_FLIGHT_MAX = wire.SESSION_WINDOW // 2
 """Widest span of seqs one session may have in flight; half the state machine's window leaves
 room for a write that is retried while later ones complete."""
 _FRAME_REQUESTS_MAX = 1024

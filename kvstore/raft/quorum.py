@@ -1,4 +1,7 @@
-"""Majority arithmetic over a set of voters: commit index, election results, activity.
+"""Majority arithmetic over a set of voters: election results, quorums, activity.
+
+The commit rule is not here: its one home is `RaftCore._maybe_commit` (a quorum's match index,
+and only for an entry of the current term, Raft §5.4.2).
 
 Only voters count. Learners never appear here: the caller passes the voter ids.
 """
@@ -20,17 +23,6 @@ class VoteResult(enum.Enum):
 def majority(voter_count: int) -> int:
     """The smallest number of voters that forms a quorum (1 for an empty set: nobody wins)."""
     return voter_count // 2 + 1
-
-
-def committed_index(voters: Collection[str], match_of: Callable[[str], int]) -> int:
-    """The largest index that a majority of `voters` has stored (Raft §5.3).
-
-    `match_of(voter)` gives each voter's match index. With no voters, nothing is committed.
-    """
-    if not voters:
-        return 0
-    matches = sorted((match_of(v) for v in voters), reverse=True)
-    return matches[majority(len(matches)) - 1]
 
 
 def vote_result(voters: Collection[str], votes: Mapping[str, bool]) -> VoteResult:

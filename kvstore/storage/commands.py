@@ -55,6 +55,7 @@ import struct
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from kvstore import wire
 from kvstore.errors import InvalidArgumentError
 from kvstore.options import KEY_BYTES_MAX
 
@@ -67,7 +68,7 @@ SESSION_ID_MAX = SEQ_MAX
 STAMP_MS_MAX = SEQ_MAX
 """Largest proposer time stamp (u64 milliseconds)."""
 
-SESSION_WINDOW = 256
+SESSION_WINDOW = wire.SESSION_WINDOW
 """How many of a client's most recent seqs the state machine remembers (applied or not, and the
 result). Commands of one client may commit in any order within this window; part of the
 replicated format, so it must never differ between members.

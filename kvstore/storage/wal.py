@@ -95,6 +95,8 @@ _packers = threading.local()
 
 def crc32c(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
     """CRC32C of `data`, extending `crc` (0 to start): the checksum the log uses."""
+    if type(data) is bytes:  # cffi passes bytes as a pointer itself: no buffer object to make
+        return int(lib.kvwal_crc32c(crc, data, len(data)))
     return int(lib.kvwal_crc32c(crc, ffi.from_buffer("uint8_t[]", data), len(data)))
 
 
@@ -628,13 +630,20 @@ def _retry_ms(retry_s: float) -> int:
 
 
 def _error(handle: Any, what: str, rc: int) -> Exception:
-    """The exception for C code `rc`, with the handle's failure detail when it is about `rc`."""
+    """The exception for C code `rc`, with the detail of the call that just failed.
+
+    The detail is the calling thread's (kvwal_error_last(), like errno), so it describes this
+    call and never another thread's failure; it must be read before this thread makes another
+    kvwal call. A call that failed because the log is poisoned carries the cause that poisoned
+    it. `handle` is unused: the detail belongs to the call, not to the handle.
+    """
+    del handle
     detail = ffi.new("kvwal_error_t *")
-    lib.kvwal_log_error(handle, detail)
+    lib.kvwal_error_last(detail)
     reason = ffi.string(lib.kvwal_strerror(rc)).decode()
     path: str | None = None
     offset: int | None = None
-    if detail.code == rc or (rc == lib.KVWAL_EFAILED and detail.code == lib.KVWAL_EFAILED):
+    if detail.code == rc:
         reason = ffi.string(detail.message).decode(errors="replace") or reason
         path = os.fsdecode(ffi.string(detail.path)) or None
         if detail.has_offset:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kvstore.errors import KVStoreError
-from kvstore.storage.wal import crc32c
+from kvstore.testing import walformat
 from kvstore.testing.local_cluster import LocalCluster, wait_until
 from kvstore.testing.proxy import BLACKHOLE, Fault, PeerMesh
 
@@ -239,13 +239,11 @@ def wait_serving(
 
 # --- disk faults --------------------------------------------------------------------------------
 #
-# The redo log's format is in native/FORMAT.md. These functions parse just enough of it to find
-# record boundaries, and forge only what a crash or a bad disk could leave behind.
+# The redo log's format is in native/FORMAT.md, and `kvstore.testing.walformat` is its one
+# Python reader: these functions use it to find record boundaries, and forge only what a crash
+# or a bad disk could leave behind.
 
-HEADER_BYTES = 12
 SECTOR_BYTES = 512
-_TYPE_ENTRY = 2
-_TYPE_SNAPSHOT = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,60 +259,9 @@ class DiskFault:
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
-class _Record:
-    offset: int
-    length: int
-    type: int
-    aux: int
-
-    @property
-    def end(self) -> int:
-        return _align8(self.offset + HEADER_BYTES + self.length)
-
-
-def _align8(value: int) -> int:
-    return (value + 7) & ~7
-
-
-def _mask(crc: int) -> int:
-    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def record_crc(seq: int, offset: int, covered: bytes) -> int:
-    """The masked CRC32C a record at `offset` of segment `seq` must carry (FORMAT.md §2).
-
-    `covered` is the record from its length field to the end of its payload.
-    """
-    return _mask(crc32c(struct.pack("<QQ", seq, offset) + covered))
-
-
 def wal_segments(data_dir: str | os.PathLike[str]) -> list[Path]:
     """The member's redo-log segments, oldest first."""
-    wal = Path(data_dir) / "wal"
-    return sorted(p for p in wal.glob("*-*.wal") if p.is_file())
-
-
-def _seq(path: Path) -> int:
-    return int(path.name.split("-", 1)[0], 16)
-
-
-def scan_segment(path: Path) -> list[_Record]:
-    """The valid records of one segment, in order, up to the first invalid one or the end."""
-    data = path.read_bytes()
-    seq = _seq(path)
-    records = []
-    offset = 0
-    while offset + HEADER_BYTES <= len(data):
-        crc, length, kind, aux = struct.unpack_from("<IIBB", data, offset)
-        if kind == 0 or offset + HEADER_BYTES + length > len(data):
-            break
-        covered = data[offset + 4 : offset + HEADER_BYTES + length]
-        if record_crc(seq, offset, covered) != crc:
-            break
-        records.append(_Record(offset, length, kind, aux))
-        offset = _align8(offset + HEADER_BYTES + length)
-    return records
+    return walformat.segment_paths(Path(data_dir) / "wal")
 
 
 def _forge_partial_record(path: Path, rng: random.Random) -> tuple[int, bytearray, int]:
@@ -324,13 +271,14 @@ def _forge_partial_record(path: Path, rng: random.Random) -> tuple[int, bytearra
     write would. Its index is absurd so that, were it ever accepted, the damage would show.
     Returns (offset, record bytes, payload length).
     """
-    records = scan_segment(path)
+    records = walformat.read_records(path)
     if not records:
         raise ValueError(f"{path} holds no valid record")
     offset = records[-1].end
     payload = struct.pack("<QQ", 1 << 62, 1 << 40) + rng.randbytes(rng.randrange(1200, 3000))
-    covered = struct.pack("<IBBH", len(payload), _TYPE_ENTRY, 0, 0) + payload
-    record = bytearray(struct.pack("<I", record_crc(_seq(path), offset, covered)) + covered)
+    seq = walformat.segment_seq(path)
+    encoded = walformat.encode_record(seq, offset, walformat.REC_ENTRY, payload)
+    record = bytearray(encoded[: walformat.HEADER_BYTES + len(payload)])  # without the padding
     size = path.stat().st_size
     if offset + len(record) > size:
         raise ValueError(f"{path}: no room after the last record for a torn write")
@@ -382,13 +330,13 @@ def flip_middle_byte(data_dir: str | os.PathLike[str], rng: random.Random) -> Di
     `CorruptionError` naming this file and the record's offset."""
     segments = wal_segments(data_dir)
     path = rng.choice(segments[:-1]) if len(segments) > 1 else segments[-1]
-    records = scan_segment(path)
+    records = walformat.read_records(path)
     # Skip the segment's own header record (offset 0) and keep at least one valid record after.
     candidates = records[1:-1] if path == segments[-1] else records[1:]
     if not candidates:
         raise ValueError(f"{path} has no record in its middle to damage")
     victim = rng.choice(candidates)
-    where = victim.offset + rng.randrange(HEADER_BYTES + victim.length)
+    where = victim.offset + rng.randrange(walformat.HEADER_BYTES + victim.length)
     with open(path, "r+b") as file:
         file.seek(where)
         old = file.read(1)[0]
@@ -408,9 +356,9 @@ def installed_snapshot(data_dir: str | os.PathLike[str]) -> bool:
     """Whether the member's redo log records that it installed a snapshot from a leader (a
     SNAPSHOT record with the RESET flag, FORMAT.md §4)."""
     return any(
-        record.type == _TYPE_SNAPSHOT and record.aux & 1
+        record.type == walformat.REC_SNAPSHOT and record.aux & walformat.SNAPSHOT_FLAG_RESET
         for path in wal_segments(data_dir)
-        for record in scan_segment(path)
+        for record in walformat.read_records(path)
     )
 
 

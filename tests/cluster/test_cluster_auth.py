@@ -115,42 +115,37 @@ def _assert_closes(address: str, payload: bytes) -> None:
 
 
 def test_garbage_and_oversized_frames_do_not_crash_a_member(
-    secured_cluster: LocalCluster,
+    secured_cluster: LocalCluster, seed: int
 ) -> None:
-    seed = random.randrange(1 << 32)
     rng = random.Random(seed)
     target = secured_cluster.members["n1"]
     before = target.process.pid if target.process is not None else None
-    try:
-        _assert_closes(target.address, rng.randbytes(4096))
-        # A length prefix far above any limit, before any handshake.
-        _assert_closes(target.address, struct.pack(">IBB", 0xFFFFFFF0, PROTOCOL_VERSION, 1))
-        # Complete frames: of an unknown version and kind, and a HELLO that is not msgpack.
-        _assert_closes(target.address, struct.pack(">IBB", 5, 99, 200) + b"\xc1\xc1\xc1")
-        _assert_closes(
-            target.address,
-            struct.pack(">IBB", 10, PROTOCOL_VERSION, FrameKind.HELLO) + b"\xc1" * 8,
-        )
+    _assert_closes(target.address, rng.randbytes(4096))
+    # A length prefix far above any limit, before any handshake.
+    _assert_closes(target.address, struct.pack(">IBB", 0xFFFFFFF0, PROTOCOL_VERSION, 1))
+    # Complete frames: of an unknown version and kind, and a HELLO that is not msgpack.
+    _assert_closes(target.address, struct.pack(">IBB", 5, 99, 200) + b"\xc1\xc1\xc1")
+    _assert_closes(
+        target.address,
+        struct.pack(">IBB", 10, PROTOCOL_VERSION, FrameKind.HELLO) + b"\xc1" * 8,
+    )
 
-        async def oversized_after_handshake() -> bool:
-            # An authenticated client sends a REQUEST frame announced above the client limit.
-            conn = await connect_client(target.address, secret=SECRET, timeout_s=5)
+    async def oversized_after_handshake() -> bool:
+        # An authenticated client sends a REQUEST frame announced above the client limit.
+        conn = await connect_client(target.address, secret=SECRET, timeout_s=5)
+        try:
+            header = struct.pack(">IBB", (64 << 20) + 2, PROTOCOL_VERSION, FrameKind.REQUEST)
+            conn._write_bytes(header + b"\x00" * 1024)
             try:
-                header = struct.pack(">IBB", (64 << 20) + 2, PROTOCOL_VERSION, FrameKind.REQUEST)
-                conn._write_bytes(header + b"\x00" * 1024)
-                try:
-                    async with asyncio.timeout(WAIT_S):
-                        while True:
-                            await conn.receive()  # an ERROR frame may come first
-                except (OSError, kvstore.KVStoreError, EOFError):
-                    return True
-            finally:
-                conn.abort()
+                async with asyncio.timeout(WAIT_S):
+                    while True:
+                        await conn.receive()  # an ERROR frame may come first
+            except (OSError, kvstore.KVStoreError, EOFError):
+                return True
+        finally:
+            conn.abort()
 
-        assert asyncio.run(oversized_after_handshake())
-    except BaseException:
-        print(f"seed={seed}")
-        raise
+    assert asyncio.run(oversized_after_handshake())
     assert target.running and target.process is not None and target.process.pid == before
     with kvstore.Client([target.address], secret=SECRET) as client:
         client.put(b"auth/after-garbage", b"fine")

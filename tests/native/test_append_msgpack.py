@@ -73,7 +73,8 @@ def test_malformed_framing_is_refused_and_writes_nothing(tmp_path: Path, name: s
         before = wal.stats().appended_position
         assert call(wal, count, packed) == lib.KVWAL_EINVAL
         error: Any = ffi.new("kvwal_error_t *")
-        assert lib.kvwal_log_error(wal._handle, error) == 0
+        assert lib.kvwal_error_last(error) == 0  # this thread's failed call
+        assert error.code == lib.KVWAL_EINVAL
         assert ffi.string(error.message).startswith(b"append:")
         assert wal.stats().appended_position == before
         assert wal.last_index() == 0

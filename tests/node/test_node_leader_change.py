@@ -73,9 +73,8 @@ def _run_during(cluster: EmbeddedCluster, threads: list[ReadYourWrites], action:
 
 
 def test_transfers_under_load_lose_no_write_and_serve_no_stale_read(
-    cluster: EmbeddedCluster,
+    cluster: EmbeddedCluster, seed: int
 ) -> None:
-    seed = random.randrange(1 << 32)
     rng = random.Random(seed)
     nodes = list(cluster.nodes.values())
     threads = [
@@ -88,11 +87,7 @@ def test_transfers_under_load_lose_no_write_and_serve_no_stale_read(
             target = rng.choice([n for n in nodes if n is not leader])
             leader.transfer_leadership(target.node_id, timeout_s=WAIT_S)
 
-    try:
-        _run_during(cluster, threads, transfer_around)
-    except BaseException:
-        print(f"seed={seed}")
-        raise
+    _run_during(cluster, threads, transfer_around)
 
 
 def test_leader_stopping_under_load_loses_no_write(tmp_path: Path) -> None:

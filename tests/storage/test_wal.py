@@ -16,6 +16,7 @@ from kvstore.errors import (
 )
 from kvstore.raft.types import ConfState, Entry, EntryType, HardState, SnapshotMeta
 from kvstore.storage.wal import WriteAheadLog
+from kvstore.testing import walformat
 from tests.native import walfile
 
 SMALL = 8192  # bytes per segment: a few dozen small entries, so rotation is easy to reach
@@ -55,18 +56,18 @@ def test_new_log_is_empty(wal_dir: Path) -> None:
         assert wal.snapshot_meta() == SnapshotMeta()
         assert wal.initial_state() == (HardState(), ConfState())
         assert not wal.recovery.torn
-    [segment] = walfile.segment_paths(wal_dir)
+    [segment] = walformat.segment_paths(wal_dir)
     assert segment.name == "0000000000000001-0000000000000001.wal"
     assert segment.stat().st_size == SMALL
     # The preamble (FORMAT.md §3): segment header, snapshot marker, hard state.
-    kinds = [r.type for r in walfile.read_records(segment)]
-    assert kinds == [walfile.REC_SEGMENT, walfile.REC_SNAPSHOT, walfile.REC_HARD_STATE]
+    kinds = [r.type for r in walformat.read_records(segment)]
+    assert kinds == [walformat.REC_SEGMENT, walformat.REC_SNAPSHOT, walformat.REC_HARD_STATE]
 
 
 def test_missing_parent_directories_are_created(tmp_path: Path) -> None:
     with WriteAheadLog(tmp_path / "data" / "node-1" / "wal", segment_bytes=SMALL) as wal:
         wal.append(make(1, 2, term=1))
-    assert len(walfile.segment_paths(tmp_path / "data" / "node-1" / "wal")) == 1
+    assert len(walformat.segment_paths(tmp_path / "data" / "node-1" / "wal")) == 1
 
 
 def test_append_read_back_and_reopen(wal_dir: Path) -> None:
@@ -120,23 +121,23 @@ def test_overlapping_append_cuts_the_suffix_with_a_marker(wal_dir: Path) -> None
     second = make(6, 8, term=2)
     with WriteAheadLog(wal_dir, segment_bytes=1 << 16) as wal:
         wal.append(first)
-        [segment] = walfile.segment_paths(wal_dir)
+        [segment] = walformat.segment_paths(wal_dir)
         before = segment.read_bytes()
         wal.sync(wal.append(second))
         assert wal.last_index() == 7
         assert wal.entries(1, 8) == first[:5] + second
         assert wal.term(7) == 2
     after = segment.read_bytes()
-    records = walfile.read_records(segment)
+    records = walformat.read_records(segment)
     old_end = records[2 + len(first)].end  # preamble (3 records) + first batch
     # Nothing was rewritten: the old records are byte for byte where they were...
     assert after[:old_end] == before[:old_end]
     # ...and the cut is a TRUNCATE 5 record followed by the new entries.
     tail = [r for r in records if r.offset >= old_end]
     assert [(r.type, r.index) for r in tail] == [
-        (walfile.REC_TRUNCATE, 5),
-        (walfile.REC_ENTRY, 6),
-        (walfile.REC_ENTRY, 7),
+        (walformat.REC_TRUNCATE, 5),
+        (walformat.REC_ENTRY, 6),
+        (walformat.REC_ENTRY, 7),
     ]
     with WriteAheadLog(wal_dir, segment_bytes=1 << 16) as wal:
         assert wal.entries(1, 8) == first[:5] + second
@@ -204,9 +205,9 @@ def test_rotation_names_sort_in_log_order(wal_dir: Path) -> None:
         for k in range(0, 300, 7):  # many small batches
             wal.append(entries[k : k + 7])
         wal.sync()
-        assert wal.stats().segment_count == len(walfile.segment_paths(wal_dir)) > 3
-    paths = walfile.segment_paths(wal_dir)
-    assert [walfile.segment_seq(p) for p in paths] == list(range(1, len(paths) + 1))
+        assert wal.stats().segment_count == len(walformat.segment_paths(wal_dir)) > 3
+    paths = walformat.segment_paths(wal_dir)
+    assert [walformat.segment_seq(p) for p in paths] == list(range(1, len(paths) + 1))
     next_index = 1
     for path in paths:
         assert path.stat().st_size == SMALL
@@ -226,7 +227,7 @@ def test_record_bigger_than_a_segment(wal_dir: Path) -> None:
         wal.append(make(1, 2, term=1))
         wal.sync(wal.append([big, *make(3, 5, term=1)]))
         assert wal.entries(2, 3) == [big]
-    sizes = [p.stat().st_size for p in walfile.segment_paths(wal_dir)]
+    sizes = [p.stat().st_size for p in walformat.segment_paths(wal_dir)]
     grown = [s for s in sizes if s > SMALL]
     assert len(grown) == 1 and grown[0] % 4096 == 0 and grown[0] > len(big.data)
     with WriteAheadLog(wal_dir, segment_bytes=SMALL) as wal:
@@ -240,10 +241,10 @@ def test_compaction_deletes_only_whole_segments(wal_dir: Path) -> None:
         for k in range(0, 200, 10):
             wal.append(entries[k : k + 10])
         before = {
-            p: [r.index for r in walfile.entry_records(p)] for p in walfile.segment_paths(wal_dir)
+            p: [r.index for r in walfile.entry_records(p)] for p in walformat.segment_paths(wal_dir)
         }
         wal.compact_through(SnapshotMeta(120, 2, conf))
-        after = walfile.segment_paths(wal_dir)
+        after = walformat.segment_paths(wal_dir)
         deleted = set(before) - set(after)
         # Exactly the segments before the one holding entry 121 went away.
         holder = next(p for p, idx in before.items() if 121 in idx)
@@ -258,7 +259,7 @@ def test_compaction_deletes_only_whole_segments(wal_dir: Path) -> None:
         assert wal.entries(121, 201) == entries[120:]
         assert wal.snapshot_meta() == SnapshotMeta(120, 2, conf)
         wal.compact_through(SnapshotMeta(200, 2, conf))  # everything: only the newest stays
-        assert len(walfile.segment_paths(wal_dir)) == 1
+        assert len(walformat.segment_paths(wal_dir)) == 1
         assert (wal.first_index(), wal.last_index()) == (201, 200)
     with WriteAheadLog(wal_dir, segment_bytes=SMALL) as wal:
         assert (wal.first_index(), wal.last_index(), wal.term(200)) == (201, 200, 2)
@@ -288,7 +289,7 @@ def test_install_snapshot_discards_the_log(wal_dir: Path) -> None:
         assert (wal.first_index(), wal.last_index(), wal.term(50)) == (51, 50, 3)
         assert wal.hard_state() == hs
         assert wal.snapshot_meta() == SnapshotMeta(50, 3, conf)
-        assert len(walfile.segment_paths(wal_dir)) == 1
+        assert len(walformat.segment_paths(wal_dir)) == 1
         with pytest.raises(InvalidArgumentError):
             wal.append(make(52, 53, term=4))
         wal.sync(wal.append(make(51, 53, term=4)))

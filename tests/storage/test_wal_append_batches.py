@@ -20,7 +20,7 @@ from kvstore._kvwal import ffi, lib
 from kvstore.errors import InvalidArgumentError
 from kvstore.raft.types import Entry, EntryType, HardState
 from kvstore.storage.wal import WriteAheadLog
-from tests.native import walfile
+from kvstore.testing import walformat
 
 SEED = 20261126
 SEGMENT = 1 << 16
@@ -108,8 +108,8 @@ def test_same_bytes_on_disk_as_explicit_lengths(tmp_path: Path, uniform: bool) -
     with WriteAheadLog(tmp_path / "b", segment_bytes=SEGMENT) as wal:
         for batch in batches:
             _append_with_lengths(wal, batch)
-    a = [p.read_bytes() for p in walfile.segment_paths(tmp_path / "a")]
-    b = [p.read_bytes() for p in walfile.segment_paths(tmp_path / "b")]
+    a = [p.read_bytes() for p in walformat.segment_paths(tmp_path / "a")]
+    b = [p.read_bytes() for p in walformat.segment_paths(tmp_path / "b")]
     assert len(a) > 1  # the batches crossed segments
     assert a == b
 

@@ -4,7 +4,7 @@ index is there with its exact bytes, and that nothing after it is garbage.
 
 Each round the child starts a new term and rewrites a few entries at the tail (as a new leader's
 follower would), rotates segments (small ones) and compacts now and then, so kills also land in
-the middle of truncations, rotations and segment deletions. KVSTORE_WAL_CRASH_SEED replays a run.
+the middle of truncations, rotations and segment deletions. KVSTORE_TEST_SEED replays a run.
 """
 
 from __future__ import annotations
@@ -69,8 +69,7 @@ def data(index: int, term: int) -> bytes:
     return (unit * (size // len(unit) + 1))[:size]
 
 
-def test_sigkill_at_random_moments_loses_nothing_reported(tmp_path: Path) -> None:
-    seed = int(os.environ.get("KVSTORE_WAL_CRASH_SEED", random.randrange(1 << 30)))
+def test_sigkill_at_random_moments_loses_nothing_reported(tmp_path: Path, seed: int) -> None:
     rng = random.Random(seed)
     directory = tmp_path / "wal"
     env = dict(os.environ, PYTHONPATH=str(REPO))

@@ -15,6 +15,7 @@ import pytest
 from kvstore.errors import CorruptionError
 from kvstore.raft.types import Entry, EntryType, HardState
 from kvstore.storage.wal import WriteAheadLog
+from kvstore.testing import walformat
 from tests.native import walfile
 
 SEGMENT_BYTES = 16384
@@ -40,7 +41,7 @@ def multi_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for i in range(1, 201, 5):
             wal.append([Entry(1, j, EntryType.NORMAL, b"m" * 60) for j in range(i, i + 5)])
         wal.sync()
-    assert len(walfile.segment_paths(directory)) >= 3
+    assert len(walformat.segment_paths(directory)) >= 3
     return directory
 
 
@@ -48,7 +49,7 @@ def copy(template: Path, tmp_path: Path, name: str = "wal") -> tuple[Path, Path]
     """A private copy of the template log and its (last) segment."""
     directory = tmp_path / name
     shutil.copytree(template, directory)
-    return directory, walfile.segment_paths(directory)[-1]
+    return directory, walformat.segment_paths(directory)[-1]
 
 
 def reopen(directory: Path, segment_bytes: int = SEGMENT_BYTES) -> WriteAheadLog:
@@ -82,7 +83,7 @@ def assert_usable_after_cut(directory: Path, segment: Path, cut_at: int, last: i
         assert wal.entries(last + 1, last + 2) == [extra]
 
 
-def last_entry(segment: Path) -> walfile.Record:
+def last_entry(segment: Path) -> walformat.Record:
     return walfile.entry_records(segment)[-1]
 
 
@@ -109,10 +110,10 @@ def test_flipped_byte_in_the_last_record_is_a_torn_tail(
 
 
 def test_cut_at_every_offset_inside_the_last_record(template: Path, tmp_path: Path) -> None:
-    segment = walfile.segment_paths(template)[-1]
+    segment = walformat.segment_paths(template)[-1]
     rec = last_entry(segment)
     raw = segment.read_bytes()
-    payload_end = rec.offset + walfile.HEADER_BYTES + rec.length
+    payload_end = rec.offset + walformat.HEADER_BYTES + rec.length
     for cut in range(rec.offset, rec.end + 1):
         directory, segment = copy(template, tmp_path, f"cut{cut}")
         walfile.zero_from(segment, cut)  # preallocated space: "cut" means the rest is zero
@@ -265,7 +266,7 @@ def test_damage_in_an_older_segment_is_corruption(
     multi_template: Path, tmp_path: Path, position: str
 ) -> None:
     directory, _ = copy(multi_template, tmp_path)
-    older = walfile.segment_paths(directory)[0]
+    older = walformat.segment_paths(directory)[0]
     records = walfile.entry_records(older)
     rec = records[len(records) // 2] if position == "middle" else records[-1]
     walfile.flip_byte(older, rec.offset + 20)
@@ -278,7 +279,7 @@ def test_zeroed_tail_of_an_older_segment_is_corruption(
     multi_template: Path, tmp_path: Path
 ) -> None:
     directory, _ = copy(multi_template, tmp_path)
-    older = walfile.segment_paths(directory)[1]
+    older = walformat.segment_paths(directory)[1]
     rec = walfile.entry_records(older)[-1]
     walfile.zero_from(older, rec.offset + 16)
     with pytest.raises(CorruptionError) as info:
@@ -288,7 +289,7 @@ def test_zeroed_tail_of_an_older_segment_is_corruption(
 
 def test_a_missing_segment_is_corruption(multi_template: Path, tmp_path: Path) -> None:
     directory, _ = copy(multi_template, tmp_path)
-    paths = walfile.segment_paths(directory)
+    paths = walformat.segment_paths(directory)
     paths[1].unlink()
     with pytest.raises(CorruptionError) as info:
         reopen(directory, 4096)
@@ -297,7 +298,7 @@ def test_a_missing_segment_is_corruption(multi_template: Path, tmp_path: Path) -
 
 def test_a_damaged_segment_header_is_corruption(multi_template: Path, tmp_path: Path) -> None:
     directory, _ = copy(multi_template, tmp_path)
-    last = walfile.segment_paths(directory)[-1]
+    last = walformat.segment_paths(directory)[-1]
     walfile.flip_byte(last, 20)  # inside the SEGMENT record's magic
     with pytest.raises(CorruptionError) as info:
         reopen(directory, 4096)
@@ -307,7 +308,7 @@ def test_a_damaged_segment_header_is_corruption(multi_template: Path, tmp_path: 
 def test_a_segment_renamed_out_of_place_is_corruption(multi_template: Path, tmp_path: Path) -> None:
     # The header must match the name: a segment under another first index is not trusted.
     directory, _ = copy(multi_template, tmp_path)
-    last = walfile.segment_paths(directory)[-1]
+    last = walformat.segment_paths(directory)[-1]
     seq, first = last.stem.split("-")
     last.rename(last.with_name(f"{seq}-{int(first, 16) + 1:016x}.wal"))
     with pytest.raises(CorruptionError, match="does not match"):

@@ -13,6 +13,7 @@ import pytest
 from kvstore.errors import WalFailedError
 from kvstore.raft.types import Entry, EntryType, HardState, SnapshotMeta
 from kvstore.storage.wal import FaultSpec, WriteAheadLog
+from kvstore.testing import walformat
 from tests.native import walfile
 
 SEGMENT_BYTES = 8192
@@ -81,7 +82,7 @@ def test_a_fault_armed_with_skip_hits_the_later_operation(tmp_path: Path) -> Non
 
 
 def record_size(entry: Entry) -> int:
-    return walfile.padded(walfile.HEADER_BYTES + 16 + len(entry.data))
+    return walformat.padded(walformat.HEADER_BYTES + 16 + len(entry.data))
 
 
 @pytest.mark.parametrize("partial", [0, 1, 11, 40, 70, 71, 72, 150, 215, 300])
@@ -99,7 +100,7 @@ def test_partial_write_then_reopen_recovers_to_the_last_good_record(
     # Which of the new records reached the file whole (their padding need not: it is zero)?
     start, whole = 0, 0
     for entry in torn:
-        if start + walfile.HEADER_BYTES + 16 + len(entry.data) > partial:
+        if start + walformat.HEADER_BYTES + 16 + len(entry.data) > partial:
             break
         whole += 1
         start += record_size(entry)
@@ -108,7 +109,7 @@ def test_partial_write_then_reopen_recovers_to_the_last_good_record(
         assert wal.entries(1, 11 + whole) == good + torn[:whole]
         assert wal.recovery.torn == (partial > start)
         if wal.recovery.torn:
-            segment = walfile.segment_paths(directory)[-1]
+            segment = walformat.segment_paths(directory)[-1]
             assert wal.recovery.torn_path == str(segment)
             assert wal.recovery.torn_offset == walfile.entry_records(segment)[-1].end
         wal.sync(wal.append(batch(11 + whole, 20 + whole, term=3)))
@@ -188,7 +189,7 @@ def test_failure_while_cutting_a_torn_tail_at_open(tmp_path: Path) -> None:
     directory = tmp_path / "wal"
     with WriteAheadLog(directory, segment_bytes=SEGMENT_BYTES) as wal:
         wal.sync(wal.append(batch(1, 11)))
-    segment = walfile.segment_paths(directory)[-1]
+    segment = walformat.segment_paths(directory)[-1]
     rec = walfile.entry_records(segment)[-1]
     walfile.flip_byte(segment, rec.offset + 20)
     damaged = segment.read_bytes()

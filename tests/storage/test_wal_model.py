@@ -17,7 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from kvstore.errors import InvalidArgumentError, LogCompactedError, LogUnavailableError
 from kvstore.raft.types import ConfState, Entry, EntryType, HardState, SnapshotMeta
 from kvstore.storage.wal import WriteAheadLog
-from tests.native import walfile
+from kvstore.testing import walformat
 
 SEGMENT_BYTES = 4096
 SIZES = st.sampled_from([0, 1, 7, 100, 700, 5000])  # 5000 > a segment: it must grow
@@ -140,7 +140,7 @@ class WalMachine(RuleBasedStateMachine):
         self.snapshot = meta
         if index == self.last:
             # Nothing live before the newest segment: every older one was deleted.
-            assert len(walfile.segment_paths(self.tmp / "wal")) == 1
+            assert len(walformat.segment_paths(self.tmp / "wal")) == 1
 
     @rule(ahead=st.integers(-3, 10), term_ahead=st.integers(0, 2), voters=st.lists(NAMES))
     def install_snapshot(self, ahead: int, term_ahead: int, voters: list[str]) -> None:
@@ -150,7 +150,7 @@ class WalMachine(RuleBasedStateMachine):
         self.wal.install_snapshot(meta)
         self.entries.clear()
         self.snapshot = meta
-        assert len(walfile.segment_paths(self.tmp / "wal")) == 1
+        assert len(walformat.segment_paths(self.tmp / "wal")) == 1
 
     @rule()
     def sync(self) -> None:

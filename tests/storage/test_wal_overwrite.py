@@ -5,7 +5,7 @@ TRUNCATE and only some of those entries must not cut the older ones: recovery vo
 batch, cuts it like a torn tail, and the log reads as before the append. (A Paxos acceptor that
 re-accepts a slot writes its older accepted values again after it in the same append: it must
 never lose them.) Faults are injected as partial writes (the first bytes of the batch reach the
-file, then the write fails), and some logs are crafted with `walfile.encode_record`.
+file, then the write fails), and some logs are crafted with `walformat.encode_record`.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ import pytest
 from kvstore.errors import CorruptionError, WalFailedError
 from kvstore.raft.types import Entry, EntryType, HardState
 from kvstore.storage.wal import FaultSpec, WriteAheadLog
+from kvstore.testing import walformat
 from tests.native import walfile
 
 SEGMENT_BYTES = 8192
-TRUNCATE_BYTES = walfile.padded(walfile.HEADER_BYTES + 16)
-TRUNCATE_WHOLE_BYTES = walfile.HEADER_BYTES + 16
+TRUNCATE_BYTES = walformat.padded(walformat.HEADER_BYTES + 16)
+TRUNCATE_WHOLE_BYTES = walformat.HEADER_BYTES + 16
 """Bytes that make a TRUNCATE record valid (its padding is not covered by the CRC)."""
 
 
@@ -36,7 +37,7 @@ def entries(lo: int, hi: int, term: int, size: int = 40) -> list[Entry]:
 
 
 def entry_bytes(e: Entry) -> int:
-    return walfile.padded(walfile.HEADER_BYTES + 16 + len(e.data))
+    return walformat.padded(walformat.HEADER_BYTES + 16 + len(e.data))
 
 
 OLD = entries(1, 11, term=1)
@@ -51,7 +52,7 @@ def _overwrite_with_a_torn_write(directory: Path, partial: int) -> int:
     Returns the offset where the overwrite's TRUNCATE record starts."""
     with WriteAheadLog(directory, segment_bytes=SEGMENT_BYTES) as wal:
         wal.sync(wal.append(OLD, HardState(1, "n1", 3)))
-        start = walfile.records_end(walfile.segment_paths(directory)[-1])
+        start = walformat.records_end(walformat.segment_paths(directory)[-1])
         wal.inject_fault(FaultSpec("write", errno.EIO, partial_bytes=partial))
         with pytest.raises(WalFailedError):
             wal.append(NEW, HARD)
@@ -113,8 +114,8 @@ def test_a_whole_overwrite_survives_reopen_and_is_logged_once(
     with WriteAheadLog(directory, segment_bytes=SEGMENT_BYTES) as wal:
         wal.sync(wal.append(OLD))
         wal.sync(wal.append(NEW, HARD))
-    [segment] = walfile.segment_paths(directory)
-    [truncate] = [r for r in walfile.read_records(segment) if r.type == walfile.REC_TRUNCATE]
+    [segment] = walformat.segment_paths(directory)
+    [truncate] = [r for r in walformat.read_records(segment) if r.type == walformat.REC_TRUNCATE]
     assert (truncate.index, truncate.last, truncate.length) == (3, 13, 16)
     with WriteAheadLog(directory, segment_bytes=SEGMENT_BYTES) as wal:
         assert wal.entries(1, 14) == OLD[:3] + NEW
@@ -133,35 +134,21 @@ def test_a_bare_truncate_after_still_cuts_at_once(tmp_path: Path) -> None:
     with WriteAheadLog(directory, segment_bytes=SEGMENT_BYTES) as wal:
         wal.sync(wal.append(OLD))
         wal.sync(wal.truncate_after(6))
-    [segment] = walfile.segment_paths(directory)
-    [truncate] = [r for r in walfile.read_records(segment) if r.type == walfile.REC_TRUNCATE]
+    [segment] = walformat.segment_paths(directory)
+    [truncate] = [r for r in walformat.read_records(segment) if r.type == walformat.REC_TRUNCATE]
     assert (truncate.index, truncate.last) == (6, 6)
     with WriteAheadLog(directory, segment_bytes=SEGMENT_BYTES) as wal:
         assert wal.last_index() == 6
-
-
-def test_an_older_builds_8_byte_truncate_is_read_as_a_cut(tmp_path: Path) -> None:
-    directory = tmp_path / "wal"
-    with WriteAheadLog(directory, segment_bytes=SEGMENT_BYTES) as wal:
-        wal.sync(wal.append(OLD))
-    [segment] = walfile.segment_paths(directory)
-    at = walfile.records_end(segment)
-    seq = walfile.segment_seq(segment)
-    legacy = walfile.encode_record(seq, at, walfile.REC_TRUNCATE, struct.pack("<Q", 4))
-    walfile.patch(segment, at, legacy)
-    with WriteAheadLog(directory, segment_bytes=SEGMENT_BYTES) as wal:
-        assert wal.last_index() == 4 and not wal.recovery.torn
-        assert wal.entries(1, 5) == OLD[:4]
 
 
 def _craft_after_old(directory: Path, records: list[tuple[int, bytes]]) -> Path:
     """OLD in a fresh log, then `records` (type, payload) written right after it."""
     with WriteAheadLog(directory, segment_bytes=SEGMENT_BYTES) as wal:
         wal.sync(wal.append(OLD))
-    [segment] = walfile.segment_paths(directory)
-    at, seq = walfile.records_end(segment), walfile.segment_seq(segment)
+    [segment] = walformat.segment_paths(directory)
+    at, seq = walformat.records_end(segment), walformat.segment_seq(segment)
     for rtype, payload in records:
-        raw = walfile.encode_record(seq, at, rtype, payload)
+        raw = walformat.encode_record(seq, at, rtype, payload)
         walfile.patch(segment, at, raw)
         at += len(raw)
     return segment
@@ -172,11 +159,11 @@ def _entry_payload(index: int, term: int, data: bytes = b"x") -> bytes:
 
 
 def test_anything_but_the_next_entry_inside_a_batch_is_corruption(tmp_path: Path) -> None:
-    truncate = (walfile.REC_TRUNCATE, struct.pack("<QQ", 3, 6))
+    truncate = (walformat.REC_TRUNCATE, struct.pack("<QQ", 3, 6))
     cases = {
-        "hard state": [truncate, (walfile.REC_ENTRY, _entry_payload(4, 2)),
-                       (walfile.REC_HARD_STATE, struct.pack("<QQ", 2, 0))],
-        "skipped index": [truncate, (walfile.REC_ENTRY, _entry_payload(5, 2))],
+        "hard state": [truncate, (walformat.REC_ENTRY, _entry_payload(4, 2)),
+                       (walformat.REC_HARD_STATE, struct.pack("<QQ", 2, 0))],
+        "skipped index": [truncate, (walformat.REC_ENTRY, _entry_payload(5, 2))],
         "another truncate": [truncate, truncate],
     }  # fmt: skip
     for name, records in cases.items():
@@ -188,18 +175,18 @@ def test_anything_but_the_next_entry_inside_a_batch_is_corruption(tmp_path: Path
 
 
 def test_a_batch_that_ends_before_its_cut_is_corruption(tmp_path: Path) -> None:
-    _craft_after_old(tmp_path / "wal", [(walfile.REC_TRUNCATE, struct.pack("<QQ", 5, 4))])
+    _craft_after_old(tmp_path / "wal", [(walformat.REC_TRUNCATE, struct.pack("<QQ", 5, 4))])
     with pytest.raises(CorruptionError, match="batch ends before"):
         WriteAheadLog(tmp_path / "wal", segment_bytes=SEGMENT_BYTES)
 
 
 def test_a_crafted_complete_batch_is_applied_and_an_incomplete_one_is_void(tmp_path: Path) -> None:
     """The rule, independent of the writer: ENTRY `last` closes the batch."""
-    truncate = (walfile.REC_TRUNCATE, struct.pack("<QQ", 3, 5))
+    truncate = (walformat.REC_TRUNCATE, struct.pack("<QQ", 3, 5))
     done = [
         truncate,
-        (walfile.REC_ENTRY, _entry_payload(4, 2)),
-        (walfile.REC_ENTRY, _entry_payload(5, 2)),
+        (walformat.REC_ENTRY, _entry_payload(4, 2)),
+        (walformat.REC_ENTRY, _entry_payload(5, 2)),
     ]
     _craft_after_old(tmp_path / "done", done)
     with WriteAheadLog(tmp_path / "done", segment_bytes=SEGMENT_BYTES) as wal:
@@ -220,13 +207,13 @@ def test_an_overwrite_never_spans_segments(tmp_path: Path) -> None:
         wal.sync(wal.append(entries(50, 70, term=2)))  # an overwrite near a segment's end
         wal.sync(wal.append(big))  # an overwrite bigger than a segment
         assert wal.entries(1, 25) == entries(1, 5, term=1) + big
-    for segment in walfile.segment_paths(directory):
-        records = walfile.read_records(segment)
+    for segment in walformat.segment_paths(directory):
+        records = walformat.read_records(segment)
         for k, r in enumerate(records):
-            if r.type == walfile.REC_TRUNCATE and r.last > r.index:
+            if r.type == walformat.REC_TRUNCATE and r.last > r.index:
                 batch = records[k + 1 : k + 1 + r.last - r.index]
                 assert [e.index for e in batch] == list(range(r.index + 1, r.last + 1)), segment
-    grown = [p for p in walfile.segment_paths(directory) if p.stat().st_size > SEGMENT_BYTES]
+    grown = [p for p in walformat.segment_paths(directory) if p.stat().st_size > SEGMENT_BYTES]
     assert grown  # the big batch got a segment of its own size
     with WriteAheadLog(directory, segment_bytes=SEGMENT_BYTES) as wal:
         assert wal.entries(1, 25) == entries(1, 5, term=1) + big
@@ -236,10 +223,10 @@ def test_an_open_batch_at_the_end_of_an_older_segment_is_corruption(tmp_path: Pa
     directory = tmp_path / "wal"
     with WriteAheadLog(directory, segment_bytes=SEGMENT_BYTES) as wal:
         wal.sync(wal.append(entries(1, 200, term=1)))  # several segments
-    older = walfile.segment_paths(directory)[0]
-    at, seq = walfile.records_end(older), walfile.segment_seq(older)
+    older = walformat.segment_paths(directory)[0]
+    at, seq = walformat.records_end(older), walformat.segment_seq(older)
     last_there = max(r.index for r in walfile.entry_records(older))
     payload = struct.pack("<QQ", last_there - 1, last_there + 5)
-    walfile.patch(older, at, walfile.encode_record(seq, at, walfile.REC_TRUNCATE, payload))
+    walfile.patch(older, at, walformat.encode_record(seq, at, walformat.REC_TRUNCATE, payload))
     with pytest.raises(CorruptionError, match="unfinished overwrite batch in an older segment"):
         WriteAheadLog(directory, segment_bytes=SEGMENT_BYTES)

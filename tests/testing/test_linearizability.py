@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Sequence
 
@@ -335,8 +334,7 @@ def random_small_history(rng: random.Random, size: int) -> list[Operation]:
     return ops
 
 
-def test_agrees_with_brute_force_on_random_small_histories() -> None:
-    seed = int(os.environ.get("KVSTORE_TEST_SEED", random.randrange(1 << 30)))
+def test_agrees_with_brute_force_on_random_small_histories(seed: int) -> None:
     rng = random.Random(seed)
     verdicts = {True: 0, False: 0}
     for case in range(600):
@@ -356,8 +354,7 @@ def test_agrees_with_brute_force_on_random_small_histories() -> None:
 
 
 @pytest.mark.parametrize("unknown_fraction", [0.0, 0.05])
-def test_generated_linearizable_histories_pass(unknown_fraction: float) -> None:
-    seed = int(os.environ.get("KVSTORE_TEST_SEED", random.randrange(1 << 30)))
+def test_generated_linearizable_histories_pass(unknown_fraction: float, seed: int) -> None:
     history = synthetic_history(
         seed, operations=3000, keys=20, clients=10, unknown_fraction=unknown_fraction
     )
@@ -365,8 +362,7 @@ def test_generated_linearizable_histories_pass(unknown_fraction: float) -> None:
     assert result.ok, f"seed {seed}: {result.report()}"
 
 
-def test_generated_history_with_a_corrupted_read_fails_on_that_key() -> None:
-    seed = int(os.environ.get("KVSTORE_TEST_SEED", random.randrange(1 << 30)))
+def test_generated_history_with_a_corrupted_read_fails_on_that_key(seed: int) -> None:
     rng = random.Random(seed)
     history = synthetic_history(seed, operations=3000, keys=20, clients=10)
     reads = [i for i, op in enumerate(history) if op.kind == "get"]
@@ -378,9 +374,8 @@ def test_generated_history_with_a_corrupted_read_fails_on_that_key() -> None:
     assert result.failures[0].blocked == corrupted, f"seed {seed}"
 
 
-def test_generated_history_with_a_dropped_write_fails() -> None:
+def test_generated_history_with_a_dropped_write_fails(seed: int) -> None:
     """Forget that a write happened: reads of its value become reads of a ghost."""
-    seed = int(os.environ.get("KVSTORE_TEST_SEED", random.randrange(1 << 30)))
     history = synthetic_history(seed, operations=2000, keys=10, clients=6)
     read_values = {op.result for op in history if op.kind == "get" and op.outcome == "ok"}
     victim = next(op for op in history if op.kind == "put" and op.value in read_values)

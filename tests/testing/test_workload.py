@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time
@@ -14,10 +13,6 @@ from kvstore.errors import OperationTimeoutError, UnavailableError
 from kvstore.testing.history import HistoryWriter, read_history
 from kvstore.testing.linearizability import check_history
 from kvstore.testing.workload import Workload, WorkloadConfig, final_reads
-
-
-def seed() -> int:
-    return int(os.environ.get("KVSTORE_TEST_SEED", random.randrange(1 << 30)))
 
 
 class FakeStore:
@@ -119,8 +114,8 @@ def run(tmp_path: Path, store: FakeStore, *, faults: bool, s: int, ops: int = 15
     return path
 
 
-def test_history_of_a_linearizable_store_passes(tmp_path: Path) -> None:
-    s = seed()
+def test_history_of_a_linearizable_store_passes(tmp_path: Path, seed: int) -> None:
+    s = seed
     path = run(tmp_path, FakeStore(), faults=True, s=s)
     history = read_history(path)
     assert len(history) == 1500 + 4  # every call, then one final read per key
@@ -134,8 +129,8 @@ def test_history_of_a_linearizable_store_passes(tmp_path: Path) -> None:
     assert result.ok, f"seed {s}: {result.report()}"
 
 
-def test_history_of_a_store_with_stale_reads_fails(tmp_path: Path) -> None:
-    s = seed()
+def test_history_of_a_store_with_stale_reads_fails(tmp_path: Path, seed: int) -> None:
+    s = seed
     path = run(tmp_path, FakeStore(stale_reads=True), faults=False, s=s)
     result = check_history(read_history(path))
     assert result.linearizable is False, f"seed {s}"
@@ -146,14 +141,14 @@ def test_bad_configuration_is_refused() -> None:
     with HistoryWriter(None) as history:
         with pytest.raises(ValueError, match="linearizable"):
             Workload(
-                lambda n: FakeClient(FakeStore(), random.Random(), False),  # type: ignore[arg-type,return-value]
+                lambda n: FakeClient(FakeStore(), random.Random(n), False),  # type: ignore[arg-type,return-value]
                 WorkloadConfig(consistency="stale"),
                 history,
                 seed=1,
             )
         with pytest.raises(ValueError, match="at least one"):
             Workload(
-                lambda n: FakeClient(FakeStore(), random.Random(), False),  # type: ignore[arg-type,return-value]
+                lambda n: FakeClient(FakeStore(), random.Random(n), False),  # type: ignore[arg-type,return-value]
                 WorkloadConfig(clients=0),
                 history,
                 seed=1,
