@@ -190,10 +190,9 @@ def test_a_refused_write_retried_later_is_refused_again_never_applied(
     assert small.get(b"late") is None
 
 
-def test_the_verdict_depends_only_on_the_entries(tmp_path: Path) -> None:
+def test_the_verdict_depends_only_on_the_entries(tmp_path: Path, seed: int) -> None:
     """Two members apply one random history near the quota, split into batches differently:
     the same results, byte for byte the same state."""
-    seed = random.randrange(1 << 32)
     rng = random.Random(seed)
     keys = [b"k%02d" % n for n in range(30)]
     datas = []
@@ -223,9 +222,8 @@ def test_the_verdict_depends_only_on_the_entries(tmp_path: Path) -> None:
         assert one.logical_bytes() == stored, f"seed {seed}"
 
 
-def test_quota_refuses_agrees_with_apply(tmp_path: Path) -> None:
+def test_quota_refuses_agrees_with_apply(tmp_path: Path, seed: int) -> None:
     """The proposer's early check gives apply's verdict on the same state."""
-    seed = random.randrange(1 << 32)
     rng = random.Random(seed)
     with registered(StateMachine(tmp_path / "s", map_size_bytes=MIB, quota_bytes=2000)) as sm:
         for seq in range(1, 400):
