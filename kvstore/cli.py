@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--secret-file", help="file holding the cluster secret")
     serve.add_argument(
+        "--client-secret-file",
+        help="file holding the secret clients prove (default: the cluster secret); a holder of "
+        "only this one can never connect as a member",
+    )
+    serve.add_argument(
         "--join",
         action="store_true",
         help="join an existing cluster (then run `kvstore member add` against it)",
@@ -214,6 +219,7 @@ def _serve(args: argparse.Namespace) -> int:
         options=Options(checkpoint_entries=args.checkpoint_entries, consensus=args.consensus),
         secret=read_secret_file(args.secret_file),
         join=args.join,
+        client_secret=read_secret_file(args.client_secret_file),
     )
     node.start()
     print(f"kvstore serve: {args.id} listening on {node.address}", flush=True)
