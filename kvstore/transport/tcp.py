@@ -88,8 +88,9 @@ HANDSHAKES_MAX: Final = 64
 HANDSHAKES_PER_ADDRESS_MAX: Final = 32
 """Default number of inbound connections from one source address in their handshake at once."""
 
-ACCEPT_BACKLOG: Final = 128
-"""The listen backlog; also how many connections one accept burst may open at once."""
+ACCEPT_BACKLOG: Final = 64
+"""The listen backlog; also how many connections one accept burst may open at once (each is
+evicted or admitted as soon as its handler runs, but holds a descriptor until then)."""
 
 FD_RESERVE: Final = 64
 """File descriptors kept out of the client cap for the log, LMDB, snapshots and the runtime."""
