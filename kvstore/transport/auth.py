@@ -39,9 +39,10 @@ logs) every wrong secret itself. The dialer checks the listener's proof, so a no
 secret cannot pose as a member.
 
 **Frame keys.** Once both proofs verified, each side derives two 32-byte keys from the role key
-and the whole transcript: HMAC-SHA256(role_key, [label, "frames dialer->listener" |
-"frames listener->dialer", transcript]). Fresh nonces make them unique to this connection;
-`frame_authenticator()` returns them as a `FrameAuthenticator`.
+and the listener's whole transcript: HMAC-SHA256(role_key, msgpack(["frames dialer->listener" |
+"frames listener->dialer", transcript])). Fresh nonces make them unique to this connection, the
+labels to one direction; `frame_authenticator()` returns them as a `FrameAuthenticator`, which
+MACs every later frame (see `kvstore.transport.frame_mac`).
 
 Members know each other by id, not by address: a peer dialer names the id it meant to reach
 (`target`), and checks that the listener proves exactly that id. The listener checks that a peer
