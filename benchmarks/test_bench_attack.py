@@ -1,31 +1,29 @@
 """Throughput of a 3-member cluster under a sustained pre-auth attacker (issue 11).
 
 A `LocalCluster` of 3 `kvstore serve` processes in the shared-secret mode, and one client
-(`kvstore.aio.Client`) keeping `inflight` puts in flight for `PHASE_S` seconds per phase:
+(`kvstore.aio.Client`) keeping `inflight` puts in flight, in alternating phases of `PHASE_S`
+seconds: clean, attacked, clean, attacked, ... clean (`CYCLES` attacked phases). In an attacked
+phase an attacker process (no secret) holds `SLOWLORIS_PER_MEMBER` idle connections against
+every member, reopening each one the node closes, and sends every member a pre-auth bomb every
+`BOMB_INTERVAL_S` (the header of an 8 MiB frame and 256 KiB of its body of empty msgpack arrays,
+alternating with a whole 4 MiB frame: the issue's "4 MiB every 1.5 s" and more), all from the
+clients' own address; in a clean phase it holds nothing and sends nothing.
 
-1. without an attacker,
-2. while an attacker process (no secret) holds `SLOWLORIS_PER_MEMBER` idle connections against
-   every member, reopening each one the node closes, and sends every member a pre-auth bomb
-   every `BOMB_INTERVAL_S` (the header of an 8 MiB frame and 256 KiB of its body of empty msgpack
-   arrays, alternating with a whole 4 MiB frame: the issue's "4 MiB every 1.5 s" and more), all
-   from the clients' own address,
-3. without the attacker again.
-
-The figure is the ratio of phase 2 to the mean of phases 1 and 3 (so drift on a shared machine
-counts against neither side); the target is >= 0.8. Beside it: the CPU seconds the members and
-the attacker used per phase (on a machine with few cores, the attacker's own CPU is taken from
-the cluster). No election may happen: every member's term
-is the same before and after. The attacker runs in its own process, competing for the same CPUs
-as the cluster, as it would on a shared host.
+The figure is the ratio of the attacked phases' throughput to the clean ones'; alternating
+phases spread the drift of a shared machine over both sides. The target is >= 0.8, and no
+election may happen: every member's term is the same before and after. Beside it: the members'
+CPU per put in each kind of phase, and the attacker's own CPU (it runs on the same cores as the
+cluster, as it would on a shared host, and what it uses is taken from the cluster).
 
 Run with `pytest benchmarks/test_bench_attack.py --benchmark-only -s`; KVSTORE_ATTACK_PHASE_S
-sets the seconds per phase (default 5).
+sets the seconds per phase (default 3).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 import selectors
@@ -42,7 +40,9 @@ import kvstore.aio
 from kvstore.testing.local_cluster import LocalCluster
 
 SECRET = b"attack-bench-secret"
-PHASE_S = float(os.environ.get("KVSTORE_ATTACK_PHASE_S", "5"))
+PHASE_S = float(os.environ.get("KVSTORE_ATTACK_PHASE_S", "3"))
+CYCLES = 3
+RAMP_S = 0.3
 SLOWLORIS_PER_MEMBER = 100
 REOPEN_PER_S = 100.0
 BOMB_INTERVAL_S = 0.75
@@ -76,16 +76,31 @@ def _bomb(address: str, frame_bytes: int, send_bytes: int) -> None:
         sock.sendall(header + b"\x90" * send_bytes)
 
 
-def attack(addresses: list[str], stop: Any, counters: Any) -> None:
-    """Slowloris and pre-auth bombs against every address until `stop` is set.
+def _close_all(selector: selectors.BaseSelector) -> int:
+    keys = list(selector.get_map().values())
+    for key in keys:
+        selector.unregister(key.fileobj)
+        key.fileobj.close()  # type: ignore[union-attr]
+    return len(keys)
+
+
+def attack(addresses: list[str], active: Any, stop: Any, counters: Any) -> None:
+    """Slowloris and pre-auth bombs against every address while `active` is set, until `stop`
+    is set; while `active` is clear, it holds no connection and sends nothing.
 
     Idle connections wait in one selector, so the attacker spends its CPU on reopening what the
     nodes close, not on polling what they keep."""
     selector = selectors.DefaultSelector()
-    to_open = [address for address in addresses for _ in range(SLOWLORIS_PER_MEMBER)]
+    to_open: list[str] = []
     next_bomb = time.monotonic()
     bombs = 0
     while not stop.is_set():
+        if not active.is_set():
+            _close_all(selector)
+            to_open = [address for address in addresses for _ in range(SLOWLORIS_PER_MEMBER)]
+            active.wait(0.05)
+            next_bomb = time.monotonic()
+            continue
         now = time.monotonic()
         if now >= next_bomb:
             for address in addresses:
@@ -96,7 +111,7 @@ def attack(addresses: list[str], stop: Any, counters: Any) -> None:
             bombs += 1
             counters[1] += len(addresses)
             next_bomb = now + BOMB_INTERVAL_S
-        while to_open and time.monotonic() < next_bomb and not stop.is_set():
+        while to_open and time.monotonic() < next_bomb and active.is_set():
             address = to_open.pop()
             sock = _open_idle(address)
             if sock is None:
@@ -118,38 +133,44 @@ def attack(addresses: list[str], stop: Any, counters: Any) -> None:
             selector.unregister(sock)
             sock.close()
             to_open.append(key.data)
-    for key in list(selector.get_map().values()):
-        key.fileobj.close()  # type: ignore[union-attr]
+    _close_all(selector)
     selector.close()
 
 
-@contextlib.contextmanager
-def attacker(addresses: list[str]) -> Iterator[Any]:
-    """Run `attack` in a child process; yields its counters [connections opened, bombs, CPU
-    seconds used (filled in when it stops)]."""
-    context = multiprocessing.get_context("spawn")
-    stop = context.Event()
-    counters = context.Array("d", 3)
-    process = context.Process(target=attack, args=(addresses, stop, counters), daemon=True)
-    process.start()
-    try:
-        yield counters
-    finally:
-        stop.set()
-        assert process.pid is not None
-        with contextlib.suppress(OSError):
-            counters[2] = _cpu_s(process.pid)
-        process.join(30)
-        if process.is_alive():
-            process.kill()
-            process.join()
+class Attacker:
+    """`attack` in a child process, switched on and off by `active`. `counters` holds the
+    connections opened and the bombs sent so far; `cpu_s()` the CPU seconds it used."""
+
+    def __init__(self, addresses: list[str]) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.active = context.Event()
+        self._stop = context.Event()
+        self.counters = context.Array("q", 2)
+        self._process = context.Process(
+            target=attack, args=(addresses, self.active, self._stop, self.counters), daemon=True
+        )
+
+    def cpu_s(self) -> float:
+        assert self._process.pid is not None
+        return _cpu_s(self._process.pid)
+
+    def __enter__(self) -> Attacker:
+        self._process.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._process.join(30)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
 
 
 # --- the workload -------------------------------------------------------------------------------
 
 
-async def _put_for(client: kvstore.aio.Client, inflight: int, duration_s: float) -> float:
-    """Puts with `inflight` in flight for `duration_s`; returns completed puts per second."""
+async def _put_for(client: kvstore.aio.Client, inflight: int, duration_s: float) -> int:
+    """Puts with `inflight` in flight for `duration_s`; returns how many completed."""
     done = 0
     errors = 0
     deadline = time.monotonic() + duration_s
@@ -165,11 +186,37 @@ async def _put_for(client: kvstore.aio.Client, inflight: int, duration_s: float)
                 errors += 1
             i += 1
 
-    started = time.monotonic()
     await asyncio.gather(*(worker(n) for n in range(inflight)))
-    elapsed_s = time.monotonic() - started
     assert errors <= done // 100, f"{errors} errors for {done} puts"
-    return done / elapsed_s
+    return done
+
+
+@dataclasses.dataclass
+class _Phases:
+    """What the phases of one kind (clean or attacked) added up to."""
+
+    puts: int = 0
+    seconds: float = 0.0
+    members_cpu_s: float = 0.0
+    rates: list[float] = dataclasses.field(default_factory=list)
+
+    async def run(self, client: kvstore.aio.Client, cluster: LocalCluster, inflight: int) -> None:
+        cpu = _members_cpu_s(cluster)
+        started = time.monotonic()
+        puts = await _put_for(client, inflight, PHASE_S)
+        seconds = time.monotonic() - started
+        self.members_cpu_s += _members_cpu_s(cluster) - cpu
+        self.puts += puts
+        self.seconds += seconds
+        self.rates.append(puts / seconds)
+
+    @property
+    def ops_per_s(self) -> float:
+        return self.puts / self.seconds
+
+    @property
+    def cpu_ms_per_put(self) -> float:
+        return 1000 * self.members_cpu_s / max(1, self.puts)
 
 
 def _cpu_s(pid: int) -> float:
@@ -201,61 +248,52 @@ def cluster() -> Iterator[LocalCluster]:
 def test_bench_attack_put_throughput_under_attack(
     benchmark: Any, cluster: LocalCluster, inflight: int
 ) -> None:
-    figures: dict[str, float] = {}
+    clean, attacked = _Phases(), _Phases()
+    attacker_figures: dict[str, float] = {}
 
     async def phases() -> None:
         async with kvstore.aio.Client(cluster.addresses, secret=SECRET, timeout_s=10) as client:
             await _put_for(client, inflight, 1.0)  # warm the connections
-            cpu = _members_cpu_s(cluster)
-            figures["before"] = await _put_for(client, inflight, PHASE_S)
-            figures["cpu_before"], cpu = _members_cpu_s(cluster) - cpu, _members_cpu_s(cluster)
-            with attacker(cluster.addresses) as counters:
-                await asyncio.sleep(0.5)  # the idle connections are in place
-                cpu = _members_cpu_s(cluster)
-                figures["attacked"] = await _put_for(client, inflight, PHASE_S)
-                figures["cpu_attacked"] = _members_cpu_s(cluster) - cpu
-                figures["attacker_connections"] = counters[0]
-                figures["attacker_bombs"] = counters[1]
-            figures["attacker_cpu"] = counters[2]
-            cpu = _members_cpu_s(cluster)
-            figures["after"] = await _put_for(client, inflight, PHASE_S)
-            figures["cpu_after"] = _members_cpu_s(cluster) - cpu
+            with Attacker(cluster.addresses) as attacker:
+                for _ in range(CYCLES):
+                    await clean.run(client, cluster, inflight)
+                    attacker.active.set()
+                    await asyncio.sleep(RAMP_S)  # the idle connections are in place
+                    await attacked.run(client, cluster, inflight)
+                    attacker.active.clear()
+                    await asyncio.sleep(RAMP_S)  # ... and gone
+                await clean.run(client, cluster, inflight)
+                attacker_figures["connections"] = attacker.counters[0]
+                attacker_figures["bombs"] = attacker.counters[1]
+                attacker_figures["cpu_s"] = attacker.cpu_s()
 
     terms_before = _terms(cluster)
     benchmark.pedantic(lambda: asyncio.run(phases()), rounds=1, iterations=1, warmup_rounds=0)
     terms_after = _terms(cluster)
-    baseline = (figures["before"] + figures["after"]) / 2
-
-    def ops(ops_per_s: float) -> float:
-        return max(1.0, ops_per_s * PHASE_S)
-
-    ratio = figures["attacked"] / baseline
+    ratio = attacked.ops_per_s / clean.ops_per_s
     benchmark.extra_info.update(
         inflight=inflight,
-        ops_per_s_before=round(figures["before"], 1),
-        ops_per_s_attacked=round(figures["attacked"], 1),
-        ops_per_s_after=round(figures["after"], 1),
+        ops_per_s_clean=round(clean.ops_per_s, 1),
+        ops_per_s_attacked=round(attacked.ops_per_s, 1),
         ratio=round(ratio, 3),
-        attacker_connections=int(figures["attacker_connections"]),
-        attacker_bombs=int(figures["attacker_bombs"]),
-        attacker_cpu_s=round(figures["attacker_cpu"], 2),
-        members_cpu_s_per_kop_before=round(
-            1000 * figures["cpu_before"] / ops(figures["before"]), 3
-        ),
-        members_cpu_s_per_kop_attacked=round(
-            1000 * figures["cpu_attacked"] / ops(figures["attacked"]), 3
-        ),
+        clean_phases=[round(rate) for rate in clean.rates],
+        attacked_phases=[round(rate) for rate in attacked.rates],
+        members_cpu_ms_per_put_clean=round(clean.cpu_ms_per_put, 4),
+        members_cpu_ms_per_put_attacked=round(attacked.cpu_ms_per_put, 4),
+        attacker_connections=int(attacker_figures["connections"]),
+        attacker_bombs=int(attacker_figures["bombs"]),
+        attacker_cpu_s=round(attacker_figures["cpu_s"], 2),
         terms_before=str(terms_before),
         terms_after=str(terms_after),
     )
     print(
-        f"\n{inflight} in flight: {figures['before']:.0f} ops/s before, "
-        f"{figures['attacked']:.0f} under attack, {figures['after']:.0f} after: "
-        f"ratio {ratio:.2f} (target >= {RATIO_TARGET}); attacker opened "
-        f"{int(figures['attacker_connections'])} connections, sent "
-        f"{int(figures['attacker_bombs'])} bombs, used {figures['attacker_cpu']:.1f} CPU s; "
-        f"members' CPU ms per put {benchmark.extra_info['members_cpu_s_per_kop_before']} "
-        f"before, {benchmark.extra_info['members_cpu_s_per_kop_attacked']} under attack; "
+        f"\n{inflight} in flight: {clean.ops_per_s:.0f} ops/s clean "
+        f"{[round(rate) for rate in clean.rates]}, {attacked.ops_per_s:.0f} under attack "
+        f"{[round(rate) for rate in attacked.rates]}: ratio {ratio:.2f} (target >= "
+        f"{RATIO_TARGET}); members' CPU per put {clean.cpu_ms_per_put:.3f} ms clean, "
+        f"{attacked.cpu_ms_per_put:.3f} ms attacked; attacker opened "
+        f"{int(attacker_figures['connections'])} connections, sent "
+        f"{int(attacker_figures['bombs'])} bombs, used {attacker_figures['cpu_s']:.1f} CPU s; "
         f"terms {terms_before} -> {terms_after}"
     )
     assert terms_after == terms_before, "an election happened under attack"
