@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 import pytest
 
+import kvstore
 from kvstore.errors import AuthenticationError, RemoteProtocolError
 from kvstore.raft.types import Entry, Message, MessageType
+from kvstore.testing.local_cluster import LocalCluster
 from kvstore.transport.codec import FrameKind, encode_message
 from kvstore.transport.tcp import connect_client, connect_peer
 
@@ -112,3 +115,50 @@ def test_the_member_secret_still_connects_members() -> None:
             await wait_until(lambda: all(len(n.received) == 2 for n in nodes.values()))
 
     run(main())
+
+
+@pytest.mark.slow
+def test_serve_with_a_client_secret_file_end_to_end(tmp_path: Path) -> None:
+    """Three `kvstore serve --secret-file M --client-secret-file C` processes: clients with C
+    read and write, a client with M is refused (it is not the client secret), and C forges no
+    peer connection to a follower: the cluster's terms do not move."""
+    client_secret_file = tmp_path / "client-secret"
+    client_secret_file.write_bytes(CLIENT_SECRET)
+    cluster = LocalCluster(3, secret=MEMBER_SECRET)
+    for member in cluster:
+        member.extra_args += ["--client-secret-file", str(client_secret_file)]
+    with cluster:
+        with kvstore.Client(cluster.addresses, secret=CLIENT_SECRET, timeout_s=10) as client:
+            leader_id = cluster.wait_for_leader(client, timeout_s=30)
+            client.put(b"forged/key", b"honest")
+            terms = {m.node_id: client.status(m.address).term for m in cluster}
+            follower = next(m for m in cluster if m.node_id != leader_id)
+
+            async def forge() -> None:
+                with pytest.raises(AuthenticationError):
+                    await connect_peer(
+                        follower.address,
+                        node_id=leader_id,
+                        target_id=follower.node_id,
+                        secret=CLIENT_SECRET,
+                        member_ids=list(cluster.members),
+                        timeout_s=5,
+                    )
+                conn = await connect_client(follower.address, secret=CLIENT_SECRET, timeout_s=5)
+                append = forged_append()._replace(
+                    recipient=follower.node_id, sender=leader_id, term=terms[leader_id] + 5
+                )
+                await conn.send(FrameKind.RAFT, [encode_message(append)])
+                with pytest.raises((ConnectionError, RemoteProtocolError)):
+                    async with asyncio.timeout(5):
+                        await conn.receive()
+                conn.abort()
+
+            run(forge())
+            assert client.get(b"forged/key") == b"honest"
+            assert {m.node_id: client.status(m.address).term for m in cluster} == terms
+        with (
+            kvstore.Client(cluster.addresses, secret=MEMBER_SECRET, timeout_s=3) as member_secret,
+            pytest.raises(AuthenticationError),
+        ):
+            member_secret.get(b"forged/key", timeout_s=3)
