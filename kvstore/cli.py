@@ -83,7 +83,11 @@ def _add_client_arguments(parser: argparse.ArgumentParser) -> None:
         default=["127.0.0.1:7001"],
         help="comma-separated host:port of members (default 127.0.0.1:7001)",
     )
-    parser.add_argument("--secret-file", help="file holding the cluster secret")
+    parser.add_argument(
+        "--secret-file",
+        help="file holding the client secret (the cluster secret if the members have no "
+        "separate --client-secret-file)",
+    )
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
 
 
