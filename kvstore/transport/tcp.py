@@ -165,6 +165,19 @@ class RateLimitedLog:
         bucket = self._buckets.get(reason)
         return 0 if bucket is None else int(bucket[2])
 
+    def flush(self, level: int = logging.WARNING) -> None:
+        """Log one summary line per reason with lines still suppressed (e.g. at shutdown, so
+        the count of an attack that stopped is not lost)."""
+        for reason, bucket in self._buckets.items():
+            if bucket[2]:
+                self._logger.log(
+                    level,
+                    "suppressed %d similar lines (%s) since the last one",
+                    int(bucket[2]),
+                    reason,
+                )
+                bucket[2] = 0.0
+
 
 limited_log = RateLimitedLog(log)
 """The rate-limited log of `FramedConnection`s (each `PeerTransport` has its own as well)."""
@@ -863,6 +876,7 @@ class PeerTransport:
             await self._closed.wait()
             return
         self._closing = True
+        self.limited_log.flush()
         try:
             if self._server is not None:
                 self._server.close()

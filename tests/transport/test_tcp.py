@@ -748,6 +748,8 @@ def test_rate_limited_log_bursts_then_counts_what_it_suppressed(
         now[0] = 2.0  # one token back
         assert limited.log("refused", logging.WARNING, "refused %d", 10)
         assert not limited.log("refused", logging.WARNING, "refused %d", 11)
+        limited.flush()
+        limited.flush()  # nothing left to say
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [
         "refused 0",
@@ -755,4 +757,5 @@ def test_rate_limited_log_bursts_then_counts_what_it_suppressed(
         "refused 2",
         "another reason",
         "refused 10 (suppressed 7 similar)",
+        "suppressed 1 similar lines (refused) since the last one",
     ]
