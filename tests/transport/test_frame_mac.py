@@ -95,3 +95,15 @@ def test_keys_are_checked() -> None:
     with pytest.raises(ValueError, match="different"):
         FrameAuthenticator(send_key=A_TO_B, receive_key=A_TO_B)
     assert TAG_BYTES == 16
+
+
+def test_tags_are_standard_hmac_sha256_of_the_sequence_number_and_the_frame() -> None:
+    import hashlib
+    import hmac
+    import struct
+
+    a, _ = pair()
+    for seq, size in enumerate((0, 1, 100, 4096, 70_000)):
+        frame = bytes(range(256)) * (size // 256) + bytes(size % 256)
+        expected = hmac.new(A_TO_B, struct.pack(">Q", seq) + frame, hashlib.sha256).digest()
+        assert a.seal(frame) == expected[:TAG_BYTES]
