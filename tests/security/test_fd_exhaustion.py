@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from kvstore.errors import AuthenticationError
+from kvstore.testing.local_cluster import free_ports
 from kvstore.transport.codec import FrameKind
 from kvstore.transport.tcp import ERROR_BUSY, FramedConnection, connect_client
 
@@ -70,8 +71,6 @@ async def _read_line(stream: asyncio.StreamReader, timeout_s: float) -> str:
 
 
 def test_idle_connections_beyond_the_descriptor_limit_do_not_stop_the_log(tmp_path: Path) -> None:
-    from kvstore.testing.local_cluster import free_ports
-
     (port,) = free_ports(1)
 
     async def main() -> None:
