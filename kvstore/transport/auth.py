@@ -488,7 +488,8 @@ class ListenerHandshake(_Handshake):
             )
         if self.role != ROLE_PEER:
             return
-        assert isinstance(dialer_id, str)
+        if not isinstance(dialer_id, str):  # checked at HELLO; kept for the type
+            raise RemoteProtocolError("a peer HELLO must carry its node id")
         if dialer_id == self._node_id:
             raise AuthenticationError(f"peer claims our own id {dialer_id!r}")
         if not self._is_member(dialer_id):
