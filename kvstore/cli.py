@@ -262,7 +262,11 @@ def _add_client_arguments(parser: argparse.ArgumentParser) -> None:
         default=["127.0.0.1:7001"],
         help="comma-separated host:port of members (default 127.0.0.1:7001)",
     )
-    parser.add_argument("--secret-file", help="file holding the cluster secret")
+    parser.add_argument(
+        "--secret-file",
+        help="file holding the client secret (the cluster secret if the members have no "
+        "separate --client-secret-file)",
+    )
     parser.add_argument("--timeout", type=_timeout, default=5.0, help="seconds to wait (default 5)")
     _add_tls_arguments(parser, "this client's")
 
@@ -315,6 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--secret-file", help="file holding the cluster secret")
     _add_tls_arguments(serve, "this member's")
+    serve.add_argument(
+        "--client-secret-file",
+        help="file holding the secret clients prove (default: the cluster secret); a holder of "
+        "only this one can never connect as a member",
+    )
     serve.add_argument(
         "--join",
         action="store_true",
@@ -441,6 +450,7 @@ def _serve(args: argparse.Namespace) -> int:
         secret=read_secret_file(args.secret_file),
         join=args.join,
         tls=tls_config(args),
+        client_secret=read_secret_file(args.client_secret_file),
     )
     node.start()
     print(f"kvstore serve: {args.id} listening on {node.address}", flush=True)

@@ -264,6 +264,12 @@ class Node:
     waits for an existing cluster to add it (`add_member` on the leader). Use
     `start()`/`stop()` or `with Node(...) as node:`.
 
+    `secret` turns on the shared-secret mode: members prove it, and every frame after the
+    handshake is authenticated (not encrypted). Clients prove `client_secret` when it is given
+    (`kvstore.Client(secret=client_secret)`), else `secret`; a connection that proved the client
+    secret can never send peer messages, and with separate secrets a client cannot pose as a
+    member.
+
     After a storage failure (a failed write or fsync of the redo log) the node stops serving:
     `failure` holds a `NodeFailedError` naming the cause, `status().failure` says it, every
     other call raises it (an `UnavailableError`); `stop()` still works.
@@ -288,6 +294,7 @@ class Node:
         secret: bytes | None = None,
         join: bool = False,
         tls: TLSConfig | None = None,
+        client_secret: bytes | None = None,
     ) -> None:
         if not isinstance(node_id, str) or not node_id:
             raise InvalidArgumentError(f"node_id must be a non-empty str, got {node_id!r}")
@@ -312,6 +319,13 @@ class Node:
                 raise InvalidArgumentError("give either tls or secret, not both")
             check_own_certificate(tls, node_id)
         self._tls = tls
+        # --- secret: members prove `secret`; clients prove `client_secret` (else `secret`) ---
+        if client_secret is not None and (
+            not isinstance(client_secret, bytes) or not client_secret
+        ):
+            raise InvalidArgumentError("client_secret must be non-empty bytes or None")
+        if client_secret is not None and secret is None:
+            raise InvalidArgumentError("client_secret needs a member secret (secret=)")
         if options is not None and not isinstance(options, Options):
             raise InvalidArgumentError(f"options must be an Options, got {options!r}")
         self.options = options or Options()
@@ -323,6 +337,7 @@ class Node:
         self._peers = dict(peers)
         """The members this node talks to: node id -> address."""
         self._secret = secret
+        self._client_secret = client_secret
         self._join = join
         self._thread_sessions = threading.local()
         self._read_ids = itertools.count(1)
@@ -513,6 +528,7 @@ class Node:
             {peer: address for peer, address in self._peers.items() if peer != self.node_id},
             secret=self._secret,
             tls=self._tls,
+            client_secret=self._client_secret,
             on_message=self._on_message,
             on_unreachable=self._on_unreachable,
             on_client_connection=self._on_client_connection,

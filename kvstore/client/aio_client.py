@@ -461,7 +461,9 @@ class Client:
     for the same calls from threads.
 
     `endpoints` lists members as "host:port" (or maps each to a weight for the "weighted"
-    balancer). `balancer` picks the member for each read. `secret` authenticates connections;
+    balancer). `balancer` picks the member for each read. `secret` is the client secret (the
+    node's `client_secret`, or its `secret` if it has none): it authenticates each connection
+    and every frame on it (a frame altered in transit closes the connection; the call retries).
     `tls` (a `kvstore.TLSConfig` with a client or member certificate) makes them mutual TLS
     instead (not both).
     `timeout_s` is the default for `status()` and `scan()` and for connecting. `max_value_bytes`

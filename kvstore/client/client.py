@@ -38,7 +38,9 @@ class Client(ClosingContext):
 
     `endpoints` lists members as "host:port", or maps each to a weight for the "weighted"
     balancer. `balancer` is "weighted", "round_robin", "random", "latency" or a `Balancer`;
-    it spreads reads (writes always go to the leader). `secret` authenticates every connection;
+    it spreads reads (writes always go to the leader). `secret` is the client secret (the
+    node's `client_secret`, or its `secret` if it has none): it authenticates every connection
+    and every frame on it.
     `tls` (a `kvstore.TLSConfig`) makes every connection mutual TLS instead (not both).
     `timeout_s` is the default of `scan()` and `status()` and the connect timeout. See
     `kvstore.client.aio_client.Client` for the other keywords.

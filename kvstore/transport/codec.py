@@ -5,6 +5,13 @@ A frame is a 4-byte big-endian length N of what follows, then one byte of protoc
 the receiver's `frame_bytes_max`. Bodies are plain msgpack (bin for bytes, str for text); nothing
 received is ever turned into anything but None, bool, int, float, str, bytes, list and dict.
 
+After a shared-secret handshake, every frame is followed by a MAC tag that is not counted in N
+(`kvstore.transport.frame_mac`); `FrameDecoder.authenticate_with()` turns that on, and the tag is
+checked before the body is decoded.
+
+Before the handshake completes, a listener's decoder is limited to `HANDSHAKE_FRAME_BYTES_MAX`:
+a bigger length prefix fails as soon as the 6-byte header is in, before the body is read.
+
 This module does no I/O: feed bytes to `FrameDecoder.receive_data()`, pull frames with
 `FrameDecoder.next_frame()` until it returns `NEED_DATA`, and send what `encode_frame()` returns.
 
@@ -33,6 +40,7 @@ from kvstore.raft.types import (
     MessageType,
     SnapshotMeta,
 )
+from kvstore.transport.frame_mac import TAG_BYTES, FrameAuthenticator
 
 PROTOCOL_VERSION: Final = 1
 """The version byte of every frame this code writes and the only one it reads."""
@@ -59,18 +67,27 @@ MEMBERS_MAX: Final = 1024
 
 _U64_MAX: Final = (1 << 64) - 1
 
+HANDSHAKE_FRAME_BYTES_MAX: Final = 4 << 10
+"""Largest frame a listener accepts before the other side is authenticated: the handshake's
+frames are a few hundred bytes, and a stranger must not make us buffer or decode more."""
+
+DIALER_HANDSHAKE_FRAME_BYTES_MAX: Final = 64 << 10
+"""Largest handshake frame a dialer accepts (the listener's answer names its members)."""
+
 
 class FrameKind(enum.IntEnum):
     """What a frame's body holds."""
 
     HELLO = 1
-    """Handshake, dialer -> listener: role, claimed node id, nonce (see `auth`)."""
+    """Handshake, dialer -> listener: role, claimed node id, target, nonce (see `auth`)."""
     HELLO_ACK = 2
-    """Handshake, listener -> dialer: its node id, nonce and proof."""
+    """Handshake without a secret, listener -> dialer: its node id, members and protocol."""
     AUTH = 3
-    """Handshake, dialer -> listener: the dialer's proof."""
+    """Handshake with a secret, dialer -> listener: the dialer's proof."""
     AUTH_OK = 4
-    """Handshake, listener -> dialer: the dialer is authenticated."""
+    """Handshake with a secret, listener -> dialer: its proof, node id, members and protocol."""
+    CHALLENGE = 5
+    """Handshake with a secret, listener -> dialer: the listener's nonce, nothing else."""
     IDENTITY = 9
     """Peers only, right after the handshake, both ways: the sender's cluster id and
     incarnation (`kvstore.transport.identity`)."""
@@ -154,6 +171,17 @@ class FrameDecoder:
         self._buffer = bytearray()
         self._eof = False
         self._error: RemoteProtocolError | None = None
+        self._authenticator: FrameAuthenticator | None = None
+        self._tag_bytes = 0
+
+    def authenticate_with(self, authenticator: FrameAuthenticator) -> None:
+        """From the next frame on, expect a tag after every frame and verify it (with
+        `authenticator.verify`) before the body is decoded. Call once, right after the
+        handshake's last frame was returned."""
+        if self._authenticator is not None:
+            raise RuntimeError("the decoder already authenticates frames")
+        self._authenticator = authenticator
+        self._tag_bytes = TAG_BYTES
 
     @property
     def eof(self) -> bool:
@@ -199,17 +227,20 @@ class FrameDecoder:
             if kind is None:
                 self._fail(f"unknown frame kind {kind_byte}")
             end = _PREFIX_BYTES + size
-            if available >= end:
+            if available >= end + self._tag_bytes:
                 # Decode in place (no copy of the payload); the views must be released before
                 # the buffer may shrink.
                 with memoryview(buffer) as view, view[HEADER_BYTES:end] as payload:
                     try:
+                        if self._authenticator is not None:
+                            with view[:end] as frame, view[end : end + TAG_BYTES] as tag:
+                                self._authenticator.verify(frame, tag)
                         body = decode_body(payload)
                     except RemoteProtocolError as exc:
                         self._error = exc
                         raise
                 # Deleting from the front of a bytearray is O(1) amortised in CPython.
-                del buffer[:end]
+                del buffer[: end + self._tag_bytes]
                 return kind, body
         if self._eof:
             if available:

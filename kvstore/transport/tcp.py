@@ -1,10 +1,35 @@
-"""The asyncio TCP layer over the sans-I/O codec and handshake.
+"""The asyncio TCP layer over the sans-I/O codec, handshake and frame MAC.
 
-- `FramedConnection`: one TCP connection after its handshake, sending and receiving frames.
+- `FramedConnection`: one TCP connection after its handshake, sending and receiving frames;
+  after a shared-secret handshake every frame it sends is followed by a MAC tag and every frame
+  it receives is verified before its body is decoded (`kvstore.transport.frame_mac`): a frame
+  that fails closes the connection.
 - `connect_client()`: what `kvstore.Client` calls to reach a node.
 - `PeerTransport`: what the node uses. It listens on one address for peers and clients alike
   (the HELLO says which), keeps one outbound connection per peer, and passes one-way Raft
   messages: `send()` never blocks and never raises; failures are reported via `on_unreachable`.
+
+What a connection costs the listener before it is authenticated (`PeerTransport`):
+- frames of at most `HANDSHAKE_FRAME_BYTES_MAX` (4 KiB): a bigger length prefix closes the
+  connection as soon as its 6-byte header is in, before any body is read or decoded;
+- reads of at most that size, and `handshake_timeout_s` (2 s) for the whole handshake;
+- at most `handshakes_max` connections in their handshake at once, and at most
+  `handshakes_per_address_max` from one source address. A new connection beyond either cap
+  evicts the OLDEST unauthenticated one (of its address, or overall) instead of being refused:
+  idle connections cannot lock anyone out (slowloris), and a real client or a reconnecting
+  member, whose handshake takes a round trip or two, is evicted only if that many newer
+  connections arrive within that time;
+- nothing about the cluster: the listener sends its nonce and nothing else until the dialer's
+  proof verified (see `kvstore.transport.auth`).
+Refusals, evictions, timeouts and protocol errors are logged through a token bucket per reason,
+with a "suppressed N similar" count on the next line that gets through.
+
+Established connections: a peer connection may send only RAFT, SNAPSHOT_CHUNK, IDENTITY and
+ERROR frames, a client connection only REQUEST frames; anything else closes it. Established member
+connections never count against the client cap, which follows RLIMIT_NOFILE: the soft limit
+minus a reserve for the log, LMDB, snapshots, peers, handshakes and the accept backlog
+(`client_connection_cap()`), never above `client_connections_max`. Beyond it a new client is
+turned away with `ERROR_BUSY`, so the node's own files can still be opened.
 
 With a TLS configuration (kvstore/transport/tls.py) every connection is mutual TLS 1.3: the
 listener is a TLS server that requires a client certificate, dialers present theirs, and the
@@ -21,9 +46,11 @@ import collections
 import contextlib
 import logging
 import random
+import resource
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
 from kvstore.errors import AuthenticationError, RemoteProtocolError
@@ -37,12 +64,15 @@ from kvstore.transport.auth import (
     refusal_body,
 )
 from kvstore.transport.codec import (
+    DIALER_HANDSHAKE_FRAME_BYTES_MAX,
+    HANDSHAKE_FRAME_BYTES_MAX,
     NEED_DATA,
     FrameDecoder,
     FrameKind,
     decode_batch,
     encode_frame,
 )
+from kvstore.transport.frame_mac import FrameAuthenticator
 from kvstore.transport.tls import (
     Identity,
     TLSConfig,
@@ -64,14 +94,113 @@ READ_CHUNK_BYTES: Final = 256 << 10
 ROLE_NODE: Final = "node"
 """`FramedConnection.role` of a connection made by `connect_client`: the other side is a node."""
 
-HANDSHAKE_TIMEOUT_S: Final = 5.0
-"""Default time a new connection has to finish its handshake (dial included, for dialers)."""
+HANDSHAKE_TIMEOUT_S: Final = 2.0
+"""Default time an inbound connection has to finish its handshake."""
+
+DIAL_TIMEOUT_S: Final = 5.0
+"""Default time an outbound peer connection has to connect and finish its handshake."""
 
 HANDSHAKES_MAX: Final = 64
 """Default number of inbound connections allowed in their handshake at once."""
 
+HANDSHAKES_PER_ADDRESS_MAX: Final = 32
+"""Default number of inbound connections from one source address in their handshake at once."""
+
+ACCEPT_BACKLOG: Final = 64
+"""The listen backlog; also how many connections one accept burst may open at once (each is
+evicted or admitted as soon as its handler runs, but holds a descriptor until then)."""
+
+FD_RESERVE: Final = 64
+"""File descriptors kept out of the client cap for the log, LMDB, snapshots and the runtime."""
+
+FD_RESERVE_PER_PEER: Final = 4
+"""File descriptors kept per peer (its inbound and outbound connections, a snapshot stream)."""
+
+SEND_COALESCE_BYTES_MAX: Final = 256 << 10
+"""Frames and tags up to this size are joined into one write; bigger ones are written apart
+(a join would copy them)."""
+
 ERROR_BUSY: Final = "busy"
 """ERROR code sent to a client turned away because the node has too many client connections."""
+
+PEER_FRAME_KINDS: Final = frozenset(
+    {FrameKind.RAFT, FrameKind.SNAPSHOT_CHUNK, FrameKind.ERROR, FrameKind.IDENTITY}
+)
+"""What an authenticated peer may send on its connection to us."""
+
+CLIENT_FRAME_KINDS: Final = frozenset({FrameKind.REQUEST})
+"""What an authenticated client may send: never a peer frame, whatever secret it holds."""
+
+LOG_BURST: Final = 5
+"""Lines per reason logged at once before the rate limit applies."""
+
+LOG_LINES_PER_S: Final = 0.2
+"""Lines per reason per second past the burst (one every 5 s)."""
+
+
+class RateLimitedLog:
+    """A token bucket per reason in front of a logger: `LOG_BURST` lines at once, then
+    `LOG_LINES_PER_S`. Lines beyond are counted and the count is appended to the next line of
+    that reason that gets through ("suppressed N similar"). Reasons are a fixed set of short
+    strings chosen by the code, never by the other side, so the table stays small."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        burst: int = LOG_BURST,
+        lines_per_s: float = LOG_LINES_PER_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._burst = float(burst)
+        self._lines_per_s = lines_per_s
+        self._clock = clock
+        self._buckets: dict[str, list[float]] = {}  # reason -> [tokens, last refill, suppressed]
+
+    def log(self, reason: str, level: int, msg: str, *args: object) -> bool:
+        """Log `msg % args` at `level` if the bucket of `reason` has a token; True if logged."""
+        if not self._logger.isEnabledFor(level):
+            return False
+        now = self._clock()
+        bucket = self._buckets.get(reason)
+        if bucket is None:
+            bucket = self._buckets[reason] = [self._burst, now, 0.0]
+        tokens = min(self._burst, bucket[0] + (now - bucket[1]) * self._lines_per_s)
+        bucket[1] = now
+        if tokens < 1.0:
+            bucket[0] = tokens
+            bucket[2] += 1
+            return False
+        bucket[0] = tokens - 1.0
+        suppressed = int(bucket[2])
+        bucket[2] = 0.0
+        if suppressed:
+            msg += f" (suppressed {suppressed} similar)"
+        self._logger.log(level, msg, *args)
+        return True
+
+    def suppressed(self, reason: str) -> int:
+        """Lines of `reason` dropped since the last one logged."""
+        bucket = self._buckets.get(reason)
+        return 0 if bucket is None else int(bucket[2])
+
+    def flush(self, level: int = logging.WARNING) -> None:
+        """Log one summary line per reason with lines still suppressed (e.g. at shutdown, so
+        the count of an attack that stopped is not lost)."""
+        for reason, bucket in self._buckets.items():
+            if bucket[2]:
+                self._logger.log(
+                    level,
+                    "suppressed %d similar lines (%s) since the last one",
+                    int(bucket[2]),
+                    reason,
+                )
+                bucket[2] = 0.0
+
+
+limited_log = RateLimitedLog(log)
+"""The rate-limited log of `FramedConnection`s (each `PeerTransport` has its own as well)."""
 
 _CLOSE_TIMEOUT_S: Final = 1.0
 
@@ -98,7 +227,8 @@ class FramedConnection:
     """One TCP connection after a successful handshake: frames in, frames out.
 
     `receive()` is for one reader at a time; any number of tasks may send. Bytes that break the
-    protocol close the connection and are logged; the caller sees `RemoteProtocolError`.
+    protocol (a frame whose MAC fails included) close the connection and are logged (rate
+    limited); the caller sees `RemoteProtocolError`.
     """
 
     def __init__(
@@ -110,15 +240,22 @@ class FramedConnection:
         write_buffer_bytes_max: int = 64 << 20,
         peer_id: str | None = None,
         role: str | None = None,
+        read_chunk_bytes: int = READ_CHUNK_BYTES,
     ) -> None:
         """`frame_bytes_max` bounds frames in both directions; `write_buffer_bytes_max` bounds
-        what `send_nowait` may leave in the write buffer."""
+        what `send_nowait` may leave in the write buffer; `read_chunk_bytes` what one read asks
+        of the socket (small while the other side is not authenticated)."""
         self._reader = reader
         self._writer = writer
         self._decoder = FrameDecoder(frame_bytes_max)
         self._frame_bytes_max = frame_bytes_max
         self._write_buffer_bytes_max = write_buffer_bytes_max
+        self._read_chunk_bytes = read_chunk_bytes
+        self._mac: FrameAuthenticator | None = None
         self._closed = False
+        self.receivable_kinds: frozenset[FrameKind] | None = None
+        """The frame kinds the other side may send (None: any); another kind closes the
+        connection with `RemoteProtocolError`."""
         self.peer_id: str | None = peer_id
         """The authenticated node id of the other side; None when the other side is a client."""
         self.role: str | None = role
@@ -138,6 +275,26 @@ class FramedConnection:
         return f"<FramedConnection {self.role or '?'} {self.peer_id or ''}@{self.remote_address}>"
 
     @property
+    def authenticated_frames(self) -> bool:
+        """Whether every frame carries a MAC (after a shared-secret handshake)."""
+        return self._mac is not None
+
+    def authenticate_frames(self, authenticator: FrameAuthenticator) -> None:
+        """From now on, seal every frame we send and verify every frame we receive with
+        `authenticator` (what the handshake derived). Call once, right after the handshake."""
+        if self._mac is not None:
+            raise RuntimeError("frames are already authenticated")
+        self._mac = authenticator
+        self._decoder.authenticate_with(authenticator)
+
+    def set_limits(self, *, frame_bytes_max: int, read_chunk_bytes: int) -> None:
+        """Change the frame limit (both directions) and the read size, e.g. once the other side
+        is authenticated."""
+        self._decoder.frame_bytes_max = frame_bytes_max
+        self._frame_bytes_max = frame_bytes_max
+        self._read_chunk_bytes = read_chunk_bytes
+
+    @property
     def closed(self) -> bool:
         """Whether `close()` was called or the connection was found broken."""
         return self._closed or self._writer.is_closing()
@@ -155,9 +312,19 @@ class FramedConnection:
         while True:
             try:
                 frame = decoder.next_frame()
+                if frame is not NEED_DATA:
+                    kinds = self.receivable_kinds
+                    if kinds is not None and frame[0] not in kinds:
+                        raise RemoteProtocolError(
+                            f"a {self.role} connection may not send {frame[0].name} frames"
+                        )
             except RemoteProtocolError as exc:
-                log.warning("closing connection %r: %s", self, exc)
-                self.close()
+                # Abort: a stream that broke the protocol (or failed its MAC) gets no more
+                # bytes from us, buffered or not.
+                self.abort()
+                limited_log.log(
+                    "protocol-error", logging.WARNING, "closing connection %r: %s", self, exc
+                )
                 raise
             except ConnectionError:
                 self.close()
@@ -167,7 +334,7 @@ class FramedConnection:
             if self._closed:
                 raise ConnectionError("connection closed")
             try:
-                data = await self._reader.read(READ_CHUNK_BYTES)
+                data = await self._reader.read(self._read_chunk_bytes)
             except OSError:
                 self.close()
                 raise
@@ -186,7 +353,7 @@ class FramedConnection:
             raise BufferError(
                 f"write buffer of {self!r} holds over {self._write_buffer_bytes_max} bytes"
             )
-        self._writer.write(encode_frame(kind, body, frame_bytes_max=self._frame_bytes_max))
+        self._write_frames((encode_frame(kind, body, frame_bytes_max=self._frame_bytes_max),))
 
     async def send(self, kind: FrameKind, body: object) -> None:
         """Send one frame, waiting while the write buffer is above its high-water mark.
@@ -196,7 +363,7 @@ class FramedConnection:
         """
         if self.closed:
             raise ConnectionError("connection closed")
-        self._writer.write(encode_frame(kind, body, frame_bytes_max=self._frame_bytes_max))
+        self._write_frames((encode_frame(kind, body, frame_bytes_max=self._frame_bytes_max),))
         await self._writer.drain()
 
     async def drain(self) -> None:
@@ -204,8 +371,36 @@ class FramedConnection:
         await self._writer.drain()
 
     def _write_bytes(self, data: bytes) -> None:
-        # Already-encoded frames, coalesced by the peer link into one write.
+        """Write raw bytes, no MAC added (tests use it to send what a broken peer would)."""
         self._writer.write(data)
+
+    def _write_frames(self, frames: Sequence[bytes]) -> None:
+        """Write already-encoded frames in order, each followed by its tag when frames are
+        authenticated; small ones coalesced into one write (one syscall, fewer packets)."""
+        mac = self._mac
+        write = self._writer.write
+        if mac is None:
+            write(frames[0] if len(frames) == 1 else b"".join(frames))
+            return
+        parts: list[bytes] = []
+        size = 0
+        for frame in frames:
+            tag = mac.seal(frame)  # sealed in write order: the sequence numbers follow it
+            if len(frame) > SEND_COALESCE_BYTES_MAX:
+                if parts:
+                    write(b"".join(parts))
+                    parts, size = [], 0
+                write(frame)
+                write(tag)
+                continue
+            parts.append(frame)
+            parts.append(tag)
+            size += len(frame)
+            if size > SEND_COALESCE_BYTES_MAX:
+                write(b"".join(parts))
+                parts, size = [], 0
+        if parts:
+            write(b"".join(parts))
 
     def close(self) -> None:
         """Close the connection (what is buffered is still sent). Idempotent."""
@@ -242,6 +437,11 @@ async def _run_handshake(
         for out_kind, out_body in handshake.receive(kind, body):
             conn.send_nowait(out_kind, out_body)
         await conn.drain()
+    # The handshake's own frames went out bare; from the next frame on, both ways, every frame
+    # carries its MAC. Nothing past the handshake's last frame has been decoded yet.
+    authenticator = handshake.frame_authenticator()
+    if authenticator is not None:
+        conn.authenticate_frames(authenticator)
 
 
 def _send_refusal(conn: FramedConnection, reason: str) -> None:
@@ -271,7 +471,13 @@ async def _dial(
         )
     except ssl.SSLError as exc:
         raise _tls_refusal(exc) from exc
-    conn = FramedConnection(reader, writer, frame_bytes_max=frame_bytes_max, role=role)
+    # Until the node proved itself it gets no more room than a handshake needs.
+    conn = FramedConnection(
+        reader,
+        writer,
+        frame_bytes_max=min(frame_bytes_max, DIALER_HANDSHAKE_FRAME_BYTES_MAX),
+        role=role,
+    )
     try:
         identity = None
         if tls_context is not None:
@@ -285,6 +491,7 @@ async def _dial(
             raise _tls_refusal(exc) from exc
         if identity is not None:
             _check_dialed_identity(identity, handshake.peer_id)
+        conn.set_limits(frame_bytes_max=frame_bytes_max, read_chunk_bytes=READ_CHUNK_BYTES)
     except AuthenticationError as exc:
         _send_refusal(conn, str(exc))
         conn.close()
@@ -307,7 +514,8 @@ async def connect_client(
 ) -> FramedConnection:
     """Dial a node at `"host:port"` as a client and complete the handshake.
 
-    With a `secret`, both sides prove they hold it. The returned connection's `peer_id` is the
+    With a `secret` (the client secret), both sides prove they hold it and every later frame
+    is authenticated. The returned connection's `peer_id` is the
     node's id (proven when there is a secret). Raises `AuthenticationError` if the node refuses
     us or cannot prove the secret, `ConnectionError`/`OSError` if it cannot be reached,
     `TimeoutError` if connecting and the handshake take longer than `timeout_s`, `ValueError`
@@ -433,7 +641,7 @@ class _PeerLink:
             # connection's buffer, in order; later frames then queue behind them and the pump
             # drains with its stall timeout.
             try:
-                conn._write_bytes(frame)
+                conn._write_frames((frame,))
             except (OSError, RuntimeError):
                 pass  # closing under us: queue it instead, the pump reconnects
             else:
@@ -531,7 +739,7 @@ class _PeerLink:
                 target_id=self.peer_id,
                 secret=transport._secret,
                 member_ids=transport._member_ids(),
-                timeout_s=transport.handshake_timeout_s,
+                timeout_s=transport.dial_timeout_s,
                 frame_bytes_max=transport.frame_bytes_max,
                 consensus=transport.consensus,
                 tls_context=transport._client_tls,
@@ -579,7 +787,7 @@ class _PeerLink:
                     chunk = self._chunks.popleft()
                     self._chunk_bytes -= len(chunk)
                     parts.append(chunk)
-                conn._write_bytes(parts[0] if len(parts) == 1 else b"".join(parts))
+                conn._write_frames(parts)
                 async with asyncio.timeout(transport.write_stall_timeout_s):
                     await conn.drain()
         except (OSError, TimeoutError) as exc:
@@ -627,6 +835,7 @@ class PeerTransport:
         peers: Mapping[str, str],
         *,
         secret: bytes | None,
+        client_secret: bytes | None = None,
         on_message: Callable[[Message], None],
         on_unreachable: Callable[[str], None],
         on_client_connection: Callable[[FramedConnection], Awaitable[None]],
@@ -643,18 +852,28 @@ class PeerTransport:
         rng: random.Random | None = None,
         consensus: str = "raft",
         tls: TLSConfig | None = None,
+        handshakes_per_address_max: int = HANDSHAKES_PER_ADDRESS_MAX,
+        dial_timeout_s: float = DIAL_TIMEOUT_S,
     ) -> None:
         """`peers` maps node id -> "host:port" (this node may be in it; it is never dialed).
+
+        `secret` is the member secret: peers prove it, and so do clients unless
+        `client_secret` is given (then clients prove that one, and a holder of only the client
+        secret can never connect as a peer). Without `secret` nothing is authenticated
+        (plaintext, for one machine); `client_secret` needs `secret`.
 
         `is_member(id)` decides whether an inbound peer may connect (default: `id in peers`, as
         of the handshake). `send_queue_bytes_max` bounds the RAFT frames queued per peer,
         `snapshot_queue_bytes_max` the snapshot chunks. `frame_bytes_max` bounds frames from
         peers, `client_frame_bytes_max` frames from clients. A connection has
-        `handshake_timeout_s` to finish its handshake, and at most `handshakes_max` inbound
-        connections may be in their handshake at once (more are closed at once). Beyond
-        `client_connections_max` open client connections, a new client gets an ERROR frame with
-        code `ERROR_BUSY` right after its handshake, and is closed. A peer that
-        accepts no bytes for `write_stall_timeout_s` is disconnected. `rng` jitters backoff.
+        `handshake_timeout_s` to finish its handshake; at most `handshakes_max` inbound
+        connections may be in their handshake at once, `handshakes_per_address_max` from one
+        source address, and a new one beyond either evicts the oldest (see the module doc).
+        Beyond `client_connection_cap()` open client connections (`client_connections_max`, or
+        less when RLIMIT_NOFILE is lower), a new client gets an ERROR frame with code
+        `ERROR_BUSY` right after its handshake, and is closed. Outbound peer connections have
+        `dial_timeout_s` to connect and finish their handshake. A peer that accepts no bytes
+        for `write_stall_timeout_s` is disconnected. `rng` jitters backoff.
         `consensus` is the protocol this node runs: peers running another one are refused at
         the handshake, both ways (`ConsensusMismatchError`, logged); clients are not affected.
         With `tls`, every connection is mutual TLS: inbound and outbound peers must present the
@@ -668,7 +887,10 @@ class PeerTransport:
         self.node_id = node_id
         self.listen_address = listen_address
         self._peers: dict[str, str] = dict(peers)
+        if client_secret is not None and secret is None:
+            raise ValueError("client_secret needs a member secret")
         self._secret = secret
+        self._client_secret = client_secret
         self.consensus = consensus
         self._on_message = on_message
         self._on_unreachable = on_unreachable
@@ -681,28 +903,38 @@ class PeerTransport:
         self.snapshot_queue_bytes_max = snapshot_queue_bytes_max
         self.handshake_timeout_s = handshake_timeout_s
         self.handshakes_max = handshakes_max
+        self.handshakes_per_address_max = handshakes_per_address_max
         self.client_connections_max = client_connections_max
         self.write_stall_timeout_s = write_stall_timeout_s
+        self.dial_timeout_s = dial_timeout_s
         for name in (
             "frame_bytes_max",
             "client_frame_bytes_max",
             "send_queue_bytes_max",
             "snapshot_queue_bytes_max",
             "handshakes_max",
+            "handshakes_per_address_max",
             "client_connections_max",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if handshake_timeout_s <= 0 or write_stall_timeout_s <= 0:
+        if not (0 < handshake_timeout_s < float("inf")) or not (0 < dial_timeout_s < float("inf")):
+            raise ValueError("handshake_timeout_s and dial_timeout_s must be finite and > 0")
+        if not write_stall_timeout_s > 0:
             raise ValueError("timeouts must be > 0")
         self._rng = rng or random.Random()
+        self.limited_log = RateLimitedLog(log)
+        """This node's rate-limited log, for everything a remote side can trigger at will."""
         self._server: asyncio.Server | None = None
         self._address: str | None = None
         self._links: dict[str, _PeerLink] = {}
         self._inbound: dict[str, FramedConnection] = {}
         self._handlers: set[asyncio.Task[None]] = set()
         self._background: set[asyncio.Task[None]] = set()
-        self._handshakes = 0
+        self._pending: dict[FramedConnection, str] = {}
+        """Inbound connections in their handshake -> source host, oldest first."""
+        self._pending_per_host: dict[str, int] = {}
+        self._evicted: set[FramedConnection] = set()
         self._client_connections = 0
         self._unreachable_pending: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -732,6 +964,7 @@ class PeerTransport:
             port,
             limit=READ_CHUNK_BYTES,
             reuse_address=True,
+            backlog=ACCEPT_BACKLOG,
             ssl=self._server_tls,
             ssl_handshake_timeout=None if self._server_tls is None else self.handshake_timeout_s,
         )
@@ -748,6 +981,7 @@ class PeerTransport:
             await self._closed.wait()
             return
         self._closing = True
+        self.limited_log.flush()
         try:
             if self._server is not None:
                 self._server.close()
@@ -785,6 +1019,70 @@ class PeerTransport:
 
     def _member_ids(self) -> list[str]:
         return sorted(self._peers)
+
+    # --- limits ---
+
+    @property
+    def _handshakes(self) -> int:
+        """Inbound connections in their handshake right now."""
+        return len(self._pending)
+
+    def client_connection_cap(self) -> int:
+        """How many client connections may be open at once: `client_connections_max`, or the
+        RLIMIT_NOFILE soft limit minus what the node needs for itself, whichever is lower.
+
+        The reserve: `FD_RESERVE` (log segments, LMDB, snapshots, the runtime), plus
+        `FD_RESERVE_PER_PEER` per peer, plus one per handshake slot and per connection one
+        accept burst may open (`ACCEPT_BACKLOG`). Read at each new client, so a raised limit
+        takes effect at once. At least 1.
+        """
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            return self.client_connections_max
+        reserve = (
+            FD_RESERVE
+            + FD_RESERVE_PER_PEER * len(self._peers)
+            + self.handshakes_max
+            + ACCEPT_BACKLOG
+        )
+        return max(1, min(self.client_connections_max, soft - reserve))
+
+    def _admit(self, conn: FramedConnection, host: str) -> None:
+        """Take a slot for a connection about to start its handshake, evicting the oldest
+        unauthenticated connection of `host` (if it has too many) or else the oldest overall
+        (if all slots are taken)."""
+        victim: FramedConnection | None = None
+        if self._pending_per_host.get(host, 0) >= self.handshakes_per_address_max:
+            victim = next(c for c, h in self._pending.items() if h == host)
+        elif len(self._pending) >= self.handshakes_max:
+            victim = next(iter(self._pending))
+        if victim is not None:
+            self.limited_log.log(
+                "handshake-evicted",
+                logging.WARNING,
+                "%s: %d connections in their handshake (%d from %s); evicting the oldest, from %s",
+                self.node_id,
+                len(self._pending),
+                self._pending_per_host.get(host, 0),
+                host,
+                victim.remote_address,
+            )
+            self._release(victim)
+            self._evicted.add(victim)
+            victim.abort()
+        self._pending[conn] = host
+        self._pending_per_host[host] = self._pending_per_host.get(host, 0) + 1
+
+    def _release(self, conn: FramedConnection) -> None:
+        """Give back the handshake slot of `conn` (if it still holds one)."""
+        host = self._pending.pop(conn, None)
+        if host is None:
+            return
+        left = self._pending_per_host[host] - 1
+        if left:
+            self._pending_per_host[host] = left
+        else:
+            del self._pending_per_host[host]
 
     # --- sending ---
 
@@ -891,41 +1189,43 @@ class PeerTransport:
                 self._handlers.discard(task)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # Frames are limited to the peer size until the HELLO says "client"; handshake frames
-        # are tiny either way.
-        conn = FramedConnection(reader, writer, frame_bytes_max=self.frame_bytes_max)
+        # Until the dialer proved itself: tiny frames, tiny reads, a short deadline, a slot.
+        conn = FramedConnection(
+            reader,
+            writer,
+            frame_bytes_max=HANDSHAKE_FRAME_BYTES_MAX,
+            read_chunk_bytes=HANDSHAKE_FRAME_BYTES_MAX,
+        )
         if self._closing:
             conn.abort()
             return
-        if self._handshakes >= self.handshakes_max:
-            log.warning(
-                "%s: %d connections already in handshake; closing %s",
-                self.node_id,
-                self._handshakes,
-                conn.remote_address,
-            )
-            conn.abort()
-            return
+        peer = writer.get_extra_info("peername")
+        host = str(peer[0]) if isinstance(peer, tuple) else "?"
+        self._admit(conn, host)
         is_member = self._is_member
         identity: Identity | None = None
         if self._server_tls is not None:
             try:
                 identity = _tls_identity(conn)
             except AuthenticationError as exc:
-                log.warning("%s: refused %s: %s", self.node_id, conn.remote_address, exc)
+                self.limited_log.log(
+                    "refused", logging.WARNING, "%s: refused %s: %s", self.node_id, host, exc
+                )
                 _send_refusal(conn, str(exc))
                 conn.close()
                 await conn.wait_closed()
+                self._release(conn)
                 return
             is_member = self._tls_is_member(identity)
         handshake = ListenerHandshake(
             node_id=self.node_id,
             secret=self._secret,
+            client_secret=self._client_secret,
             member_ids=self._member_ids(),
             is_member=is_member,
             consensus=self.consensus,
         )
-        self._handshakes += 1
+        node_id, address = self.node_id, conn.remote_address
         try:
             async with asyncio.timeout(self.handshake_timeout_s):
                 await _run_handshake(conn, handshake, [])
@@ -934,37 +1234,66 @@ class PeerTransport:
                     # peer connection is ever served without its certificate matching.
                     check_peer_claim(identity, str(handshake.peer_id))
         except AuthenticationError as exc:
-            log.warning("%s: refused %s: %s", self.node_id, conn.remote_address, exc)
+            self.limited_log.log(
+                "refused", logging.WARNING, "%s: refused %s: %s", node_id, address, exc
+            )
+            # Before the proof verified, the auth module's messages say nothing about us.
             _send_refusal(conn, str(exc))
             conn.close()
             await conn.wait_closed()
             return
         except TimeoutError:
-            log.warning("%s: handshake with %s timed out", self.node_id, conn.remote_address)
+            self.limited_log.log(
+                "handshake-timeout",
+                logging.WARNING,
+                "%s: handshake with %s timed out",
+                node_id,
+                address,
+            )
             conn.abort()
             await conn.wait_closed()
             return
         except RemoteProtocolError as exc:
-            log.warning("%s: bad handshake from %s: %s", self.node_id, conn.remote_address, exc)
+            self.limited_log.log(
+                "bad-handshake",
+                logging.WARNING,
+                "%s: bad handshake from %s: %s",
+                node_id,
+                address,
+                exc,
+            )
             conn.abort()
             await conn.wait_closed()
             return
         except (OSError, ValueError) as exc:
-            log.info("%s: %s left during handshake: %r", self.node_id, conn.remote_address, exc)
+            if conn not in self._evicted:  # an eviction was logged when it happened
+                self.limited_log.log(
+                    "left-in-handshake",
+                    logging.INFO,
+                    "%s: %s left during handshake: %r",
+                    node_id,
+                    address,
+                    exc,
+                )
             conn.abort()
             await conn.wait_closed()
             return
         finally:
-            self._handshakes -= 1
+            self._release(conn)
+            self._evicted.discard(conn)
         if handshake.role == ROLE_CLIENT:
             conn.role = ROLE_CLIENT
             conn.peer_id = None
-            conn._decoder.frame_bytes_max = self.client_frame_bytes_max
-            conn._frame_bytes_max = self.client_frame_bytes_max
+            conn.receivable_kinds = CLIENT_FRAME_KINDS
+            conn.set_limits(
+                frame_bytes_max=self.client_frame_bytes_max, read_chunk_bytes=READ_CHUNK_BYTES
+            )
             await self._serve_client(conn)
         else:
             conn.role = ROLE_PEER
             conn.peer_id = handshake.peer_id
+            conn.receivable_kinds = PEER_FRAME_KINDS
+            conn.set_limits(frame_bytes_max=self.frame_bytes_max, read_chunk_bytes=READ_CHUNK_BYTES)
             exchange = self.identity
             if exchange is not None and not await exchange.answer(conn, conn.peer_id or ""):
                 return  # refused (another cluster, a second process, wiped data): logged
@@ -981,11 +1310,15 @@ class PeerTransport:
         return is_member
 
     async def _serve_client(self, conn: FramedConnection) -> None:
-        if self._client_connections >= self.client_connections_max:
-            log.warning(
-                "%s: %d client connections open; turning %s away",
+        cap = self.client_connection_cap()
+        if self._client_connections >= cap:
+            self.limited_log.log(
+                "clients-full",
+                logging.WARNING,
+                "%s: %d client connections open (cap %d); turning %s away",
                 self.node_id,
                 self._client_connections,
+                cap,
                 conn.remote_address,
             )
             with contextlib.suppress(ConnectionError, BufferError, ValueError, OSError):
@@ -1030,7 +1363,14 @@ class PeerTransport:
                 else:
                     raise RemoteProtocolError(f"unexpected {kind.name} frame from a peer")
         except RemoteProtocolError as exc:
-            log.warning("%s: closing connection from peer %s: %s", self.node_id, peer_id, exc)
+            self.limited_log.log(
+                "peer-protocol-error",
+                logging.WARNING,
+                "%s: closing connection from peer %s: %s",
+                self.node_id,
+                peer_id,
+                exc,
+            )
         except OSError:
             pass  # EOF or reset: the peer's own link reconnects
         finally:

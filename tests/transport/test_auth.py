@@ -83,7 +83,7 @@ def test_peer_handshake_with_the_same_secret_authenticates_both_sides() -> None:
     assert lis.role == ROLE_PEER and lis.peer_id == "n1"
     assert d.peer_member_ids == MEMBERS
     kinds = [kind for step in transcript for kind, _ in step]
-    assert kinds == [FrameKind.HELLO, FrameKind.HELLO_ACK, FrameKind.AUTH, FrameKind.AUTH_OK]
+    assert kinds == [FrameKind.HELLO, FrameKind.CHALLENGE, FrameKind.AUTH, FrameKind.AUTH_OK]
 
 
 def test_client_handshake_with_the_same_secret() -> None:
@@ -118,12 +118,12 @@ def test_nonces_are_fresh_and_32_bytes() -> None:
 
 def test_dialer_with_the_wrong_secret_is_refused_by_the_listener() -> None:
     d, lis = dialer(secret=b"wrong"), listener()
-    with pytest.raises(AuthenticationError, match="failed to prove"):
+    with pytest.raises(AuthenticationError, match="did not prove"):
         run(d, lis)
     assert not lis.established and not d.established
     # The ERROR frame the I/O layer then sends makes the dialer fail with the same error type.
     with pytest.raises(AuthenticationError, match="refused"):
-        d.receive(FrameKind.ERROR, refusal_body("the dialer failed to prove the cluster secret"))
+        d.receive(FrameKind.ERROR, refusal_body(auth.NOT_PROVEN))
 
 
 def test_listener_with_the_wrong_secret_is_refused_by_the_dialer() -> None:
@@ -132,22 +132,24 @@ def test_listener_with_the_wrong_secret_is_refused_by_the_dialer() -> None:
     d = dialer()
     impostor = listener(secret=b"wrong")
     [(_, hello)] = wire(d.start())
-    [(_, ack)] = wire(impostor.receive(FrameKind.HELLO, hello))
-    d.receive(FrameKind.HELLO_ACK, ack)  # the dialer's AUTH goes to the impostor, unused
-    assert isinstance(hello, dict) and isinstance(ack, dict)
-    forged = auth._proof(b"wrong", "listener", hello, ack)
+    [(_, challenge)] = wire(impostor.receive(FrameKind.HELLO, hello))
+    d.receive(FrameKind.CHALLENGE, challenge)  # the dialer's AUTH goes to the impostor, unused
+    assert isinstance(hello, dict) and isinstance(challenge, dict)
+    auth_ok: dict[str, object] = {"node_id": "n2", "members": list(MEMBERS), "consensus": "raft"}
+    key = auth.role_key(b"wrong", ROLE_PEER)
+    auth_ok["proof"] = auth._listener_proof(key, hello, challenge["nonce"], auth_ok)
     with pytest.raises(AuthenticationError, match="failed to prove"):
-        d.receive(FrameKind.AUTH_OK, {"proof": forged})
+        d.receive(FrameKind.AUTH_OK, auth_ok)
     assert not d.established
 
 
 def test_listener_proof_garbage_is_refused() -> None:
     d, lis = dialer(), listener()
     [(_, hello)] = wire(d.start())
-    [(_, ack)] = wire(lis.receive(FrameKind.HELLO, hello))
-    d.receive(FrameKind.HELLO_ACK, ack)
+    [(_, challenge)] = wire(lis.receive(FrameKind.HELLO, hello))
+    d.receive(FrameKind.CHALLENGE, challenge)
     with pytest.raises(AuthenticationError):
-        d.receive(FrameKind.AUTH_OK, {"proof": "not bytes"})
+        d.receive(FrameKind.AUTH_OK, {"proof": "not bytes", "node_id": "n2", "members": []})
 
 
 def test_a_recorded_dialer_proof_replayed_on_a_new_connection_fails() -> None:
@@ -170,11 +172,11 @@ def test_a_recorded_dialer_proof_replayed_on_a_new_connection_fails() -> None:
 
 def test_a_recorded_listener_proof_replayed_to_a_new_dialer_fails() -> None:
     recorded = run(dialer(), listener())
-    [(_, ack)] = recorded[1]
+    [(_, challenge)] = recorded[1]
     [(_, auth_ok)] = recorded[3]
     d = dialer()
     d.start()
-    d.receive(FrameKind.HELLO_ACK, ack)
+    d.receive(FrameKind.CHALLENGE, challenge)
     with pytest.raises(AuthenticationError):
         d.receive(FrameKind.AUTH_OK, auth_ok)
 
@@ -183,36 +185,42 @@ def test_a_proof_reflected_back_to_its_sender_fails() -> None:
     # A fake listener echoes the dialer's own proof as its AUTH_OK: the direction label differs.
     d, lis = dialer(), listener()
     [(_, hello)] = wire(d.start())
-    [(_, ack)] = wire(lis.receive(FrameKind.HELLO, hello))
-    [(_, auth_frame)] = wire(d.receive(FrameKind.HELLO_ACK, ack))
+    [(_, challenge)] = wire(lis.receive(FrameKind.HELLO, hello))
+    [(_, auth_frame)] = wire(d.receive(FrameKind.CHALLENGE, challenge))
+    assert isinstance(auth_frame, dict)
+    reflected = {**auth_frame, "node_id": "n2", "members": list(MEMBERS), "consensus": "raft"}
     with pytest.raises(AuthenticationError):
-        d.receive(FrameKind.AUTH_OK, auth_frame)
+        d.receive(FrameKind.AUTH_OK, reflected)
 
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("members", ["n1", "n2", "n4"]), ("role", ROLE_CLIENT), ("node_id", "n3")],
+    [("consensus", "paxos"), ("role", ROLE_CLIENT), ("node_id", "n3"), ("target", None)],
 )
 def test_a_proof_is_bound_to_the_hello_it_answers(field: str, value: object) -> None:
-    # A man in the middle rewrites the HELLO (other cluster view, other role, other id): the
-    # dialer's proof covers what it sent, so the listener refuses it.
+    # A man in the middle rewrites the HELLO (other protocol, other role, other id, no
+    # target): the dialer's proof covers what it sent, so the listener refuses it.
     d, lis = dialer(), listener()
     [(_, hello)] = wire(d.start())
     assert isinstance(hello, dict)
-    [(_, ack)] = wire(lis.receive(FrameKind.HELLO, {**hello, field: value}))
-    [(_, auth_frame)] = wire(d.receive(FrameKind.HELLO_ACK, ack))
+    [(_, challenge)] = wire(lis.receive(FrameKind.HELLO, {**hello, field: value}))
+    [(_, auth_frame)] = wire(d.receive(FrameKind.CHALLENGE, challenge))
     with pytest.raises(AuthenticationError):
         lis.receive(FrameKind.AUTH, auth_frame)
 
 
-def test_a_proof_is_bound_to_the_listeners_cluster_view() -> None:
-    d, lis = dialer(), listener()
+@pytest.mark.parametrize(
+    ("field", "value"), [("members", ["n1", "n2"]), ("node_id", "n3"), ("consensus", "paxos")]
+)
+def test_the_listeners_proof_covers_what_it_says_about_itself(field: str, value: object) -> None:
+    d, lis = dialer(node_id=None, target=None), listener()  # a client: it checks no id
     [(_, hello)] = wire(d.start())
-    [(_, ack)] = wire(lis.receive(FrameKind.HELLO, hello))
-    assert isinstance(ack, dict)
-    [(_, auth_frame)] = wire(d.receive(FrameKind.HELLO_ACK, {**ack, "members": ["n1", "n2"]}))
-    with pytest.raises(AuthenticationError):
-        lis.receive(FrameKind.AUTH, auth_frame)
+    [(_, challenge)] = wire(lis.receive(FrameKind.HELLO, hello))
+    [(_, auth_frame)] = wire(d.receive(FrameKind.CHALLENGE, challenge))
+    [(_, auth_ok)] = wire(lis.receive(FrameKind.AUTH, auth_frame))
+    assert isinstance(auth_ok, dict)
+    with pytest.raises(AuthenticationError, match="failed to prove"):
+        d.receive(FrameKind.AUTH_OK, {**auth_ok, field: value})
 
 
 def test_dialer_without_a_secret_is_refused_by_a_listener_with_one() -> None:
@@ -242,9 +250,8 @@ def test_dialer_with_a_secret_refuses_a_listener_that_skips_authentication() -> 
 def test_dialer_without_a_secret_refuses_a_listener_that_wants_one() -> None:
     d = dialer(secret=None)
     d.start()
-    ack = {"node_id": "n2", "nonce": b"\x01" * 32, "members": []}
     with pytest.raises(AuthenticationError, match="requires a secret"):
-        d.receive(FrameKind.HELLO_ACK, ack)
+        d.receive(FrameKind.CHALLENGE, {"nonce": b"\x01" * 32})
 
 
 # --- ids --------------------------------------------------------------------------------------
@@ -276,8 +283,9 @@ def test_listener_refuses_a_dialer_that_wants_another_node() -> None:
 
 def test_dialer_refuses_a_listener_that_is_not_the_node_it_dialed() -> None:
     # Stale address map: the dialer thinks n3 lives here, but n2 answers (here the HELLO's
-    # target is stripped in transit, so only the dialer's own check can catch it).
-    d, lis = dialer(target="n3"), listener(node_id="n2")
+    # target is stripped in transit, so only the dialer's own check can catch it; with a
+    # secret the stripped target breaks the dialer's proof instead, see above).
+    d, lis = dialer(target="n3", secret=None), listener(node_id="n2", secret=None)
     [(_, hello)] = wire(d.start())
     assert isinstance(hello, dict)
     [(_, ack)] = wire(lis.receive(FrameKind.HELLO, {**hello, "target": None}))
@@ -316,8 +324,8 @@ def test_nothing_but_handshake_frames_is_accepted_before_completion() -> None:
         {"role": "peer", "node_id": None, "target": None, "nonce": None, "members": []},
         {"role": "peer", "node_id": 5, "target": None, "nonce": None, "members": []},
         {"role": "peer", "node_id": "n1", "target": None, "nonce": b"short", "members": []},
-        {"role": "peer", "node_id": "n1", "target": None, "nonce": None, "members": "n1"},
-        {"role": "peer", "node_id": "n1", "target": None, "nonce": None, "members": [1]},
+        {"role": "peer", "node_id": "n1", "target": 7, "nonce": None},
+        {"role": "peer", "node_id": "n1", "target": None, "nonce": None, "consensus": 1},
         {"role": ["peer"], "node_id": "n1", "target": None, "nonce": None, "members": []},
     ],
 )
@@ -367,13 +375,14 @@ def test_mismatch_without_a_secret_is_refused_by_both_sides_naming_both_protocol
 def test_mismatch_with_a_secret_is_refused_only_once_the_dialer_proved_itself() -> None:
     d, lis = dialer(consensus="paxos"), listener(consensus="raft")
     [(_, hello)] = wire(d.start())
-    [(_, ack)] = wire(lis.receive(FrameKind.HELLO, hello))  # no verdict before the proof
-    [(_, auth_frame)] = wire(d.receive(FrameKind.HELLO_ACK, ack))
+    [(_, challenge)] = wire(lis.receive(FrameKind.HELLO, hello))  # no verdict before the proof
+    assert isinstance(challenge, dict) and set(challenge) == {"nonce"}
+    [(_, auth_frame)] = wire(d.receive(FrameKind.CHALLENGE, challenge))
     with pytest.raises(auth.ConsensusMismatchError, match=r"runs paxos.*runs raft"):
         lis.receive(FrameKind.AUTH, auth_frame)
     # A stranger without the secret learns nothing about our protocol: the proof fails first.
     stranger, lis = dialer(secret=b"wrong", consensus="paxos"), listener(consensus="raft")
-    with pytest.raises(AuthenticationError, match="failed to prove") as refused:
+    with pytest.raises(AuthenticationError, match="did not prove") as refused:
         run(stranger, lis)
     assert not isinstance(refused.value, auth.ConsensusMismatchError)
     assert "raft" not in str(refused.value)
@@ -396,12 +405,14 @@ def test_dialer_refuses_a_listener_running_another_protocol_once_it_proved_itsel
     # says nothing about the protocol until the listener's proof verified, then refuses.
     d, lis = dialer(consensus="paxos"), listener(consensus="raft")
     [(_, hello)] = wire(d.start())
-    [(_, ack)] = wire(lis.receive(FrameKind.HELLO, hello))
-    d.receive(FrameKind.HELLO_ACK, ack)  # no verdict yet
-    assert isinstance(hello, dict) and isinstance(ack, dict)
-    proof = auth._proof(SECRET, "listener", hello, ack)
+    [(_, challenge)] = wire(lis.receive(FrameKind.HELLO, hello))
+    d.receive(FrameKind.CHALLENGE, challenge)  # no verdict yet
+    assert isinstance(hello, dict) and isinstance(challenge, dict)
+    auth_ok: dict[str, object] = {"node_id": "n2", "members": list(MEMBERS), "consensus": "raft"}
+    key = auth.role_key(SECRET, ROLE_PEER)
+    auth_ok["proof"] = auth._listener_proof(key, hello, challenge["nonce"], auth_ok)
     with pytest.raises(auth.ConsensusMismatchError, match=r"node 'n2' runs raft.*runs paxos"):
-        d.receive(FrameKind.AUTH_OK, {"proof": proof})
+        d.receive(FrameKind.AUTH_OK, auth_ok)
     assert not d.established
 
 
@@ -410,17 +421,18 @@ def test_the_proofs_cover_both_protocols() -> None:
     d, lis = dialer(consensus="paxos"), listener(consensus="paxos")
     [(_, hello)] = wire(d.start())
     assert isinstance(hello, dict)
-    [(_, ack)] = wire(lis.receive(FrameKind.HELLO, {**hello, "consensus": "raft"}))
-    [(_, auth_frame)] = wire(d.receive(FrameKind.HELLO_ACK, ack))
-    with pytest.raises(AuthenticationError, match="failed to prove"):
+    [(_, challenge)] = wire(lis.receive(FrameKind.HELLO, {**hello, "consensus": "raft"}))
+    [(_, auth_frame)] = wire(d.receive(FrameKind.CHALLENGE, challenge))
+    with pytest.raises(AuthenticationError, match="did not prove"):
         lis.receive(FrameKind.AUTH, auth_frame)
     d, lis = dialer(consensus="paxos"), listener(consensus="paxos")
     [(_, hello)] = wire(d.start())
-    [(_, ack)] = wire(lis.receive(FrameKind.HELLO, hello))
-    assert isinstance(ack, dict)
-    [(_, auth_frame)] = wire(d.receive(FrameKind.HELLO_ACK, {**ack, "consensus": "raft"}))
+    [(_, challenge)] = wire(lis.receive(FrameKind.HELLO, hello))
+    [(_, auth_frame)] = wire(d.receive(FrameKind.CHALLENGE, challenge))
+    [(_, auth_ok)] = wire(lis.receive(FrameKind.AUTH, auth_frame))
+    assert isinstance(auth_ok, dict)
     with pytest.raises(AuthenticationError, match="failed to prove"):
-        lis.receive(FrameKind.AUTH, auth_frame)
+        d.receive(FrameKind.AUTH_OK, {**auth_ok, "consensus": "raft"})
 
 
 def test_clients_are_never_refused_for_the_protocol() -> None:
@@ -508,3 +520,106 @@ def test_over_tcp_a_mismatched_peer_is_refused_and_a_matching_one_connects(
         asyncio.run(asyncio.wait_for(scenario(), 20.0))
     refusals = [r.getMessage() for r in caplog.records if "consensus mismatch" in r.getMessage()]
     assert refusals and "runs raft" in refusals[0] and "runs paxos" in refusals[0]
+
+
+# --- role keys, stranger-proofing and frame keys ----------------------------------------------
+
+CLIENT_SECRET = b"client secret"
+
+
+def test_a_client_secret_never_proves_a_peer() -> None:
+    """With separate secrets, a holder of the client secret cannot connect as a member (it
+    cannot make a peer proof), while it connects as a client; the member secret proves peers
+    only. Fails on the old code, which had one secret for both roles."""
+    lis = listener(client_secret=CLIENT_SECRET)
+    with pytest.raises(AuthenticationError, match="did not prove"):
+        run(dialer(secret=CLIENT_SECRET, node_id="n1"), lis)
+    client = dialer(secret=CLIENT_SECRET, node_id=None, target=None)
+    lis = listener(client_secret=CLIENT_SECRET)
+    run(client, lis)
+    assert lis.established and lis.role == ROLE_CLIENT and lis.peer_id is None
+    with pytest.raises(AuthenticationError, match="did not prove"):
+        run(dialer(node_id=None, target=None), listener(client_secret=CLIENT_SECRET))
+    member = dialer()
+    run(member, listener(client_secret=CLIENT_SECRET))
+    assert member.established
+
+
+def test_role_keys_differ_even_for_one_secret() -> None:
+    assert auth.role_key(SECRET, ROLE_PEER) != auth.role_key(SECRET, ROLE_CLIENT)
+    # A proof for the client role (same secret) is not a peer proof.
+    d, lis = dialer(node_id=None, target=None), listener()
+    [(_, hello)] = wire(d.start())
+    assert isinstance(hello, dict)
+    [(_, challenge)] = wire(lis.receive(FrameKind.HELLO, hello))
+    [(_, auth_frame)] = wire(d.receive(FrameKind.CHALLENGE, challenge))
+    peer_lis = listener(urandom=lambda n: challenge["nonce"])  # type: ignore[index]
+    peer_hello = {**hello, "role": ROLE_PEER, "node_id": "n1", "target": "n2"}
+    peer_lis.receive(FrameKind.HELLO, peer_hello)
+    with pytest.raises(AuthenticationError):
+        peer_lis.receive(FrameKind.AUTH, auth_frame)
+
+
+def test_a_stranger_learns_nothing_before_its_proof() -> None:
+    """Before the dialer's proof verified, the listener sends its nonce and nothing else, and
+    its refusal names neither ids nor protocol. Fails on the old code, whose HELLO_ACK carried
+    the node id, the member ids and the protocol."""
+    lis = listener(node_id="n2", consensus="paxos")
+    stranger = dialer(secret=b"guess", node_id="n1")
+    [(_, hello)] = wire(stranger.start())
+    answer = wire(lis.receive(FrameKind.HELLO, hello))
+    assert [kind for kind, _ in answer] == [FrameKind.CHALLENGE]
+    [(_, challenge)] = answer
+    assert isinstance(challenge, dict) and set(challenge) == {"nonce"}
+    [(_, auth_frame)] = wire(stranger.receive(FrameKind.CHALLENGE, challenge))
+    with pytest.raises(AuthenticationError) as refused:
+        lis.receive(FrameKind.AUTH, auth_frame)
+    text = str(refused.value)
+    assert all(word not in text for word in ("n1", "n2", "n3", "paxos", "raft"))
+    # Probing for a member id or a target tells nothing either: the same refusal.
+    for probe in ({"node_id": "n7"}, {"target": "n9"}):
+        lis = listener(node_id="n2")
+        stranger = dialer(secret=b"guess")
+        [(_, hello)] = wire(stranger.start())
+        assert isinstance(hello, dict)
+        [(_, challenge)] = wire(lis.receive(FrameKind.HELLO, {**hello, **probe}))
+        [(_, auth_frame)] = wire(stranger.receive(FrameKind.CHALLENGE, challenge))
+        with pytest.raises(AuthenticationError, match=f"^{auth.NOT_PROVEN}$"):
+            lis.receive(FrameKind.AUTH, auth_frame)
+
+
+def test_both_sides_derive_the_same_frame_keys_one_per_direction_and_connection() -> None:
+    d, lis = dialer(), listener()
+    run(d, lis)
+    d_mac, lis_mac = d.frame_authenticator(), lis.frame_authenticator()
+    assert d_mac is not None and lis_mac is not None
+    frame = encode_frame(FrameKind.RAFT, [])
+    lis_mac.verify(frame, d_mac.seal(frame))  # dialer -> listener
+    d_mac.verify(frame, lis_mac.seal(frame))  # listener -> dialer
+    # A tag from one direction is not valid in the other (no reflection) ...
+    tag = d_mac.seal(frame)
+    with pytest.raises(RemoteProtocolError):
+        d_mac.verify(frame, tag)
+    # ... and another connection has other keys.
+    d2, lis2 = dialer(), listener()
+    run(d2, lis2)
+    other = lis2.frame_authenticator()
+    assert other is not None
+    with pytest.raises(RemoteProtocolError):
+        other.verify(frame, dialer_tag_for_a_fresh_connection(d))
+
+
+def dialer_tag_for_a_fresh_connection(d: DialerHandshake) -> bytes:
+    mac = d.frame_authenticator()
+    assert mac is not None
+    return mac.seal(encode_frame(FrameKind.RAFT, []))
+
+
+def test_without_a_secret_there_is_no_frame_authentication() -> None:
+    d, lis = dialer(secret=None), listener(secret=None)
+    run(d, lis)
+    assert d.frame_authenticator() is None and lis.frame_authenticator() is None
+    with pytest.raises(RuntimeError):
+        dialer().frame_authenticator()
+    with pytest.raises(ValueError):
+        listener(secret=None, client_secret=CLIENT_SECRET)

@@ -350,24 +350,26 @@ def test_garbage_from_an_authenticated_peer_closes_only_its_connection(
     assert any("closing connection from peer n3" in m for m in messages)
 
 
-def test_handshake_timeout_and_the_limit_on_unauthenticated_connections() -> None:
+def test_handshake_timeout_and_eviction_of_the_oldest_unauthenticated_connection() -> None:
     async def main() -> None:
-        node = Node("n1", handshake_timeout_s=0.5, handshakes_max=2)
+        node = Node("n1", handshake_timeout_s=1.0, handshakes_max=2)
         await node.transport.start()
         try:
             address = node.transport.address
             silent = [await raw_connection(address) for _ in range(2)]
             await wait_until(lambda: node.transport._handshakes == 2)
-            # A third unauthenticated connection is turned away at once.
+            # A third unauthenticated connection takes the slot of the OLDEST one, which is
+            # closed at once (idle connections cannot lock newcomers out).
             reader, writer = await raw_connection(address)
-            assert await closed_by_other_side(reader, timeout_s=0.4)
-            writer.close()
-            await writer.wait_closed()
-            # The silent ones are cut when their handshake time runs out.
-            for silent_reader, silent_writer in silent:
+            assert await closed_by_other_side(silent[0][0], timeout_s=0.8)
+            assert node.transport._handshakes == 2
+            # The others are cut when their handshake time runs out.
+            for silent_reader, _ in (silent[1], (reader, writer)):
                 assert await closed_by_other_side(silent_reader, timeout_s=3)
+            for _, silent_writer in (*silent, (reader, writer)):
                 silent_writer.close()
-                await silent_writer.wait_closed()
+                with contextlib.suppress(OSError):
+                    await silent_writer.wait_closed()
             # Then a real client gets in.
             conn = await connect_client(address, secret=SECRET, timeout_s=5)
             await conn.send(FrameKind.REQUEST, [1, b"ping"])
@@ -665,3 +667,95 @@ def test_clients_beyond_the_limit_are_turned_away_with_busy() -> None:
             first[1].close()
 
     run(main())
+
+
+# --- pre-auth limits ----------------------------------------------------------------------------
+
+
+def test_a_full_address_evicts_its_own_oldest_connection_not_another_addresss() -> None:
+    async def main() -> None:
+        node = Node("n1", handshakes_max=10, handshakes_per_address_max=2)
+        await node.transport.start()
+        try:
+            host, port = parse_address(node.transport.address)
+            other = await asyncio.open_connection(host, port, local_addr=("127.0.0.2", 0))
+            await wait_until(lambda: node.transport._handshakes == 1)
+            mine = [await raw_connection(node.transport.address) for _ in range(2)]
+            await wait_until(lambda: node.transport._handshakes == 3)
+            newest = await raw_connection(node.transport.address)
+            # 127.0.0.1 had its 2: its oldest goes, 127.0.0.2's connection stays.
+            assert await closed_by_other_side(mine[0][0], timeout_s=2)
+            assert not await closed_by_other_side(other[0], timeout_s=0.2)
+            assert node.transport._handshakes == 3
+            for _, writer in (other, *mine, newest):
+                writer.close()
+        finally:
+            await node.transport.close()
+
+    run(main())
+
+
+def test_an_oversized_frame_before_the_handshake_is_refused_from_its_header() -> None:
+    async def main() -> None:
+        node = Node("n1")
+        await node.transport.start()
+        try:
+            reader, writer = await raw_connection(node.transport.address)
+            # The header of a 4 KiB + 1 frame, and not one byte of its body: closed at once.
+            writer.write(struct.pack(">IBB", (4 << 10) + 1, 1, FrameKind.HELLO))
+            assert await closed_by_other_side(reader, timeout_s=1)
+            writer.close()
+        finally:
+            await node.transport.close()
+
+    run(main())
+
+
+def test_the_client_cap_follows_rlimit_nofile_with_a_reserve(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kvstore.transport import tcp
+
+    node = Node("n1", peers={"n2": "127.0.0.1:1", "n3": "127.0.0.1:2"}, client_connections_max=900)
+    reserve = tcp.FD_RESERVE + 2 * tcp.FD_RESERVE_PER_PEER + tcp.HANDSHAKES_MAX + tcp.ACCEPT_BACKLOG
+    limits = {"soft": 1024}
+    monkeypatch.setattr(
+        tcp.resource, "getrlimit", lambda which: (limits["soft"], tcp.resource.RLIM_INFINITY)
+    )
+    assert node.transport.client_connection_cap() == 1024 - reserve
+    limits["soft"] = 100_000
+    assert node.transport.client_connection_cap() == 900  # never above the configured maximum
+    limits["soft"] = 64
+    assert node.transport.client_connection_cap() == 1  # at least one
+    limits["soft"] = tcp.resource.RLIM_INFINITY
+    assert node.transport.client_connection_cap() == 900
+
+
+def test_rate_limited_log_bursts_then_counts_what_it_suppressed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from kvstore.transport.tcp import RateLimitedLog
+
+    now = [0.0]
+    limited = RateLimitedLog(
+        logging.getLogger("kvstore.test"), burst=3, lines_per_s=0.5, clock=lambda: now[0]
+    )
+    with caplog.at_level(logging.WARNING, logger="kvstore.test"):
+        logged = [limited.log("refused", logging.WARNING, "refused %d", i) for i in range(10)]
+        assert logged == [True] * 3 + [False] * 7
+        assert limited.log("other", logging.WARNING, "another reason") is True
+        assert limited.suppressed("refused") == 7
+        now[0] = 2.0  # one token back
+        assert limited.log("refused", logging.WARNING, "refused %d", 10)
+        assert not limited.log("refused", logging.WARNING, "refused %d", 11)
+        limited.flush()
+        limited.flush()  # nothing left to say
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "refused 0",
+        "refused 1",
+        "refused 2",
+        "another reason",
+        "refused 10 (suppressed 7 similar)",
+        "suppressed 1 similar lines (refused) since the last one",
+    ]
