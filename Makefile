@@ -12,7 +12,7 @@ NATIVE := $(wildcard native/*.c native/*.h native/*.py)
 help:
 	@echo "make demo    start a 3-node local cluster, kill its leader, prove nothing was lost"
 	@echo "make test    lint, then the whole test suite"
-	@echo "make bench   benchmarks (pytest-benchmark), kept out of make test"
+	@echo "make bench   benchmarks (pytest-benchmark), then kvstore beside etcd and PySyncObj; not in make test"
 	@echo "make test-pythons   storage, Raft and native tests on each CPython 3.11-3.13 found"
 	@echo "make lint    ruff (lint + format check) and mypy --strict on kvstore/"
 	@echo "make torture SEED=1 MINUTES=10 [CONSENSUS=raft|paxos] [TLS=1]   a long fault soak"
@@ -53,7 +53,7 @@ test-pythons:
 bench: $(STAMP)
 	bash benchmarks/install_peers.sh $(PY)
 	$(PY) -m pytest -q benchmarks --benchmark-only --benchmark-columns=min,median,mean,ops,rounds
-	$(VENV)/bin/kvstore bench --json bench.json
+	$(PY) -m benchmarks.compare --json bench.json
 
 torture: $(STAMP)
 	$(PY) -m kvstore.testing.torture --seed $${SEED:-1} --minutes $${MINUTES:-10} --consensus $${CONSENSUS:-raft} $(if $(filter 1 yes true,$(TLS)),--tls)

@@ -1,11 +1,11 @@
 """Cluster benchmarks: kvstore beside etcd and PySyncObj, each as 3 processes on 127.0.0.1.
 
-The same workloads as `kvstore bench` (the code is shared, in kvstore/bench.py and
-benchmarks/peers/), one pytest-benchmark test per system and workload. Each test is one round
-of a bounded workload; its figures (ops/s, p50, p99 in ms) are in the test's `extra_info`,
-and kvstore's tests also carry their ratio against each peer that ran earlier in the same run
-(the peers' tests come first in this file). A peer that is not installed is skipped with a
-message saying how to install it (`benchmarks/install_peers.sh`).
+The same workloads as `kvstore bench` and `benchmarks/compare.py` (the code is shared, in
+kvstore/bench/ and benchmarks/peers/), one pytest-benchmark test per system and workload. Each
+test is one round of a bounded workload; its figures (ops/s, p50, p99 in ms) are in the test's
+`extra_info`, and kvstore's tests also carry their ratio against each peer that ran earlier in
+the same run (the peers' tests come first in this file). A peer that is not installed is
+skipped with a message saying how to install it (`benchmarks/install_peers.sh`).
 
 KVSTORE_BENCH_OPS sets the operations per workload (default 2000).
 """
@@ -18,20 +18,21 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from rich.console import Console
 
 import kvstore
+from benchmarks.compare import PEERS
 from benchmarks.peers import etcd, pysyncobj_peer
-from kvstore.bench import (
-    PEERS,
+from kvstore.bench.recorder import (
     PUT_CONCURRENT,
     PUT_SEQUENTIAL,
     BenchError,
-    BenchProgress,
     BenchSettings,
+    QuietProgress,
+    WorkloadResult,
+)
+from kvstore.bench.workloads import (
     ClientWorkloads,
     EmbeddedWorkloads,
-    WorkloadResult,
     client_cluster,
     embedded_node,
     measure_failover,
@@ -45,8 +46,8 @@ _results: dict[tuple[str, str], WorkloadResult] = {}
 pytestmark = pytest.mark.timeout(600)
 
 
-def _progress() -> BenchProgress:
-    return BenchProgress(Console(quiet=True), enabled=False)
+def _progress() -> QuietProgress:
+    return QuietProgress()
 
 
 def _bench(benchmark: Any, run: Callable[[], WorkloadResult]) -> WorkloadResult:

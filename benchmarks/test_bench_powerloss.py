@@ -23,17 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rich.console import Console
 
-from kvstore.bench import (
+from kvstore.bench.recorder import (
     PUT_CONCURRENT,
     PUT_SEQUENTIAL,
-    BenchProgress,
     BenchSettings,
-    ClientWorkloads,
+    QuietProgress,
     WorkloadResult,
-    client_cluster,
 )
+from kvstore.bench.workloads import ClientWorkloads, client_cluster
 
 SETTINGS = BenchSettings(ops=int(os.environ.get("KVSTORE_BENCH_OPS", "2000")), concurrency=256)
 ROUNDS = int(os.environ.get("KVSTORE_POWERLOSS_ROUNDS", "3"))
@@ -72,7 +70,7 @@ def _arm(name: str, patch_dir: Path) -> Iterator[None]:
 
 
 def _round(arm: str, patch_dir: Path) -> list[WorkloadResult]:
-    progress = BenchProgress(Console(quiet=True), enabled=False)
+    progress = QuietProgress()
     with _arm(arm, patch_dir), client_cluster(SETTINGS) as (cluster, client):
         workloads = ClientWorkloads(client, cluster.addresses, SETTINGS, progress)
         return [workloads.put_sequential(), workloads.put_concurrent()]

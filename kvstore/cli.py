@@ -566,7 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_demo(keys=args.keys, consensus=args.consensus)
         if args.command == "bench":
-            from kvstore.bench import run_bench
+            from kvstore.bench.command import run_bench
 
             return run_bench(
                 ops=args.ops,

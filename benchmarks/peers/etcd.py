@@ -26,14 +26,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvstore.bench import (
-    ETCD,
+from kvstore.bench.recorder import (
     PUT_CONCURRENT,
     PUT_SEQUENTIAL,
     BenchError,
-    BenchProgress,
     BenchSettings,
-    PeerOperationError,
+    OperationError,
+    Progress,
     Recorder,
     WorkloadResult,
     bench_keys,
@@ -44,6 +43,8 @@ from kvstore.bench import (
 )
 from kvstore.testing.local_cluster import free_ports
 
+ETCD = "etcd"
+"""This peer's system id in the results."""
 ETCD_BINARY_ENV = "KVSTORE_BENCH_ETCD"
 """Environment variable naming the etcd binary to use instead of the one on PATH."""
 START_S_MAX = 30.0
@@ -154,7 +155,7 @@ class EtcdCluster:
                     f"etcd {member.name} exited with {member.process.returncode}; "
                     f"log:\n{self.log_tail(member)}"
                 )
-            with contextlib.suppress(OSError, PeerOperationError, ValueError):
+            with contextlib.suppress(OSError, OperationError, ValueError):
                 health = json.loads(_get_sync(member.address, "/health", timeout_s=1.0))
                 if health.get("health") == "true":
                     pending.pop(0)
@@ -177,7 +178,7 @@ class EtcdCluster:
                 status = json.loads(
                     _post_sync(member.address, "/v3/maintenance/status", b"{}", timeout_s=2.0)
                 )
-            except (OSError, PeerOperationError, ValueError):
+            except (OSError, OperationError, ValueError):
                 continue
             leader = status.get("leader")
             if leader and leader == status.get("header", {}).get("member_id"):
@@ -239,7 +240,7 @@ def _request_sync(
         response = connection.getresponse()
         data = response.read()
         if response.status != 200:
-            raise PeerOperationError(f"{method} {path}: HTTP {response.status} {data[:200]!r}")
+            raise OperationError(f"{method} {path}: HTTP {response.status} {data[:200]!r}")
         return data
     finally:
         connection.close()
@@ -271,11 +272,11 @@ class HttpConnection:
             )
 
     async def post(self, path: bytes, body: bytes) -> bytes:
-        """POST `body` to `path`; the response body, or PeerOperationError if not HTTP 200."""
+        """POST `body` to `path`; the response body, or OperationError if not HTTP 200."""
         try:
             await self.connect()
             if self._reader is None or self._writer is None:
-                raise PeerOperationError(f"no connection to {self.address}")
+                raise OperationError(f"no connection to {self.address}")
             self._writer.write(
                 b"POST %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s"
                 % (path, self._prefix_host, len(body), body)
@@ -285,7 +286,7 @@ class HttpConnection:
             self.close()
             raise
         if status != 200:
-            raise PeerOperationError(f"POST {path!r}: HTTP {status} {data[:200]!r}")
+            raise OperationError(f"POST {path!r}: HTTP {status} {data[:200]!r}")
         return data
 
     def close(self) -> None:
@@ -300,11 +301,11 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     try:
         head = await reader.readuntil(b"\r\n\r\n")
     except asyncio.LimitOverrunError as error:
-        raise PeerOperationError("HTTP response head is too long") from error
+        raise OperationError("HTTP response head is too long") from error
     lines = head.split(b"\r\n")
     parts = lines[0].split(b" ", 2)
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-        raise PeerOperationError(f"not an HTTP/1.x status line: {lines[0][:100]!r}")
+        raise OperationError(f"not an HTTP/1.x status line: {lines[0][:100]!r}")
     status = int(parts[1])
     length: int | None = None
     chunked = False
@@ -318,9 +319,9 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     if chunked:
         return status, await _read_chunked(reader)
     if length is None:
-        raise PeerOperationError("HTTP response has neither Content-Length nor chunked encoding")
+        raise OperationError("HTTP response has neither Content-Length nor chunked encoding")
     if not 0 <= length <= BODY_BYTES_MAX:
-        raise PeerOperationError(f"HTTP response body of {length} bytes is out of range")
+        raise OperationError(f"HTTP response body of {length} bytes is out of range")
     return status, await reader.readexactly(length)
 
 
@@ -335,10 +336,10 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
                 pass
             return bytes(body)
         if len(body) + size > BODY_BYTES_MAX:
-            raise PeerOperationError("chunked HTTP response body is too large")
+            raise OperationError("chunked HTTP response body is too large")
         body += await reader.readexactly(size)
         if await reader.readexactly(2) != b"\r\n":
-            raise PeerOperationError("chunk is not followed by CRLF")
+            raise OperationError("chunk is not followed by CRLF")
 
 
 # --- etcd's v3 gateway --------------------------------------------------------------------------
@@ -356,10 +357,10 @@ def range_body(key: bytes, *, serializable: bool) -> bytes:
 
 
 def check_range(data: bytes, key: bytes, value_b64: bytes) -> None:
-    """PeerOperationError unless the range response holds `key` with the expected value."""
+    """OperationError unless the range response holds `key` with the expected value."""
     kvs = json.loads(data).get("kvs")
     if not kvs or kvs[0].get("value", "").encode() != value_b64:
-        raise PeerOperationError(f"etcd range of {key!r} did not return the value written")
+        raise OperationError(f"etcd range of {key!r} did not return the value written")
 
 
 class ConnectionPool:
@@ -418,9 +419,7 @@ def run_pooled(
 class EtcdWorkloads:
     """The benchmark's workloads against a running `EtcdCluster`."""
 
-    def __init__(
-        self, cluster: EtcdCluster, settings: BenchSettings, progress: BenchProgress
-    ) -> None:
+    def __init__(self, cluster: EtcdCluster, settings: BenchSettings, progress: Progress) -> None:
         self.cluster = cluster
         self.settings = settings
         self.progress = progress
@@ -513,7 +512,7 @@ class EtcdWorkloads:
         )
 
 
-def run(settings: BenchSettings, progress: BenchProgress) -> list[WorkloadResult]:
+def run(settings: BenchSettings, progress: Progress) -> list[WorkloadResult]:
     """Start a 3-member etcd cluster, run the workloads, stop it."""
     with EtcdCluster(3) as cluster:
         progress.note(

@@ -36,14 +36,13 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from kvstore.bench import (
+from kvstore.bench.recorder import (
     PUT_CONCURRENT,
     PUT_SEQUENTIAL,
-    PYSYNCOBJ,
     BenchError,
-    BenchProgress,
     BenchSettings,
-    PeerOperationError,
+    OperationError,
+    Progress,
     Recorder,
     WorkloadResult,
     bench_keys,
@@ -52,6 +51,10 @@ from kvstore.bench import (
 )
 from kvstore.testing.local_cluster import free_ports
 
+CHECKOUT = Path(__file__).resolve().parents[2]
+"""The source checkout, where the member processes run."""
+PYSYNCOBJ = "pysyncobj"
+"""This peer's system id in the results."""
 START_S_MAX = 30.0
 """How long the members may take to start, connect and agree on a leader."""
 REPLY_S_MAX = 10.0
@@ -141,7 +144,7 @@ class _Member:
                     try:
                         self.store.set(keys[number], value, sync=True, timeout=timeout_s)
                     except self.sync_error as error:
-                        raise PeerOperationError(f"SyncObjException: {error}") from error
+                        raise OperationError(f"SyncObjException: {error}") from error
 
                 run_sequential(set_one, recorder)
             elif workload == PUT_CONCURRENT:
@@ -180,7 +183,7 @@ class _Member:
                 if error == self.fail_success:
                     recorder.record(clock() - started)
                 else:
-                    recorder.record_error(PeerOperationError(f"FAIL_REASON {error}"))
+                    recorder.record_error(OperationError(f"FAIL_REASON {error}"))
                 issue()
 
             self.store.set(keys[number], value, callback=on_done)
@@ -238,8 +241,9 @@ class _Process:
 
     def __init__(self, address: str, command: list[str], log: IO[bytes]) -> None:
         self.address = address
+        # `python -m benchmarks...` finds the module from its working directory: the checkout.
         self.popen = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=CHECKOUT
         )
         self._buffer = b""
 
@@ -299,9 +303,6 @@ class PySyncObjCluster:
 
     def start(self) -> PySyncObjCluster:
         """Start the members and wait until all are ready and agree on one leader."""
-        checkout = str(Path(__file__).resolve().parent.parent.parent)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [checkout, env.get("PYTHONPATH")]))
         try:
             for number, address in enumerate(self.addresses, start=1):
                 partners = [a for a in self.addresses if a != address]
@@ -354,7 +355,7 @@ class PySyncObjCluster:
         self,
         workload: str,
         settings: BenchSettings,
-        progress: BenchProgress,
+        progress: Progress,
         *,
         concurrency: int,
     ) -> WorkloadResult:
@@ -398,7 +399,7 @@ class PySyncObjCluster:
         self.close()
 
 
-def run(settings: BenchSettings, progress: BenchProgress) -> list[WorkloadResult]:
+def run(settings: BenchSettings, progress: Progress) -> list[WorkloadResult]:
     """Start three PySyncObj members, run sequential and callback-based concurrent sets, stop."""
     with PySyncObjCluster(3) as cluster:
         leader = cluster.wait_for_leader()

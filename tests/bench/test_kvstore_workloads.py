@@ -6,16 +6,12 @@
 
 from __future__ import annotations
 
-from rich.console import Console
-
-from kvstore.bench import (
+from kvstore.bench.recorder import BenchSettings, QuietProgress, WorkloadResult
+from kvstore.bench.workloads import (
     KVSTORE,
     KVSTORE_EMBEDDED,
-    BenchProgress,
-    BenchSettings,
     ClientWorkloads,
     EmbeddedWorkloads,
-    WorkloadResult,
     client_cluster,
     embedded_node,
 )
@@ -31,19 +27,13 @@ def _check(results: list[WorkloadResult], system: str) -> None:
 
 
 def test_client_workloads_run_against_three_serve_processes() -> None:
-    with (
-        BenchProgress(Console(quiet=True), enabled=False) as progress,
-        client_cluster(SMALL) as (cluster, client),
-    ):
-        results = ClientWorkloads(client, cluster.addresses, SMALL, progress).run_all()
+    with client_cluster(SMALL) as (cluster, client):
+        results = ClientWorkloads(client, cluster.addresses, SMALL, QuietProgress()).run_all()
     _check(results, KVSTORE)
 
 
 def test_embedded_node_is_made_leader_and_runs_the_workloads() -> None:
-    with (
-        BenchProgress(Console(quiet=True), enabled=False) as progress,
-        embedded_node() as node,
-    ):
+    with embedded_node() as node:
         assert node.status().role == "leader"
-        results = EmbeddedWorkloads(node, SMALL, progress).run_all()
+        results = EmbeddedWorkloads(node, SMALL, QuietProgress()).run_all()
     _check(results, KVSTORE_EMBEDDED)

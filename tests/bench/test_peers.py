@@ -11,15 +11,14 @@ import base64
 import json
 
 import pytest
-from rich.console import Console
 
 from benchmarks.peers import etcd, pysyncobj_peer
-from kvstore.bench import (
+from kvstore.bench.recorder import (
     PUT_CONCURRENT,
     PUT_SEQUENTIAL,
-    BenchProgress,
     BenchSettings,
-    PeerOperationError,
+    OperationError,
+    QuietProgress,
     bench_key,
 )
 
@@ -57,7 +56,7 @@ def test_http_response_chunked() -> None:
     ],
 )
 def test_http_garbage_is_refused(raw: bytes) -> None:
-    with pytest.raises(PeerOperationError):
+    with pytest.raises(OperationError):
         _parse(raw)
 
 
@@ -75,21 +74,16 @@ def test_gateway_bodies_are_base64_json() -> None:
     assert "serializable" not in json.loads(etcd.range_body(key, serializable=False))
     found = json.dumps({"kvs": [{"key": put["key"], "value": put["value"]}]}).encode()
     etcd.check_range(found, key, value_b64)
-    with pytest.raises(PeerOperationError):
+    with pytest.raises(OperationError):
         etcd.check_range(b'{"header":{}}', key, value_b64)
 
 
 SMALL = BenchSettings(ops=40, concurrency=8, duration_s_max=20.0, concurrent_rounds_min=10)
 
 
-def _quiet() -> BenchProgress:
-    return BenchProgress(Console(quiet=True), enabled=False)
-
-
 @pytest.mark.skipif(etcd.available() is not None, reason=str(etcd.available()))
 def test_etcd_cluster_runs_every_workload_without_errors() -> None:
-    with _quiet() as progress:
-        results = etcd.run(SMALL, progress)
+    results = etcd.run(SMALL, QuietProgress())
     assert [r.workload for r in results][:2] == [PUT_SEQUENTIAL, PUT_CONCURRENT]
     assert len(results) == 6
     for result in results:
@@ -102,8 +96,7 @@ def test_etcd_cluster_runs_every_workload_without_errors() -> None:
 def test_pysyncobj_cluster_runs_both_workloads_without_errors() -> None:
     # A PySyncObj sync=True set takes about one 100 ms heartbeat: keep the sequential run short.
     settings = BenchSettings(ops=10, concurrency=4, duration_s_max=20.0, concurrent_rounds_min=5)
-    with _quiet() as progress:
-        results = pysyncobj_peer.run(settings, progress)
+    results = pysyncobj_peer.run(settings, QuietProgress())
     assert [(r.workload, r.concurrency) for r in results] == [
         (PUT_SEQUENTIAL, 1),
         (PUT_CONCURRENT, 4),

@@ -1,46 +1,32 @@
-"""The benchmark's own machinery: percentiles, the recorder, the runners, the report.
+"""The benchmark's own machinery: percentiles, the recorder, the runners, the failover timing.
 
-If these are wrong, every figure `kvstore bench` prints is wrong, for kvstore and its peers alike.
+If these are wrong, every figure `kvstore bench` prints is wrong, and so is every figure of the
+comparison with its peers (`benchmarks/compare.py`), which times them with the same code.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import threading
 import time
 
 import pytest
-from rich.console import Console
 
-from kvstore.bench import (
-    ETCD,
+from kvstore.bench.recorder import (
     FAILOVER,
-    FAILOVER_TRIALS,
-    KVSTORE,
-    KVSTORE_EMBEDDED,
-    PUT_CONCURRENT,
-    PUT_SEQUENTIAL,
-    PYSYNCOBJ,
-    TARGETS,
-    BenchProgress,
-    BenchReport,
     BenchSettings,
-    PeerOperationError,
+    OperationError,
+    QuietProgress,
     Recorder,
-    WorkloadResult,
     bench_key,
     bench_value,
-    get_workload,
-    load_peer,
-    measure_failover,
     percentile,
-    render_report,
     run_async,
     run_sequential,
     run_threaded,
 )
+from kvstore.bench.workloads import FAILOVER_TRIALS, measure_failover
 from kvstore.errors import UnavailableError
 from kvstore.options import Status
 
@@ -104,7 +90,7 @@ def test_errors_are_counted_and_a_broken_workload_stops() -> None:
     assert "no leader" in result.note
 
     def always_fails(_number: int) -> None:
-        raise PeerOperationError("HTTP 500")
+        raise OperationError("HTTP 500")
 
     recorder = _recorder(1000, errors_max=5)
     run_sequential(always_fails, recorder)
@@ -181,53 +167,6 @@ def test_async_runner_keeps_concurrency_in_flight() -> None:
     assert recorder.result("s", "w", concurrency=concurrency).ops == 500
 
 
-def _result(system: str, workload: str, ops_per_s: float, p99_ms: float = 1.0) -> WorkloadResult:
-    return WorkloadResult(system, workload, 100, 0, 1, 1.0, ops_per_s, 0.5, p99_ms)
-
-
-def test_report_ratios_and_targets() -> None:
-    lin_conc = get_workload("linearizable", concurrent=True)
-    stale_seq = get_workload("stale", concurrent=False)
-    report = BenchReport(BenchSettings())
-    report.results += [
-        _result(KVSTORE, PUT_SEQUENTIAL, 1500.0),
-        _result(ETCD, PUT_SEQUENTIAL, 1000.0),
-        _result(KVSTORE, PUT_CONCURRENT, 9000.0),
-        _result(ETCD, PUT_CONCURRENT, 5000.0),
-        _result(PYSYNCOBJ, PUT_CONCURRENT, 2000.0),
-        _result(KVSTORE, lin_conc, 100.0),
-        _result(KVSTORE_EMBEDDED, stale_seq, 400_000.0),
-        _result(KVSTORE, FAILOVER, 0.0, p99_ms=1200.0),
-    ]
-    assert report.ratio(PUT_CONCURRENT, KVSTORE, PYSYNCOBJ) == pytest.approx(4.5)
-    assert report.ratio(lin_conc, KVSTORE, ETCD) is None  # etcd did not run it
-    verdicts = {target.label: (measured, passed) for target, measured, passed in report.verdicts()}
-    assert len(verdicts) == len(TARGETS)
-    assert verdicts["sequential writes >= 1.5x etcd"] == (pytest.approx(1.5), True)
-    assert verdicts["concurrent writes >= 2x etcd"] == (pytest.approx(1.8), False)
-    assert verdicts["concurrent writes >= 3x PySyncObj"] == (pytest.approx(4.5), True)
-    assert verdicts["linearizable reads, 256 in flight >= 3x etcd"] == (None, None)
-    assert verdicts["stale reads via kvstore.Node >= 300,000/s"] == (400_000.0, True)
-    assert verdicts["failover (kill -9 leader) < 1 s"] == (1200.0, False)
-
-    data = json.loads(json.dumps(report.to_json()))
-    assert {r["baseline"] for r in data["ratios"]} == {ETCD, PYSYNCOBJ}
-    assert len(data["results"]) == 8
-
-    console = Console(record=True, width=140)
-    render_report(report, console)
-    text = console.export_text()
-    assert "4.50" in text and "1.80" in text and "missed" in text
-
-
-def test_peer_harnesses_load_from_the_checkout() -> None:
-    for peer in (ETCD, PYSYNCOBJ):
-        module = load_peer(peer)
-        assert not isinstance(module, str), module
-        reason = module.available()
-        assert reason is None or isinstance(reason, str)
-
-
 class _FakeCluster:
     """Stands in for LocalCluster + Client: writes fail for `outage_s` after a kill."""
 
@@ -267,8 +206,7 @@ class _FakeCluster:
 def test_failover_is_timed_from_the_kill_to_the_first_ack_after_it() -> None:
     outage_s = 0.2
     fake = _FakeCluster(outage_s)
-    with BenchProgress(Console(quiet=True), enabled=False) as progress:
-        result = measure_failover(fake, fake, BenchSettings(ops=100), progress)
+    result = measure_failover(fake, fake, BenchSettings(ops=100), QuietProgress())
     assert (fake.kills, fake.restarts) == (FAILOVER_TRIALS, FAILOVER_TRIALS)
     assert result.ops == FAILOVER_TRIALS and result.workload == FAILOVER
     # Writes acknowledged before the kill never count; the first one after the outage does.
