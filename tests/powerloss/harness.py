@@ -47,7 +47,6 @@ def record(shim: Path, root: Path, log_path: Path, writes: int) -> Recording:
         LD_PRELOAD=str(shim),
         POWERLOSS_DIR=str(root),
         POWERLOSS_LOG=str(log_path),
-        PYTHONPATH=str(REPO),
     )
     subprocess.run(
         [sys.executable, "-m", "tests.powerloss.workload", str(root), str(writes)],
@@ -95,7 +94,6 @@ def check_images(
         run = subprocess.run(
             [sys.executable, "-m", "tests.powerloss.check", str(jobs_file)],
             cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
             capture_output=True,
             text=True,
             timeout=RUN_TIMEOUT_S,

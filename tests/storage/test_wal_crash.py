@@ -9,7 +9,6 @@ the middle of truncations, rotations and segment deletions. KVSTORE_TEST_SEED re
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -72,7 +71,6 @@ def data(index: int, term: int) -> bytes:
 def test_sigkill_at_random_moments_loses_nothing_reported(tmp_path: Path, seed: int) -> None:
     rng = random.Random(seed)
     directory = tmp_path / "wal"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
     compacted_to = 0
     for term in range(1, ROUNDS + 1):
         child = subprocess.Popen(
@@ -86,7 +84,6 @@ def test_sigkill_at_random_moments_loses_nothing_reported(tmp_path: Path, seed: 
                 str(SEGMENT_BYTES),
             ],
             stdout=subprocess.PIPE,
-            env=env,
             cwd=REPO,
             text=True,
         )
