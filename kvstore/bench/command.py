@@ -25,7 +25,7 @@ from typing import Any
 from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
@@ -72,7 +72,7 @@ class BarProgress:
             console=self.console,
             disable=not enabled,
         )
-        self._tracked: dict[Any, Trackable] = {}
+        self._tracked: dict[TaskID, Trackable] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._poller: threading.Thread | None = None
