@@ -64,8 +64,10 @@ class Options:
     checkpoint_entries: int = 50_000
     """Applied entries between LMDB checkpoints (after which the log is compacted)."""
     sessions_max: int = 100_000
-    """Client sessions the state machine remembers for exactly-once retries. Must be the same
-    on every member, or a retried command could apply on some members and not on others."""
+    """Most live client sessions (for exactly-once retries): a registration beyond it is
+    refused (the write fails with `UnavailableError`), never served by evicting a live session.
+    Must be the same on every member, or a registration could succeed on some members and not
+    on others."""
     snapshot_chunk_bytes: int = 1 << 20
     """Chunk size when streaming a snapshot to a lagging member."""
     frame_bytes_max: int = 64 << 20
