@@ -1,6 +1,6 @@
 """`kvstore certs`: a cluster CA, and member and client certificates signed by it.
 
-Built on the maintained `cryptography` library (the `tls` extra: `pip install 'kvstore[tls]'`);
+Built on the maintained `cryptography` library (the `tls` extra: `pip install 'kvstore-raft[tls]'`);
 nothing here encodes X.509 by hand. Keys are EC P-256 (fast TLS handshakes); certificates are
 signed with ECDSA-SHA256.
 
@@ -54,7 +54,7 @@ def _crypto() -> None:
         import cryptography  # noqa: F401
     except ImportError:
         raise KVStoreError(
-            "kvstore certs needs the 'cryptography' package: pip install 'kvstore[tls]'"
+            "kvstore certs needs the 'cryptography' package: pip install 'kvstore-raft[tls]'"
         ) from None
 
 
