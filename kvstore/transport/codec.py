@@ -42,8 +42,14 @@ from kvstore.raft.types import (
 )
 from kvstore.transport.frame_mac import TAG_BYTES, FrameAuthenticator
 
-PROTOCOL_VERSION: Final = 1
-"""The version byte of every frame this code writes and the only one it reads."""
+PROTOCOL_VERSION: Final = 2
+"""The version byte of every frame this code writes and the only one it reads.
+
+It changes whenever two builds could no longer talk: a frame kind's body, the handshake or its
+key labels, what follows a frame (the MAC), or a new frame that a peer must answer. Version 2:
+the secret handshake with a CHALLENGE and role-labelled keys, a MAC after every later frame,
+and the IDENTITY exchange between peers (version 1 had none of them). A frame of another
+version closes the connection with a message naming both versions."""
 
 HEADER_BYTES: Final = 6
 """Length prefix (4) + version (1) + kind (1)."""
@@ -222,7 +228,10 @@ class FrameDecoder:
             if size < _KIND_AND_VERSION_BYTES:
                 self._fail(f"frame length {size} is too short")
             if version != PROTOCOL_VERSION:
-                self._fail(f"unknown protocol version {version}")
+                self._fail(
+                    f"unknown protocol version {version} (this build speaks {PROTOCOL_VERSION}:"
+                    " a member or client of another release?)"
+                )
             kind = _KINDS.get(kind_byte)
             if kind is None:
                 self._fail(f"unknown frame kind {kind_byte}")

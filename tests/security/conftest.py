@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from kvstore.raft.types import Message, MessageType
-from kvstore.transport.codec import FrameKind
+from kvstore.transport.codec import PROTOCOL_VERSION, FrameKind
 from kvstore.transport.tcp import FramedConnection, PeerTransport
 
 MEMBER_SECRET = b"member secret \x00\xff"
@@ -201,7 +201,7 @@ def bomb(address: str, frame_bytes: int, *, send_bytes: int | None = None) -> bo
     `send_bytes` of it (default all), without any handshake. True if the node closed the
     connection within 1 s of the header while the body was still incomplete (or while sending)."""
     host, port = address.rsplit(":", 1)
-    header = struct.pack(">IBB", frame_bytes, 1, 1)
+    header = struct.pack(">IBB", frame_bytes, PROTOCOL_VERSION, 1)
     body = b"\x90" * (frame_bytes - 2 if send_bytes is None else min(send_bytes, frame_bytes - 2))
     with socket.create_connection((host, int(port)), timeout=5) as sock:
         try:

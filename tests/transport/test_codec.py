@@ -20,6 +20,7 @@ from kvstore.raft.types import (
 )
 from kvstore.transport.codec import (
     NEED_DATA,
+    PROTOCOL_VERSION,
     FrameDecoder,
     FrameKind,
     decode_batch,
@@ -244,8 +245,8 @@ def test_frame_layout_matches_the_wire_contract() -> None:
     body = {"code": "x", "message": "y"}
     frame = encode_frame(FrameKind.ERROR, body)
     payload = msgpack.packb(body, use_bin_type=True)
-    # 4-byte big-endian length of what follows, version 1, kind, msgpack body.
-    assert frame == struct.pack(">IBB", len(payload) + 2, 1, 30) + payload
+    # 4-byte big-endian length of what follows, version 2, kind, msgpack body.
+    assert frame == struct.pack(">IBB", len(payload) + 2, 2, 30) + payload
 
 
 def _stream() -> tuple[bytes, list[tuple[FrameKind, object]]]:
@@ -305,7 +306,7 @@ def test_frame_at_the_limit_is_accepted_and_one_byte_more_is_refused() -> None:
 def test_oversized_length_prefix_is_refused_from_the_header_alone() -> None:
     decoder = FrameDecoder(1 << 20)
     # Claims 4 GiB; only the 6-byte header ever arrives. No waiting for a body that big.
-    decoder.receive_data(struct.pack(">IBB", 0xFFFFFFFF, 1, int(FrameKind.RAFT)))
+    decoder.receive_data(struct.pack(">IBB", 0xFFFFFFFF, PROTOCOL_VERSION, int(FrameKind.RAFT)))
     with pytest.raises(RemoteProtocolError):
         decoder.next_frame()
     # The decoder stays broken: the stream cannot be resynchronised.
@@ -323,12 +324,12 @@ def test_encoder_refuses_a_frame_over_the_limit() -> None:
 @pytest.mark.parametrize(
     ("header", "reason"),
     [
-        (struct.pack(">IBB", 3, 2, 10), "version"),
+        (struct.pack(">IBB", 3, PROTOCOL_VERSION + 1, 10), "version"),
         (struct.pack(">IBB", 3, 0, 10), "version"),
-        (struct.pack(">IBB", 3, 1, 0), "kind"),
-        (struct.pack(">IBB", 3, 1, 99), "kind"),
-        (struct.pack(">IBB", 1, 1, 10), "short"),
-        (struct.pack(">IBB", 0, 1, 10), "short"),
+        (struct.pack(">IBB", 3, PROTOCOL_VERSION, 0), "kind"),
+        (struct.pack(">IBB", 3, PROTOCOL_VERSION, 99), "kind"),
+        (struct.pack(">IBB", 1, PROTOCOL_VERSION, 10), "short"),
+        (struct.pack(">IBB", 0, PROTOCOL_VERSION, 10), "short"),
     ],
 )
 def test_bad_header_is_refused(header: bytes, reason: str) -> None:
@@ -356,7 +357,7 @@ def test_bad_header_is_refused(header: bytes, reason: str) -> None:
 )
 def test_undecodable_body_is_refused(payload: bytes) -> None:
     decoder = FrameDecoder(1 << 20)
-    decoder.receive_data(struct.pack(">IBB", len(payload) + 2, 1, 20) + payload)
+    decoder.receive_data(struct.pack(">IBB", len(payload) + 2, PROTOCOL_VERSION, 20) + payload)
     with pytest.raises(RemoteProtocolError, match="does not decode"):
         decoder.next_frame()
 
@@ -391,3 +392,12 @@ def test_random_bytes_only_ever_give_frames_need_data_or_remote_protocol_error(
             decode_all(decoder)
     except RemoteProtocolError:
         pass
+
+
+def test_a_frame_of_another_protocol_version_is_refused_naming_both() -> None:
+    """A member or client of the previous release (version 1: no CHALLENGE, no frame MACs, no
+    IDENTITY) is told apart at its first frame, not by a confusing handshake failure."""
+    decoder = FrameDecoder(1 << 16)
+    decoder.receive_data(struct.pack(">IBB", 3, 1, FrameKind.HELLO) + b"\xc0")
+    with pytest.raises(RemoteProtocolError, match=r"version 1 \(this build speaks 2"):
+        decoder.next_frame()

@@ -20,7 +20,7 @@ import pytest
 
 from kvstore.errors import AuthenticationError, RemoteProtocolError
 from kvstore.raft.types import Entry, Message, MessageType
-from kvstore.transport.codec import FrameKind, encode_frame, encode_message
+from kvstore.transport.codec import PROTOCOL_VERSION, FrameKind, encode_frame, encode_message
 from kvstore.transport.tcp import (
     ERROR_BUSY,
     FramedConnection,
@@ -285,10 +285,10 @@ def test_full_queue_drops_and_reports_without_blocking() -> None:
     [
         b"\x00\x00\x00\x05\x07\x01hello",  # bad version
         b"\x00\x00\x00\x03\x01\x63\x90",  # unknown kind
-        struct.pack(">IBB", 0xFFFFFF00, 1, 1),  # oversized length prefix
+        struct.pack(">IBB", 0xFFFFFF00, PROTOCOL_VERSION, 1),  # oversized length prefix
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # somebody else's protocol
         encode_frame(FrameKind.RAFT, []),  # a RAFT frame before any handshake
-        struct.pack(">IBB", 4, 1, 1) + b"\xc1\xc1",  # HELLO that is not msgpack
+        struct.pack(">IBB", 4, PROTOCOL_VERSION, 1) + b"\xc1\xc1",  # HELLO that is not msgpack
     ],
     ids=["version", "kind", "oversized", "http", "raft-first", "bad-msgpack"],
 )
@@ -702,7 +702,7 @@ def test_an_oversized_frame_before_the_handshake_is_refused_from_its_header() ->
         try:
             reader, writer = await raw_connection(node.transport.address)
             # The header of a 4 KiB + 1 frame, and not one byte of its body: closed at once.
-            writer.write(struct.pack(">IBB", (4 << 10) + 1, 1, FrameKind.HELLO))
+            writer.write(struct.pack(">IBB", (4 << 10) + 1, PROTOCOL_VERSION, FrameKind.HELLO))
             assert await closed_by_other_side(reader, timeout_s=1)
             writer.close()
         finally:
