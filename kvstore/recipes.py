@@ -122,8 +122,11 @@ def _name_prefix(base: bytes, name: bytes) -> bytes:
 
 
 def _deadline(timeout_s: float | None) -> float | None:
+    """The monotonic deadline of a wait of `timeout_s` (None: none; 0: try once)."""
     if timeout_s is None:
         return None
+    if timeout_s == 0 and not isinstance(timeout_s, bool):
+        return time.monotonic()
     return time.monotonic() + check_timeout(timeout_s)
 
 
@@ -270,8 +273,8 @@ class Lock:
 
     def acquire(self, timeout_s: float | None = None) -> bool:
         """Queue up and wait for the lock; True once held, False after `timeout_s` (None: no
-        limit), having left the queue. `LeaseNotFoundError` if the session expired while
-        waiting."""
+        limit; 0: take it only if free now), having left the queue. `LeaseNotFoundError` if
+        the session expired while waiting."""
         if self._candidate is not None:
             raise InvalidArgumentError("this Lock is already held or being acquired")
         deadline = _deadline(timeout_s)

@@ -11,7 +11,7 @@ import itertools
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,13 +21,6 @@ from kvstore.recipes import ELECTION_PREFIX, LOCK_PREFIX, Barrier, Election, Loc
 from tests.coordination.fake_store import FakeStore
 
 DEADLINE_S = 10.0
-
-
-@pytest.fixture(params=["fake"])
-def store(request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A store with the §2b coordination methods (add a real node here)."""
-    if request.param == "fake":
-        yield FakeStore()
 
 
 def wait_until(predicate: Callable[[], bool], what: str, timeout_s: float = DEADLINE_S) -> None:
@@ -234,7 +227,15 @@ def test_a_lock_object_is_not_reentrant(store: Any) -> None:
     with lock, pytest.raises(InvalidArgumentError):
         lock.acquire()
     with pytest.raises(InvalidArgumentError):
-        Lock(store, b"r").acquire(timeout_s=0)
+        Lock(store, b"r").acquire(timeout_s=-1)
+
+
+def test_a_zero_timeout_tries_once(store: Any) -> None:
+    holder = Lock(store, b"try")
+    assert holder.acquire(timeout_s=0) is True
+    assert Lock(store, b"try").acquire(timeout_s=0) is False
+    assert queue_length(store, LOCK_PREFIX, b"try") == 1
+    holder.release()
 
 
 # --- Election -----------------------------------------------------------------------------------
