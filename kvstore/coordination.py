@@ -35,6 +35,7 @@ __all__ = [
     "LEASE_ID_MAX",
     "LEASE_TTL_S_MAX",
     "OPS_PER_TXN_MAX",
+    "REVISION_MAX",
     "AsyncWatch",
     "Compare",
     "CompareOp",
@@ -51,6 +52,7 @@ __all__ = [
     "WatchEventType",
     "check_lease_id",
     "check_lease_ttl",
+    "check_range_limit",
     "check_revision",
     "check_txn",
     "normalize_range",
@@ -70,6 +72,8 @@ LEASE_TTL_S_MAX = 24 * 3600.0
 meant to live longer should not hang on one."""
 LEASE_ID_MAX = (1 << 63) - 1
 """Lease ids are positive signed 64-bit integers (etcd's); 0 means "no lease"."""
+REVISION_MAX = (1 << 63) - 1
+"""Revisions, versions and limits are signed 64-bit integers (etcd's): larger ones are refused."""
 
 CompareTarget = Literal["value", "version", "create_revision", "mod_revision", "exists"]
 """What a `Compare` looks at."""
@@ -90,10 +94,19 @@ def _is_int(value: object) -> bool:
 
 
 def check_revision(revision: object, name: str = "revision") -> int:
-    """Return `revision` if it is an int >= 1, else raise `InvalidArgumentError`."""
-    if not _is_int(revision) or revision < 1:  # type: ignore[operator]
-        raise InvalidArgumentError(f"{name} must be an int >= 1, got {revision!r:.60}")
+    """Return `revision` if it is an int in 1..`REVISION_MAX`, else raise
+    `InvalidArgumentError`."""
+    if not _is_int(revision) or not 1 <= revision <= REVISION_MAX:  # type: ignore[operator]
+        raise InvalidArgumentError(f"{name} must be an int in 1..2**63-1, got {revision!r:.60}")
     return revision  # type: ignore[return-value]
+
+
+def check_range_limit(limit: object) -> int | None:
+    """Return `limit` if it is None or an int in 1..`REVISION_MAX`, else raise."""
+    checked = check_limit(limit)
+    if checked is not None and checked > REVISION_MAX:
+        raise InvalidArgumentError(f"limit must be at most 2**63-1, got {limit!r:.60}")
+    return checked
 
 
 def check_lease_id(lease_id: object) -> int:
@@ -253,9 +266,9 @@ class Compare:
                 )
             if self.op not in ("==", "!="):
                 raise InvalidArgumentError(f"an exists compare takes == or !=, not {self.op}")
-        elif not _is_int(self.value) or self.value < 0:  # type: ignore[operator]
+        elif not _is_int(self.value) or not 0 <= self.value <= REVISION_MAX:  # type: ignore[operator]
             raise InvalidArgumentError(
-                f"a {self.target} compare takes an int >= 0, got {self.value!r:.60}"
+                f"a {self.target} compare takes an int in 0..2**63-1, got {self.value!r:.60}"
             )
 
     def holds(self, kv: KeyValue | None) -> bool:
@@ -339,7 +352,7 @@ class Op:
         """Read `[start, end)` (end None: the key `start`; prefix=True: every key starting with
         `start`), at most `limit` keys, as a `RangeResult`."""
         start, stop = normalize_range(start, end, prefix)
-        return Op("range", start, stop, b"", None, check_limit(limit))
+        return Op("range", start, stop, b"", None, check_range_limit(limit))
 
 
 OpResult: TypeAlias = bool | int | KeyValue | RangeResult | None

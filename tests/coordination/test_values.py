@@ -91,6 +91,7 @@ def test_compare_on_a_missing_key(target: str, op: str, value: object, expected:
         (b"k", "version", "==", True),
         (b"k", "version", "==", -1),
         (b"k", "mod_revision", "==", 1.0),
+        (b"k", "create_revision", "==", 1 << 63),
         (b"k", "exists", "==", 1),
         (b"k", "exists", "<", True),
     ],
@@ -130,6 +131,7 @@ def test_op_constructors() -> None:
         lambda: kvstore.Op.range(b"a", b"b", prefix=True),
         lambda: kvstore.Op.range(b"a", limit=0),
         lambda: kvstore.Op.range(b"a", limit=True),
+        lambda: kvstore.Op.range(b"a", limit=1 << 64),
         lambda: kvstore.Op.range(b"a", prefix=1),
         lambda: kvstore.Op.range(b"a", b"x" * 513),
     ],
@@ -181,7 +183,7 @@ def test_lease_and_revision_checks() -> None:
     with pytest.raises(InvalidArgumentError):
         kvstore.Lease(0, 1.0)
     assert check_revision(1) == 1
-    for bad in (0, -1, True, 1.5, None):
+    for bad in (0, -1, True, 1.5, None, 1 << 63):
         with pytest.raises(InvalidArgumentError):
             check_revision(bad)
 
