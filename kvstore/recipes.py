@@ -1,5 +1,5 @@
 """Coordination recipes on top of transactions, leases and watches: `Lock`, `Election`,
-`Barrier`.
+`Semaphore`, `Barrier`.
 
 They follow etcd's `concurrency` package (and kazoo's recipes): every participant holds a
 **session**, a lease kept alive in the background (`store.lease(ttl_s)`), and queues by
@@ -47,16 +47,20 @@ __all__ = [
     "BARRIER_PREFIX",
     "ELECTION_PREFIX",
     "LOCK_PREFIX",
+    "SEMAPHORE_PREFIX",
     "Barrier",
     "CoordinationStore",
     "Election",
     "Lock",
+    "Semaphore",
 ]
 
 LOCK_PREFIX = b"_kvstore/lock/"
 """Where `Lock` keeps its queues: `LOCK_PREFIX + <len(name)>/<name>/ + <lease id, 16 hex>`."""
 ELECTION_PREFIX = b"_kvstore/election/"
 """Where `Election` keeps its candidates, laid out as under `LOCK_PREFIX`."""
+SEMAPHORE_PREFIX = b"_kvstore/semaphore/"
+"""Where `Semaphore` keeps its queues, laid out as under `LOCK_PREFIX`."""
 BARRIER_PREFIX = b"_kvstore/barrier/"
 """Where `Barrier` keeps its keys: `BARRIER_PREFIX + <len(name)>/<name>`."""
 
@@ -184,6 +188,49 @@ def _wait_deleted(
     return deadline is None or time.monotonic() < deadline
 
 
+def _wait_deletes(
+    store: CoordinationStore,
+    prefix: bytes,
+    ahead: set[bytes],
+    needed: int,
+    own_key: bytes,
+    after_revision: int,
+    deadline: float | None,
+) -> bool:
+    """Wait until `needed` of the keys `ahead` (under `prefix`) or `own_key` are deleted after
+    `after_revision`; False on the deadline. Other keys' events are skipped without a read."""
+    remaining = _remaining_s(deadline)
+    if remaining is not None and remaining <= 0:
+        return False
+    try:
+        watch = store.watch(prefix, prefix=True, start_revision=after_revision + 1)
+    except CompactedError:
+        return True
+    timer = None
+    if remaining is not None:
+        timer = threading.Timer(remaining, watch.close)
+        timer.daemon = True
+        timer.start()
+    try:
+        for event in watch:
+            if event.type != "delete":
+                continue
+            if event.kv.key == own_key:
+                return True
+            if event.kv.key in ahead:
+                ahead.discard(event.kv.key)
+                needed -= 1
+                if needed <= 0:
+                    return True
+    except CompactedError:
+        return True
+    finally:
+        if timer is not None:
+            timer.cancel()
+        watch.close()
+    return deadline is None or time.monotonic() < deadline
+
+
 class _Candidate:
     """One place in a queue: a key under `prefix` attached to this participant's own lease."""
 
@@ -232,6 +279,26 @@ class _Candidate:
             # Only the one just ahead: its delete is the only one that can make us the head.
             predecessor = max(ahead, key=lambda kv: kv.create_revision)
             if not _wait_deleted(self._store, predecessor.key, revision, deadline):
+                return False
+
+    def wait_rank(self, slots: int, deadline: float | None) -> bool:
+        """Wait until fewer than `slots` keys are ahead of ours; False on the deadline.
+
+        Watches the whole queue, but reads it again only once enough of the keys ahead are
+        gone (or ours is): the others' events cost no read. `LeaseNotFoundError` when our own
+        key is gone."""
+        while True:
+            queue, revision = _list_queue(self._store, self._prefix, keys_only=True)
+            if not any(kv.key == self.key for kv in queue):
+                raise LeaseNotFoundError(self.lease_id, "our session's lease expired")
+            ahead = {kv.key for kv in queue if kv.create_revision < self.create_revision}
+            if len(ahead) < slots:
+                return True
+            needed = len(ahead) - slots + 1
+            # Our own delete (an expired lease) ends the wait at once, too.
+            if not _wait_deletes(
+                self._store, self._prefix, ahead, needed, self.key, revision, deadline
+            ):
                 return False
 
     def is_head(self) -> bool:
@@ -421,6 +488,66 @@ def _head(queue: list[KeyValue]) -> KeyValue | None:
 
 def _identity(kv: KeyValue | None) -> tuple[bytes, int, bytes] | None:
     return None if kv is None else (kv.key, kv.create_revision, kv.value)
+
+
+class Semaphore:
+    """A counting semaphore: at most `limit` holders at once, the others queued fairly by
+    revision; a holder that dies (its session lease expires) frees its slot.
+
+        with Semaphore(node, b"downloads", limit=4):
+            download()
+
+    Every participant must pass the same `limit`. A waiter watches the queue's prefix and reads
+    it again only when enough keys ahead of it are gone. One `Semaphore` object is one
+    participant; it is not reentrant."""
+
+    def __init__(
+        self, store: CoordinationStore, name: bytes, *, limit: int, ttl_s: float = 10.0
+    ) -> None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1 << 20:
+            raise InvalidArgumentError(f"limit must be an int in 1..2**20, got {limit!r:.60}")
+        self._store = store
+        self._prefix = _name_prefix(SEMAPHORE_PREFIX, name)
+        self._limit = limit
+        self._ttl_s = check_lease_ttl(ttl_s)
+        self._candidate: _Candidate | None = None
+
+    def acquire(self, timeout_s: float | None = None) -> bool:
+        """Queue up and wait for a slot; True once held, False after `timeout_s` (None: no
+        limit; 0: only if a slot is free now), having left the queue."""
+        if self._candidate is not None:
+            raise InvalidArgumentError("this Semaphore is already held or being acquired")
+        deadline = _deadline(timeout_s)
+        candidate = _Candidate(self._store, self._prefix, self._ttl_s)
+        candidate.join(b"")
+        try:
+            held = candidate.wait_rank(self._limit, deadline)
+        except BaseException:
+            candidate.leave()
+            raise
+        if not held:
+            candidate.leave()
+            return False
+        self._candidate = candidate
+        return True
+
+    def release(self) -> None:
+        """Give the slot up (a no-op when not held)."""
+        candidate, self._candidate = self._candidate, None
+        if candidate is not None:
+            candidate.leave()
+
+    def __enter__(self) -> Semaphore:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
 
 
 class Barrier:

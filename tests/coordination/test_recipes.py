@@ -17,7 +17,15 @@ from typing import Any
 import pytest
 
 from kvstore.errors import InvalidArgumentError, LeaseNotFoundError, OperationTimeoutError
-from kvstore.recipes import ELECTION_PREFIX, LOCK_PREFIX, Barrier, Election, Lock
+from kvstore.recipes import (
+    ELECTION_PREFIX,
+    LOCK_PREFIX,
+    SEMAPHORE_PREFIX,
+    Barrier,
+    Election,
+    Lock,
+    Semaphore,
+)
 from tests.coordination.fake_store import FakeStore
 
 DEADLINE_S = 10.0
@@ -215,6 +223,9 @@ def test_names_that_prefix_each_other_are_separate_locks(store: Any) -> None:
         lambda s: Election(s, b""),
         lambda s: Election(s, b"x", ttl_s=-1),
         lambda s: Barrier(s, b"x", ttl_s=365 * 86400.0),
+        lambda s: Semaphore(s, b"x", limit=0),
+        lambda s: Semaphore(s, b"x", limit=True),
+        lambda s: Semaphore(s, b"x", limit=2.0),
     ],
 )
 def test_recipes_refuse_bad_arguments(store: Any, build: Callable[[Any], object]) -> None:
@@ -298,6 +309,74 @@ def test_campaign_times_out_and_withdraws(store: Any) -> None:
         challenger.campaign("text")  # type: ignore[arg-type]
     leader.resign()
     leader.resign()  # twice is harmless
+
+
+# --- Semaphore ----------------------------------------------------------------------------------
+
+
+def test_semaphore_admits_up_to_its_limit_in_arrival_order(store: Any) -> None:
+    first, second = Semaphore(store, b"s", limit=2), Semaphore(store, b"s", limit=2)
+    assert first.acquire(timeout_s=0) and second.acquire(timeout_s=0)
+    assert Semaphore(store, b"s", limit=2).acquire(timeout_s=0) is False
+    order: list[int] = []
+    holders: list[Semaphore] = []
+    waiters = []
+    for i in range(3):
+
+        def take(i: int = i) -> None:
+            semaphore = Semaphore(store, b"s", limit=2)
+            semaphore.acquire()
+            order.append(i)
+            holders.append(semaphore)
+
+        waiters.append(Background(take))
+        wait_until(lambda i=i: queue_length(store, SEMAPHORE_PREFIX, b"s") == i + 3, "queued")
+    second.release()  # one slot: the first waiter, and only it
+    waiters[0].result()
+    assert order == [0] and not waiters[1].done()
+    first.release()
+    waiters[1].result()
+    holders[0].release()
+    waiters[2].result()
+    assert order == [0, 1, 2]
+    for semaphore in holders:
+        semaphore.release()
+    assert queue_length(store, SEMAPHORE_PREFIX, b"s") == 0
+
+
+def test_semaphore_holds_its_limit_under_many_threads(store: Any, seed: int) -> None:
+    limit = 3
+    guard = threading.Lock()
+    inside = 0
+    most = 0
+
+    def worker(index: int) -> None:
+        nonlocal inside, most
+        for _ in range(random.Random(seed * 1000 + index).randint(2, 4)):
+            with Semaphore(store, b"pool", limit=limit):
+                with guard:
+                    inside += 1
+                    most = max(most, inside)
+                store.get_kv(b"work")
+                with guard:
+                    inside -= 1
+
+    workers = [Background(lambda i=i: worker(i)) for i in range(8)]
+    for w in workers:
+        w.result()
+    assert 1 <= most <= limit
+
+
+def test_a_semaphore_waiter_learns_at_once_that_its_lease_expired(store: Any) -> None:
+    holder = Semaphore(store, b"x", limit=1)
+    assert holder.acquire()
+    waiting = Background(lambda: Semaphore(store, b"x", limit=1).acquire())
+    wait_until(lambda: queue_length(store, SEMAPHORE_PREFIX, b"x") == 2, "waiter queued")
+    queue = store.range(SEMAPHORE_PREFIX, prefix=True).kvs
+    store.revoke(lease_of_key(max(queue, key=lambda kv: kv.create_revision).key))
+    with pytest.raises(LeaseNotFoundError):
+        waiting.result()  # while the holder still holds
+    holder.release()
 
 
 # --- Barrier ------------------------------------------------------------------------------------
