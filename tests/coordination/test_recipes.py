@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from kvstore import Compare, Op
 from kvstore.errors import InvalidArgumentError, LeaseNotFoundError, OperationTimeoutError
 from kvstore.recipes import (
     ELECTION_PREFIX,
@@ -398,3 +399,68 @@ def test_barrier_blocks_until_removed_or_expired(store: Any) -> None:
     kv = store.range(b"_kvstore/barrier/", prefix=True).kvs[0]
     store.revoke(kv.lease)  # the holder died
     assert waiting.result() is True
+
+
+# --- the lock workload of the torture schedules, in miniature -----------------------------------
+
+
+def test_fenced_writes_under_lease_expiries(store: Any, seed: int) -> None:
+    """Holders write their fencing token into one key with a compare on the last token, while
+    a chaos thread expires random sessions. Only a holder whose lease expired may overlap
+    another or see its write refused; the accepted tokens only grow."""
+    store.put(b"fence", (0).to_bytes(8, "big"))
+    guard = threading.Lock()
+    inside: set[int] = set()
+    overlaps: list[set[int]] = []
+    refused: list[int] = []
+    expired: set[int] = set()
+    done = threading.Event()
+
+    def worker(index: int) -> None:
+        local = random.Random(seed * 1000 + index)
+        for _ in range(local.randint(3, 5)):
+            lock = Lock(store, b"fenced")
+            try:
+                lock.acquire()
+            except LeaseNotFoundError:
+                continue  # expired while waiting: never held
+            assert lock.lease_id is not None
+            lease_id = lock.lease_id
+            with guard:
+                if inside:
+                    overlaps.append({*inside, lease_id})
+                inside.add(lease_id)
+            token = lock.fencing_token.to_bytes(8, "big")
+            for _ in range(local.randint(0, 2)):
+                time.sleep(0)
+            written = store.txn([Compare(b"fence", "value", "<", token)], [Op.put(b"fence", token)])
+            if not written.succeeded:
+                refused.append(lease_id)
+            with guard:
+                inside.discard(lease_id)
+            lock.release()
+
+    def chaos() -> None:
+        rng = random.Random(seed)
+        while not done.is_set():
+            queue = store.range(LOCK_PREFIX, prefix=True).kvs
+            if queue and rng.random() < 0.3:
+                lease_id = lease_of_key(rng.choice(queue).key)
+                try:
+                    store.revoke(lease_id)
+                    expired.add(lease_id)
+                except LeaseNotFoundError:
+                    pass
+            time.sleep(0.0005)
+
+    chaos_thread = Background(chaos)
+    workers = [Background(lambda i=i: worker(i)) for i in range(5)]
+    try:
+        for w in workers:
+            w.result()
+    finally:
+        done.set()
+        chaos_thread.result()
+    assert set(refused) <= expired, "a live holder's fenced write was refused"
+    for group in overlaps:
+        assert len(group - expired) <= 1, f"two live holders at once: {group}"
