@@ -6,8 +6,9 @@ They follow etcd's `concurrency` package (and kazoo's recipes): every participan
 creating one key under the recipe's prefix, attached to that lease, in a transaction that
 creates it only if absent. The key's `create_revision` is its place in the queue, so the queue
 is fair (first come, first served, in revision order) and survives any member failure. The head
-of the queue (the lowest `create_revision`) holds the lock or leads. A waiter watches only the
-deletion of the key just ahead of it (no thundering herd) and then checks again. A participant
+of the queue (the lowest `create_revision`) holds the lock or leads. A waiter for a lock or a
+leadership watches only the deletion of the key just ahead of it (no thundering herd) and then
+checks again. A participant
 that dies stops renewing its lease; the lease expires, the store deletes its key, and the next
 one moves up.
 
@@ -327,7 +328,9 @@ class Lock:
 
     `fencing_token` is the `create_revision` of the holder's queue key: it grows with every
     grant of this lock, so a resource that remembers the highest token it has seen can refuse
-    a holder that lost the lock (a pause longer than `ttl_s`) and came back. One `Lock` object
+    a holder that lost the lock (a pause longer than `ttl_s`) and came back; `is_held()` asks
+    the store whether this object still holds it. A waiter whose own session expired finds out
+    when the key ahead of it goes (`acquire` then raises `LeaseNotFoundError`). One `Lock` object
     is one participant; it is not reentrant and not for sharing between threads."""
 
     def __init__(self, store: CoordinationStore, name: bytes, *, ttl_s: float = 10.0) -> None:
