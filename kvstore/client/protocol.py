@@ -97,10 +97,12 @@ __all__ = [
     "COMPARE_OP_CODES",
     "COMPARE_TARGET_CODES",
     "EVENTS_PER_MESSAGE_MAX",
+    "KV_WIRE_OVERHEAD_BYTES",
     "LEASE_KEYS_MAX",
     "OP_KIND_CODES",
     "REQUESTS_PER_FRAME_MAX",
     "REQUEST_ID_MAX",
+    "WATCH_MESSAGE_OVERHEAD_BYTES",
     "AddMemberRequest",
     "CasRequest",
     "DeleteRequest",
@@ -144,6 +146,8 @@ __all__ = [
     "encode_request",
     "encode_watch_events",
     "error_code_of",
+    "event_wire_bytes",
+    "kv_wire_bytes",
     "op_of",
     "parse_bool",
     "parse_lease",
@@ -157,6 +161,7 @@ __all__ = [
     "parse_ttl_s",
     "parse_txn_result",
     "parse_watch_created",
+    "result_wire_bytes",
 ]
 
 REQUEST_ID_MAX = (1 << 64) - 1
@@ -651,6 +656,46 @@ def _encode_event(event: WatchEvent) -> list[object]:
     prev = None if event.prev_kv is None else _encode_kv(event.prev_kv)
     kind = _EVENT_PUT if event.type == "put" else _EVENT_DELETE
     return [kind, _encode_kv(event.kv), prev]
+
+
+# --- sizes: upper bounds of the msgpack bytes, to split pages and watch messages by frame size ---
+
+_INT_BYTES_MAX = 9
+"""An int of up to 64 bits: a marker byte and up to eight bytes."""
+_HEADER_BYTES_MAX = 5
+"""A bin, str or array header of any length."""
+KV_WIRE_OVERHEAD_BYTES = 1 + 2 * _HEADER_BYTES_MAX + 4 * _INT_BYTES_MAX
+"""The most a key-value takes on the wire beyond its key and value bytes."""
+WATCH_MESSAGE_OVERHEAD_BYTES = 1 + _INT_BYTES_MAX + 1 + _INT_BYTES_MAX + _HEADER_BYTES_MAX
+"""The most a watch message takes beyond its events and its cancel."""
+
+
+def kv_wire_bytes(kv: KeyValue) -> int:
+    """An upper bound of the bytes `kv` takes on the wire."""
+    return len(kv.key) + len(kv.value) + KV_WIRE_OVERHEAD_BYTES
+
+
+def event_wire_bytes(event: WatchEvent) -> int:
+    """An upper bound of the bytes `event` takes in a watch message."""
+    prev = 1 if event.prev_kv is None else kv_wire_bytes(event.prev_kv)
+    return 2 + kv_wire_bytes(event.kv) + prev
+
+
+def result_wire_bytes(result: object) -> int:
+    """An upper bound of the bytes a RANGE, TXN or LEASE_TTL result takes on the wire
+    (`_INT_BYTES_MAX` for the small results of the others)."""
+    if isinstance(result, RangeResult):
+        kvs = sum(kv_wire_bytes(kv) for kv in result.kvs)
+        return 1 + _HEADER_BYTES_MAX + kvs + 1 + 2 * _INT_BYTES_MAX
+    if isinstance(result, TxnResult):
+        each = sum(2 + result_wire_bytes(r) for r in result.results)
+        return 1 + 1 + _INT_BYTES_MAX + _HEADER_BYTES_MAX + each
+    if isinstance(result, KeyValue):
+        return kv_wire_bytes(result)
+    if isinstance(result, LeaseStatus):
+        keys = sum(_HEADER_BYTES_MAX + len(k) for k in result.keys)
+        return 1 + 2 * _INT_BYTES_MAX + _HEADER_BYTES_MAX + keys
+    return _INT_BYTES_MAX
 
 
 def encode_watch_events(

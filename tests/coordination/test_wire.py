@@ -376,3 +376,54 @@ def test_mutated_messages_raise_only_protocol_errors(seed: int) -> None:
             pass
         except (InvalidArgumentError, TypeError, ValueError, KeyError, IndexError) as e:
             raise AssertionError(f"{type(e).__name__} decoding {bad!r:.300}") from e
+
+
+def packed_bytes(obj: object) -> int:
+    return len(msgpack.packb(obj, use_bin_type=True))
+
+
+big_kvs = st.builds(
+    KeyValue,
+    st.binary(min_size=1, max_size=511),
+    st.sampled_from([b"", b"v" * 300, b"w" * 70_000]),
+    st.sampled_from([0, 1, 2**32, 2**63 - 1]),
+    st.sampled_from([0, 255, 2**16, 2**63 - 1]),
+    st.sampled_from([0, 1, 2**40]),
+    st.none() | st.sampled_from([1, LEASE_ID_MAX]),
+)
+
+
+@given(st.lists(big_kvs, max_size=3), st.booleans(), u64)
+def test_size_bounds_hold_for_ranges_and_txns(items: list[KeyValue], more: bool, rev: int) -> None:
+    page = RangeResult(items, more, len(items) + 2**40, rev)
+    assert packed_bytes(p.encode_ok(p.REQUEST_ID_MAX, p.Op.RANGE, page)[2]) <= (
+        p.result_wire_bytes(page)
+    )
+    results: list[Any] = [None, True, 2**62, *items, page]
+    txn = TxnResult(True, results, rev)
+    assert packed_bytes(p.encode_ok(1, p.Op.TXN, txn)[2]) <= p.result_wire_bytes(txn)
+    for kv in items:
+        assert packed_bytes(p._encode_kv(kv)) <= p.kv_wire_bytes(kv)
+
+
+@given(
+    st.lists(
+        st.builds(WatchEvent, st.sampled_from(["put", "delete"]), big_kvs, st.none() | big_kvs),
+        max_size=3,
+    )
+)
+def test_size_bounds_hold_for_watch_messages(batch: list[WatchEvent]) -> None:
+    message = p.encode_watch_events(p.REQUEST_ID_MAX, p.REQUEST_ID_MAX, batch)
+    bound = p.WATCH_MESSAGE_OVERHEAD_BYTES + 1 + sum(p.event_wire_bytes(e) for e in batch)
+    assert packed_bytes(message) <= bound
+
+
+def test_lease_status_size_bound() -> None:
+    status = p.LeaseStatus(1.5, 86400.0, [b"k" * 511] * 3 + [b"x"])
+    assert packed_bytes(p.encode_ok(1, p.Op.LEASE_TTL, status)[2]) <= p.result_wire_bytes(status)
+
+
+def test_size_bound_of_the_widest_key_value_is_tight() -> None:
+    widest = KeyValue(b"k" * 511, b"v" * 70_000, 2**63 - 1, 2**63 - 1, 2**63 - 1, LEASE_ID_MAX)
+    size = packed_bytes(p._encode_kv(widest))
+    assert size <= p.kv_wire_bytes(widest) <= size + 4
