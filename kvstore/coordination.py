@@ -55,7 +55,9 @@ __all__ = [
     "check_range_limit",
     "check_revision",
     "check_txn",
+    "jsonable",
     "normalize_range",
+    "parse_txn_json",
     "range_end_of_prefix",
 ]
 
@@ -492,3 +494,136 @@ class AsyncWatch(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+# --- the JSON form (the CLI's `kvstore txn`) ------------------------------------------------------
+#
+#     {"compare": [{"key": "acct/a", "target": "value", "op": "==", "value": "100"},
+#                  {"key": "lock", "target": "exists", "op": "==", "value": false}],
+#      "success": [{"op": "put", "key": "acct/a", "value": "90", "lease": 7},
+#                  {"op": "delete", "key": "k"},
+#                  {"op": "delete_range", "key": "a", "end": "b"},
+#                  {"op": "get", "key": "acct/b"},
+#                  {"op": "range", "key": "acct/", "prefix": true, "limit": 10}],
+#      "failure": []}
+#
+# Keys and values are JSON strings, taken as UTF-8; compares on version and revisions take
+# integers, on existence true or false. Every field is checked; an unknown one is an error.
+
+_OP_FIELDS: dict[str, frozenset[str]] = {
+    "put": frozenset({"op", "key", "value", "lease"}),
+    "delete": frozenset({"op", "key"}),
+    "delete_range": frozenset({"op", "key", "end"}),
+    "get": frozenset({"op", "key"}),
+    "range": frozenset({"op", "key", "end", "prefix", "limit"}),
+}
+_COMPARE_FIELDS = frozenset({"key", "target", "op", "value"})
+
+
+def _utf8(value: object, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"{what} must be a JSON string, got {value!r:.60}")
+    return value.encode()
+
+
+def _json_fields(item: object, allowed: frozenset[str], what: str) -> dict[str, object]:
+    if not isinstance(item, dict):
+        raise InvalidArgumentError(f"each {what} must be a JSON object, got {item!r:.60}")
+    unknown = sorted(set(item) - allowed)
+    if unknown:
+        raise InvalidArgumentError(f"unknown {what} field(s): {', '.join(map(str, unknown))}")
+    return item
+
+
+def _compare_from_json(item: object) -> Compare:
+    fields = _json_fields(item, _COMPARE_FIELDS, "compare")
+    missing = sorted(_COMPARE_FIELDS - set(fields))
+    if missing:
+        raise InvalidArgumentError(f"a compare needs {', '.join(missing)}")
+    value = fields["value"]
+    if fields["target"] == "value":
+        value = _utf8(value, "a value compare's value")
+    return Compare(_utf8(fields["key"], "compare key"), fields["target"], fields["op"], value)  # type: ignore[arg-type]
+
+
+def _op_from_json(item: object) -> Op:
+    if not isinstance(item, dict) or item.get("op") not in _OP_FIELDS:
+        raise InvalidArgumentError(
+            f'each op must be an object with "op" one of {", ".join(_OP_FIELDS)}; got {item!r:.60}'
+        )
+    kind = str(item["op"])
+    fields = _json_fields(item, _OP_FIELDS[kind], f"{kind} op")
+    key = _utf8(fields.get("key"), f"{kind} key")
+    end = None if fields.get("end") is None else _utf8(fields["end"], f"{kind} end")
+    if kind == "put":
+        lease = fields.get("lease")
+        return Op.put(key, _utf8(fields.get("value"), "put value"), lease=lease)  # type: ignore[arg-type]
+    if kind == "delete":
+        return Op.delete(key)
+    if kind == "delete_range":
+        if end is None:
+            raise InvalidArgumentError("a delete_range op needs an end")
+        return Op.delete_range(key, end)
+    if kind == "get":
+        return Op.get(key)
+    prefix = fields.get("prefix", False)
+    return Op.range(key, end, prefix=prefix, limit=fields.get("limit"))  # type: ignore[arg-type]
+
+
+def parse_txn_json(document: object) -> tuple[list[Compare], list[Op], list[Op]]:
+    """The compares, success and failure ops of a transaction in its JSON form (already
+    parsed with `json.loads`; the form is documented above). Raises `InvalidArgumentError`
+    naming the first bad part."""
+    fields = _json_fields(document, frozenset({"compare", "success", "failure"}), "txn")
+    parts: list[list[object]] = []
+    for name in ("compare", "success", "failure"):
+        items = fields.get(name, [])
+        if not isinstance(items, list):
+            raise InvalidArgumentError(f"txn {name} must be a JSON array")
+        parts.append(items)
+    compare = [_compare_from_json(item) for item in parts[0]]
+    success = [_op_from_json(item) for item in parts[1]]
+    failure = [_op_from_json(item) for item in parts[2]]
+    check_txn(compare, success, failure)
+    return compare, success, failure
+
+
+def _text(data: bytes) -> str:
+    # For display: binary that is not UTF-8 shows as \x escapes (not reversible).
+    return data.decode("utf-8", "backslashreplace")
+
+
+def jsonable(value: object) -> object:
+    """`value` (a result of the coordination API) as plain JSON data, keys and values as
+    UTF-8 text (other bytes as backslash escapes): what `kvstore txn`, `kvstore watch` and
+    friends print."""
+    if isinstance(value, KeyValue):
+        return {
+            "key": _text(value.key),
+            "value": _text(value.value),
+            "create_revision": value.create_revision,
+            "mod_revision": value.mod_revision,
+            "version": value.version,
+            "lease": value.lease,
+        }
+    if isinstance(value, RangeResult):
+        return {
+            "kvs": [jsonable(kv) for kv in value.kvs],
+            "more": value.more,
+            "count": value.count,
+            "revision": value.revision,
+        }
+    if isinstance(value, TxnResult):
+        return {
+            "succeeded": value.succeeded,
+            "revision": value.revision,
+            "results": [jsonable(r) for r in value.results],
+        }
+    if isinstance(value, WatchEvent):
+        prev = None if value.prev_kv is None else jsonable(value.prev_kv)
+        return {"type": value.type, "kv": jsonable(value.kv), "prev_kv": prev}
+    if isinstance(value, Lease):
+        return {"id": value.id, "ttl_s": value.ttl_s}
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(f"no JSON form for {type(value).__name__}")
