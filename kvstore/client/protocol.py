@@ -48,7 +48,10 @@ carry it as a seventh element; the others keep their six.
 
 Decoding checks the shape and types of everything and raises `RemoteProtocolError` on garbage.
 It does not check key and value sizes: those are the caller's limits, and the service answers
-them with an INVALID_ARGUMENT error rather than by closing the connection.
+them with an INVALID_ARGUMENT error rather than by closing the connection. The one exception is
+a TXN: its compares and ops are rebuilt through their checked constructors, so a key that no
+conforming client can send (empty, over 511 bytes) or a field that does not belong to the op's
+kind is a protocol error there; value sizes are still the service's to check.
 """
 
 from __future__ import annotations
