@@ -15,6 +15,17 @@ from kvstore.client.balancer import (
     WeightedRoundRobin,
 )
 from kvstore.client.client import Client
+from kvstore.coordination import (
+    AsyncWatch,
+    Compare,
+    KeyValue,
+    Lease,
+    Op,
+    RangeResult,
+    TxnResult,
+    Watch,
+    WatchEvent,
+)
 from kvstore.errors import (
     AuthenticationError,
     CompactedError,
@@ -58,29 +69,38 @@ except _metadata.PackageNotFoundError:
     __version__ = _source_tree_version()
 
 __all__ = [
+    "AsyncWatch",
     "AuthenticationError",
     "Balancer",
     "BalancerName",
     "Client",
     "CompactedError",
+    "Compare",
     "Consistency",
     "CorruptionError",
     "InvalidArgumentError",
     "KVStoreError",
+    "KeyValue",
+    "Lease",
     "LeaseNotFoundError",
     "LeastLatency",
     "Node",
     "NodeFailedError",
     "NotLeaderError",
+    "Op",
     "OperationTimeoutError",
     "Options",
     "RandomBalancer",
+    "RangeResult",
     "RoundRobin",
     "SessionExpiredError",
     "Status",
     "StorageFullError",
     "TLSConfig",
+    "TxnResult",
     "UnavailableError",
+    "Watch",
+    "WatchEvent",
     "WeightedRoundRobin",
     "__version__",
 ]
