@@ -159,3 +159,21 @@ def test_bench_state_machine_decode_msgpack(benchmark: Any, log: list[Entry]) ->
 
     benchmark(_decode_all, decode, datas)
     benchmark.extra_info["commands_per_s"] = round(ENTRY_COUNT / benchmark.stats.stats.mean)
+
+
+def test_bench_state_machine_get(benchmark: Any, tmp_path: Path, log: list[Entry]) -> None:
+    """`StateMachine.get` of 100k present keys in key order (a stale read's LMDB part),
+    after the 100k puts."""
+    with StateMachine(tmp_path / "get", map_size_bytes=1 << 30) as sm:
+        sm.apply(REGISTERS)
+        for lo in range(0, len(log), BATCH_ENTRIES):
+            sm.apply(log[lo : lo + BATCH_ENTRIES])
+        keys = [b"key-%012d" % i for i in range(ENTRY_COUNT)]
+        get = sm.get
+
+        def get_all() -> None:
+            for key in keys:
+                get(key)
+
+        benchmark.pedantic(get_all, rounds=7, iterations=1)
+        benchmark.extra_info["gets_per_s"] = round(ENTRY_COUNT / benchmark.stats.stats.mean)

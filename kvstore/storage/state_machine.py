@@ -32,11 +32,13 @@ environment that is empty (never committed) or older than that checkpoint, or on
 are gone, was lost (a power cut before this design, a copied or damaged file): it is refused.
 The node also refuses a state older than the start of its log (`check_state_covers_log`).
 
-Layout: four named sub-databases in one environment (in `directory`):
+Layout: named sub-databases in one environment (in `directory`):
 
-- `data`: key -> value.
+- `data`: key -> metadata header + value (or a tombstone), and `history`: revisions, per-key
+  metadata and the history of changes, kept by `kvstore.storage.mvcc` (see its docstring).
 - `meta`: `applied` -> (index u64, term u64, logical size u64: see "Quota"); `format` -> 1
-  byte (`FORMAT_VERSION`); `clock` -> the log's clock (u64 ms, see below); `member/<id>` -> role
+  byte (`FORMAT_VERSION`); `clock` -> the log's clock (u64 ms, see below); `mvcc` -> the
+  revision and the history's compaction state (`mvcc.MVCC_STATE`); `member/<id>` -> role
   byte (0 voter, 1 learner) + address (UTF-8).
 - `sessions`: session id (u64 big-endian) -> (newest seq applied u64, clock at the session's
   last activity u64 ms, applied bits, result bits); bit i of each (`SESSION_WINDOW` bits,
@@ -119,7 +121,7 @@ from pathlib import Path
 import lmdb
 
 from kvstore.closing import ClosingContext
-from kvstore.errors import CorruptionError, InvalidArgumentError, invariant
+from kvstore.errors import CompactedError, CorruptionError, InvalidArgumentError, invariant
 from kvstore.options import KEY_BYTES_MAX, check_key, check_limit
 from kvstore.raft.types import (
     ConfChange,
@@ -137,6 +139,19 @@ from kvstore.storage.commands import (
     ResultCode,
     decode_fields,
 )
+from kvstore.storage.mvcc import (
+    HEADER_BYTES,
+    HISTORY_BYTES_MAX_DEFAULT,
+    HISTORY_REVISIONS_MAX_DEFAULT,
+    MVCC_STATE_NEW,
+    EventTuple,
+    KvTuple,
+    MvccReader,
+    MvccState,
+    MvccWriter,
+    RangePage,
+    prefix_end,
+)
 from kvstore.storage.snapshot import (
     PRIVATE_DIR_MODE,
     PRIVATE_FILE_MODE,
@@ -147,11 +162,12 @@ from kvstore.storage.snapshot import (
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
-"""Layout version stored in `meta`; an environment with another version is refused. Version 2
-(sessions registered through the log, expiring by the log's clock) replaced version 1 (random
-16-byte client ids, evicted by age): the log entries of version 1 do not decode as version 2
-commands, so a version 1 store is refused rather than migrated."""
+FORMAT_VERSION = 3
+"""Layout version stored in `meta`; an environment with another version is refused. Version 3
+(revisions: a metadata header before each value, the history tables) replaced version 2, whose
+values carry no metadata; version 2 (sessions registered through the log, expiring by the
+log's clock) replaced version 1 (random 16-byte client ids, evicted by age). Older stores are
+refused rather than migrated: a member starts empty and receives a snapshot."""
 
 ROLE_VOTER = "voter"
 ROLE_LEARNER = "learner"
@@ -162,11 +178,13 @@ _DB_DATA = b"data"
 _DB_META = b"meta"
 _DB_SESSIONS = b"sessions"
 _DB_SESSION_AGE = b"session_age"
-_DB_NAMES = (_DB_DATA, _DB_META, _DB_SESSIONS, _DB_SESSION_AGE)
+_DB_HISTORY = b"history"
+_DB_NAMES = (_DB_DATA, _DB_META, _DB_SESSIONS, _DB_SESSION_AGE, _DB_HISTORY)
 
 _KEY_APPLIED = b"applied"
 _KEY_FORMAT = b"format"
 _KEY_CLOCK = b"clock"
+_KEY_MVCC = b"mvcc"
 _MEMBER_PREFIX = b"member/"
 
 _APPLIED = struct.Struct("<QQ")
@@ -228,9 +246,11 @@ class StateMachine(ClosingContext):
     """The LMDB state machine of one node. See the module docstring for layout and guarantees.
 
     `StateMachine(directory, map_size_bytes=..., sessions_max=..., session_timeout_s=...,
-    quota_bytes=...)` creates `directory` if needed and opens (or creates) the environment in it.
+    quota_bytes=..., history_revisions_max=..., history_bytes_max=...)` creates `directory`
+    if needed and opens (or creates) the environment in it.
     `map_size_bytes` is the initial LMDB map size (it grows by itself); `quota_bytes` the logical
-    size at which writes that add data are refused. Use `close()` or `with`.
+    size at which writes that add data are refused; the history bounds are those of
+    `kvstore.storage.mvcc` (module docstring, "Compaction"). Use `close()` or `with`.
     """
 
     def __init__(
@@ -241,6 +261,8 @@ class StateMachine(ClosingContext):
         sessions_max: int = 100_000,
         session_timeout_s: float = 600.0,
         quota_bytes: int = QUOTA_BYTES_DEFAULT,
+        history_revisions_max: int = HISTORY_REVISIONS_MAX_DEFAULT,
+        history_bytes_max: int = HISTORY_BYTES_MAX_DEFAULT,
     ) -> None:
         if map_size_bytes < 1 << 20:
             raise InvalidArgumentError(f"map_size_bytes must be >= 1 MiB, got {map_size_bytes}")
@@ -249,6 +271,16 @@ class StateMachine(ClosingContext):
         if isinstance(quota_bytes, bool) or not isinstance(quota_bytes, int) or quota_bytes < 1:
             raise InvalidArgumentError(f"quota_bytes must be an int >= 1, got {quota_bytes!r}")
         self._init_quota(quota_bytes)
+        for name, bound in (
+            ("history_revisions_max", history_revisions_max),
+            ("history_bytes_max", history_bytes_max),
+        ):
+            if isinstance(bound, bool) or not isinstance(bound, int) or bound < 1:
+                raise InvalidArgumentError(f"{name} must be an int >= 1, got {bound!r}")
+        self._history_revisions_max = history_revisions_max
+        self._history_bytes_max = history_bytes_max
+        self._writer: MvccWriter | None = None
+        """The history writer of the batch being applied (None between batches)."""
         self._directory = Path(directory)
         create_directory_durably(self._directory)
         private_dir(self._directory)
@@ -300,13 +332,18 @@ class StateMachine(ClosingContext):
             )
         try:
             with env.begin(write=True) as txn:
-                self._data, self._meta, self._sessions, self._session_age = (
-                    env.open_db(name, txn=txn, create=new) for name in _DB_NAMES
-                )
+                (
+                    self._data,
+                    self._meta,
+                    self._sessions,
+                    self._session_age,
+                    self._history,
+                ) = (env.open_db(name, txn=txn, create=new) for name in _DB_NAMES)
                 version = txn.get(_KEY_FORMAT, db=self._meta)
                 if new:
                     txn.put(_KEY_FORMAT, bytes([FORMAT_VERSION]), db=self._meta)
                     txn.put(_KEY_APPLIED, _NO_APPLIED, db=self._meta)
+                    txn.put(_KEY_MVCC, MVCC_STATE_NEW, db=self._meta)
                 if version in (None, bytes([FORMAT_VERSION])):
                     self._load_logical_bytes(txn)
         except lmdb.NotFoundError as exc:
@@ -316,7 +353,8 @@ class StateMachine(ClosingContext):
         if not new and version != bytes([FORMAT_VERSION]):
             raise CorruptionError(
                 f"state format {version!r} is not {FORMAT_VERSION}: written by another "
-                "version of kvstore (version 1 kept client sessions differently); start "
+                "version of kvstore (version 2 kept no revisions, version 1 kept client "
+                "sessions differently); start "
                 "this member with an empty data directory so it receives a snapshot",
                 path=str(self._directory),
                 offset=0,
@@ -487,8 +525,9 @@ class StateMachine(ClosingContext):
             _index, _term, total = _APPLIED_LOGICAL.unpack_from(raw)
         else:
             total = sum(
-                len(key) + len(value) + ENTRY_OVERHEAD_BYTES
+                len(key) + len(value) - HEADER_BYTES + ENTRY_OVERHEAD_BYTES
                 for key, value in txn.cursor(db=self._data).iternext()
+                if not value[0]  # tombstones are history (kvstore.storage.mvcc)
             )
             index, term = _APPLIED.unpack_from(raw)
             txn.put(_KEY_APPLIED, _APPLIED_LOGICAL.pack(index, term, total), db=self._meta)
@@ -617,6 +656,16 @@ class StateMachine(ClosingContext):
         with env.begin(db=data_db, write=True) as txn:
             start_clock = self._clock = self._read_clock(txn)
             start_index, term = _read_applied(txn, meta_db)
+            mvcc_raw = txn.get(_KEY_MVCC, db=meta_db)
+            invariant(mvcc_raw is not None, "meta lacks the mvcc record")
+            assert mvcc_raw is not None  # for mypy
+            writer = self._writer = MvccWriter(
+                txn,
+                self._mvcc_dbs(),
+                MvccState(mvcc_raw),
+                self._history_revisions_max,
+                self._history_bytes_max,
+            )
             index = start_index
             append = results.append
             for entry in entries:
@@ -643,6 +692,10 @@ class StateMachine(ClosingContext):
             if self._clock != start_clock:
                 self._expire_sessions(txn)
                 txn.put(_KEY_CLOCK, _CLOCK.pack(self._clock), db=meta_db)
+            self._writer = None
+            mvcc_packed = writer.state.pack()
+            if mvcc_packed != mvcc_raw:
+                txn.put(_KEY_MVCC, mvcc_packed, db=meta_db)
             if index != start_index:
                 # The logical size rides in the same record: no extra write per batch.
                 txn.put(
@@ -788,6 +841,7 @@ class StateMachine(ClosingContext):
                 f"seq {seq} is more than {SESSION_WINDOW} above the session's {top_seq}",
             )
         result = self._apply_op(txn, op, key, value, expected, new)
+        self._writer.end_command()  # type: ignore[union-attr]  # set for the batch
         if seq > top_seq:
             shift = seq - top_seq
             applied_bits = (applied_bits << shift) & _WINDOW_MASK
@@ -815,43 +869,38 @@ class StateMachine(ClosingContext):
         expected: bytes | None,
         new: bytes | None,
     ) -> Result:
-        """Apply one operation to `data`, keeping the logical size (module docstring, "Quota")."""
+        """Apply one operation to `data`, keeping the logical size (module docstring, "Quota")
+        and the history (`kvstore.storage.mvcc`)."""
+        stored = txn.get(key)  # may be a tombstone: mvcc's, absent for everything here
         if op is _PUT:
-            stored: bytes = value  # type: ignore[assignment]  # decode sets it for PUT
-            added = len(key) + len(stored) + ENTRY_OVERHEAD_BYTES
-            if self._logical_bytes + added > self._quota_bytes:
-                return self._store_within_quota(txn, key, stored, txn.get(key))
-            # Far from the quota: write first, learn the old size from the same call.
-            old = txn.replace(key, stored)
-            self._logical_bytes += added if old is None else len(stored) - len(old)
-            return True
+            return self._store_within_quota(key, value, stored)  # type: ignore[arg-type]
+        writer: MvccWriter = self._writer  # type: ignore[assignment]  # set for the batch
+        current = None if stored is None or stored[0] else stored[HEADER_BYTES:]
         if op is _DELETE:
-            old = txn.pop(key)
-            if old is None:
+            if current is None:
                 return False
-            self._logical_bytes -= len(key) + len(old) + ENTRY_OVERHEAD_BYTES
+            writer.delete(key, stored)
+            self._logical_bytes -= len(key) + len(current) + ENTRY_OVERHEAD_BYTES
             return True
-        current = txn.get(key)
         if current != expected:
             return False
         if new is None:
             if current is not None:
-                txn.delete(key)
+                writer.delete(key, stored)
                 self._logical_bytes -= len(key) + len(current) + ENTRY_OVERHEAD_BYTES
             return True
-        return self._store_within_quota(txn, key, new, current)
+        return self._store_within_quota(key, new, stored)
 
-    def _store_within_quota(
-        self, txn: lmdb.Transaction[bytes], key: bytes, value: bytes, old: bytes | None
-    ) -> Result:
-        """Store `value` at `key` (holding `old`) unless that grows the store past its quota."""
-        if old is None:
+    def _store_within_quota(self, key: bytes, value: bytes, old: bytes | None) -> Result:
+        """Store `value` at `key` (whose `data` value is `old`) unless that grows the store
+        past its quota."""
+        if old is None or old[0]:  # absent, or a tombstone
             grow = len(key) + len(value) + ENTRY_OVERHEAD_BYTES
         else:
-            grow = len(value) - len(old)
+            grow = len(value) - len(old) + HEADER_BYTES
         if grow > 0 and self._logical_bytes + grow > self._quota_bytes:
             return _STORAGE_FULL
-        txn.put(key, value)
+        self._writer.put(key, value, 0, old)  # type: ignore[union-attr]  # set for the batch
         self._logical_bytes += grow
         return True
 
@@ -913,14 +962,16 @@ class StateMachine(ClosingContext):
         # count). Skipping __enter__/__exit__ halves the cost of a read (measured: 805 ns with
         # the `with` block, 374 ns without).
         try:
-            value: bytes | None = env.begin(db=self._data).get(key)
+            stored: bytes | None = env.begin(db=self._data).get(key)
         except lmdb.Error:
             # Outside the gate (it would cost a sixth of a read), so a map growth may have
             # invalidated this read (py-lmdb fails it cleanly): read again under the gate, once
             # the growth is over. Any other error comes back and is raised.
             with self._reading() as env:
-                value = env.begin(db=self._data).get(key)
-        return value
+                stored = env.begin(db=self._data).get(key)
+        if stored is None or stored[0]:  # absent, or a tombstone (kvstore.storage.mvcc)
+            return None
+        return stored[HEADER_BYTES:]
 
     def scan(self, prefix: bytes = b"", limit: int | None = None) -> list[tuple[bytes, bytes]]:
         """Pairs whose key starts with `prefix`, sorted by key, at most `limit` of them."""
@@ -935,8 +986,164 @@ class StateMachine(ClosingContext):
             for key, value in cursor.iternext():
                 if not key.startswith(prefix) or (limit is not None and len(out) >= limit):
                     break
-                out.append((key, value))
+                if not value[0]:  # a tombstone (kvstore.storage.mvcc)
+                    out.append((key, value[HEADER_BYTES:]))
         return out
+
+    # --- revisions, ranges and history (kvstore.storage.mvcc) -----------------------------
+
+    @contextlib.contextmanager
+    def _mvcc_reader(self) -> Iterator[MvccReader]:
+        """A reader on one read transaction (under the map-growth gate)."""
+        with self._reading() as env, env.begin() as txn:
+            raw = txn.get(_KEY_MVCC, db=self._meta)
+            invariant(raw is not None, "meta lacks the mvcc record")
+            assert raw is not None  # for mypy
+            yield MvccReader(txn, self._mvcc_dbs(), MvccState(raw))
+
+    def revision(self) -> int:
+        """The store's revision: how many applied commands changed at least one key."""
+        with self._mvcc_reader() as reader:
+            return reader.revision
+
+    def oldest_revision(self) -> int:
+        """The oldest revision still readable (reads and watches below it raise
+        `CompactedError`); it moves as the history is compacted (`kvstore.storage.mvcc`)."""
+        with self._mvcc_reader() as reader:
+            return reader.oldest
+
+    def get_kv(self, key: bytes, revision: int | None = None) -> KvTuple | None:
+        """`key` with its metadata (`KvTuple`, `kvstore.KeyValue` field order, lease 0 for
+        none) at `revision` (None: the latest), or None if absent then.
+
+        Raises `CompactedError` below `oldest_revision()`, `InvalidArgumentError` for a bad
+        key or a revision after the latest."""
+        if type(key) is not bytes or not 0 < len(key) <= KEY_BYTES_MAX:
+            check_key(key)
+        with self._mvcc_reader() as reader:
+            return reader.get(key, reader.check_revision(revision))
+
+    def range(
+        self,
+        start: bytes,
+        end: bytes | None = None,
+        *,
+        prefix: bool = False,
+        limit: int | None = None,
+        revision: int | None = None,
+        keys_only: bool = False,
+        count_only: bool = False,
+        bytes_max: int | None = None,
+        count_all: bool = True,
+    ) -> RangePage:
+        """One page of the keys in `[start, end)` at `revision` (None: the latest), sorted.
+
+        `end` None: just `start`, or with `prefix=True` every key starting with `start` (an
+        empty `start`: every key). At most `limit` kvs; `bytes_max` cuts the page once its keys
+        and values would pass that many bytes (always after at least one kv, so paging makes
+        progress); `more` says whether matching keys follow. `count` counts every match (a
+        walk over all of them: pass `count_all=False` when paging, then `count` is only the
+        number returned). `keys_only` leaves values empty; `count_only` returns no kvs.
+        Continue a range with `start = last_key + b"\\0"` and the same `revision`.
+
+        Raises `CompactedError` below `oldest_revision()`, `InvalidArgumentError` for bad
+        arguments.
+        """
+        if type(start) is not bytes or len(start) > KEY_BYTES_MAX:
+            raise InvalidArgumentError(f"start must be bytes of at most {KEY_BYTES_MAX} bytes")
+        if end is not None and (prefix or type(end) is not bytes):
+            raise InvalidArgumentError("end must be bytes, and not given with prefix=True")
+        check_limit(limit)
+        if bytes_max is not None and (type(bytes_max) is not int or bytes_max < 1):
+            raise InvalidArgumentError(f"bytes_max must be None or an int >= 1, got {bytes_max!r}")
+        single = end is None and not prefix
+        if single:
+            check_key(start)
+        elif prefix:
+            end = prefix_end(start)
+        with self._mvcc_reader() as reader:
+            return reader.range(
+                start,
+                end,
+                reader.check_revision(revision),
+                single=single,
+                limit=limit,
+                keys_only=bool(keys_only),
+                count_only=bool(count_only),
+                bytes_max=bytes_max,
+                count_all=bool(count_all),
+            )
+
+    def range_iter(
+        self,
+        start: bytes,
+        end: bytes | None = None,
+        *,
+        prefix: bool = False,
+        revision: int | None = None,
+        page_size: int = 1000,
+        bytes_max: int | None = None,
+    ) -> Iterator[KvTuple]:
+        """Every kv of a range (as `range`) at one revision, read page by page (each page in
+        its own read transaction, at most `page_size` kvs and `bytes_max` bytes): constant
+        memory for any number of keys. Raises `CompactedError` if the revision is compacted
+        while it runs."""
+        check_limit(page_size)
+        page = self.range(
+            start,
+            end,
+            prefix=prefix,
+            limit=page_size,
+            revision=revision,
+            bytes_max=bytes_max,
+            count_all=False,
+        )
+        at, bound = page.revision, end if not prefix else prefix_end(start)
+        while True:
+            yield from page.kvs
+            if not page.more:
+                return
+            after = page.kvs[-1][0] + b"\0"
+            if len(after) > KEY_BYTES_MAX:  # no key is longer: nothing can follow
+                return
+            if bound is None:
+                page = self.range(
+                    after,
+                    prefix=True,
+                    limit=page_size,
+                    revision=at,
+                    bytes_max=bytes_max,
+                    count_all=False,
+                )
+            else:
+                page = self.range(
+                    after,
+                    bound,
+                    limit=page_size,
+                    revision=at,
+                    bytes_max=bytes_max,
+                    count_all=False,
+                )
+
+    def events(
+        self, start_revision: int, *, events_max: int = 1000, prev_kv: bool = False
+    ) -> list[tuple[int, list[EventTuple]]]:
+        """A page of history for a watcher: `[(revision, [(type, kv, prev_kv), ...]), ...]`
+        for the revisions >= `start_revision`, in order, whole revisions only, stopping once
+        `events_max` events were gathered (empty: nothing newer yet; continue from the last
+        revision returned + 1). Events are `mvcc.EventTuple`s; `prev_kv` asks for each
+        key's state before the event. Raises `CompactedError` if `start_revision` is below
+        `oldest_revision()` (events were dropped), `InvalidArgumentError` for bad arguments.
+        """
+        if type(start_revision) is not int or start_revision < 1:
+            raise InvalidArgumentError(
+                f"start_revision must be an int >= 1, got {start_revision!r}"
+            )
+        check_limit(events_max)
+        with self._mvcc_reader() as reader:
+            if start_revision < reader.oldest:
+                raise CompactedError(reader.oldest)
+            return reader.events(start_revision, events_max=events_max, prev_kv=bool(prev_kv))
 
     def applied_index(self) -> int:
         """Index of the last applied entry (0 before any)."""
@@ -1000,7 +1207,16 @@ class StateMachine(ClosingContext):
         return digest.digest()
 
     def _dbs(self) -> tuple[lmdb._Database, ...]:
-        return (self._data, self._meta, self._sessions, self._session_age)
+        return (
+            self._data,
+            self._meta,
+            self._sessions,
+            self._session_age,
+            self._history,
+        )
+
+    def _mvcc_dbs(self) -> tuple[lmdb._Database, lmdb._Database]:
+        return self._data, self._history
 
     # --- snapshots --------------------------------------------------------------------------
 
