@@ -162,7 +162,7 @@ class MvccWriter:
     which moves the revision on if anything changed and runs a step of compaction.
     """
 
-    __slots__ = ("_bytes_max", "_data", "_history", "_revisions_max", "_sub", "_txn", "state")
+    __slots__ = ("_bytes_max", "_data", "_history", "_revisions_max", "_sub", "state", "txn")
 
     def __init__(
         self,
@@ -172,7 +172,8 @@ class MvccWriter:
         history_revisions_max: int,
         history_bytes_max: int,
     ) -> None:
-        self._txn = txn
+        self.txn = txn
+        """The transaction written to (a transaction swaps in a nested one)."""
         self._data, self._history = dbs
         self.state = state
         self._sub = 0
@@ -195,7 +196,7 @@ class MvccWriter:
                 header = HEADER.pack(0, revision, revision, 1, lease, sub)
             else:
                 header = HEADER.pack(0, create, revision, version + 1, lease, sub)
-        txn = self._txn
+        txn = self.txn
         txn.put(key, header + value, db=self._data)
         record = _LINK.pack(header, prev, len(key)) + key + value
         txn.put(HISTORY_KEY.pack(revision, sub), record, db=self._history, append=True)
@@ -210,12 +211,23 @@ class MvccWriter:
         self._sub = sub + 1
         _flag, _create, mod, _version, _lease, old_sub = HEADER.unpack_from(old)
         header = HEADER.pack(_TOMBSTONE, 0, revision, 0, 0, sub)
-        txn = self._txn
+        txn = self.txn
         txn.put(key, header, db=self._data)
         record = _LINK.pack(header, HISTORY_KEY.pack(mod, old_sub), len(key)) + key
         txn.put(HISTORY_KEY.pack(revision, sub), record, db=self._history, append=True)
         self.state.history_bytes += len(record) + HISTORY_OVERHEAD_BYTES
         return True
+
+    @property
+    def changed(self) -> bool:
+        """Whether the command being applied changed a key so far."""
+        return self._sub > 0
+
+    def forget_command(self, history_bytes: int) -> None:
+        """The command's writes were rolled back (a nested transaction aborted): forget its
+        events, restoring `history_bytes` as it was before it."""
+        self._sub = 0
+        self.state.history_bytes = history_bytes
 
     def end_command(self) -> bool:
         """Close the command: bump the revision if it changed anything (then compact a step).
@@ -234,7 +246,7 @@ class MvccWriter:
 
     def _compact_step(self, target: int) -> None:
         state = self.state
-        txn = self._txn
+        txn = self.txn
         history_db = self._history
         history = txn.cursor(db=history_db)
         budget = COMPACT_EVENTS_PER_REVISION

@@ -133,13 +133,22 @@ from kvstore.raft.types import (
 )
 from kvstore.storage.commands import (
     SESSION_WINDOW,
+    TXN_BYTES_MAX,
     CommandRejected,
+    CompareOp,
+    CompareTarget,
+    DecodedCompare,
     Op,
     Result,
     ResultCode,
+    TxnOp,
+    TxnOpType,
+    TxnOutcome,
     decode_fields,
+    decode_txn,
 )
 from kvstore.storage.mvcc import (
+    HEADER,
     HEADER_BYTES,
     HISTORY_BYTES_MAX_DEFAULT,
     HISTORY_REVISIONS_MAX_DEFAULT,
@@ -235,7 +244,8 @@ at once fail with MDB_READERS_FULL; each slot costs 64 bytes of the lock file.""
 
 # Module globals for the per-entry loop: an enum member looked up through its class costs more.
 _NORMAL, _CONF_CHANGE = EntryType.NORMAL, EntryType.CONF_CHANGE
-_PUT, _DELETE, _REGISTER = Op.PUT, Op.DELETE, Op.REGISTER
+_PUT, _DELETE, _REGISTER, _TXN = Op.PUT, Op.DELETE, Op.REGISTER, Op.TXN
+_TXN_WRITES = frozenset((TxnOpType.PUT, TxnOpType.DELETE, TxnOpType.DELETE_RANGE))
 _SESSION_EXPIRED = CommandRejected(
     ResultCode.SESSION_EXPIRED,
     "the client session is unknown or expired; the write was not applied",
@@ -871,6 +881,8 @@ class StateMachine(ClosingContext):
     ) -> Result:
         """Apply one operation to `data`, keeping the logical size (module docstring, "Quota")
         and the history (`kvstore.storage.mvcc`)."""
+        if op is _TXN:
+            return self._apply_txn(txn, value)  # type: ignore[arg-type]  # decode sets it
         stored = txn.get(key)  # may be a tombstone: mvcc's, absent for everything here
         if op is _PUT:
             return self._store_within_quota(key, value, stored)  # type: ignore[arg-type]
@@ -891,7 +903,9 @@ class StateMachine(ClosingContext):
             return True
         return self._store_within_quota(key, new, stored)
 
-    def _store_within_quota(self, key: bytes, value: bytes, old: bytes | None) -> Result:
+    def _store_within_quota(
+        self, key: bytes, value: bytes, old: bytes | None, lease: int = 0
+    ) -> Result:
         """Store `value` at `key` (whose `data` value is `old`) unless that grows the store
         past its quota."""
         if old is None or old[0]:  # absent, or a tombstone
@@ -900,9 +914,135 @@ class StateMachine(ClosingContext):
             grow = len(value) - len(old) + HEADER_BYTES
         if grow > 0 and self._logical_bytes + grow > self._quota_bytes:
             return _STORAGE_FULL
-        self._writer.put(key, value, 0, old)  # type: ignore[union-attr]  # set for the batch
+        self._writer.put(key, value, lease, old)  # type: ignore[union-attr]  # set for the batch
         self._logical_bytes += grow
         return True
+
+    # --- transactions (commands.py, "Transactions") -----------------------------------------
+
+    def _apply_txn(self, txn: lmdb.Transaction[bytes], body: bytes) -> Result:
+        """Evaluate the compares, then run the branch they chose at one revision.
+
+        A branch that writes runs in a nested LMDB transaction: if any op is refused (the
+        quota), it is aborted and nothing of the txn stays (`CommandRejected`).
+        """
+        try:
+            compares, success, failure = decode_txn(body)
+        except ValueError as exc:
+            return CommandRejected(ResultCode.MALFORMED, f"txn: {exc}")
+        writer: MvccWriter = self._writer  # type: ignore[assignment]  # set for the batch
+        succeeded = all(self._compare(txn, compare) for compare in compares)
+        ops = success if succeeded else failure
+        if not any(op.type in _TXN_WRITES for op in ops):
+            results = [self._txn_read(txn, op) for op in ops]
+            return TxnOutcome(succeeded, results, writer.state.revision)
+        logical_start = self._logical_bytes
+        history_start = writer.state.history_bytes
+        child = self._open_env().begin(write=True, parent=txn, db=self._data)
+        writer.txn = child
+        try:
+            results = []
+            for op in ops:
+                result = self._txn_op(child, op)
+                if isinstance(result, CommandRejected):
+                    child.abort()
+                    self._logical_bytes = logical_start
+                    writer.forget_command(history_start)
+                    return result
+                results.append(result)
+            child.commit()
+        except BaseException:
+            child.abort()
+            raise
+        finally:
+            writer.txn = txn
+        return TxnOutcome(succeeded, results, writer.state.revision + int(writer.changed))
+
+    def _compare(self, txn: lmdb.Transaction[bytes], compare: DecodedCompare) -> bool:
+        """One compare against the current state (etcd's rules: a value compare on an absent
+        key is false whatever the op; version and revisions of an absent key are 0)."""
+        stored = txn.get(compare.key)
+        live = stored is not None and not stored[0]
+        target = compare.target
+        ours: bytes | int | bool
+        if target is CompareTarget.VALUE:
+            if not live:
+                return False
+            ours = stored[HEADER_BYTES:]  # type: ignore[index]  # live: not None
+        elif target is CompareTarget.EXISTS:
+            ours = live
+        elif not live:
+            ours = 0
+        else:
+            _flag, create, mod, version, _lease, _sub = HEADER.unpack_from(stored)  # type: ignore[arg-type]
+            ours = (
+                version
+                if target is CompareTarget.VERSION
+                else create
+                if target is CompareTarget.CREATE_REVISION
+                else mod
+            )
+        theirs = compare.value
+        op = compare.op
+        if op is CompareOp.EQUAL:
+            return ours == theirs
+        if op is CompareOp.NOT_EQUAL:
+            return ours != theirs
+        if op is CompareOp.LESS:
+            return ours < theirs  # type: ignore[operator]  # same kinds: decode_txn
+        return ours > theirs  # type: ignore[operator]
+
+    def _txn_reader(self, txn: lmdb.Transaction[bytes]) -> MvccReader:
+        """A reader of the latest state, the txn's own writes so far included."""
+        writer: MvccWriter = self._writer  # type: ignore[assignment]  # set for the batch
+        reader = MvccReader(txn, self._mvcc_dbs(), writer.state)
+        reader.revision = writer.state.revision + int(writer.changed)
+        return reader
+
+    def _txn_read(self, txn: lmdb.Transaction[bytes], op: TxnOp) -> object:
+        reader = self._txn_reader(txn)
+        if op.type is TxnOpType.GET:
+            return reader.get(op.key, reader.revision)
+        end = prefix_end(op.key) if op.prefix else op.end
+        return reader.range(
+            op.key,
+            end,
+            reader.revision,
+            single=op.end is None and not op.prefix,
+            limit=op.limit,
+            keys_only=False,
+            count_only=False,
+            bytes_max=TXN_BYTES_MAX,
+            count_all=True,
+        )
+
+    def _txn_op(self, txn: lmdb.Transaction[bytes], op: TxnOp) -> object:
+        kind = op.type
+        if kind is TxnOpType.PUT:
+            result = self._store_within_quota(op.key, op.value, txn.get(op.key), op.lease)
+            return result if isinstance(result, CommandRejected) else None
+        if kind is TxnOpType.DELETE:
+            return self._apply_op(txn, _DELETE, op.key, None, None, None)
+        if kind is not TxnOpType.DELETE_RANGE:
+            return self._txn_read(txn, op)
+        end = op.end
+        if op.prefix:
+            end = prefix_end(op.key)
+        elif end is None:  # just the key
+            end = op.key + b"\0"
+        cursor = txn.cursor()
+        doomed: list[tuple[bytes, bytes]] = []
+        if cursor.set_range(op.key):
+            for key, stored in cursor.iternext():
+                if end is not None and key >= end:
+                    break
+                if not stored[0]:
+                    doomed.append((key, stored))
+        writer: MvccWriter = self._writer  # type: ignore[assignment]  # set for the batch
+        for key, stored in doomed:
+            writer.delete(key, stored)
+            self._logical_bytes -= len(key) + len(stored) - HEADER_BYTES + ENTRY_OVERHEAD_BYTES
+        return len(doomed)
 
     @staticmethod
     def _apply_conf_change(
