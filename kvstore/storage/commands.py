@@ -38,6 +38,14 @@ Wire layout (version 2; all integers little-endian, fixed width)::
               then the rest is the new value (must be empty when absent)
     register: nothing follows
     txn:      key length 0; the rest is the transaction (see "Transactions" below)
+    lease grant:  key length 0; u64 lease id (0: the state machine assigns the entry's
+              index), u64 ttl_ms (1..LEASE_TTL_MS_MAX)
+    lease revoke: key length 0; u64 lease id (>= 1)
+
+Leases: a grant or revoke may carry session id 0 (no session): the leader commits the revoke
+of an expired lease that way (expiry is decided by the leader, outside the state machine);
+such commands are not deduplicated, which is harmless (a second revoke finds no lease, a grant
+with an explicit id finds it exists). A put with a lease travels as a one-op TXN.
 
 Transactions (op 5; etcd's Txn: compares, then the success or the failure ops, all at one
 revision). After the header (key length 0)::
@@ -117,11 +125,16 @@ class Op(enum.IntEnum):
     """Register a client session; the state machine answers with its id."""
     TXN = 5
     """A transaction: compares, then success or failure ops, at one revision."""
+    LEASE_GRANT = 6
+    """Grant a lease (its id given, or the entry's index), with a ttl in ms."""
+    LEASE_REVOKE = 7
+    """Revoke a lease: delete its keys at one revision (also how expiry is committed)."""
 
 
 _OPS = frozenset(int(op) for op in Op)
 # Plain module globals: looking up an enum member through its class costs more on the hot path.
 _PUT, _DELETE, _CAS, _REGISTER, _TXN = Op.PUT, Op.DELETE, Op.CAS, Op.REGISTER, Op.TXN
+_LEASE_GRANT, _LEASE_REVOKE = Op.LEASE_GRANT, Op.LEASE_REVOKE
 
 
 class Command(NamedTuple):
@@ -169,6 +182,11 @@ class ResultCode(enum.IntEnum):
     STORAGE_FULL = 9
     """Not applied: it would have taken the store past its quota (`StateMachine`, "Quota").
     The session records it as applied with result False, so a retry is refused the same way."""
+    LEASE_NOT_FOUND = 10
+    """Not applied: a put (in a txn) names a lease, or a revoke a lease, that is not held
+    (never granted, revoked or expired). Maps to `kvstore.LeaseNotFoundError`."""
+    LEASE_EXISTS = 11
+    """Not applied: a grant names a lease id that is held already."""
 
 
 class CommandRejected(NamedTuple):
@@ -199,7 +217,14 @@ class TxnOutcome(NamedTuple):
         return self.succeeded
 
 
-Result = bool | int | CommandRejected | TxnOutcome | None
+class LeaseGranted(NamedTuple):
+    """The result of an applied lease grant (truthy)."""
+
+    lease_id: int
+    ttl_ms: int
+
+
+Result = bool | int | CommandRejected | TxnOutcome | LeaseGranted | None
 """What `StateMachine.apply` returns per entry (an int only for a registration)."""
 
 
@@ -287,6 +312,20 @@ def decode_fields(data: bytes) -> CommandFields:
         if session_id or key_len or size != _HEADER_BYTES or seq < 1:
             raise ValueError("a register carries a nonce and a stamp only")
         return _REGISTER, 0, seq, b"", None, None, None, stamp_ms
+    if op == 6 or op == 7:
+        if key_len or seq < 1:
+            raise ValueError("a lease command carries no key and a seq >= 1")
+        payload = data[_HEADER_BYTES:]
+        if op == 6:
+            if len(payload) != _LEASE_GRANT_BODY.size:
+                raise ValueError("a lease grant carries a lease id and a ttl")
+            lease_id, ttl_ms = _LEASE_GRANT_BODY.unpack(payload)
+            if lease_id > LEASE_ID_MAX or not 1 <= ttl_ms <= LEASE_TTL_MS_MAX:
+                raise ValueError(f"lease grant of id {lease_id}, ttl {ttl_ms} ms out of range")
+            return _LEASE_GRANT, session_id, seq, b"", payload, None, None, stamp_ms
+        if len(payload) != 8 or not 1 <= int.from_bytes(payload, "little") <= LEASE_ID_MAX:
+            raise ValueError("a lease revoke carries a lease id in 1..2**63-1")
+        return _LEASE_REVOKE, session_id, seq, b"", payload, None, None, stamp_ms
     if session_id < 1:
         raise ValueError("session_id must be >= 1")
     if op == 5:
@@ -692,3 +731,58 @@ def decode_txn(body: bytes) -> tuple[list[DecodedCompare], list[TxnOp], list[Txn
     if reader.at != len(body):
         raise ValueError("trailing bytes after txn")
     return compares, branches[0], branches[1]
+
+
+# --- leases -------------------------------------------------------------------------------
+
+LEASE_ID_MAX = (1 << 63) - 1
+"""Largest lease id (an int64, as etcd's)."""
+
+LEASE_TTL_MS_MAX = 7 * 24 * 3600 * 1000
+"""Longest lease ttl: a week (a lease outliving that is a configuration mistake: refused)."""
+
+_LEASE_GRANT_BODY = struct.Struct("<QQ")
+
+
+def _check_lease_session(session_id: int, seq: int, stamp_ms: int) -> None:
+    _check_u64(session_id, "session_id", 0)
+    _check_u64(seq, "seq", 1)
+    _check_u64(stamp_ms, "stamp_ms", 0)
+
+
+def encode_lease_grant(
+    session_id: int, seq: int, ttl_ms: int, lease_id: int = 0, stamp_ms: int = 0
+) -> bytes:
+    """Encode a lease grant: `lease_id` 0 lets the state machine assign the entry's index;
+    `session_id` 0 for none (see "Leases" above). Raises `InvalidArgumentError` for a ttl
+    outside 1..LEASE_TTL_MS_MAX ms or an id outside 0..LEASE_ID_MAX."""
+    _check_lease_session(session_id, seq, stamp_ms)
+    if (
+        isinstance(ttl_ms, bool)
+        or not isinstance(ttl_ms, int)
+        or not 1 <= ttl_ms <= LEASE_TTL_MS_MAX
+    ):
+        raise InvalidArgumentError(
+            f"a lease ttl must be 1 to {LEASE_TTL_MS_MAX} ms (a week), got {ttl_ms!r}"
+        )
+    if (
+        isinstance(lease_id, bool)
+        or not isinstance(lease_id, int)
+        or not 0 <= lease_id <= LEASE_ID_MAX
+    ):
+        raise InvalidArgumentError(f"a lease id must be in 0..2**63-1, got {lease_id!r}")
+    return _HEADER.pack(Op.LEASE_GRANT, session_id, seq, stamp_ms, 0) + _LEASE_GRANT_BODY.pack(
+        lease_id, ttl_ms
+    )
+
+
+def encode_lease_revoke(session_id: int, seq: int, lease_id: int, stamp_ms: int = 0) -> bytes:
+    """Encode a lease revoke (or the leader's expiry of a lease, with `session_id` 0)."""
+    _check_lease_session(session_id, seq, stamp_ms)
+    if (
+        isinstance(lease_id, bool)
+        or not isinstance(lease_id, int)
+        or not 1 <= lease_id <= LEASE_ID_MAX
+    ):
+        raise InvalidArgumentError(f"a lease id must be in 1..2**63-1, got {lease_id!r}")
+    return _HEADER.pack(Op.LEASE_REVOKE, session_id, seq, stamp_ms, 0) + _U64.pack(lease_id)

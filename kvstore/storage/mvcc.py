@@ -68,6 +68,9 @@ _LINK = struct.Struct(f"<{HEADER_BYTES}s12sH")
 """An event record's head: header after the event, previous event's history key, key length."""
 _LINK_BYTES = _LINK.size  # 51
 
+LEASE_KEY = struct.Struct(">Q")
+"""A lease id as the key of the `leases` and `lease_keys` tables."""
+
 EVENT_PUT = 0
 EVENT_DELETE = 1
 
@@ -162,7 +165,16 @@ class MvccWriter:
     which moves the revision on if anything changed and runs a step of compaction.
     """
 
-    __slots__ = ("_bytes_max", "_data", "_history", "_revisions_max", "_sub", "state", "txn")
+    __slots__ = (
+        "_bytes_max",
+        "_data",
+        "_history",
+        "_lease_keys",
+        "_revisions_max",
+        "_sub",
+        "state",
+        "txn",
+    )
 
     def __init__(
         self,
@@ -171,7 +183,10 @@ class MvccWriter:
         state: MvccState,
         history_revisions_max: int,
         history_bytes_max: int,
+        lease_keys_db: lmdb._Database,
     ) -> None:
+        self._lease_keys = lease_keys_db
+        """DUPSORT: lease id (`LEASE_KEY`) -> the keys attached to it."""
         self.txn = txn
         """The transaction written to (a transaction swaps in a nested one)."""
         self._data, self._history = dbs
@@ -186,17 +201,23 @@ class MvccWriter:
         revision = self.state.revision + 1
         sub = self._sub
         self._sub = sub + 1
+        txn = self.txn
         if old is None:
             header = HEADER.pack(0, revision, revision, 1, lease, sub)
             prev = _NO_EVENT
+            old_lease = 0
         else:
-            flag, create, mod, version, _lease, old_sub = HEADER.unpack_from(old)
+            flag, create, mod, version, old_lease, old_sub = HEADER.unpack_from(old)
             prev = HISTORY_KEY.pack(mod, old_sub)
             if flag:
                 header = HEADER.pack(0, revision, revision, 1, lease, sub)
             else:
                 header = HEADER.pack(0, create, revision, version + 1, lease, sub)
-        txn = self.txn
+        if old_lease != lease:  # a tombstone's lease is 0
+            if old_lease:
+                txn.delete(LEASE_KEY.pack(old_lease), key, db=self._lease_keys)
+            if lease:
+                txn.put(LEASE_KEY.pack(lease), key, db=self._lease_keys)
         txn.put(key, header + value, db=self._data)
         record = _LINK.pack(header, prev, len(key)) + key + value
         txn.put(HISTORY_KEY.pack(revision, sub), record, db=self._history, append=True)
@@ -209,9 +230,11 @@ class MvccWriter:
         revision = self.state.revision + 1
         sub = self._sub
         self._sub = sub + 1
-        _flag, _create, mod, _version, _lease, old_sub = HEADER.unpack_from(old)
+        _flag, _create, mod, _version, lease, old_sub = HEADER.unpack_from(old)
         header = HEADER.pack(_TOMBSTONE, 0, revision, 0, 0, sub)
         txn = self.txn
+        if lease:
+            txn.delete(LEASE_KEY.pack(lease), key, db=self._lease_keys)
         txn.put(key, header, db=self._data)
         record = _LINK.pack(header, HISTORY_KEY.pack(mod, old_sub), len(key)) + key
         txn.put(HISTORY_KEY.pack(revision, sub), record, db=self._history, append=True)

@@ -138,6 +138,7 @@ from kvstore.storage.commands import (
     CompareOp,
     CompareTarget,
     DecodedCompare,
+    LeaseGranted,
     Op,
     Result,
     ResultCode,
@@ -152,6 +153,7 @@ from kvstore.storage.mvcc import (
     HEADER_BYTES,
     HISTORY_BYTES_MAX_DEFAULT,
     HISTORY_REVISIONS_MAX_DEFAULT,
+    LEASE_KEY,
     MVCC_STATE_NEW,
     EventTuple,
     KvTuple,
@@ -188,7 +190,18 @@ _DB_META = b"meta"
 _DB_SESSIONS = b"sessions"
 _DB_SESSION_AGE = b"session_age"
 _DB_HISTORY = b"history"
-_DB_NAMES = (_DB_DATA, _DB_META, _DB_SESSIONS, _DB_SESSION_AGE, _DB_HISTORY)
+_DB_LEASES = b"leases"
+_DB_LEASE_KEYS = b"lease_keys"
+_DB_NAMES = (
+    _DB_DATA,
+    _DB_META,
+    _DB_SESSIONS,
+    _DB_SESSION_AGE,
+    _DB_HISTORY,
+    _DB_LEASES,
+    _DB_LEASE_KEYS,
+)
+_DUPSORT_DBS = frozenset((_DB_LEASE_KEYS,))
 
 _KEY_APPLIED = b"applied"
 _KEY_FORMAT = b"format"
@@ -227,6 +240,12 @@ ENTRY_OVERHEAD_BYTES = 16
 """What one key costs the quota beyond its key and value bytes (about LMDB's node header and
 pointer), so that millions of empty values still count."""
 
+LEASE_BYTES = 64
+"""What one lease costs the quota (its row; the keys attached to it are counted as keys)."""
+_LEASE_RECORD = struct.Struct("<Q")
+"""A `leases` row: ttl_ms."""
+_LEASE_GRANT_BODY = struct.Struct("<QQ")
+
 _APPLIED_LOGICAL = struct.Struct("<QQQ")
 """The `applied` record with the logical size after index and term (a store written before the
 quota has the first two only)."""
@@ -245,6 +264,7 @@ at once fail with MDB_READERS_FULL; each slot costs 64 bytes of the lock file.""
 # Module globals for the per-entry loop: an enum member looked up through its class costs more.
 _NORMAL, _CONF_CHANGE = EntryType.NORMAL, EntryType.CONF_CHANGE
 _PUT, _DELETE, _REGISTER, _TXN = Op.PUT, Op.DELETE, Op.REGISTER, Op.TXN
+_LEASE_GRANT, _LEASE_REVOKE = Op.LEASE_GRANT, Op.LEASE_REVOKE
 _TXN_WRITES = frozenset((TxnOpType.PUT, TxnOpType.DELETE, TxnOpType.DELETE_RANGE))
 _SESSION_EXPIRED = CommandRejected(
     ResultCode.SESSION_EXPIRED,
@@ -289,6 +309,8 @@ class StateMachine(ClosingContext):
                 raise InvalidArgumentError(f"{name} must be an int >= 1, got {bound!r}")
         self._history_revisions_max = history_revisions_max
         self._history_bytes_max = history_bytes_max
+        self._entry_index = 0
+        """The index of the lease command being applied (a grant's id when it names none)."""
         self._writer: MvccWriter | None = None
         """The history writer of the batch being applied (None between batches)."""
         self._directory = Path(directory)
@@ -348,7 +370,12 @@ class StateMachine(ClosingContext):
                     self._sessions,
                     self._session_age,
                     self._history,
-                ) = (env.open_db(name, txn=txn, create=new) for name in _DB_NAMES)
+                    self._leases,
+                    self._lease_keys,
+                ) = (
+                    env.open_db(name, txn=txn, create=new, dupsort=name in _DUPSORT_DBS)
+                    for name in _DB_NAMES
+                )
                 version = txn.get(_KEY_FORMAT, db=self._meta)
                 if new:
                     txn.put(_KEY_FORMAT, bytes([FORMAT_VERSION]), db=self._meta)
@@ -675,6 +702,7 @@ class StateMachine(ClosingContext):
                 MvccState(mvcc_raw),
                 self._history_revisions_max,
                 self._history_bytes_max,
+                self._lease_keys,
             )
             index = start_index
             append = results.append
@@ -808,6 +836,12 @@ class StateMachine(ClosingContext):
         clock = self._clock
         if stamp_ms > clock:
             self._clock = clock = stamp_ms
+        if op is _LEASE_GRANT or op is _LEASE_REVOKE:
+            self._entry_index = index  # a grant's lease id, when it names none
+            if not session_id:  # the leader's expiry, or a grant without a session
+                result = self._apply_op(txn, op, key, value, expected, new)
+                self._writer.end_command()  # type: ignore[union-attr]  # set for the batch
+                return result
         state = sessions.get(session_id)
         if state is None:
             if op is _REGISTER:
@@ -883,6 +917,10 @@ class StateMachine(ClosingContext):
         and the history (`kvstore.storage.mvcc`)."""
         if op is _TXN:
             return self._apply_txn(txn, value)  # type: ignore[arg-type]  # decode sets it
+        if op is _LEASE_GRANT:
+            return self._grant_lease(txn, value)  # type: ignore[arg-type]  # decode sets it
+        if op is _LEASE_REVOKE:
+            return self._revoke_lease(txn, int.from_bytes(value, "little"))  # type: ignore[arg-type]
         stored = txn.get(key)  # may be a tombstone: mvcc's, absent for everything here
         if op is _PUT:
             return self._store_within_quota(key, value, stored)  # type: ignore[arg-type]
@@ -1019,6 +1057,11 @@ class StateMachine(ClosingContext):
     def _txn_op(self, txn: lmdb.Transaction[bytes], op: TxnOp) -> object:
         kind = op.type
         if kind is TxnOpType.PUT:
+            if op.lease and txn.get(LEASE_KEY.pack(op.lease), db=self._leases) is None:
+                return CommandRejected(
+                    ResultCode.LEASE_NOT_FOUND,
+                    f"lease {op.lease} is not held (revoked or expired?)",
+                )
             result = self._store_within_quota(op.key, op.value, txn.get(op.key), op.lease)
             return result if isinstance(result, CommandRejected) else None
         if kind is TxnOpType.DELETE:
@@ -1043,6 +1086,42 @@ class StateMachine(ClosingContext):
             writer.delete(key, stored)
             self._logical_bytes -= len(key) + len(stored) - HEADER_BYTES + ENTRY_OVERHEAD_BYTES
         return len(doomed)
+
+    # --- leases (commands.py, "Leases") -------------------------------------------------------
+
+    def _grant_lease(self, txn: lmdb.Transaction[bytes], payload: bytes) -> Result:
+        lease_id, ttl_ms = _LEASE_GRANT_BODY.unpack(payload)
+        lease_id = lease_id or self._entry_index
+        key = LEASE_KEY.pack(lease_id)
+        if txn.get(key, db=self._leases) is not None:
+            return CommandRejected(ResultCode.LEASE_EXISTS, f"lease {lease_id} is held already")
+        if self._logical_bytes + LEASE_BYTES > self._quota_bytes:
+            return _STORAGE_FULL
+        txn.put(key, _LEASE_RECORD.pack(ttl_ms), db=self._leases)
+        self._logical_bytes += LEASE_BYTES
+        return LeaseGranted(lease_id, ttl_ms)
+
+    def _revoke_lease(self, txn: lmdb.Transaction[bytes], lease_id: int) -> Result:
+        """Delete the lease and its keys, all at one revision (one event per key)."""
+        key = LEASE_KEY.pack(lease_id)
+        if txn.get(key, db=self._leases) is None:
+            return CommandRejected(
+                ResultCode.LEASE_NOT_FOUND, f"lease {lease_id} is not held (revoked or expired?)"
+            )
+        cursor = txn.cursor(db=self._lease_keys)
+        attached = list(cursor.iternext_dup()) if cursor.set_key(key) else []
+        writer: MvccWriter = self._writer  # type: ignore[assignment]  # set for the batch
+        for attached_key in attached:
+            stored = txn.get(attached_key)
+            invariant(stored is not None and not stored[0], "lease_keys names an absent key")
+            assert stored is not None  # for mypy
+            writer.delete(attached_key, stored)
+            self._logical_bytes -= (
+                len(attached_key) + len(stored) - HEADER_BYTES + ENTRY_OVERHEAD_BYTES
+            )
+        txn.delete(key, db=self._leases)
+        self._logical_bytes -= LEASE_BYTES
+        return True
 
     @staticmethod
     def _apply_conf_change(
@@ -1285,6 +1364,41 @@ class StateMachine(ClosingContext):
                 raise CompactedError(reader.oldest)
             return reader.events(start_revision, events_max=events_max, prev_kv=bool(prev_kv))
 
+    def leases(self) -> list[tuple[int, int]]:
+        """(lease id, ttl_ms) of every lease held, by id: what a new leader loads to time them
+        (expiry is the leader's, in memory; committed as revokes)."""
+        with self._reading() as env, env.begin(db=self._leases) as txn:
+            return [
+                (LEASE_KEY.unpack(key)[0], _LEASE_RECORD.unpack(value)[0])
+                for key, value in txn.cursor().iternext()
+            ]
+
+    def lease_ttl_ms(self, lease_id: int) -> int | None:
+        """The granted ttl of a lease (ms), or None if it is not held."""
+        if (
+            isinstance(lease_id, bool)
+            or not isinstance(lease_id, int)
+            or not 0 < lease_id < 1 << 63
+        ):
+            raise InvalidArgumentError(f"a lease id must be in 1..2**63-1, got {lease_id!r}")
+        with self._reading() as env, env.begin(db=self._leases) as txn:
+            raw = txn.get(LEASE_KEY.pack(lease_id))
+        return None if raw is None else int(_LEASE_RECORD.unpack(raw)[0])
+
+    def lease_keys(self, lease_id: int, limit: int | None = None) -> list[bytes]:
+        """The keys attached to a lease, sorted (at most `limit`)."""
+        check_limit(limit)
+        with self._reading() as env, env.begin(db=self._lease_keys) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_key(LEASE_KEY.pack(lease_id)):
+                return []
+            keys: list[bytes] = []
+            for key in cursor.iternext_dup():
+                if limit is not None and len(keys) >= limit:
+                    break
+                keys.append(key)
+            return keys
+
     def applied_index(self) -> int:
         """Index of the last applied entry (0 before any)."""
         return self.applied()[0]
@@ -1353,6 +1467,8 @@ class StateMachine(ClosingContext):
             self._sessions,
             self._session_age,
             self._history,
+            self._leases,
+            self._lease_keys,
         )
 
     def _mvcc_dbs(self) -> tuple[lmdb._Database, lmdb._Database]:
@@ -1411,7 +1527,10 @@ class StateMachine(ClosingContext):
             ) from exc
         try:
             try:
-                snap_dbs = [snap_env.open_db(name, create=False) for name in _DB_NAMES]
+                snap_dbs = [
+                    snap_env.open_db(name, create=False, dupsort=name in _DUPSORT_DBS)
+                    for name in _DB_NAMES
+                ]
             except lmdb.Error as exc:
                 raise CorruptionError(
                     f"snapshot lacks a sub-database: {exc}", path=str(source), offset=0
@@ -1428,12 +1547,18 @@ class StateMachine(ClosingContext):
                 # The old pages are freed only at the commit: room for both, and for overhead.
                 self._ensure_room(2 * source.stat().st_size)
                 with env.begin(write=True) as txn:
-                    for live_db, snap_db in zip(self._dbs(), snap_dbs, strict=True):
+                    for name, live_db, snap_db in zip(
+                        _DB_NAMES, self._dbs(), snap_dbs, strict=True
+                    ):
                         txn.drop(live_db, delete=False)
-                        # The source is sorted in the same key order: MDB_APPEND is a fast path.
+                        # The source is sorted in the same key order: MDB_APPEND is a fast path
+                        # (not for duplicates, which it refuses).
                         cursor = txn.cursor(db=live_db)
+                        dupsort = name in _DUPSORT_DBS
                         consumed, added = cursor.putmulti(
-                            snap_txn.cursor(db=snap_db).iternext(), append=True
+                            snap_txn.cursor(db=snap_db).iternext(),
+                            dupdata=dupsort,
+                            append=not dupsort,
                         )
                         if consumed != added:
                             raise CorruptionError(
