@@ -36,6 +36,9 @@ Layout: named sub-databases in one environment (in `directory`):
 
 - `data`: key -> metadata header + value (or a tombstone), and `history`: revisions, per-key
   metadata and the history of changes, kept by `kvstore.storage.mvcc` (see its docstring).
+- `leases`: lease id (u64 big-endian) -> ttl_ms (u64); `lease_keys` (DUPSORT): lease id -> the
+  keys attached to it (for a revoke). Leases are granted and revoked through the log
+  (`commands.py`, "Leases"); expiry is the leader's, committed as a revoke.
 - `meta`: `applied` -> (index u64, term u64, logical size u64: see "Quota"); `format` -> 1
   byte (`FORMAT_VERSION`); `clock` -> the log's clock (u64 ms, see below); `mvcc` -> the
   revision and the history's compaction state (`mvcc.MVCC_STATE`); `member/<id>` -> role
@@ -80,8 +83,11 @@ and grow it is refused: its result is `CommandRejected(STORAGE_FULL)`, nothing i
 its session records it as applied with result False (so a retry, or a duplicate in the log,
 is answered False and never applied later; a put is True otherwise, so False means refused).
 Deletes, cas-to-delete and overwrites that do not grow the store always apply, so deleting
-frees room and writes resume. `quota_refuses(data)` gives the same verdict on the applied
-state, for a proposer to refuse early; the apply-time rule is the authority.
+frees room and writes resume. The history (events, tombstones) is not counted: it has its
+own bounds (`kvstore.storage.mvcc`, "Sizes"). A lease costs `LEASE_BYTES`; a transaction is
+refused whole if one of its puts would pass the quota. `quota_refuses(data)` gives the same
+verdict on the applied state, for a proposer to refuse early (it passes every txn and lease
+command: apply decides); the apply-time rule is the authority.
 
 Map growth: the LMDB map (the largest the file may grow) starts at `map_size_bytes` and is
 grown by doubling, between write transactions, once more than half of it is used; a batch that
@@ -1398,6 +1404,19 @@ class StateMachine(ClosingContext):
                     break
                 keys.append(key)
             return keys
+
+    def events_iter(
+        self, start_revision: int, *, events_max: int = 1000, prev_kv: bool = False
+    ) -> Iterator[tuple[int, list[EventTuple]]]:
+        """Every (revision, events) from `start_revision` up to the latest revision applied
+        while it runs, read page by page (`events`): bounded memory. Raises `CompactedError`
+        if compaction passes the next page's start before it is read."""
+        while True:
+            page = self.events(start_revision, events_max=events_max, prev_kv=prev_kv)
+            if not page:
+                return
+            yield from page
+            start_revision = page[-1][0] + 1
 
     def applied_index(self) -> int:
         """Index of the last applied entry (0 before any)."""

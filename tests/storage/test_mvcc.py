@@ -303,3 +303,47 @@ def test_options_check_the_history_bounds() -> None:
     for bad in ({"history_revisions_max": 0}, {"history_bytes_max": -1}):
         with pytest.raises(InvalidArgumentError, match="history"):
             kvstore.Options(**bad).validate()  # type: ignore[arg-type]
+
+
+def test_reads_after_compaction_match_a_model_at_every_held_revision(
+    tmp_path: Path, seed: int
+) -> None:
+    """Compaction keeps exactly what reads at revisions >= oldest need (retained puts,
+    dropped deletes), through deletes and recreations of a few hot keys."""
+    rng = random.Random(seed)
+    with StateMachine(tmp_path, history_revisions_max=50) as sm:
+        states = _random_writes(Driver(sm), rng, 700, 12)
+        oldest = sm.oldest_revision()
+        assert oldest == sm.revision() - 49
+        for revision in range(oldest, sm.revision() + 1):
+            page = sm.range(b"", prefix=True, revision=revision)
+            assert {kv[0]: kv[1] for kv in page.kvs} == states[revision], f"revision {revision}"
+            for key in (b"k%03d" % i for i in range(12)):
+                kv = sm.get_kv(key, revision=revision)
+                assert (kv[1] if kv else None) == states[revision].get(key)
+        events = [e for _, es in sm.events(oldest, events_max=10_000) for e in es]
+        assert len(events) == sm.revision() - oldest + 1  # one event per revision here
+
+
+def test_compaction_drops_tombstones_of_old_deletes(tmp_path: Path) -> None:
+    with StateMachine(tmp_path, history_revisions_max=10) as sm:
+        d = Driver(sm)
+        for i in range(500):
+            d.put(b"t%04d" % i, b"v")
+            d.delete(b"t%04d" % i)
+        with sm._open_env().begin() as txn:
+            data_entries = txn.stat(sm._data)["entries"]
+            history_entries = txn.stat(sm._history)["entries"]
+        # Only deletes younger than the oldest revision keep a tombstone and an event.
+        assert data_entries <= 10 and history_entries <= 11
+        oldest = sm.oldest_revision()  # odd revisions are puts, even ones deletes
+        assert sm.range(b"", prefix=True, revision=oldest + oldest % 2).count == 0
+        assert sm.range(b"", prefix=True, revision=oldest + 1 - oldest % 2).count == 1
+
+
+def test_events_iter_pages_through_every_revision_once(sm: StateMachine) -> None:
+    d = Driver(sm)
+    for i in range(120):
+        d.put(b"w%d" % (i % 7), b"%d" % i)
+    seen = [revision for revision, _ in sm.events_iter(5, events_max=16)]
+    assert seen == list(range(5, 121))
