@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import kvstore
 from kvstore.errors import CompactedError, CorruptionError, InvalidArgumentError
 from kvstore.raft.types import Entry
 from kvstore.storage.commands import encode_cas, encode_delete, encode_put, encode_register
@@ -297,8 +298,6 @@ def test_bad_history_bounds_refused(tmp_path: Path) -> None:
 
 
 def test_options_check_the_history_bounds() -> None:
-    import kvstore
-
     kvstore.Options(history_revisions_max=5, history_bytes_max=1).validate()
     for bad in ({"history_revisions_max": 0}, {"history_bytes_max": -1}):
         with pytest.raises(InvalidArgumentError, match="history"):
