@@ -977,9 +977,20 @@ class StateMachine(ClosingContext):
         writer: MvccWriter = self._writer  # type: ignore[assignment]  # set for the batch
         succeeded = all(self._compare(txn, compare) for compare in compares)
         ops = success if succeeded else failure
-        if not any(op.type in _TXN_WRITES for op in ops):
+        writes = sum(op.type in _TXN_WRITES for op in ops)
+        if not writes:
             results = [self._txn_read(txn, op) for op in ops]
             return TxnOutcome(succeeded, results, writer.state.revision)
+        if writes == 1:
+            # One write is refused before it writes anything (the lease and quota checks come
+            # first): no nested transaction needed (it costs a fifth of a txn, measured).
+            results = []
+            for op in ops:
+                result = self._txn_op(txn, op)
+                if isinstance(result, CommandRejected):
+                    return result
+                results.append(result)
+            return TxnOutcome(succeeded, results, writer.state.revision + int(writer.changed))
         logical_start = self._logical_bytes
         history_start = writer.state.history_bytes
         child = self._open_env().begin(write=True, parent=txn, db=self._data)
