@@ -305,7 +305,7 @@ class MvccWriter:
 class MvccReader:
     """Reads at the latest or a past revision, in one LMDB read (or write) transaction."""
 
-    __slots__ = ("_data", "_history", "_txn", "oldest", "revision")
+    __slots__ = ("_data", "_history", "_txn", "history_bytes", "oldest", "revision")
 
     def __init__(
         self,
@@ -317,6 +317,7 @@ class MvccReader:
         self._data, self._history = dbs
         self.revision: int = state.revision
         self.oldest: int = state.oldest_revision()
+        self.history_bytes: int = state.history_bytes
 
     def check_revision(self, revision: int | None) -> int:
         """The revision to read (`revision`, or the latest for None). Raises

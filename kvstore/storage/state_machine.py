@@ -1248,6 +1248,12 @@ class StateMachine(ClosingContext):
         with self._mvcc_reader() as reader:
             return reader.oldest
 
+    def history_bytes(self) -> int:
+        """Bytes of history not compacted yet (`kvstore.storage.mvcc`, "Sizes"): at most
+        `history_bytes_max` plus the events of one command, once compaction has caught up."""
+        with self._mvcc_reader() as reader:
+            return reader.history_bytes
+
     def get_kv(self, key: bytes, revision: int | None = None) -> KvTuple | None:
         """`key` with its metadata (`KvTuple`, `kvstore.KeyValue` field order, lease 0 for
         none) at `revision` (None: the latest), or None if absent then.

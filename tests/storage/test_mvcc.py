@@ -346,3 +346,19 @@ def test_events_iter_pages_through_every_revision_once(sm: StateMachine) -> None
         d.put(b"w%d" % (i % 7), b"%d" % i)
     seen = [revision for revision, _ in sm.events_iter(5, events_max=16)]
     assert seen == list(range(5, 121))
+
+
+def test_history_bytes_stay_within_their_bound(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    with StateMachine(tmp_path, history_bytes_max=20_000) as sm:
+        d = Driver(sm)
+        largest = 0
+        for i in range(400):
+            d.put(b"b%03d" % rng.randrange(50), rng.randbytes(rng.randrange(200)))
+            largest = max(largest, sm.history_bytes())
+            if i == 20:
+                early = sm.history_bytes()
+        assert early > 0
+        # One put's event is at most 32 + 51 + 4 + 200 bytes: the bound plus one command.
+        assert 10_000 < largest <= 20_000 + 300
+        assert sm.oldest_revision() > 1
