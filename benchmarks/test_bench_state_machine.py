@@ -18,7 +18,15 @@ import msgpack
 import pytest
 
 from kvstore.raft.types import Entry
-from kvstore.storage.commands import decode_command, decode_fields, encode_put, encode_register
+from kvstore.storage.commands import (
+    TxnCompare,
+    decode_command,
+    decode_fields,
+    encode_put,
+    encode_register,
+    encode_txn,
+    txn_put,
+)
 from kvstore.storage.state_machine import StateMachine
 
 ENTRY_COUNT = 100_000
@@ -159,3 +167,61 @@ def test_bench_state_machine_decode_msgpack(benchmark: Any, log: list[Entry]) ->
 
     benchmark(_decode_all, decode, datas)
     benchmark.extra_info["commands_per_s"] = round(ENTRY_COUNT / benchmark.stats.stats.mean)
+
+
+def test_bench_state_machine_get(benchmark: Any, tmp_path: Path, log: list[Entry]) -> None:
+    """`StateMachine.get` of 100k present keys in key order (a stale read's LMDB part),
+    after the 100k puts."""
+    with StateMachine(tmp_path / "get", map_size_bytes=1 << 30) as sm:
+        sm.apply(REGISTERS)
+        for lo in range(0, len(log), BATCH_ENTRIES):
+            sm.apply(log[lo : lo + BATCH_ENTRIES])
+        keys = [b"key-%012d" % i for i in range(ENTRY_COUNT)]
+        get = sm.get
+
+        def get_all() -> None:
+            for key in keys:
+                get(key)
+
+        benchmark.pedantic(get_all, rounds=7, iterations=1)
+        benchmark.extra_info["gets_per_s"] = round(ENTRY_COUNT / benchmark.stats.stats.mean)
+
+
+TXN_COUNT = 20_000
+
+
+def test_bench_state_machine_apply_txn(benchmark: Any, tmp_path: Path) -> None:
+    """20k transactions (a version compare, then one put of a 100-byte value; the bank
+    workload's shape), 1,000 entries per write transaction."""
+    entries = []
+    for i in range(TXN_COUNT):
+        session_id = i % CLIENTS + 1
+        key = b"key-%012d" % ((i * 7919) % TXN_COUNT)
+        data = encode_txn(
+            session_id,
+            i // CLIENTS + 1,
+            [TxnCompare(key, "version", "<", 1 << 40)],
+            [txn_put(key, bytes([i % 251]) * 100)],
+            stamp_ms=STAMP_MS + i // 100,
+        )
+        entries.append(Entry(1, CLIENTS + i + 1, data=data))
+    counter = itertools.count()
+    opened: list[StateMachine] = []
+
+    def setup() -> tuple[tuple[StateMachine], dict[str, Any]]:
+        sm = StateMachine(tmp_path / f"txn{next(counter)}", map_size_bytes=1 << 30)
+        opened.append(sm)
+        sm.apply(REGISTERS)
+        return (sm,), {}
+
+    def apply_all(sm: StateMachine) -> None:
+        for lo in range(0, len(entries), BATCH_ENTRIES):
+            sm.apply(entries[lo : lo + BATCH_ENTRIES])
+        assert sm.revision() == TXN_COUNT
+
+    try:
+        benchmark.pedantic(apply_all, setup=setup, rounds=5, iterations=1)
+    finally:
+        for sm in opened:
+            sm.close()
+    benchmark.extra_info["txns_per_s"] = round(TXN_COUNT / benchmark.stats.stats.mean)

@@ -420,6 +420,8 @@ class Node:
             sessions_max=self.options.sessions_max,
             quota_bytes=self.options.quota_bytes,
             session_timeout_s=self.options.session_timeout_s,
+            history_revisions_max=self.options.history_revisions_max,
+            history_bytes_max=self.options.history_bytes_max,
         )
         hard_state, _ = self._wal.initial_state()
         applied = self._sm.applied_index()

@@ -97,6 +97,15 @@ class Options:
     founding member ids (`kvstore.identity`). Give clusters that share member ids different
     names, so a member pointed at the wrong cluster is refused ("member of another cluster")."""
 
+    # --- history ---
+    history_revisions_max: int = 100_000
+    """Revisions of history kept for reads at a past revision and for watches: older ones are
+    compacted at apply (`kvstore.storage.mvcc`), and asking for them raises `CompactedError`.
+    Must be the SAME on every member: it decides, at apply time, what is compacted."""
+    history_bytes_max: int = 1 << 30
+    """Bytes of history (events not yet compacted) above which the history is compacted down to
+    the latest revision, whatever `history_revisions_max` allows. The same on every member."""
+
     def validate(self) -> None:
         """Raise `InvalidArgumentError` naming the first setting that is out of range.
 
@@ -126,6 +135,9 @@ class Options:
             raise InvalidArgumentError(f"segment_bytes must be >= 65536, got {self.segment_bytes}")
         if self.frame_bytes_max < self.max_value_bytes + (64 << 10):
             raise InvalidArgumentError("frame_bytes_max must exceed max_value_bytes by 64 KiB")
+        for name in ("history_revisions_max", "history_bytes_max"):
+            if getattr(self, name) < 1:
+                raise InvalidArgumentError(f"{name} must be >= 1, got {getattr(self, name)}")
         quota = self.quota_bytes
         if isinstance(quota, bool) or not isinstance(quota, int) or quota < 1:
             raise InvalidArgumentError(f"quota_bytes must be an int >= 1, got {quota!r}")

@@ -32,11 +32,16 @@ environment that is empty (never committed) or older than that checkpoint, or on
 are gone, was lost (a power cut before this design, a copied or damaged file): it is refused.
 The node also refuses a state older than the start of its log (`check_state_covers_log`).
 
-Layout: four named sub-databases in one environment (in `directory`):
+Layout: named sub-databases in one environment (in `directory`):
 
-- `data`: key -> value.
+- `data`: key -> metadata header + value (or a tombstone), and `history`: revisions, per-key
+  metadata and the history of changes, kept by `kvstore.storage.mvcc` (see its docstring).
+- `leases`: lease id (u64 big-endian) -> ttl_ms (u64); `lease_keys` (DUPSORT): lease id -> the
+  keys attached to it (for a revoke). Leases are granted and revoked through the log
+  (`commands.py`, "Leases"); expiry is the leader's, committed as a revoke.
 - `meta`: `applied` -> (index u64, term u64, logical size u64: see "Quota"); `format` -> 1
-  byte (`FORMAT_VERSION`); `clock` -> the log's clock (u64 ms, see below); `member/<id>` -> role
+  byte (`FORMAT_VERSION`); `clock` -> the log's clock (u64 ms, see below); `mvcc` -> the
+  revision and the history's compaction state (`mvcc.MVCC_STATE`); `member/<id>` -> role
   byte (0 voter, 1 learner) + address (UTF-8).
 - `sessions`: session id (u64 big-endian) -> (newest seq applied u64, clock at the session's
   last activity u64 ms, applied bits, result bits); bit i of each (`SESSION_WINDOW` bits,
@@ -78,8 +83,11 @@ and grow it is refused: its result is `CommandRejected(STORAGE_FULL)`, nothing i
 its session records it as applied with result False (so a retry, or a duplicate in the log,
 is answered False and never applied later; a put is True otherwise, so False means refused).
 Deletes, cas-to-delete and overwrites that do not grow the store always apply, so deleting
-frees room and writes resume. `quota_refuses(data)` gives the same verdict on the applied
-state, for a proposer to refuse early; the apply-time rule is the authority.
+frees room and writes resume. The history (events, tombstones) is not counted: it has its
+own bounds (`kvstore.storage.mvcc`, "Sizes"). A lease costs `LEASE_BYTES`; a transaction is
+refused whole if one of its puts would pass the quota. `quota_refuses(data)` gives the same
+verdict on the applied state, for a proposer to refuse early (it passes every txn and lease
+command: apply decides); the apply-time rule is the authority.
 
 Map growth: the LMDB map (the largest the file may grow) starts at `map_size_bytes` and is
 grown by doubling, between write transactions, once more than half of it is used; a batch that
@@ -119,7 +127,7 @@ from pathlib import Path
 import lmdb
 
 from kvstore.closing import ClosingContext
-from kvstore.errors import CorruptionError, InvalidArgumentError, invariant
+from kvstore.errors import CompactedError, CorruptionError, InvalidArgumentError, invariant
 from kvstore.options import KEY_BYTES_MAX, check_key, check_limit
 from kvstore.raft.types import (
     ConfChange,
@@ -131,11 +139,35 @@ from kvstore.raft.types import (
 )
 from kvstore.storage.commands import (
     SESSION_WINDOW,
+    TXN_BYTES_MAX,
     CommandRejected,
+    CompareOp,
+    CompareTarget,
+    DecodedCompare,
+    LeaseGranted,
     Op,
     Result,
     ResultCode,
+    TxnOp,
+    TxnOpType,
+    TxnOutcome,
     decode_fields,
+    decode_txn,
+)
+from kvstore.storage.mvcc import (
+    HEADER,
+    HEADER_BYTES,
+    HISTORY_BYTES_MAX_DEFAULT,
+    HISTORY_REVISIONS_MAX_DEFAULT,
+    LEASE_KEY,
+    MVCC_STATE_NEW,
+    EventTuple,
+    KvTuple,
+    MvccReader,
+    MvccState,
+    MvccWriter,
+    RangePage,
+    prefix_end,
 )
 from kvstore.storage.snapshot import (
     PRIVATE_DIR_MODE,
@@ -147,11 +179,12 @@ from kvstore.storage.snapshot import (
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
-"""Layout version stored in `meta`; an environment with another version is refused. Version 2
-(sessions registered through the log, expiring by the log's clock) replaced version 1 (random
-16-byte client ids, evicted by age): the log entries of version 1 do not decode as version 2
-commands, so a version 1 store is refused rather than migrated."""
+FORMAT_VERSION = 3
+"""Layout version stored in `meta`; an environment with another version is refused. Version 3
+(revisions: a metadata header before each value, the history tables) replaced version 2, whose
+values carry no metadata; version 2 (sessions registered through the log, expiring by the
+log's clock) replaced version 1 (random 16-byte client ids, evicted by age). Older stores are
+refused rather than migrated: a member starts empty and receives a snapshot."""
 
 ROLE_VOTER = "voter"
 ROLE_LEARNER = "learner"
@@ -162,11 +195,24 @@ _DB_DATA = b"data"
 _DB_META = b"meta"
 _DB_SESSIONS = b"sessions"
 _DB_SESSION_AGE = b"session_age"
-_DB_NAMES = (_DB_DATA, _DB_META, _DB_SESSIONS, _DB_SESSION_AGE)
+_DB_HISTORY = b"history"
+_DB_LEASES = b"leases"
+_DB_LEASE_KEYS = b"lease_keys"
+_DB_NAMES = (
+    _DB_DATA,
+    _DB_META,
+    _DB_SESSIONS,
+    _DB_SESSION_AGE,
+    _DB_HISTORY,
+    _DB_LEASES,
+    _DB_LEASE_KEYS,
+)
+_DUPSORT_DBS = frozenset((_DB_LEASE_KEYS,))
 
 _KEY_APPLIED = b"applied"
 _KEY_FORMAT = b"format"
 _KEY_CLOCK = b"clock"
+_KEY_MVCC = b"mvcc"
 _MEMBER_PREFIX = b"member/"
 
 _APPLIED = struct.Struct("<QQ")
@@ -200,6 +246,12 @@ ENTRY_OVERHEAD_BYTES = 16
 """What one key costs the quota beyond its key and value bytes (about LMDB's node header and
 pointer), so that millions of empty values still count."""
 
+LEASE_BYTES = 64
+"""What one lease costs the quota (its row; the keys attached to it are counted as keys)."""
+_LEASE_RECORD = struct.Struct("<Q")
+"""A `leases` row: ttl_ms."""
+_LEASE_GRANT_BODY = struct.Struct("<QQ")
+
 _APPLIED_LOGICAL = struct.Struct("<QQQ")
 """The `applied` record with the logical size after index and term (a store written before the
 quota has the first two only)."""
@@ -217,7 +269,9 @@ at once fail with MDB_READERS_FULL; each slot costs 64 bytes of the lock file.""
 
 # Module globals for the per-entry loop: an enum member looked up through its class costs more.
 _NORMAL, _CONF_CHANGE = EntryType.NORMAL, EntryType.CONF_CHANGE
-_PUT, _DELETE, _REGISTER = Op.PUT, Op.DELETE, Op.REGISTER
+_PUT, _DELETE, _REGISTER, _TXN = Op.PUT, Op.DELETE, Op.REGISTER, Op.TXN
+_LEASE_GRANT, _LEASE_REVOKE = Op.LEASE_GRANT, Op.LEASE_REVOKE
+_TXN_WRITES = frozenset((TxnOpType.PUT, TxnOpType.DELETE, TxnOpType.DELETE_RANGE))
 _SESSION_EXPIRED = CommandRejected(
     ResultCode.SESSION_EXPIRED,
     "the client session is unknown or expired; the write was not applied",
@@ -228,9 +282,11 @@ class StateMachine(ClosingContext):
     """The LMDB state machine of one node. See the module docstring for layout and guarantees.
 
     `StateMachine(directory, map_size_bytes=..., sessions_max=..., session_timeout_s=...,
-    quota_bytes=...)` creates `directory` if needed and opens (or creates) the environment in it.
+    quota_bytes=..., history_revisions_max=..., history_bytes_max=...)` creates `directory`
+    if needed and opens (or creates) the environment in it.
     `map_size_bytes` is the initial LMDB map size (it grows by itself); `quota_bytes` the logical
-    size at which writes that add data are refused. Use `close()` or `with`.
+    size at which writes that add data are refused; the history bounds are those of
+    `kvstore.storage.mvcc` (module docstring, "Compaction"). Use `close()` or `with`.
     """
 
     def __init__(
@@ -241,6 +297,8 @@ class StateMachine(ClosingContext):
         sessions_max: int = 100_000,
         session_timeout_s: float = 600.0,
         quota_bytes: int = QUOTA_BYTES_DEFAULT,
+        history_revisions_max: int = HISTORY_REVISIONS_MAX_DEFAULT,
+        history_bytes_max: int = HISTORY_BYTES_MAX_DEFAULT,
     ) -> None:
         if map_size_bytes < 1 << 20:
             raise InvalidArgumentError(f"map_size_bytes must be >= 1 MiB, got {map_size_bytes}")
@@ -249,6 +307,18 @@ class StateMachine(ClosingContext):
         if isinstance(quota_bytes, bool) or not isinstance(quota_bytes, int) or quota_bytes < 1:
             raise InvalidArgumentError(f"quota_bytes must be an int >= 1, got {quota_bytes!r}")
         self._init_quota(quota_bytes)
+        for name, bound in (
+            ("history_revisions_max", history_revisions_max),
+            ("history_bytes_max", history_bytes_max),
+        ):
+            if isinstance(bound, bool) or not isinstance(bound, int) or bound < 1:
+                raise InvalidArgumentError(f"{name} must be an int >= 1, got {bound!r}")
+        self._history_revisions_max = history_revisions_max
+        self._history_bytes_max = history_bytes_max
+        self._entry_index = 0
+        """The index of the lease command being applied (a grant's id when it names none)."""
+        self._writer: MvccWriter | None = None
+        """The history writer of the batch being applied (None between batches)."""
         self._directory = Path(directory)
         create_directory_durably(self._directory)
         private_dir(self._directory)
@@ -300,13 +370,23 @@ class StateMachine(ClosingContext):
             )
         try:
             with env.begin(write=True) as txn:
-                self._data, self._meta, self._sessions, self._session_age = (
-                    env.open_db(name, txn=txn, create=new) for name in _DB_NAMES
+                (
+                    self._data,
+                    self._meta,
+                    self._sessions,
+                    self._session_age,
+                    self._history,
+                    self._leases,
+                    self._lease_keys,
+                ) = (
+                    env.open_db(name, txn=txn, create=new, dupsort=name in _DUPSORT_DBS)
+                    for name in _DB_NAMES
                 )
                 version = txn.get(_KEY_FORMAT, db=self._meta)
                 if new:
                     txn.put(_KEY_FORMAT, bytes([FORMAT_VERSION]), db=self._meta)
                     txn.put(_KEY_APPLIED, _NO_APPLIED, db=self._meta)
+                    txn.put(_KEY_MVCC, MVCC_STATE_NEW, db=self._meta)
                 if version in (None, bytes([FORMAT_VERSION])):
                     self._load_logical_bytes(txn)
         except lmdb.NotFoundError as exc:
@@ -316,7 +396,8 @@ class StateMachine(ClosingContext):
         if not new and version != bytes([FORMAT_VERSION]):
             raise CorruptionError(
                 f"state format {version!r} is not {FORMAT_VERSION}: written by another "
-                "version of kvstore (version 1 kept client sessions differently); start "
+                "version of kvstore (version 2 kept no revisions, version 1 kept client "
+                "sessions differently); start "
                 "this member with an empty data directory so it receives a snapshot",
                 path=str(self._directory),
                 offset=0,
@@ -487,8 +568,9 @@ class StateMachine(ClosingContext):
             _index, _term, total = _APPLIED_LOGICAL.unpack_from(raw)
         else:
             total = sum(
-                len(key) + len(value) + ENTRY_OVERHEAD_BYTES
+                len(key) + len(value) - HEADER_BYTES + ENTRY_OVERHEAD_BYTES
                 for key, value in txn.cursor(db=self._data).iternext()
+                if not value[0]  # tombstones are history (kvstore.storage.mvcc)
             )
             index, term = _APPLIED.unpack_from(raw)
             txn.put(_KEY_APPLIED, _APPLIED_LOGICAL.pack(index, term, total), db=self._meta)
@@ -617,6 +699,17 @@ class StateMachine(ClosingContext):
         with env.begin(db=data_db, write=True) as txn:
             start_clock = self._clock = self._read_clock(txn)
             start_index, term = _read_applied(txn, meta_db)
+            mvcc_raw = txn.get(_KEY_MVCC, db=meta_db)
+            invariant(mvcc_raw is not None, "meta lacks the mvcc record")
+            assert mvcc_raw is not None  # for mypy
+            writer = self._writer = MvccWriter(
+                txn,
+                self._mvcc_dbs(),
+                MvccState(mvcc_raw),
+                self._history_revisions_max,
+                self._history_bytes_max,
+                self._lease_keys,
+            )
             index = start_index
             append = results.append
             for entry in entries:
@@ -643,6 +736,10 @@ class StateMachine(ClosingContext):
             if self._clock != start_clock:
                 self._expire_sessions(txn)
                 txn.put(_KEY_CLOCK, _CLOCK.pack(self._clock), db=meta_db)
+            self._writer = None
+            mvcc_packed = writer.state.pack()
+            if mvcc_packed != mvcc_raw:
+                txn.put(_KEY_MVCC, mvcc_packed, db=meta_db)
             if index != start_index:
                 # The logical size rides in the same record: no extra write per batch.
                 txn.put(
@@ -745,6 +842,12 @@ class StateMachine(ClosingContext):
         clock = self._clock
         if stamp_ms > clock:
             self._clock = clock = stamp_ms
+        if op is _LEASE_GRANT or op is _LEASE_REVOKE:
+            self._entry_index = index  # a grant's lease id, when it names none
+            if not session_id:  # the leader's expiry, or a grant without a session
+                result = self._apply_op(txn, op, key, value, expected, new)
+                self._writer.end_command()  # type: ignore[union-attr]  # set for the batch
+                return result
         state = sessions.get(session_id)
         if state is None:
             if op is _REGISTER:
@@ -788,6 +891,7 @@ class StateMachine(ClosingContext):
                 f"seq {seq} is more than {SESSION_WINDOW} above the session's {top_seq}",
             )
         result = self._apply_op(txn, op, key, value, expected, new)
+        self._writer.end_command()  # type: ignore[union-attr]  # set for the batch
         if seq > top_seq:
             shift = seq - top_seq
             applied_bits = (applied_bits << shift) & _WINDOW_MASK
@@ -815,44 +919,225 @@ class StateMachine(ClosingContext):
         expected: bytes | None,
         new: bytes | None,
     ) -> Result:
-        """Apply one operation to `data`, keeping the logical size (module docstring, "Quota")."""
+        """Apply one operation to `data`, keeping the logical size (module docstring, "Quota")
+        and the history (`kvstore.storage.mvcc`)."""
+        if op is _TXN:
+            return self._apply_txn(txn, value)  # type: ignore[arg-type]  # decode sets it
+        if op is _LEASE_GRANT:
+            return self._grant_lease(txn, value)  # type: ignore[arg-type]  # decode sets it
+        if op is _LEASE_REVOKE:
+            return self._revoke_lease(txn, int.from_bytes(value, "little"))  # type: ignore[arg-type]
+        stored = txn.get(key)  # may be a tombstone: mvcc's, absent for everything here
         if op is _PUT:
-            stored: bytes = value  # type: ignore[assignment]  # decode sets it for PUT
-            added = len(key) + len(stored) + ENTRY_OVERHEAD_BYTES
-            if self._logical_bytes + added > self._quota_bytes:
-                return self._store_within_quota(txn, key, stored, txn.get(key))
-            # Far from the quota: write first, learn the old size from the same call.
-            old = txn.replace(key, stored)
-            self._logical_bytes += added if old is None else len(stored) - len(old)
-            return True
+            return self._store_within_quota(key, value, stored)  # type: ignore[arg-type]
+        writer: MvccWriter = self._writer  # type: ignore[assignment]  # set for the batch
+        current = None if stored is None or stored[0] else stored[HEADER_BYTES:]
         if op is _DELETE:
-            old = txn.pop(key)
-            if old is None:
+            if current is None:
                 return False
-            self._logical_bytes -= len(key) + len(old) + ENTRY_OVERHEAD_BYTES
+            writer.delete(key, stored)
+            self._logical_bytes -= len(key) + len(current) + ENTRY_OVERHEAD_BYTES
             return True
-        current = txn.get(key)
         if current != expected:
             return False
         if new is None:
             if current is not None:
-                txn.delete(key)
+                writer.delete(key, stored)
                 self._logical_bytes -= len(key) + len(current) + ENTRY_OVERHEAD_BYTES
             return True
-        return self._store_within_quota(txn, key, new, current)
+        return self._store_within_quota(key, new, stored)
 
     def _store_within_quota(
-        self, txn: lmdb.Transaction[bytes], key: bytes, value: bytes, old: bytes | None
+        self, key: bytes, value: bytes, old: bytes | None, lease: int = 0
     ) -> Result:
-        """Store `value` at `key` (holding `old`) unless that grows the store past its quota."""
-        if old is None:
+        """Store `value` at `key` (whose `data` value is `old`) unless that grows the store
+        past its quota."""
+        if old is None or old[0]:  # absent, or a tombstone
             grow = len(key) + len(value) + ENTRY_OVERHEAD_BYTES
         else:
-            grow = len(value) - len(old)
+            grow = len(value) - len(old) + HEADER_BYTES
         if grow > 0 and self._logical_bytes + grow > self._quota_bytes:
             return _STORAGE_FULL
-        txn.put(key, value)
+        self._writer.put(key, value, lease, old)  # type: ignore[union-attr]  # set for the batch
         self._logical_bytes += grow
+        return True
+
+    # --- transactions (commands.py, "Transactions") -----------------------------------------
+
+    def _apply_txn(self, txn: lmdb.Transaction[bytes], body: bytes) -> Result:
+        """Evaluate the compares, then run the branch they chose at one revision.
+
+        A branch that writes runs in a nested LMDB transaction: if any op is refused (the
+        quota), it is aborted and nothing of the txn stays (`CommandRejected`).
+        """
+        try:
+            compares, success, failure = decode_txn(body)
+        except ValueError as exc:
+            return CommandRejected(ResultCode.MALFORMED, f"txn: {exc}")
+        writer: MvccWriter = self._writer  # type: ignore[assignment]  # set for the batch
+        succeeded = all(self._compare(txn, compare) for compare in compares)
+        ops = success if succeeded else failure
+        writes = sum(op.type in _TXN_WRITES for op in ops)
+        if not writes:
+            results = [self._txn_read(txn, op) for op in ops]
+            return TxnOutcome(succeeded, results, writer.state.revision)
+        if writes == 1:
+            # One write is refused before it writes anything (the lease and quota checks come
+            # first): no nested transaction needed (it costs a fifth of a txn, measured).
+            results = []
+            for op in ops:
+                result = self._txn_op(txn, op)
+                if isinstance(result, CommandRejected):
+                    return result
+                results.append(result)
+            return TxnOutcome(succeeded, results, writer.state.revision + int(writer.changed))
+        logical_start = self._logical_bytes
+        history_start = writer.state.history_bytes
+        child = self._open_env().begin(write=True, parent=txn, db=self._data)
+        writer.txn = child
+        try:
+            results = []
+            for op in ops:
+                result = self._txn_op(child, op)
+                if isinstance(result, CommandRejected):
+                    child.abort()
+                    self._logical_bytes = logical_start
+                    writer.forget_command(history_start)
+                    return result
+                results.append(result)
+            child.commit()
+        except BaseException:
+            child.abort()
+            raise
+        finally:
+            writer.txn = txn
+        return TxnOutcome(succeeded, results, writer.state.revision + int(writer.changed))
+
+    def _compare(self, txn: lmdb.Transaction[bytes], compare: DecodedCompare) -> bool:
+        """One compare against the current state (etcd's rules: a value compare on an absent
+        key is false whatever the op; version and revisions of an absent key are 0)."""
+        stored = txn.get(compare.key)
+        live = stored is not None and not stored[0]
+        target = compare.target
+        ours: bytes | int | bool
+        if target is CompareTarget.VALUE:
+            if not live:
+                return False
+            ours = stored[HEADER_BYTES:]  # type: ignore[index]  # live: not None
+        elif target is CompareTarget.EXISTS:
+            ours = live
+        elif not live:
+            ours = 0
+        else:
+            _flag, create, mod, version, _lease, _sub = HEADER.unpack_from(stored)  # type: ignore[arg-type]
+            ours = (
+                version
+                if target is CompareTarget.VERSION
+                else create
+                if target is CompareTarget.CREATE_REVISION
+                else mod
+            )
+        theirs = compare.value
+        op = compare.op
+        if op is CompareOp.EQUAL:
+            return ours == theirs
+        if op is CompareOp.NOT_EQUAL:
+            return ours != theirs
+        if op is CompareOp.LESS:
+            return ours < theirs  # type: ignore[operator]  # same kinds: decode_txn
+        return ours > theirs  # type: ignore[operator]
+
+    def _txn_reader(self, txn: lmdb.Transaction[bytes]) -> MvccReader:
+        """A reader of the latest state, the txn's own writes so far included."""
+        writer: MvccWriter = self._writer  # type: ignore[assignment]  # set for the batch
+        reader = MvccReader(txn, self._mvcc_dbs(), writer.state)
+        reader.revision = writer.state.revision + int(writer.changed)
+        return reader
+
+    def _txn_read(self, txn: lmdb.Transaction[bytes], op: TxnOp) -> object:
+        reader = self._txn_reader(txn)
+        if op.type is TxnOpType.GET:
+            return reader.get(op.key, reader.revision)
+        end = prefix_end(op.key) if op.prefix else op.end
+        return reader.range(
+            op.key,
+            end,
+            reader.revision,
+            single=op.end is None and not op.prefix,
+            limit=op.limit,
+            keys_only=False,
+            count_only=False,
+            bytes_max=TXN_BYTES_MAX,
+            count_all=True,
+        )
+
+    def _txn_op(self, txn: lmdb.Transaction[bytes], op: TxnOp) -> object:
+        kind = op.type
+        if kind is TxnOpType.PUT:
+            if op.lease and txn.get(LEASE_KEY.pack(op.lease), db=self._leases) is None:
+                return CommandRejected(
+                    ResultCode.LEASE_NOT_FOUND,
+                    f"lease {op.lease} is not held (revoked or expired?)",
+                )
+            result = self._store_within_quota(op.key, op.value, txn.get(op.key), op.lease)
+            return result if isinstance(result, CommandRejected) else None
+        if kind is TxnOpType.DELETE:
+            return self._apply_op(txn, _DELETE, op.key, None, None, None)
+        if kind is not TxnOpType.DELETE_RANGE:
+            return self._txn_read(txn, op)
+        end = op.end
+        if op.prefix:
+            end = prefix_end(op.key)
+        elif end is None:  # just the key
+            end = op.key + b"\0"
+        cursor = txn.cursor()
+        doomed: list[tuple[bytes, bytes]] = []
+        if cursor.set_range(op.key):
+            for key, stored in cursor.iternext():
+                if end is not None and key >= end:
+                    break
+                if not stored[0]:
+                    doomed.append((key, stored))
+        writer: MvccWriter = self._writer  # type: ignore[assignment]  # set for the batch
+        for key, stored in doomed:
+            writer.delete(key, stored)
+            self._logical_bytes -= len(key) + len(stored) - HEADER_BYTES + ENTRY_OVERHEAD_BYTES
+        return len(doomed)
+
+    # --- leases (commands.py, "Leases") -------------------------------------------------------
+
+    def _grant_lease(self, txn: lmdb.Transaction[bytes], payload: bytes) -> Result:
+        lease_id, ttl_ms = _LEASE_GRANT_BODY.unpack(payload)
+        lease_id = lease_id or self._entry_index
+        key = LEASE_KEY.pack(lease_id)
+        if txn.get(key, db=self._leases) is not None:
+            return CommandRejected(ResultCode.LEASE_EXISTS, f"lease {lease_id} is held already")
+        if self._logical_bytes + LEASE_BYTES > self._quota_bytes:
+            return _STORAGE_FULL
+        txn.put(key, _LEASE_RECORD.pack(ttl_ms), db=self._leases)
+        self._logical_bytes += LEASE_BYTES
+        return LeaseGranted(lease_id, ttl_ms)
+
+    def _revoke_lease(self, txn: lmdb.Transaction[bytes], lease_id: int) -> Result:
+        """Delete the lease and its keys, all at one revision (one event per key)."""
+        key = LEASE_KEY.pack(lease_id)
+        if txn.get(key, db=self._leases) is None:
+            return CommandRejected(
+                ResultCode.LEASE_NOT_FOUND, f"lease {lease_id} is not held (revoked or expired?)"
+            )
+        cursor = txn.cursor(db=self._lease_keys)
+        attached = list(cursor.iternext_dup()) if cursor.set_key(key) else []
+        writer: MvccWriter = self._writer  # type: ignore[assignment]  # set for the batch
+        for attached_key in attached:
+            stored = txn.get(attached_key)
+            invariant(stored is not None and not stored[0], "lease_keys names an absent key")
+            assert stored is not None  # for mypy
+            writer.delete(attached_key, stored)
+            self._logical_bytes -= (
+                len(attached_key) + len(stored) - HEADER_BYTES + ENTRY_OVERHEAD_BYTES
+            )
+        txn.delete(key, db=self._leases)
+        self._logical_bytes -= LEASE_BYTES
         return True
 
     @staticmethod
@@ -913,14 +1198,16 @@ class StateMachine(ClosingContext):
         # count). Skipping __enter__/__exit__ halves the cost of a read (measured: 805 ns with
         # the `with` block, 374 ns without).
         try:
-            value: bytes | None = env.begin(db=self._data).get(key)
+            stored: bytes | None = env.begin(db=self._data).get(key)
         except lmdb.Error:
             # Outside the gate (it would cost a sixth of a read), so a map growth may have
             # invalidated this read (py-lmdb fails it cleanly): read again under the gate, once
             # the growth is over. Any other error comes back and is raised.
             with self._reading() as env:
-                value = env.begin(db=self._data).get(key)
-        return value
+                stored = env.begin(db=self._data).get(key)
+        if stored is None or stored[0]:  # absent, or a tombstone (kvstore.storage.mvcc)
+            return None
+        return stored[HEADER_BYTES:]
 
     def scan(self, prefix: bytes = b"", limit: int | None = None) -> list[tuple[bytes, bytes]]:
         """Pairs whose key starts with `prefix`, sorted by key, at most `limit` of them."""
@@ -935,8 +1222,218 @@ class StateMachine(ClosingContext):
             for key, value in cursor.iternext():
                 if not key.startswith(prefix) or (limit is not None and len(out) >= limit):
                     break
-                out.append((key, value))
+                if not value[0]:  # a tombstone (kvstore.storage.mvcc)
+                    out.append((key, value[HEADER_BYTES:]))
         return out
+
+    # --- revisions, ranges and history (kvstore.storage.mvcc) -----------------------------
+
+    @contextlib.contextmanager
+    def _mvcc_reader(self) -> Iterator[MvccReader]:
+        """A reader on one read transaction (under the map-growth gate)."""
+        with self._reading() as env, env.begin() as txn:
+            raw = txn.get(_KEY_MVCC, db=self._meta)
+            invariant(raw is not None, "meta lacks the mvcc record")
+            assert raw is not None  # for mypy
+            yield MvccReader(txn, self._mvcc_dbs(), MvccState(raw))
+
+    def revision(self) -> int:
+        """The store's revision: how many applied commands changed at least one key."""
+        with self._mvcc_reader() as reader:
+            return reader.revision
+
+    def oldest_revision(self) -> int:
+        """The oldest revision still readable (reads and watches below it raise
+        `CompactedError`); it moves as the history is compacted (`kvstore.storage.mvcc`)."""
+        with self._mvcc_reader() as reader:
+            return reader.oldest
+
+    def history_bytes(self) -> int:
+        """Bytes of history not compacted yet (`kvstore.storage.mvcc`, "Sizes"): at most
+        `history_bytes_max` plus the events of one command, once compaction has caught up."""
+        with self._mvcc_reader() as reader:
+            return reader.history_bytes
+
+    def get_kv(self, key: bytes, revision: int | None = None) -> KvTuple | None:
+        """`key` with its metadata (`KvTuple`, `kvstore.KeyValue` field order, lease 0 for
+        none) at `revision` (None: the latest), or None if absent then.
+
+        Raises `CompactedError` below `oldest_revision()`, `InvalidArgumentError` for a bad
+        key or a revision after the latest."""
+        if type(key) is not bytes or not 0 < len(key) <= KEY_BYTES_MAX:
+            check_key(key)
+        with self._mvcc_reader() as reader:
+            return reader.get(key, reader.check_revision(revision))
+
+    def range(
+        self,
+        start: bytes,
+        end: bytes | None = None,
+        *,
+        prefix: bool = False,
+        limit: int | None = None,
+        revision: int | None = None,
+        keys_only: bool = False,
+        count_only: bool = False,
+        bytes_max: int | None = None,
+        count_all: bool = True,
+    ) -> RangePage:
+        """One page of the keys in `[start, end)` at `revision` (None: the latest), sorted.
+
+        `end` None: just `start`, or with `prefix=True` every key starting with `start` (an
+        empty `start`: every key). At most `limit` kvs; `bytes_max` cuts the page once its keys
+        and values would pass that many bytes (always after at least one kv, so paging makes
+        progress); `more` says whether matching keys follow. `count` counts every match (a
+        walk over all of them: pass `count_all=False` when paging, then `count` is only the
+        number returned). `keys_only` leaves values empty; `count_only` returns no kvs.
+        Continue a range with `start = last_key + b"\\0"` and the same `revision`.
+
+        Raises `CompactedError` below `oldest_revision()`, `InvalidArgumentError` for bad
+        arguments.
+        """
+        if type(start) is not bytes or len(start) > KEY_BYTES_MAX:
+            raise InvalidArgumentError(f"start must be bytes of at most {KEY_BYTES_MAX} bytes")
+        if end is not None and (prefix or type(end) is not bytes):
+            raise InvalidArgumentError("end must be bytes, and not given with prefix=True")
+        check_limit(limit)
+        if bytes_max is not None and (type(bytes_max) is not int or bytes_max < 1):
+            raise InvalidArgumentError(f"bytes_max must be None or an int >= 1, got {bytes_max!r}")
+        single = end is None and not prefix
+        if single:
+            check_key(start)
+        elif prefix:
+            end = prefix_end(start)
+        with self._mvcc_reader() as reader:
+            return reader.range(
+                start,
+                end,
+                reader.check_revision(revision),
+                single=single,
+                limit=limit,
+                keys_only=bool(keys_only),
+                count_only=bool(count_only),
+                bytes_max=bytes_max,
+                count_all=bool(count_all),
+            )
+
+    def range_iter(
+        self,
+        start: bytes,
+        end: bytes | None = None,
+        *,
+        prefix: bool = False,
+        revision: int | None = None,
+        page_size: int = 1000,
+        bytes_max: int | None = None,
+    ) -> Iterator[KvTuple]:
+        """Every kv of a range (as `range`) at one revision, read page by page (each page in
+        its own read transaction, at most `page_size` kvs and `bytes_max` bytes): constant
+        memory for any number of keys. Raises `CompactedError` if the revision is compacted
+        while it runs."""
+        check_limit(page_size)
+        page = self.range(
+            start,
+            end,
+            prefix=prefix,
+            limit=page_size,
+            revision=revision,
+            bytes_max=bytes_max,
+            count_all=False,
+        )
+        at, bound = page.revision, end if not prefix else prefix_end(start)
+        while True:
+            yield from page.kvs
+            if not page.more:
+                return
+            after = page.kvs[-1][0] + b"\0"
+            if len(after) > KEY_BYTES_MAX:  # no key is longer: nothing can follow
+                return
+            if bound is None:
+                page = self.range(
+                    after,
+                    prefix=True,
+                    limit=page_size,
+                    revision=at,
+                    bytes_max=bytes_max,
+                    count_all=False,
+                )
+            else:
+                page = self.range(
+                    after,
+                    bound,
+                    limit=page_size,
+                    revision=at,
+                    bytes_max=bytes_max,
+                    count_all=False,
+                )
+
+    def events(
+        self, start_revision: int, *, events_max: int = 1000, prev_kv: bool = False
+    ) -> list[tuple[int, list[EventTuple]]]:
+        """A page of history for a watcher: `[(revision, [(type, kv, prev_kv), ...]), ...]`
+        for the revisions >= `start_revision`, in order, whole revisions only, stopping once
+        `events_max` events were gathered (empty: nothing newer yet; continue from the last
+        revision returned + 1). Events are `mvcc.EventTuple`s; `prev_kv` asks for each
+        key's state before the event. Raises `CompactedError` if `start_revision` is below
+        `oldest_revision()` (events were dropped), `InvalidArgumentError` for bad arguments.
+        """
+        if type(start_revision) is not int or start_revision < 1:
+            raise InvalidArgumentError(
+                f"start_revision must be an int >= 1, got {start_revision!r}"
+            )
+        check_limit(events_max)
+        with self._mvcc_reader() as reader:
+            if start_revision < reader.oldest:
+                raise CompactedError(reader.oldest)
+            return reader.events(start_revision, events_max=events_max, prev_kv=bool(prev_kv))
+
+    def leases(self) -> list[tuple[int, int]]:
+        """(lease id, ttl_ms) of every lease held, by id: what a new leader loads to time them
+        (expiry is the leader's, in memory; committed as revokes)."""
+        with self._reading() as env, env.begin(db=self._leases) as txn:
+            return [
+                (LEASE_KEY.unpack(key)[0], _LEASE_RECORD.unpack(value)[0])
+                for key, value in txn.cursor().iternext()
+            ]
+
+    def lease_ttl_ms(self, lease_id: int) -> int | None:
+        """The granted ttl of a lease (ms), or None if it is not held."""
+        if (
+            isinstance(lease_id, bool)
+            or not isinstance(lease_id, int)
+            or not 0 < lease_id < 1 << 63
+        ):
+            raise InvalidArgumentError(f"a lease id must be in 1..2**63-1, got {lease_id!r}")
+        with self._reading() as env, env.begin(db=self._leases) as txn:
+            raw = txn.get(LEASE_KEY.pack(lease_id))
+        return None if raw is None else int(_LEASE_RECORD.unpack(raw)[0])
+
+    def lease_keys(self, lease_id: int, limit: int | None = None) -> list[bytes]:
+        """The keys attached to a lease, sorted (at most `limit`)."""
+        check_limit(limit)
+        with self._reading() as env, env.begin(db=self._lease_keys) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_key(LEASE_KEY.pack(lease_id)):
+                return []
+            keys: list[bytes] = []
+            for key in cursor.iternext_dup():
+                if limit is not None and len(keys) >= limit:
+                    break
+                keys.append(key)
+            return keys
+
+    def events_iter(
+        self, start_revision: int, *, events_max: int = 1000, prev_kv: bool = False
+    ) -> Iterator[tuple[int, list[EventTuple]]]:
+        """Every (revision, events) from `start_revision` up to the latest revision applied
+        while it runs, read page by page (`events`): bounded memory. Raises `CompactedError`
+        if compaction passes the next page's start before it is read."""
+        while True:
+            page = self.events(start_revision, events_max=events_max, prev_kv=prev_kv)
+            if not page:
+                return
+            yield from page
+            start_revision = page[-1][0] + 1
 
     def applied_index(self) -> int:
         """Index of the last applied entry (0 before any)."""
@@ -1000,7 +1497,18 @@ class StateMachine(ClosingContext):
         return digest.digest()
 
     def _dbs(self) -> tuple[lmdb._Database, ...]:
-        return (self._data, self._meta, self._sessions, self._session_age)
+        return (
+            self._data,
+            self._meta,
+            self._sessions,
+            self._session_age,
+            self._history,
+            self._leases,
+            self._lease_keys,
+        )
+
+    def _mvcc_dbs(self) -> tuple[lmdb._Database, lmdb._Database]:
+        return self._data, self._history
 
     # --- snapshots --------------------------------------------------------------------------
 
@@ -1055,7 +1563,10 @@ class StateMachine(ClosingContext):
             ) from exc
         try:
             try:
-                snap_dbs = [snap_env.open_db(name, create=False) for name in _DB_NAMES]
+                snap_dbs = [
+                    snap_env.open_db(name, create=False, dupsort=name in _DUPSORT_DBS)
+                    for name in _DB_NAMES
+                ]
             except lmdb.Error as exc:
                 raise CorruptionError(
                     f"snapshot lacks a sub-database: {exc}", path=str(source), offset=0
@@ -1072,12 +1583,18 @@ class StateMachine(ClosingContext):
                 # The old pages are freed only at the commit: room for both, and for overhead.
                 self._ensure_room(2 * source.stat().st_size)
                 with env.begin(write=True) as txn:
-                    for live_db, snap_db in zip(self._dbs(), snap_dbs, strict=True):
+                    for name, live_db, snap_db in zip(
+                        _DB_NAMES, self._dbs(), snap_dbs, strict=True
+                    ):
                         txn.drop(live_db, delete=False)
-                        # The source is sorted in the same key order: MDB_APPEND is a fast path.
+                        # The source is sorted in the same key order: MDB_APPEND is a fast path
+                        # (not for duplicates, which it refuses).
                         cursor = txn.cursor(db=live_db)
+                        dupsort = name in _DUPSORT_DBS
                         consumed, added = cursor.putmulti(
-                            snap_txn.cursor(db=snap_db).iternext(), append=True
+                            snap_txn.cursor(db=snap_db).iternext(),
+                            dupdata=dupsort,
+                            append=not dupsort,
                         )
                         if consumed != added:
                             raise CorruptionError(
