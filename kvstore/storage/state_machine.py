@@ -63,8 +63,12 @@ live session, so nobody can push others' sessions out by registering many.
 
 Time and expiry: the state machine reads no clock. Each command carries `stamp_ms`, the wall
 clock of the node that proposed it if that node was leading (followers stamp 0), and `apply`
-keeps `clock = max(clock, stamp_ms)` in `meta`. A session is EXPIRED at the first entry after
-which `clock - last activity > session_timeout_s`: a write of it is refused from then on, and
+keeps `clock = max(clock, stamp_ms)` in `meta`. The clock starts at 0 and runs from the first
+stamped entry on (a cluster whose first writes came through followers has sessions whose
+activity was recorded at 0); `meta` keeps that first stamp as the clock's ORIGIN, and a session's
+activity counts as at least the origin, so the clock's first jump from 0 to a wall-clock time
+expires nobody. A session is EXPIRED at the first entry after which
+`clock - max(last activity, origin) > session_timeout_s`: a write of it is refused from then on, and
 it is deleted from the table (at that write, at the next registration, or at the end of the
 batch, whichever comes first; all three give the state an entry-by-entry expiry would). Why
 only the leader stamps: a follower whose clock runs ahead could otherwise expire every session
@@ -212,6 +216,7 @@ _DUPSORT_DBS = frozenset((_DB_LEASE_KEYS,))
 _KEY_APPLIED = b"applied"
 _KEY_FORMAT = b"format"
 _KEY_CLOCK = b"clock"
+_KEY_CLOCK_ORIGIN = b"clock_origin"
 _KEY_MVCC = b"mvcc"
 _MEMBER_PREFIX = b"member/"
 
@@ -698,6 +703,7 @@ class StateMachine(ClosingContext):
         # The transaction's default database is `data`, so the commonest calls need no `db=`.
         with env.begin(db=data_db, write=True) as txn:
             start_clock = self._clock = self._read_clock(txn)
+            self._clock_origin = self._read_clock(txn, _KEY_CLOCK_ORIGIN)
             start_index, term = _read_applied(txn, meta_db)
             mvcc_raw = txn.get(_KEY_MVCC, db=meta_db)
             invariant(mvcc_raw is not None, "meta lacks the mvcc record")
@@ -736,6 +742,8 @@ class StateMachine(ClosingContext):
             if self._clock != start_clock:
                 self._expire_sessions(txn)
                 txn.put(_KEY_CLOCK, _CLOCK.pack(self._clock), db=meta_db)
+                if not start_clock:  # the clock ran for the first time in this batch
+                    txn.put(_KEY_CLOCK_ORIGIN, _CLOCK.pack(self._clock_origin), db=meta_db)
             self._writer = None
             mvcc_packed = writer.state.pack()
             if mvcc_packed != mvcc_raw:
@@ -758,10 +766,12 @@ class StateMachine(ClosingContext):
             )
         self._session_timeout_ms = max(1, round(session_timeout_s * 1000))
         self._clock = 0
+        self._clock_origin = 0
+        """The first stamp the log's clock took (see "Time and expiry"); 0 while it never ran."""
         """The log's clock while a batch is applied (ms; see the module docstring)."""
 
-    def _read_clock(self, txn: lmdb.Transaction[bytes]) -> int:
-        raw = txn.get(_KEY_CLOCK, db=self._meta)
+    def _read_clock(self, txn: lmdb.Transaction[bytes], key: bytes = _KEY_CLOCK) -> int:
+        raw = txn.get(key, db=self._meta)
         return 0 if raw is None else int(_CLOCK.unpack(raw)[0])
 
     def _write_sessions(self, txn: lmdb.Transaction[bytes], sessions: dict[int, list[int]]) -> None:
@@ -788,11 +798,13 @@ class StateMachine(ClosingContext):
         """Delete every session idle for more than the timeout by the current clock (oldest
         activity first: the age keys sort by it, so this stops at the first live one)."""
         oldest_live = self._clock - self._session_timeout_ms
+        origin = self._clock_origin
         cursor = txn.cursor(db=self._session_age)
         sessions_db = self._sessions
         while cursor.first():
             last_active, session_id = _AGE.unpack(cursor.key())
-            if last_active >= oldest_live:
+            # max() is non-decreasing in the sort key, so the first live one ends the scan.
+            if max(last_active, origin) >= oldest_live:
                 break
             invariant(
                 txn.delete(_SESSION_KEY.pack(session_id), db=sessions_db),
@@ -841,6 +853,8 @@ class StateMachine(ClosingContext):
             return CommandRejected(ResultCode.MALFORMED, str(exc))
         clock = self._clock
         if stamp_ms > clock:
+            if not clock:
+                self._clock_origin = stamp_ms
             self._clock = clock = stamp_ms
         if op is _LEASE_GRANT or op is _LEASE_REVOKE:
             self._entry_index = index  # a grant's lease id, when it names none
@@ -866,7 +880,7 @@ class StateMachine(ClosingContext):
             ]
             sessions[session_id] = state
         top_seq, last_active, applied_bits, result_bits = state[0], state[1], state[2], state[3]
-        if clock - last_active > self._session_timeout_ms:
+        if clock - max(last_active, self._clock_origin) > self._session_timeout_ms:
             # Expired: gone from now on, whatever this batch holds after it.
             del sessions[session_id]
             txn.delete(_SESSION_KEY.pack(session_id), db=self._sessions)

@@ -231,6 +231,23 @@ def test_an_idle_session_expires_by_the_log_clock_and_its_writes_are_refused(
     assert sm.get(b"k") == b"v2"
 
 
+def test_sessions_registered_before_the_clock_ran_survive_its_first_stamp(
+    sm: StateMachine,
+) -> None:
+    """Writes proposed through followers carry no stamp, so a new cluster's first sessions may
+    be registered at clock 0. When a leader's first stamped entry moves the clock from 0 to the
+    wall-clock time, those sessions are not idle for 56 years: they live on (a leadership
+    transfer under load found this as SessionExpiredError on every writer)."""
+    early = register(sm)  # clock 0
+    wall_ms = 1_765_000_000_000
+    late = register(sm, stamp_ms=wall_ms)
+    assert apply_one(sm, encode_put(early, 1, b"k", b"v")) is True
+    assert apply_one(sm, encode_put(late, 1, b"k", b"w", wall_ms + 1)) is True
+    # And they still expire once really idle for the timeout after the clock started.
+    apply_one(sm, encode_put(late, 2, b"k", b"x", wall_ms + TIMEOUT_MS + 1))
+    assert code(apply_one(sm, encode_put(early, 2, b"k", b"y"))) == ResultCode.SESSION_EXPIRED
+
+
 def test_the_clock_never_goes_back(sm: StateMachine) -> None:
     c = register(sm, stamp_ms=50_000)
     # A leader whose clock is behind (a new leader after a failover) stamps 30_000: ignored.
@@ -319,15 +336,18 @@ class Model:
         self.sessions_max = sessions_max
         self.timeout_ms = timeout_ms
         self.clock = 0
+        self.origin = 0  # the first stamp: activity before it counts as at it
 
     def _expire(self) -> None:
         for sid, (_, _, active) in list(self.sessions.items()):
-            if self.clock - active > self.timeout_ms:
+            if self.clock - max(active, self.origin) > self.timeout_ms:
                 del self.sessions[sid]
 
     def apply(self, index: int, op: tuple[object, ...]) -> object:
         kind, stamp = op[0], op[-1]
         assert isinstance(stamp, int)
+        if stamp and not self.clock:
+            self.origin = stamp
         self.clock = max(self.clock, stamp)
         self._expire()  # entry by entry: the simplest reading of "expired at this index"
         if kind == "register":
