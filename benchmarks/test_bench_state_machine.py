@@ -17,7 +17,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from kvstore.raft.types import Entry
+from kvstore.consensus.types import Entry
 from kvstore.storage.commands import decode_command, decode_fields, encode_put, encode_register
 from kvstore.storage.state_machine import StateMachine
 

@@ -62,6 +62,19 @@ from typing import Any, BinaryIO, TypeVar
 
 from kvstore.client.service import serve_client_connection
 from kvstore.consensus import ConsensusCore, make_core
+from kvstore.consensus.config import Config
+from kvstore.consensus.types import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryType,
+    Message,
+    MessageType,
+    Ready,
+    Role,
+    SnapshotMeta,
+)
 from kvstore.errors import (
     InvalidArgumentError,
     KVStoreError,
@@ -90,20 +103,7 @@ from kvstore.options import (
     check_value,
 )
 from kvstore.paxos.core import REASON_MEMBERSHIP
-from kvstore.raft.config import Config
 from kvstore.raft.core import REASON_NO_LEADER
-from kvstore.raft.types import (
-    ConfChange,
-    ConfChangeType,
-    ConfState,
-    Entry,
-    EntryType,
-    Message,
-    MessageType,
-    Ready,
-    Role,
-    SnapshotMeta,
-)
 from kvstore.storage import commands
 from kvstore.storage.snapshot import (
     SnapshotTransferError,

@@ -1,5 +1,5 @@
 """Multi-Paxos ("Paxos Made Simple", with a distinguished proposer) behind the Raft core's
-interface: a second `ConsensusCore` (kvstore/consensus.py), pure like kvstore/raft/."""
+interface: a second `ConsensusCore` (kvstore/consensus/), pure like kvstore/raft/."""
 
 from kvstore.paxos.core import REASON_MEMBERSHIP, PaxosCore
 

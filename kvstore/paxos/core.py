@@ -9,7 +9,7 @@ log, the state machine, the transport and the simulator run it unchanged. It nev
 never reads a clock, and draws randomness only from the `random.Random` it is given. What it
 does exactly as the Raft core does (Ready assembly, the leader's pipelining with `Progress`,
 heartbeats and read rounds, forwarded requests, leadership-transfer plumbing) it inherits from
-`CoreBase` (kvstore/raft/core_base.py); this module holds what is Paxos.
+`CoreBase` (kvstore/consensus/core_base.py); this module holds what is Paxos.
 
 How Paxos maps onto the shared types
 ------------------------------------
@@ -121,18 +121,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from kvstore.errors import LogCompactedError, ProposalDroppedError, invariant
-from kvstore.paxos.ballot import next_ballot, owner
-from kvstore.paxos.recovery import Promise, recover
-from kvstore.raft import quorum
-from kvstore.raft.config import Config, apply_conf_change
-from kvstore.raft.core_base import (
+from kvstore.consensus import quorum
+from kvstore.consensus.config import Config, apply_conf_change
+from kvstore.consensus.core_base import (
     CAMPAIGN_TRANSFER,
     TERMLESS,
     CoreBase,
 )
-from kvstore.raft.progress import Progress, ProgressState
-from kvstore.raft.types import (
+from kvstore.consensus.progress import Progress, ProgressState
+from kvstore.consensus.types import (
     ConfChange,
     ConfState,
     Entry,
@@ -143,6 +140,9 @@ from kvstore.raft.types import (
     Ready,
     Role,
 )
+from kvstore.errors import LogCompactedError, ProposalDroppedError, invariant
+from kvstore.paxos.ballot import next_ballot, owner
+from kvstore.paxos.recovery import Promise, recover
 
 if TYPE_CHECKING:
     import random
@@ -777,3 +777,11 @@ class PaxosCore(CoreBase):
         self._transferee = target
         # Paxos needs no caught-up target: its phase 1 recovers everything. Tell it to start.
         self._msgs.append(Message(MT.TIMEOUT_NOW, target, self._id, self._term))
+
+
+if TYPE_CHECKING:
+    from kvstore.consensus.protocol import ConsensusCore
+
+    def _paxos_is_a_core(core: PaxosCore) -> ConsensusCore:
+        """mypy checks that `PaxosCore` satisfies the kernel's `ConsensusCore`."""
+        return core

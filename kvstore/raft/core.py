@@ -54,10 +54,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from kvstore.errors import InvalidArgumentError, ProposalDroppedError, invariant
-from kvstore.raft import quorum
-from kvstore.raft.config import Config, apply_conf_change
-from kvstore.raft.core_base import (
+from kvstore.consensus import quorum
+from kvstore.consensus.config import Config, apply_conf_change
+from kvstore.consensus.core_base import (
     CAMPAIGN_TRANSFER,
     REASON_LEARNER,
     REASON_NO_LEADER,
@@ -68,11 +67,11 @@ from kvstore.raft.core_base import (
     REASON_UNCOMMITTED,
     TERMLESS,
     CoreBase,
-    CoreStatus,
 )
-from kvstore.raft.log import conf_change_indices
-from kvstore.raft.progress import PeerProgress, Progress, ProgressState
-from kvstore.raft.types import (
+from kvstore.consensus.log import conf_change_indices
+from kvstore.consensus.progress import PeerProgress, Progress, ProgressState
+from kvstore.consensus.protocol import CoreStatus
+from kvstore.consensus.types import (
     ConfChange,
     ConfChangeType,
     Entry,
@@ -82,6 +81,7 @@ from kvstore.raft.types import (
     MessageType,
     Role,
 )
+from kvstore.errors import InvalidArgumentError, ProposalDroppedError, invariant
 
 if TYPE_CHECKING:
     import random
@@ -716,3 +716,11 @@ def _decode_conf_change(data: bytes) -> ConfChange | None:
         return ConfChange.decode(data)
     except ValueError:
         return None
+
+
+if TYPE_CHECKING:
+    from kvstore.consensus.protocol import ConsensusCore
+
+    def _raft_is_a_core(core: RaftCore) -> ConsensusCore:
+        """mypy checks that `RaftCore` satisfies the kernel's `ConsensusCore`."""
+        return core

@@ -11,12 +11,8 @@ import random
 
 import pytest
 
-from kvstore.errors import InvalidArgumentError, ProposalDroppedError
-from kvstore.paxos.ballot import next_ballot
-from kvstore.paxos.core import REASON_MEMBERSHIP, PaxosCore
-from kvstore.raft.core import REASON_TRANSFER
-from kvstore.raft.memory import MemoryLogView
-from kvstore.raft.types import (
+from kvstore.consensus.memory import MemoryLogView
+from kvstore.consensus.types import (
     ConfChange,
     ConfChangeType,
     ConfState,
@@ -28,6 +24,10 @@ from kvstore.raft.types import (
     Role,
     SnapshotMeta,
 )
+from kvstore.errors import InvalidArgumentError, ProposalDroppedError
+from kvstore.paxos.ballot import next_ballot
+from kvstore.paxos.core import REASON_MEMBERSHIP, PaxosCore
+from kvstore.raft.core import REASON_TRANSFER
 from tests.paxos.helpers import (
     VOTERS3,
     acceptor_storage,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+from kvstore.consensus.progress import ProgressState
+from kvstore.consensus.types import ConfChange, ConfChangeType, Message, MessageType
 from kvstore.errors import InvalidArgumentError, InvariantError, ProposalDroppedError
 from kvstore.raft.core import (
     REASON_LEARNER,
@@ -16,8 +18,6 @@ from kvstore.raft.core import (
     REASON_TRANSFER,
     REASON_UNCOMMITTED,
 )
-from kvstore.raft.progress import ProgressState
-from kvstore.raft.types import ConfChange, ConfChangeType, Message, MessageType
 
 from .helpers import Network, new_peer
 

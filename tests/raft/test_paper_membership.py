@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import pytest
 
+from kvstore.consensus.types import (
+    ConfChange,
+    ConfChangeType,
+    EntryType,
+    Message,
+    MessageType,
+    Role,
+)
 from kvstore.errors import InvalidArgumentError, ProposalDroppedError
 from kvstore.raft.core import REASON_CONF_CHANGE_PENDING
-from kvstore.raft.types import ConfChange, ConfChangeType, EntryType, Message, MessageType, Role
 
 from .helpers import Network, new_peer
 

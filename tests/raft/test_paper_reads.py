@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from kvstore.consensus.types import DroppedProposal, Message, MessageType, ReadState, Role
 from kvstore.raft.core import REASON_NO_LEADER, REASON_NOT_LEADER, REASON_TOO_MANY_READS
-from kvstore.raft.types import DroppedProposal, Message, MessageType, ReadState, Role
 
 from .helpers import Network, new_peer
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from kvstore.consensus.types import MessageType, Role
 from kvstore.errors import InvalidArgumentError, ProposalDroppedError
 from kvstore.raft.core import REASON_TRANSFER
-from kvstore.raft.types import MessageType, Role
 
 from .helpers import Network
 

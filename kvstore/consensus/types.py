@@ -1,6 +1,8 @@
-"""Value types shared by the Raft core, the redo log, the state machine and the transport.
+"""The kernel's vocabulary: value types shared by both cores, the redo log, the state machine,
+the transport and the node.
 
-These are the contract between the pure core (`kvstore.raft.core`) and the code that does I/O.
+These are the contract between a pure core (kvstore/raft/, kvstore/paxos/) and the code that
+does I/O, which therefore never needs to know which protocol runs.
 Entries and messages are `NamedTuple`s rather than dataclasses: they are immutable values like
 h11's events, but cheaper to build (the hot path makes many) and msgpack encodes them as arrays.
 
@@ -20,7 +22,13 @@ NONE = 0
 
 
 class MessageType(enum.IntEnum):
-    """Every message the core takes or emits. Local types never cross the network."""
+    """Every message a core takes or emits. Local types never cross the network.
+
+    One enum for both protocols, Paxos's types included: the wire carries the type as one
+    integer and the transport checks it against this enum before any core sees the message, so
+    the numbering must be one space. Which fields each type uses is documented by the core that
+    sends it (kvstore/raft/core.py, kvstore/paxos/core.py).
+    """
 
     # Local: produced by the application or by the core's own ticks.
     HUP = 0

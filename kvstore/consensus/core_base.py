@@ -22,15 +22,15 @@ term) and when it may serve reads. Like the rest of kvstore/raft/, this module d
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, ClassVar
 
-from kvstore.errors import InvalidArgumentError, LogCompactedError, ProposalDroppedError, invariant
-from kvstore.raft import quorum
-from kvstore.raft.config import Config
-from kvstore.raft.log import RaftLog, entries_bytes
-from kvstore.raft.progress import PeerProgress, Progress, ProgressState
-from kvstore.raft.read_only import ReadOnly, ReadRequest
-from kvstore.raft.types import (
+from kvstore.consensus import quorum
+from kvstore.consensus.config import Config
+from kvstore.consensus.log import RaftLog, entries_bytes
+from kvstore.consensus.progress import Progress, ProgressState
+from kvstore.consensus.protocol import CoreStatus
+from kvstore.consensus.read_only import ReadOnly, ReadRequest
+from kvstore.consensus.types import (
     ConfChange,
     ConfChangeType,
     ConfState,
@@ -46,6 +46,7 @@ from kvstore.raft.types import (
     Role,
     SoftState,
 )
+from kvstore.errors import InvalidArgumentError, LogCompactedError, ProposalDroppedError, invariant
 
 if TYPE_CHECKING:
     import random
@@ -61,7 +62,6 @@ __all__ = [
     "REASON_UNCOMMITTED",
     "TERMLESS",
     "CoreBase",
-    "CoreStatus",
 ]
 
 # Why a proposal or a read was refused (ProposalDroppedError.reason, DroppedProposal.reason).
@@ -96,23 +96,6 @@ TERMLESS = frozenset(
 )
 """Types whose `term` means nothing: local events, and requests forwarded to the leader (or
 answered by it) that are valid whatever term (ballot) the two sides are in."""
-
-
-class CoreStatus(NamedTuple):
-    """A snapshot of the core's state, for status pages and tests."""
-
-    node_id: str
-    term: int
-    vote: str | None
-    commit: int
-    applied: int
-    role: Role
-    leader_id: str | None
-    conf_state: ConfState
-    progress: dict[str, PeerProgress]
-    """Each member's replication progress, when this node is the leader (else empty)."""
-    transferee: str | None
-    """The node leadership is being handed to, if a transfer is in progress."""
 
 
 class CoreBase:
