@@ -67,6 +67,7 @@ from kvstore.consensus.types import (
     ConfChange,
     ConfChangeType,
     ConfState,
+    DropReason,
     Entry,
     EntryType,
     Message,
@@ -102,8 +103,6 @@ from kvstore.options import (
     check_timeout,
     check_value,
 )
-from kvstore.paxos.core import REASON_MEMBERSHIP
-from kvstore.raft.core import REASON_NO_LEADER
 from kvstore.storage import commands
 from kvstore.storage.snapshot import (
     SnapshotTransferError,
@@ -1009,7 +1008,7 @@ class Node:
             if error is None:
                 await self._wait_applied(future.result(), deadline)
                 return
-            if isinstance(error, ProposalDroppedError) and error.reason != REASON_NO_LEADER:
+            if isinstance(error, ProposalDroppedError) and error.reason != DropReason.NO_LEADER:
                 # The leader refused (too many reads, or it is no longer sure it leads).
                 await asyncio.sleep(min(self.options.tick_s, max(remaining, 0)))
             elif not isinstance(error, ProposalDroppedError):
@@ -1115,7 +1114,7 @@ class Node:
         try:
             index = core.propose_conf_change(change)
         except ProposalDroppedError as error:
-            if error.reason == REASON_MEMBERSHIP:  # a fixed configuration: retrying cannot help
+            if error.reason == DropReason.MEMBERSHIP_FIXED:  # retrying cannot help
                 raise InvalidArgumentError(error.reason) from None
             raise UnavailableError(f"membership change refused: {error.reason}") from None
         self._kick()

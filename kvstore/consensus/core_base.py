@@ -35,6 +35,7 @@ from kvstore.consensus.types import (
     ConfChangeType,
     ConfState,
     DroppedProposal,
+    DropReason,
     Entry,
     EntryType,
     HardState,
@@ -53,25 +54,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CAMPAIGN_TRANSFER",
-    "REASON_LEARNER",
-    "REASON_NOT_LEADER",
-    "REASON_NO_LEADER",
-    "REASON_READ_REFUSED",
-    "REASON_TOO_MANY_READS",
-    "REASON_TRANSFER",
-    "REASON_UNCOMMITTED",
     "TERMLESS",
     "CoreBase",
 ]
-
-# Why a proposal or a read was refused (ProposalDroppedError.reason, DroppedProposal.reason).
-REASON_NO_LEADER = "no leader"
-REASON_NOT_LEADER = "not the leader"
-REASON_LEARNER = "node is a learner"
-REASON_TRANSFER = "leadership transfer in progress"
-REASON_UNCOMMITTED = "too many uncommitted bytes"
-REASON_TOO_MANY_READS = "too many pending reads"
-REASON_READ_REFUSED = "read refused by the leader"
 
 CAMPAIGN_TRANSFER = b"transfer"
 """`context` of a VOTE (PREPARE) sent because of a leadership transfer: voters skip the lease
@@ -345,7 +330,7 @@ class CoreBase:
         if self._role == _LEADER:
             self._leader_read(request, lease)
         elif self._lead is None:
-            self._dropped.append(DroppedProposal(request_ctx, REASON_NO_LEADER))
+            self._dropped.append(DroppedProposal(request_ctx, DropReason.NO_LEADER))
         else:
             self._msgs.append(Message(MT.READ_INDEX, self._lead, self._id, context=request_ctx))
 
@@ -360,7 +345,7 @@ class CoreBase:
         if self._role == _LEADER:
             self._start_transfer(target)
         elif self._lead is None:
-            raise ProposalDroppedError(REASON_NO_LEADER)
+            raise ProposalDroppedError(DropReason.NO_LEADER)
         else:
             # The sender must be this node (the transport checks it); the target rides in context.
             self._msgs.append(
@@ -474,7 +459,7 @@ class CoreBase:
         elif t == MT.READ_INDEX_RESPONSE:
             self._handle_read_index_response(m)
         elif t == MT.PROPOSE and m.reject:
-            reason = m.context.decode(errors="replace") or REASON_NOT_LEADER
+            reason = DropReason.from_wire(m.context)
             self._dropped.extend(DroppedProposal(e.data, reason) for e in m.entries)
         else:
             self._step_role(m)
@@ -597,7 +582,7 @@ class CoreBase:
             return
         t = m.type
         if t == MT.PROPOSE:
-            self._refuse_forwarded(m, REASON_NOT_LEADER)
+            self._refuse_forwarded(m, DropReason.NOT_LEADER)
         elif t == MT.READ_INDEX:
             self._refuse_read(m)
         elif t == MT.TRANSFER_LEADER:
@@ -619,7 +604,7 @@ class CoreBase:
             self._become_follower(m.term, m.sender)
             self._step_follower(m)
         elif t == MT.PROPOSE:
-            self._refuse_forwarded(m, REASON_NO_LEADER)
+            self._refuse_forwarded(m, DropReason.NO_LEADER)
         elif t == MT.READ_INDEX:
             self._refuse_read(m)
         else:
@@ -627,14 +612,14 @@ class CoreBase:
 
     def _forward_proposal(self, entries: tuple[Entry, ...]) -> None:
         if self._id in self._learners:
-            raise ProposalDroppedError(REASON_LEARNER, leader_id=self._lead)
+            raise ProposalDroppedError(DropReason.LEARNER, leader_id=self._lead)
         if self._lead is None:
-            raise ProposalDroppedError(REASON_NO_LEADER)
+            raise ProposalDroppedError(DropReason.NO_LEADER)
         if not self._config.forward_proposals:
-            raise ProposalDroppedError(REASON_NOT_LEADER, leader_id=self._lead)
+            raise ProposalDroppedError(DropReason.NOT_LEADER, leader_id=self._lead)
         self._msgs.append(Message(MT.PROPOSE, self._lead, self._id, entries=entries))
 
-    def _refuse_forwarded(self, m: Message, reason: str) -> None:
+    def _refuse_forwarded(self, m: Message, reason: DropReason) -> None:
         """Send a forwarded proposal back to its sender, which reports it in Ready.dropped."""
         if m.entries:
             self._msgs.append(
@@ -644,7 +629,7 @@ class CoreBase:
                     self._id,
                     entries=m.entries,
                     reject=True,
-                    context=reason.encode(),
+                    context=reason.to_wire(),
                 )
             )
 
@@ -668,7 +653,7 @@ class CoreBase:
     def _handle_read_index_response(self, m: Message) -> None:
         # Valid whatever our term now: the leader confirmed its leadership after the request.
         if m.reject:
-            self._dropped.append(DroppedProposal(m.context, REASON_READ_REFUSED))
+            self._dropped.append(DroppedProposal(m.context, DropReason.READ_REFUSED))
         else:
             self._read_states.append(ReadState(m.index, m.context))
 
@@ -792,17 +777,17 @@ class CoreBase:
         try:
             self._check_leader_accepts(entries_bytes(m.entries))
         except ProposalDroppedError as exc:
-            self._refuse_forwarded(m, exc.reason)
+            self._refuse_forwarded(m, DropReason(exc.reason))
             return False
         return True
 
     def _check_leader_accepts(self, size: int) -> None:
         if self._transferee is not None:
-            raise ProposalDroppedError(REASON_TRANSFER, leader_id=self._id)
+            raise ProposalDroppedError(DropReason.TRANSFER, leader_id=self._id)
         log = self._log
         uncommitted = log.mem_bytes(log.committed + 1, log.last_index() + 1)
         if uncommitted and uncommitted + size > self._max_uncommitted_bytes:
-            raise ProposalDroppedError(REASON_UNCOMMITTED, leader_id=self._id)
+            raise ProposalDroppedError(DropReason.UNCOMMITTED, leader_id=self._id)
 
     # --- sending to peers ---------------------------------------------------------------------
 
@@ -934,7 +919,7 @@ class CoreBase:
             # Until then the commit index may miss entries committed by earlier leaders
             # (thesis §6.4 step 1; Paxos: values chosen in earlier ballots): reads wait.
             if len(self._reads_waiting) >= self._max_pending_reads:
-                self._drop_read(request, REASON_TOO_MANY_READS)
+                self._drop_read(request, DropReason.TOO_MANY_READS)
             else:
                 self._reads_waiting.append((request, lease))
             return
@@ -944,7 +929,7 @@ class CoreBase:
             return
         ro = self._read_only
         if not ro.has_room():
-            self._drop_read(request, REASON_TOO_MANY_READS)
+            self._drop_read(request, DropReason.TOO_MANY_READS)
             return
         ro.enqueue(request)
         # The round starts at the next flush, so every read made before the next Ready shares it.
@@ -974,7 +959,7 @@ class CoreBase:
         else:
             self._send_read_response(request.sender, request.context, index, False)
 
-    def _drop_read(self, request: ReadRequest, reason: str) -> None:
+    def _drop_read(self, request: ReadRequest, reason: DropReason) -> None:
         if request.sender is None or request.sender == self._id:
             self._dropped.append(DroppedProposal(request.context, reason))
         else:
@@ -996,7 +981,7 @@ class CoreBase:
     def _drop_leader_reads(self) -> None:
         """The leader steps down: its pending reads can no longer be confirmed."""
         for request in self._read_only.drain():
-            self._drop_read(request, REASON_NOT_LEADER)
+            self._drop_read(request, DropReason.NOT_LEADER)
         waiting, self._reads_waiting = self._reads_waiting, []
         for request, _ in waiting:
-            self._drop_read(request, REASON_NOT_LEADER)
+            self._drop_read(request, DropReason.NOT_LEADER)

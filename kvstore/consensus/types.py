@@ -209,11 +209,45 @@ class SoftState(NamedTuple):
     role: Role
 
 
+class DropReason(enum.StrEnum):
+    """Why a core refused a proposal, a read or a membership change (`DroppedProposal.reason`,
+    `ProposalDroppedError.reason`). Compare by identity (`reason is DropReason.NO_LEADER`).
+
+    Each value is the text a leader sends back, UTF-8, in the `context` of a refused forwarded
+    PROPOSE (so the wire bytes are the human-readable reason); `from_wire` reads it back.
+    """
+
+    NO_LEADER = "no leader"
+    NOT_LEADER = "not the leader"
+    LEARNER = "node is a learner"
+    TRANSFER = "leadership transfer in progress"
+    UNCOMMITTED = "too many uncommitted bytes"
+    TOO_MANY_READS = "too many pending reads"
+    READ_REFUSED = "read refused by the leader"
+    CONF_CHANGE_PENDING = "a configuration change is already pending"
+    CONF_CHANGE_INVALID = "invalid configuration change"
+    MEMBERSHIP_FIXED = "membership changes are not supported with consensus=paxos"
+    """The Paxos core runs a fixed configuration: retrying cannot help."""
+
+    def to_wire(self) -> bytes:
+        """The bytes a refused forwarded PROPOSE carries in `context`."""
+        return self.value.encode()
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> DropReason:
+        """The reason in a refused PROPOSE's `context`; NOT_LEADER for empty or unknown bytes
+        (a peer's garbage must not raise into the core)."""
+        try:
+            return cls(data.decode())
+        except ValueError:  # UnicodeDecodeError is a ValueError too
+            return cls.NOT_LEADER
+
+
 class DroppedProposal(NamedTuple):
     """A proposal the core could not take, reported with its request context and a reason."""
 
     context: bytes
-    reason: str
+    reason: DropReason
 
 
 @dataclass(frozen=True, slots=True)

@@ -132,6 +132,7 @@ from kvstore.consensus.progress import Progress, ProgressState
 from kvstore.consensus.types import (
     ConfChange,
     ConfState,
+    DropReason,
     Entry,
     EntryType,
     LogView,
@@ -147,10 +148,7 @@ from kvstore.paxos.recovery import Promise, recover
 if TYPE_CHECKING:
     import random
 
-__all__ = ["REASON_MEMBERSHIP", "PaxosCore"]
-
-REASON_MEMBERSHIP = "membership changes are not supported with consensus=paxos"
-"""Why `propose_conf_change` is refused: the Paxos core runs a fixed configuration."""
+__all__ = ["PaxosCore"]
 
 MT = MessageType
 _LEADER = Role.LEADER
@@ -252,7 +250,7 @@ class PaxosCore(CoreBase):
 
     def propose_conf_change(self, change: ConfChange) -> int:
         """Always refused: the Paxos core runs a fixed configuration."""
-        raise ProposalDroppedError(REASON_MEMBERSHIP, leader_id=self._lead)
+        raise ProposalDroppedError(DropReason.MEMBERSHIP_FIXED, leader_id=self._lead)
 
     # --- outputs -----------------------------------------------------------------------------
 
@@ -761,7 +759,7 @@ class PaxosCore(CoreBase):
         if not ents:
             return
         if any(e[2] != EntryType.NORMAL for e in ents):
-            self._refuse_forwarded(m, REASON_MEMBERSHIP)
+            self._refuse_forwarded(m, DropReason.MEMBERSHIP_FIXED)
             return
         if not self._leader_takes_forwarded(m):
             return

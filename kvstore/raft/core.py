@@ -58,13 +58,6 @@ from kvstore.consensus import quorum
 from kvstore.consensus.config import Config, apply_conf_change
 from kvstore.consensus.core_base import (
     CAMPAIGN_TRANSFER,
-    REASON_LEARNER,
-    REASON_NO_LEADER,
-    REASON_NOT_LEADER,
-    REASON_READ_REFUSED,
-    REASON_TOO_MANY_READS,
-    REASON_TRANSFER,
-    REASON_UNCOMMITTED,
     TERMLESS,
     CoreBase,
 )
@@ -74,6 +67,7 @@ from kvstore.consensus.protocol import CoreStatus
 from kvstore.consensus.types import (
     ConfChange,
     ConfChangeType,
+    DropReason,
     Entry,
     EntryType,
     LogView,
@@ -88,24 +82,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CAMPAIGN_TRANSFER",
-    "REASON_CONF_CHANGE_INVALID",
-    "REASON_CONF_CHANGE_PENDING",
-    "REASON_LEARNER",
-    "REASON_NOT_LEADER",
-    "REASON_NO_LEADER",
-    "REASON_READ_REFUSED",
-    "REASON_TOO_MANY_READS",
-    "REASON_TRANSFER",
-    "REASON_UNCOMMITTED",
     "CoreStatus",
     "PeerProgress",
     "ProgressState",
     "RaftCore",
 ]
-
-# Why a membership change was refused (the other reasons are shared: core_base.py).
-REASON_CONF_CHANGE_PENDING = "a configuration change is already pending"
-REASON_CONF_CHANGE_INVALID = "invalid configuration change"
 
 _NEVER = -(1 << 62)
 
@@ -202,12 +183,12 @@ class RaftCore(CoreBase):
             self._forward_proposal((Entry(0, 0, EntryType.CONF_CHANGE, data),))
             return 0
         if self._transferee is not None:
-            raise ProposalDroppedError(REASON_TRANSFER, leader_id=self._id)
+            raise ProposalDroppedError(DropReason.TRANSFER, leader_id=self._id)
         if self._pending_conf_index > self._log.committed:
-            raise ProposalDroppedError(REASON_CONF_CHANGE_PENDING, leader_id=self._id)
+            raise ProposalDroppedError(DropReason.CONF_CHANGE_PENDING, leader_id=self._id)
         problem = self._conf_change_problem(change)
         if problem is not None:
-            raise InvalidArgumentError(f"{REASON_CONF_CHANGE_INVALID}: {problem}")
+            raise InvalidArgumentError(f"{DropReason.CONF_CHANGE_INVALID}: {problem}")
         index = self._log.last_index() + 1
         self._append_entries([Entry(self._term, index, EntryType.CONF_CHANGE, data)])
         self._pending_conf_index = index
@@ -557,11 +538,11 @@ class RaftCore(CoreBase):
         conf_indices = conf_change_indices(ents)
         if conf_indices:
             if len(conf_indices) > 1 or self._pending_conf_index > log.committed:
-                self._refuse_forwarded(m, REASON_CONF_CHANGE_PENDING)
+                self._refuse_forwarded(m, DropReason.CONF_CHANGE_PENDING)
                 return
             change = _decode_conf_change(ents[0].data if len(ents) == 1 else b"")
             if len(ents) != 1 or change is None or self._conf_change_problem(change) is not None:
-                self._refuse_forwarded(m, REASON_CONF_CHANGE_INVALID)
+                self._refuse_forwarded(m, DropReason.CONF_CHANGE_INVALID)
                 return
             self._pending_conf_index = first
         term = self._term
