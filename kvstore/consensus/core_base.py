@@ -296,7 +296,7 @@ class CoreBase:
 
     def campaign(self) -> None:
         """Start an election (phase 1) now, with a pre-vote round first when pre-vote is on."""
-        self._step(Message(MT.HUP, self._id, self._id))
+        self._step(Message.hup(self._id))
 
     def propose(self, data: bytes) -> int:
         """Propose one command. Returns its index on the leader, 0 when forwarded to the leader.
@@ -332,7 +332,7 @@ class CoreBase:
         elif self._lead is None:
             self._dropped.append(DroppedProposal(request_ctx, DropReason.NO_LEADER))
         else:
-            self._msgs.append(Message(MT.READ_INDEX, self._lead, self._id, context=request_ctx))
+            self._msgs.append(Message.read_index(self._lead, self._id, request_ctx))
 
     def transfer_leadership(self, target: str) -> None:
         """Ask the leader to hand leadership to `target`, which then campaigns at once.
@@ -348,17 +348,15 @@ class CoreBase:
             raise ProposalDroppedError(DropReason.NO_LEADER)
         else:
             # The sender must be this node (the transport checks it); the target rides in context.
-            self._msgs.append(
-                Message(MT.TRANSFER_LEADER, self._lead, self._id, context=target.encode())
-            )
+            self._msgs.append(Message.transfer_leader(self._lead, self._id, target.encode()))
 
     def report_unreachable(self, peer_id: str) -> None:
         """The transport could not deliver to `peer_id`: stop pipelining to it, probe instead."""
-        self._step(Message(MT.UNREACHABLE, self._id, peer_id))
+        self._step(Message.unreachable(self._id, peer_id))
 
     def report_snapshot(self, peer_id: str, success: bool) -> None:
         """The application finished streaming a snapshot to `peer_id` (or failed to)."""
-        self._step(Message(MT.SNAPSHOT_STATUS, self._id, peer_id, reject=not success))
+        self._step(Message.snapshot_status(self._id, peer_id, success))
 
     # --- outputs -----------------------------------------------------------------------------
 
@@ -588,7 +586,7 @@ class CoreBase:
         elif t == MT.TRANSFER_LEADER:
             if self._lead is not None and self._lead != m.sender:
                 target = m.context or m.sender.encode()
-                self._msgs.append(Message(MT.TRANSFER_LEADER, self._lead, self._id, context=target))
+                self._msgs.append(Message.transfer_leader(self._lead, self._id, target))
             else:
                 self.ignored_messages += 1
         elif t == MT.TIMEOUT_NOW:
@@ -617,21 +615,12 @@ class CoreBase:
             raise ProposalDroppedError(DropReason.NO_LEADER)
         if not self._config.forward_proposals:
             raise ProposalDroppedError(DropReason.NOT_LEADER, leader_id=self._lead)
-        self._msgs.append(Message(MT.PROPOSE, self._lead, self._id, entries=entries))
+        self._msgs.append(Message.propose(self._lead, self._id, entries))
 
     def _refuse_forwarded(self, m: Message, reason: DropReason) -> None:
         """Send a forwarded proposal back to its sender, which reports it in Ready.dropped."""
         if m.entries:
-            self._msgs.append(
-                Message(
-                    MT.PROPOSE,
-                    m.sender,
-                    self._id,
-                    entries=m.entries,
-                    reject=True,
-                    context=reason.to_wire(),
-                )
-            )
+            self._msgs.append(Message.propose_refused(m.sender, self._id, m.entries, reason))
 
     def _refuse_read(self, m: Message) -> None:
         """Not the leader: refuse a READ_INDEX forwarded to us."""
@@ -640,14 +629,7 @@ class CoreBase:
     def _answer_heartbeat(self, m: Message, index: int) -> None:
         """Answer the leader's heartbeat `m`, echoing its read round (`context`)."""
         self._msgs.append(
-            Message(
-                MT.HEARTBEAT_RESPONSE,
-                m.sender,
-                self._id,
-                self._term,
-                index=index,
-                context=m.context,
-            )
+            Message.heartbeat_response(m.sender, self._id, self._term, index, m.context)
         )
 
     def _handle_read_index_response(self, m: Message) -> None:
@@ -837,7 +819,7 @@ class CoreBase:
                 return self._send_snapshot(node, pr)
         commit = log.committed
         self._msgs.append(
-            Message(
+            Message.entries_batch(
                 self._APPEND_TYPE,
                 node,
                 self._id,
@@ -846,7 +828,6 @@ class CoreBase:
                 prev,
                 tuple(ents),
                 commit,
-                False,
                 self._recovery_end,
             )
         )
@@ -869,14 +850,7 @@ class CoreBase:
         if meta.index <= 0:
             return False
         self._msgs.append(
-            Message(
-                MT.SNAPSHOT,
-                node,
-                self._id,
-                self._term,
-                reject_hint=self._recovery_end,
-                snapshot=meta,
-            )
+            Message.install_snapshot(node, self._id, self._term, meta, self._recovery_end)
         )
         pr.become_snapshot(meta.index)
         return True
@@ -890,19 +864,7 @@ class CoreBase:
         now = self._now
         for node, pr in self._peers:
             self._msgs.append(
-                Message(
-                    MT.HEARTBEAT,
-                    node,
-                    me,
-                    term,
-                    0,
-                    now,
-                    (),
-                    min(pr.match, commit),
-                    False,
-                    0,
-                    context,
-                )
+                Message.heartbeat(node, me, term, now, min(pr.match, commit), context)
             )
 
     def _beat(self) -> None:
@@ -967,15 +929,7 @@ class CoreBase:
 
     def _send_read_response(self, to: str, context: bytes, index: int, reject: bool) -> None:
         self._msgs.append(
-            Message(
-                MT.READ_INDEX_RESPONSE,
-                to,
-                self._id,
-                self._term,
-                index=index,
-                reject=reject,
-                context=context,
-            )
+            Message.read_index_response(to, self._id, self._term, index, context, reject)
         )
 
     def _drop_leader_reads(self) -> None:

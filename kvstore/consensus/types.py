@@ -13,9 +13,10 @@ and `None` means "no node". Ranges are half-open `[lo, hi)`.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from functools import partial
+from typing import NamedTuple, Protocol, cast
 
 NONE = 0
 """No index / no term."""
@@ -186,6 +187,261 @@ class Message(NamedTuple):
     reject_hint: int = 0
     context: bytes = b""
     snapshot: SnapshotMeta | None = None
+
+    # --- named constructors -------------------------------------------------------------------
+    # One per message shape, so a call site says what it sends instead of filling ten
+    # positional fields. They build the tuple directly (no NamedTuple `__new__` with defaults):
+    # the leader makes one per peer per Ready, so they are on the hot path. The Paxos-only
+    # shapes are built in kvstore/paxos/messages.py.
+
+    @staticmethod
+    def hup(node: str) -> Message:
+        """Local: `node` starts an election now."""
+        return _message((MessageType.HUP, node, node, 0, 0, 0, (), 0, False, 0, b"", None))
+
+    @staticmethod
+    def unreachable(node: str, peer: str) -> Message:
+        """Local: the transport of `node` could not deliver to `peer`."""
+        return _message((MessageType.UNREACHABLE, node, peer, 0, 0, 0, (), 0, False, 0, b"", None))
+
+    @staticmethod
+    def snapshot_status(node: str, peer: str, success: bool) -> Message:
+        """Local: `node` finished streaming a snapshot to `peer` (`reject` = it failed)."""
+        return _message(
+            (MessageType.SNAPSHOT_STATUS, node, peer, 0, 0, 0, (), 0, not success, 0, b"", None)
+        )
+
+    @staticmethod
+    def propose(to: str, sender: str, entries: tuple[Entry, ...]) -> Message:
+        """Proposals forwarded to the leader `to` (no term: valid in any term)."""
+        return _message((MessageType.PROPOSE, to, sender, 0, 0, 0, entries, 0, False, 0, b"", None))
+
+    @staticmethod
+    def propose_refused(
+        to: str, sender: str, entries: tuple[Entry, ...], reason: DropReason
+    ) -> Message:
+        """Forwarded proposals sent back to the follower `to`, with the reason in `context`."""
+        return _message(
+            (MessageType.PROPOSE, to, sender, 0, 0, 0, entries, 0, True, 0, reason.to_wire(), None)
+        )
+
+    @staticmethod
+    def read_index(to: str, sender: str, request_ctx: bytes) -> Message:
+        """A follower asks the leader `to` for a read index for `request_ctx`."""
+        return _message(
+            (MessageType.READ_INDEX, to, sender, 0, 0, 0, (), 0, False, 0, request_ctx, None)
+        )
+
+    @staticmethod
+    def read_index_response(
+        to: str, sender: str, term: int, index: int, request_ctx: bytes, reject: bool
+    ) -> Message:
+        """The leader's answer: serve `request_ctx` once applied through `index` (or refused)."""
+        return _message(
+            (
+                MessageType.READ_INDEX_RESPONSE,
+                to,
+                sender,
+                term,
+                0,
+                index,
+                (),
+                0,
+                reject,
+                0,
+                request_ctx,
+                None,
+            )
+        )
+
+    @staticmethod
+    def transfer_leader(to: str, sender: str, target: bytes) -> Message:
+        """Ask the leader `to` to hand leadership to `target` (a UTF-8 node id)."""
+        return _message(
+            (MessageType.TRANSFER_LEADER, to, sender, 0, 0, 0, (), 0, False, 0, target, None)
+        )
+
+    @staticmethod
+    def timeout_now(to: str, sender: str, term: int) -> Message:
+        """The leader tells the transfer target `to` to campaign at once."""
+        return _message(
+            (MessageType.TIMEOUT_NOW, to, sender, term, 0, 0, (), 0, False, 0, b"", None)
+        )
+
+    @staticmethod
+    def entries_batch(
+        kind: MessageType,
+        to: str,
+        sender: str,
+        term: int,
+        prev_term: int,
+        prev_index: int,
+        entries: tuple[Entry, ...],
+        commit: int,
+        recovery_end: int,
+    ) -> Message:
+        """The leader's batch of `entries` after `prev_index` (of term `prev_term`), with its
+        commit: Raft's APPEND or Paxos's ACCEPT, which share this layout (`recovery_end` rides
+        in `reject_hint`; Raft sends 0)."""
+        return _message(
+            (
+                kind,
+                to,
+                sender,
+                term,
+                prev_term,
+                prev_index,
+                entries,
+                commit,
+                False,
+                recovery_end,
+                b"",
+                None,
+            )
+        )
+
+    @staticmethod
+    def append(
+        to: str,
+        sender: str,
+        term: int,
+        prev_term: int,
+        prev_index: int,
+        entries: tuple[Entry, ...],
+        commit: int,
+    ) -> Message:
+        """Raft: entries after `prev_index` (of term `prev_term`) and the leader's commit."""
+        return _message(
+            (
+                MessageType.APPEND,
+                to,
+                sender,
+                term,
+                prev_term,
+                prev_index,
+                entries,
+                commit,
+                False,
+                0,
+                b"",
+                None,
+            )
+        )
+
+    @staticmethod
+    def append_response(to: str, sender: str, term: int, match: int) -> Message:
+        """Raft: the follower's log matches the leader's through `match` (0 from a stale term:
+        only the term matters then)."""
+        return _message(
+            (MessageType.APPEND_RESPONSE, to, sender, term, 0, match, (), 0, False, 0, b"", None)
+        )
+
+    @staticmethod
+    def append_rejected(
+        to: str, sender: str, term: int, rejected: int, hint: int, hint_term: int
+    ) -> Message:
+        """Raft: the APPEND after `rejected` does not match; the follower's last entry whose term
+        is at most the leader's there is `hint`, of term `hint_term` (fast backtracking)."""
+        return _message(
+            (
+                MessageType.APPEND_RESPONSE,
+                to,
+                sender,
+                term,
+                hint_term,
+                rejected,
+                (),
+                0,
+                True,
+                hint,
+                b"",
+                None,
+            )
+        )
+
+    @staticmethod
+    def vote_request(
+        to: str,
+        sender: str,
+        term: int,
+        last_term: int,
+        last_index: int,
+        context: bytes,
+        *,
+        pre: bool,
+    ) -> Message:
+        """Raft: a (pre-)candidate at `term` whose log ends at `last_index` of `last_term`;
+        `context` is the campaign reason (CAMPAIGN_TRANSFER or empty)."""
+        kind = MessageType.PRE_VOTE if pre else MessageType.VOTE
+        return _message(
+            (kind, to, sender, term, last_term, last_index, (), 0, False, 0, context, None)
+        )
+
+    @staticmethod
+    def vote_response(to: str, sender: str, term: int, *, pre: bool, reject: bool) -> Message:
+        """Raft: a (pre-)vote granted or refused, at `term`."""
+        kind = MessageType.PRE_VOTE_RESPONSE if pre else MessageType.VOTE_RESPONSE
+        return _message((kind, to, sender, term, 0, 0, (), 0, reject, 0, b"", None))
+
+    @staticmethod
+    def heartbeat(
+        to: str, sender: str, term: int, now: int, commit: int, read_round: bytes
+    ) -> Message:
+        """The leader's heartbeat: the commit `to` may use, its tick `now` (echoed back) and
+        the read round id."""
+        return _message(
+            (
+                MessageType.HEARTBEAT,
+                to,
+                sender,
+                term,
+                0,
+                now,
+                (),
+                commit,
+                False,
+                0,
+                read_round,
+                None,
+            )
+        )
+
+    @staticmethod
+    def heartbeat_response(
+        to: str, sender: str, term: int, index: int, read_round: bytes
+    ) -> Message:
+        """The answer to a heartbeat: `index` (Raft: the echoed tick; Paxos: the end of the
+        acceptor's run) and the echoed read round."""
+        return _message(
+            (
+                MessageType.HEARTBEAT_RESPONSE,
+                to,
+                sender,
+                term,
+                0,
+                index,
+                (),
+                0,
+                False,
+                0,
+                read_round,
+                None,
+            )
+        )
+
+    @staticmethod
+    def install_snapshot(
+        to: str, sender: str, term: int, meta: SnapshotMeta, recovery_end: int
+    ) -> Message:
+        """The leader's SNAPSHOT: install `meta` (the node streams the data); `recovery_end`
+        rides in `reject_hint` (Paxos; Raft sends 0)."""
+        return _message(
+            (MessageType.SNAPSHOT, to, sender, term, 0, 0, (), 0, False, recovery_end, b"", meta)
+        )
+
+
+_message = cast("Callable[[tuple[object, ...]], Message]", partial(tuple.__new__, Message))
+"""Builds a `Message` from its 12 fields in order, without NamedTuple's `__new__`."""
 
 
 class ReadState(NamedTuple):

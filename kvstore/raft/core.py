@@ -232,10 +232,10 @@ class RaftCore(CoreBase):
         if t == _APPEND or t == MT.HEARTBEAT:
             # Tell a deposed leader about the newer term so it steps down (it may have been cut
             # off and, with pre-vote or check-quorum, would otherwise never learn of it).
-            self._send(Message(_APPEND_RESPONSE, m.sender, self._id, self._term))
+            self._send(Message.append_response(m.sender, self._id, self._term, 0))
         elif t == MT.VOTE or t == MT.PRE_VOTE:
-            response = MT.VOTE_RESPONSE if t == MT.VOTE else MT.PRE_VOTE_RESPONSE
-            self._send(Message(response, m.sender, self._id, self._term, reject=True))
+            pre = t == MT.PRE_VOTE
+            self._send(Message.vote_response(m.sender, self._id, self._term, pre=pre, reject=True))
         else:
             self.ignored_messages += 1
 
@@ -331,22 +331,24 @@ class RaftCore(CoreBase):
         if self._poll(self._id, True) == quorum.VoteResult.WON:
             self._campaign(transfer=False)
             return
-        self._request_votes(MT.PRE_VOTE, self._term + 1, b"")
+        self._request_votes(self._term + 1, b"", pre=True)
 
     def _campaign(self, *, transfer: bool) -> None:
         self._become_candidate()
         if self._poll(self._id, True) == quorum.VoteResult.WON:
             self._become_leader()
             return
-        self._request_votes(MT.VOTE, self._term, CAMPAIGN_TRANSFER if transfer else b"")
+        self._request_votes(self._term, CAMPAIGN_TRANSFER if transfer else b"", pre=False)
 
-    def _request_votes(self, kind: MessageType, term: int, context: bytes) -> None:
+    def _request_votes(self, term: int, context: bytes, *, pre: bool) -> None:
         log = self._log
         last_index, last_term = log.last_index(), log.last_term()
         for voter in self._voter_list:
             if voter != self._id:
                 self._send(
-                    Message(kind, voter, self._id, term, last_term, last_index, context=context)
+                    Message.vote_request(
+                        voter, self._id, term, last_term, last_index, context, pre=pre
+                    )
                 )
 
     def _poll(self, voter: str, granted: bool) -> quorum.VoteResult:
@@ -363,15 +365,14 @@ class RaftCore(CoreBase):
             or (self._vote is None and self._lead is None)
             or (pre and m.term > self._term)
         )
-        response = MT.PRE_VOTE_RESPONSE if pre else MT.VOTE_RESPONSE
         if can_vote and self._log.is_up_to_date(m.index, m.log_term):
             # The answer carries the term asked for, so a pre-candidate can count it.
-            self._send(Message(response, m.sender, self._id, m.term))
+            self._send(Message.vote_response(m.sender, self._id, m.term, pre=pre, reject=False))
             if not pre:
                 self._election_elapsed = 0
                 self._vote = m.sender
         else:
-            self._send(Message(response, m.sender, self._id, self._term, reject=True))
+            self._send(Message.vote_response(m.sender, self._id, self._term, pre=pre, reject=True))
 
     # --- follower and candidate ---------------------------------------------------------------
 
@@ -398,7 +399,7 @@ class RaftCore(CoreBase):
         log = self._log
         if m.index < log.committed:
             # Everything up to our commit index is known to match: say where we stand.
-            self._send(Message(_APPEND_RESPONSE, m.sender, self._id, self._term, 0, log.committed))
+            self._send(Message.append_response(m.sender, self._id, self._term, log.committed))
             return
         ents = m.entries
         if ents:
@@ -417,18 +418,7 @@ class RaftCore(CoreBase):
             # leader's term at m.index, so the leader skips a whole term per round trip.
             hint, hint_term = log.find_conflict_by_term(min(m.index, log.last_index()), m.log_term)
             self._send(
-                Message(
-                    _APPEND_RESPONSE,
-                    m.sender,
-                    self._id,
-                    self._term,
-                    hint_term,
-                    m.index,
-                    (),
-                    0,
-                    True,
-                    hint,
-                )
+                Message.append_rejected(m.sender, self._id, self._term, m.index, hint, hint_term)
             )
             return
         last_new = m.index + len(ents)
@@ -442,7 +432,7 @@ class RaftCore(CoreBase):
                 self._append_entries(ents[conflict - m.index - 1 :])
         if log.commit_to(min(m.commit, last_new)):
             self._on_commit_advanced()
-        self._send(Message(_APPEND_RESPONSE, m.sender, self._id, self._term, 0, last_new))
+        self._send(Message.append_response(m.sender, self._id, self._term, last_new))
 
     def _find_conflict(self, ents: Sequence[Entry]) -> int:
         """The index of the first of `ents` that is not in the log (0 if all are)."""
@@ -471,7 +461,7 @@ class RaftCore(CoreBase):
         log = self._log
         if meta.index <= log.committed:
             # Stale: we already have all of it. Tell the leader where we are.
-            self._send(Message(_APPEND_RESPONSE, m.sender, self._id, self._term, 0, log.committed))
+            self._send(Message.append_response(m.sender, self._id, self._term, log.committed))
             return
         if log.match_term(meta.index, meta.term):
             # Our log already holds the snapshot's last entry: just commit up to it.
@@ -483,7 +473,7 @@ class RaftCore(CoreBase):
             self._set_conf(meta.conf_state)
             if self._role != _LEADER and not self._promotable():
                 self._election_elapsed = 0
-        self._send(Message(_APPEND_RESPONSE, m.sender, self._id, self._term, 0, meta.index))
+        self._send(Message.append_response(m.sender, self._id, self._term, meta.index))
 
     # --- leader -------------------------------------------------------------------------------
 
@@ -509,7 +499,7 @@ class RaftCore(CoreBase):
             if self._role != _LEADER:
                 return
             if m.sender == self._transferee and pr.match == log.last_index():
-                self._msgs.append(Message(MT.TIMEOUT_NOW, m.sender, self._id, self._term))
+                self._msgs.append(Message.timeout_now(m.sender, self._id, self._term))
 
     def _handle_heartbeat_response(self, m: Message) -> None:
         pr = self._answering_peer(m)
@@ -580,7 +570,7 @@ class RaftCore(CoreBase):
         self._transferee = target
         pr = self._progress[target]
         if pr.match == self._log.last_index():
-            self._msgs.append(Message(MT.TIMEOUT_NOW, target, self._id, self._term))
+            self._msgs.append(Message.timeout_now(target, self._id, self._term))
         else:
             self._nudge(pr)
 
@@ -663,15 +653,8 @@ class RaftCore(CoreBase):
                 # the change apply it, so it knows it was removed and stops campaigning
                 # (§4.2.3). It commits only if its log matches ours up to what was sent.
                 self._msgs.append(
-                    Message(
-                        _APPEND,
-                        node,
-                        self._id,
-                        self._term,
-                        prev_term,
-                        pr.next - 1,
-                        (),
-                        log.committed,
+                    Message.append(
+                        node, self._id, self._term, prev_term, pr.next - 1, (), log.committed
                     )
                 )
         self._rebuild_progress()
@@ -684,7 +667,7 @@ class RaftCore(CoreBase):
             last = self._log.last_index()
             for node, pr in self._peers:
                 if node in self._voters and pr.match == last:
-                    self._msgs.append(Message(MT.TIMEOUT_NOW, node, self._id, self._term))
+                    self._msgs.append(Message.timeout_now(node, self._id, self._term))
                     break
             self._become_follower(self._term, None)
             return
