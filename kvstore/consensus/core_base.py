@@ -5,7 +5,8 @@ Both cores take the same inputs (ticks, messages, proposals, reads) and hand out
 one `Progress` each, confirms reads with a quorum round of heartbeats and refuses work during a
 leadership transfer. That machinery lives here once:
 
-- the Ready assembly (`has_ready`, `ready`) and the `advance` bookkeeping;
+- `has_ready`, `ready` and the `advance` bookkeeping, over a `ReadyAssembler` (ready.py) that
+  the core holds: the outbox and the Ready assembly are shared by composition;
 - the read-only properties and `status()`;
 - the public inputs whose logic does not depend on the protocol (`propose`, `read_index`,
   `transfer_leadership`, `report_*`);
@@ -30,6 +31,7 @@ from kvstore.consensus.log import RaftLog, entries_bytes
 from kvstore.consensus.progress import Progress, ProgressState
 from kvstore.consensus.protocol import CoreStatus
 from kvstore.consensus.read_only import ReadOnly, ReadRequest
+from kvstore.consensus.ready import ReadyAssembler
 from kvstore.consensus.types import (
     ConfChange,
     ConfChangeType,
@@ -45,7 +47,6 @@ from kvstore.consensus.types import (
     ReadState,
     Ready,
     Role,
-    SoftState,
 )
 from kvstore.errors import InvalidArgumentError, LogCompactedError, ProposalDroppedError, invariant
 
@@ -119,11 +120,8 @@ class CoreBase:
         self._max_uncommitted_bytes = config.max_uncommitted_bytes
         self._max_pending_reads = config.max_pending_reads
 
-        # Outputs gathered for the next Ready.
-        self._msgs: list[Message] = []
-        self._msgs_after: list[Message] = []
-        self._read_states: list[ReadState] = []
-        self._dropped: list[DroppedProposal] = []
+        self._out = ReadyAssembler(self._AFTER_PERSIST, config.max_committed_bytes_per_ready)
+        """Outputs gathered for the next Ready, and the Ready assembly (composition)."""
 
         # Volatile state.
         self._role = Role.FOLLOWER
@@ -143,7 +141,6 @@ class CoreBase:
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
         self._randomized_timeout = config.election_ticks
-        self._pending_ready: Ready | None = None
         self._step_role: Callable[[Message], None] = self._step_follower
         self._tick_role: Callable[[], None] = self._tick_election
         self._follower_handlers: Mapping[MessageType, Callable[[Message], None]] = {}
@@ -155,8 +152,6 @@ class CoreBase:
         """Messages dropped as stale, misaddressed or malformed (a diagnostic counter)."""
 
         self._log: RaftLog
-        self._prev_hard: HardState
-        self._prev_soft = SoftState(None, Role.FOLLOWER)
         self._conf: ConfState
         self._voters: frozenset[str] = frozenset()
         self._learners: frozenset[str] = frozenset()
@@ -164,14 +159,15 @@ class CoreBase:
         """The voters, sorted by id."""
 
     def _open_log(self, log: LogView) -> tuple[HardState, ConfState] | None:
-        """Set `_log` and `_prev_hard` from `log`. Returns its hard state and configuration,
-        or None for a brand-new cluster, whose log now holds the bootstrap entries (one
-        committed ADD_VOTER per initial voter, term 1) and whose configuration is set."""
+        """Set `_log` and the assembler's durable hard state from `log`. Returns its hard
+        state and configuration, or None for a brand-new cluster, whose log now holds the
+        bootstrap entries (one committed ADD_VOTER per initial voter, term 1) and whose
+        configuration is set."""
         config = self._config
         hard, conf = log.initial_state()
         snap = log.snapshot_meta()
         if config.initial_voters and hard.term == 0 and snap.index == 0 and log.last_index() == 0:
-            self._prev_hard = HardState()
+            self._out.start_from(HardState())
             self._log = RaftLog(log, committed=0, applied=0)
             voters = sorted(config.initial_voters)
             self._log.append(
@@ -188,7 +184,7 @@ class CoreBase:
             self._log.commit_to(len(voters))
             self._set_conf(ConfState(tuple(voters), ()))
             return None
-        self._prev_hard = hard
+        self._out.start_from(hard)
         last = log.last_index()
         invariant(
             config.applied <= last,
@@ -330,9 +326,9 @@ class CoreBase:
         if self._role == _LEADER:
             self._leader_read(request, lease)
         elif self._lead is None:
-            self._dropped.append(DroppedProposal(request_ctx, DropReason.NO_LEADER))
+            self._out.dropped.append(DroppedProposal(request_ctx, DropReason.NO_LEADER))
         else:
-            self._msgs.append(Message.read_index(self._lead, self._id, request_ctx))
+            self._out.messages.append(Message.read_index(self._lead, self._id, request_ctx))
 
     def transfer_leadership(self, target: str) -> None:
         """Ask the leader to hand leadership to `target`, which then campaigns at once.
@@ -348,7 +344,9 @@ class CoreBase:
             raise ProposalDroppedError(DropReason.NO_LEADER)
         else:
             # The sender must be this node (the transport checks it); the target rides in context.
-            self._msgs.append(Message.transfer_leader(self._lead, self._id, target.encode()))
+            self._out.messages.append(
+                Message.transfer_leader(self._lead, self._id, target.encode())
+            )
 
     def report_unreachable(self, peer_id: str) -> None:
         """The transport could not deliver to `peer_id`: stop pipelining to it, probe instead."""
@@ -364,60 +362,19 @@ class CoreBase:
         """Whether `ready()` would return any work."""
         if self._need_flush:
             self._flush()
-        if self._msgs or self._msgs_after or self._read_states or self._dropped:
-            return True
-        log = self._log
-        if log.has_unstable() or log.has_next_committed():
-            return True
-        soft = self._prev_soft
-        if soft.leader_id != self._lead or soft.role != self._role:
-            return True
-        hard = self._prev_hard
-        return hard.term != self._term or hard.vote != self._vote or hard.commit != log.committed
+        return self._out.has_ready(self._log, self._term, self._vote, self._lead, self._role)
 
     def ready(self) -> Ready:
         """The work to do now, in the order `Ready` documents. Call `advance()` with it next."""
-        invariant(self._pending_ready is None, "ready() called again before advance()")
+        invariant(self._out.pending is None, "ready() called again before advance()")
         if self._need_flush:
             self._flush()
-        log = self._log
-        soft: SoftState | None = None
-        prev_soft = self._prev_soft
-        if prev_soft.leader_id != self._lead or prev_soft.role != self._role:
-            soft = self._prev_soft = SoftState(self._lead, self._role)
-        hard: HardState | None = None
-        must_sync = False
-        prev = self._prev_hard
-        term, vote, commit = self._term, self._vote, log.committed
-        if prev.commit != commit or prev.term != term or prev.vote != vote:
-            hard = self._prev_hard = HardState(term, vote, commit)
-            must_sync = prev.term != term or prev.vote != vote
-        entries = log.take_unstable()
-        snapshot = log.take_snapshot()
-        rd = Ready(
-            soft_state=soft,
-            hard_state=hard,
-            entries=entries,
-            snapshot=snapshot,
-            messages=self._msgs,
-            persisted_messages=self._msgs_after,
-            committed_entries=log.next_committed(self._config.max_committed_bytes_per_ready),
-            read_states=self._read_states,
-            must_sync=must_sync or bool(entries) or snapshot is not None,
-            dropped=self._dropped,
-        )
-        self._msgs = []
-        self._msgs_after = []
-        self._read_states = []
-        self._dropped = []
-        self._pending_ready = rd
-        return rd
+        return self._out.ready(self._log, self._term, self._vote, self._lead, self._role)
 
     def advance(self, ready: Ready) -> None:
         """Acknowledge `ready`: its entries, hard state and snapshot are durable, its committed
         entries applied. For the leader, its own durable entries count as its own ack."""
-        invariant(ready is self._pending_ready, "advance() with a Ready other than the last one")
-        self._pending_ready = None
+        self._out.acknowledge(ready)
         log = self._log
         if ready.entries:
             self._entries_stable(ready.entries)
@@ -458,7 +415,7 @@ class CoreBase:
             self._handle_read_index_response(m)
         elif t == MT.PROPOSE and m.reject:
             reason = DropReason.from_wire(m.context)
-            self._dropped.extend(DroppedProposal(e.data, reason) for e in m.entries)
+            self._out.dropped.extend(DroppedProposal(e.data, reason) for e in m.entries)
         else:
             self._step_role(m)
 
@@ -510,12 +467,6 @@ class CoreBase:
             and self._election_elapsed < self._election_ticks
             and m.context != CAMPAIGN_TRANSFER
         )
-
-    def _send(self, m: Message) -> None:
-        if m.type in self._AFTER_PERSIST:
-            self._msgs_after.append(m)
-        else:
-            self._msgs.append(m)
 
     def _reset(self, term: int) -> None:
         if term != self._term:
@@ -586,7 +537,7 @@ class CoreBase:
         elif t == MT.TRANSFER_LEADER:
             if self._lead is not None and self._lead != m.sender:
                 target = m.context or m.sender.encode()
-                self._msgs.append(Message.transfer_leader(self._lead, self._id, target))
+                self._out.messages.append(Message.transfer_leader(self._lead, self._id, target))
             else:
                 self.ignored_messages += 1
         elif t == MT.TIMEOUT_NOW:
@@ -615,12 +566,14 @@ class CoreBase:
             raise ProposalDroppedError(DropReason.NO_LEADER)
         if not self._config.forward_proposals:
             raise ProposalDroppedError(DropReason.NOT_LEADER, leader_id=self._lead)
-        self._msgs.append(Message.propose(self._lead, self._id, entries))
+        self._out.messages.append(Message.propose(self._lead, self._id, entries))
 
     def _refuse_forwarded(self, m: Message, reason: DropReason) -> None:
         """Send a forwarded proposal back to its sender, which reports it in Ready.dropped."""
         if m.entries:
-            self._msgs.append(Message.propose_refused(m.sender, self._id, m.entries, reason))
+            self._out.messages.append(
+                Message.propose_refused(m.sender, self._id, m.entries, reason)
+            )
 
     def _refuse_read(self, m: Message) -> None:
         """Not the leader: refuse a READ_INDEX forwarded to us."""
@@ -628,16 +581,16 @@ class CoreBase:
 
     def _answer_heartbeat(self, m: Message, index: int) -> None:
         """Answer the leader's heartbeat `m`, echoing its read round (`context`)."""
-        self._msgs.append(
+        self._out.messages.append(
             Message.heartbeat_response(m.sender, self._id, self._term, index, m.context)
         )
 
     def _handle_read_index_response(self, m: Message) -> None:
         # Valid whatever our term now: the leader confirmed its leadership after the request.
         if m.reject:
-            self._dropped.append(DroppedProposal(m.context, DropReason.READ_REFUSED))
+            self._out.dropped.append(DroppedProposal(m.context, DropReason.READ_REFUSED))
         else:
-            self._read_states.append(ReadState(m.index, m.context))
+            self._out.read_states.append(ReadState(m.index, m.context))
 
     # --- leader -------------------------------------------------------------------------------
 
@@ -818,7 +771,7 @@ class CoreBase:
             except LogCompactedError:
                 return self._send_snapshot(node, pr)
         commit = log.committed
-        self._msgs.append(
+        self._out.messages.append(
             Message.entries_batch(
                 self._APPEND_TYPE,
                 node,
@@ -849,7 +802,7 @@ class CoreBase:
         meta = self._log.storage.snapshot_meta()
         if meta.index <= 0:
             return False
-        self._msgs.append(
+        self._out.messages.append(
             Message.install_snapshot(node, self._id, self._term, meta, self._recovery_end)
         )
         pr.become_snapshot(meta.index)
@@ -863,7 +816,7 @@ class CoreBase:
         me = self._id
         now = self._now
         for node, pr in self._peers:
-            self._msgs.append(
+            self._out.messages.append(
                 Message.heartbeat(node, me, term, now, min(pr.match, commit), context)
             )
 
@@ -917,18 +870,18 @@ class CoreBase:
 
     def _answer_read(self, request: ReadRequest, index: int) -> None:
         if request.sender is None or request.sender == self._id:
-            self._read_states.append(ReadState(index, request.context))
+            self._out.read_states.append(ReadState(index, request.context))
         else:
             self._send_read_response(request.sender, request.context, index, False)
 
     def _drop_read(self, request: ReadRequest, reason: DropReason) -> None:
         if request.sender is None or request.sender == self._id:
-            self._dropped.append(DroppedProposal(request.context, reason))
+            self._out.dropped.append(DroppedProposal(request.context, reason))
         else:
             self._send_read_response(request.sender, request.context, 0, True)
 
     def _send_read_response(self, to: str, context: bytes, index: int, reject: bool) -> None:
-        self._msgs.append(
+        self._out.messages.append(
             Message.read_index_response(to, self._id, self._term, index, context, reject)
         )
 

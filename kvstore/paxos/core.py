@@ -323,11 +323,11 @@ class PaxosCore(CoreBase):
         (PMS §2.3: the acceptor tells the proposer to abandon a proposal it will not take)."""
         t = m.type
         if t in _FROM_LEADER:
-            self._send(messages.accept_refused(m.sender, self._id, self._term, 0, 0))
+            self._out.send(messages.accept_refused(m.sender, self._id, self._term, 0, 0))
         elif t == MT.PREPARE:
-            self._send(messages.promise_refused(m.sender, self._id, self._term))
+            self._out.send(messages.promise_refused(m.sender, self._id, self._term))
         elif t == MT.PRE_PREPARE:
-            self._send(messages.pre_promise(m.sender, self._id, self._term, reject=True))
+            self._out.send(messages.pre_promise(m.sender, self._id, self._term, reject=True))
         else:
             self.ignored_messages += 1
 
@@ -361,7 +361,7 @@ class PaxosCore(CoreBase):
             return
         for voter in self._voter_list:
             if voter != self._id:
-                self._msgs.append(
+                self._out.messages.append(
                     messages.pre_prepare(voter, self._id, self._pre_ballot, self._log.committed)
                 )
 
@@ -377,7 +377,7 @@ class PaxosCore(CoreBase):
         commit = self._log.committed
         for voter in self._voter_list:
             if voter != self._id:
-                self._send(messages.prepare(voter, self._id, ballot, commit, context))
+                self._out.send(messages.prepare(voter, self._id, ballot, commit, context))
         # Our own promise counts once it is durable: see advance().
 
     def _maybe_win(self) -> None:
@@ -472,7 +472,7 @@ class PaxosCore(CoreBase):
             self._become_follower(self._term, None)
         self._vote = m.sender
         self._election_elapsed = 0
-        self._send(
+        self._out.send(
             messages.promise(
                 m.sender, self._id, self._term, self._log.committed, self._promise_entries(m.index)
             )
@@ -499,9 +499,13 @@ class PaxosCore(CoreBase):
     def _handle_pre_prepare(self, m: Message) -> None:
         # A ballot above our promise reaches here only outside any leader's lease.
         if m.term > self._term:
-            self._msgs.append(messages.pre_promise(m.sender, self._id, m.term, reject=False))
+            self._out.messages.append(
+                messages.pre_promise(m.sender, self._id, m.term, reject=False)
+            )
         else:
-            self._msgs.append(messages.pre_promise(m.sender, self._id, self._term, reject=True))
+            self._out.messages.append(
+                messages.pre_promise(m.sender, self._id, self._term, reject=True)
+            )
 
     def _handle_accept(self, m: Message) -> None:
         """Phase 2b (PMS §2.2): accept a batch of ballot `m.term`, if it can be placed."""
@@ -531,7 +535,7 @@ class PaxosCore(CoreBase):
             frontier = True
         else:
             # We cannot place it: say from where we can (the leader backs off to there).
-            self._send(messages.accept_refused(m.sender, self._id, self._term, prev, run))
+            self._out.send(messages.accept_refused(m.sender, self._id, self._term, prev, run))
             return
         end = prev + n
         if n and end > commit:
@@ -540,7 +544,7 @@ class PaxosCore(CoreBase):
                 ents = ents[skip:]
             self._place(ents, m.reject_hint)
         if frontier:
-            self._send(messages.accepted(m.sender, self._id, self._term, end))
+            self._out.send(messages.accepted(m.sender, self._id, self._term, end))
             return
         # Slots the leader says are chosen are ours too once the batch is in place; so is our
         # whole run up to the leader's commit (it holds the leader's values).
@@ -549,7 +553,7 @@ class PaxosCore(CoreBase):
         self._run_end = run
         if m.commit > log.committed:
             log.commit_to(min(m.commit, run))
-        self._send(messages.accepted(m.sender, self._id, self._term, run))
+        self._out.send(messages.accepted(m.sender, self._id, self._term, run))
 
     def _place(self, ents: Sequence[Entry], recovery_end: int) -> None:
         """Write `ents` (after our chosen prefix) into the log without forgetting a value that
@@ -609,17 +613,17 @@ class PaxosCore(CoreBase):
         commit = log.committed
         run = self._run_end if self._run_end > commit else commit
         if meta.index <= commit:
-            self._send(messages.accepted(m.sender, self._id, self._term, run))
+            self._out.send(messages.accepted(m.sender, self._id, self._term, run))
             return
         if self._holds_values_after(meta.index, m.reject_hint):
             # Installing resets the log, and the values we would re-append after it could be
             # lost by a crash between the two writes. Wait for a snapshot that covers them.
-            self._send(messages.snapshot_refused(m.sender, self._id, self._term, meta, run))
+            self._out.send(messages.snapshot_refused(m.sender, self._id, self._term, meta, run))
             return
         log.restore(meta)
         self._rewritten_from = 0
         self._run_end = meta.index
-        self._send(messages.accepted(m.sender, self._id, self._term, meta.index))
+        self._out.send(messages.accepted(m.sender, self._id, self._term, meta.index))
 
     def _holds_values_after(self, index: int, recovery_end: int) -> bool:
         """Whether our log holds, after `index`, a value that may still be chosen: any value up
@@ -746,7 +750,7 @@ class PaxosCore(CoreBase):
         self._election_elapsed = 0
         self._transferee = target
         # Paxos needs no caught-up target: its phase 1 recovers everything. Tell it to start.
-        self._msgs.append(Message.timeout_now(target, self._id, self._term))
+        self._out.messages.append(Message.timeout_now(target, self._id, self._term))
 
 
 if TYPE_CHECKING:

@@ -232,10 +232,12 @@ class RaftCore(CoreBase):
         if t == _APPEND or t == MT.HEARTBEAT:
             # Tell a deposed leader about the newer term so it steps down (it may have been cut
             # off and, with pre-vote or check-quorum, would otherwise never learn of it).
-            self._send(Message.append_response(m.sender, self._id, self._term, 0))
+            self._out.send(Message.append_response(m.sender, self._id, self._term, 0))
         elif t == MT.VOTE or t == MT.PRE_VOTE:
             pre = t == MT.PRE_VOTE
-            self._send(Message.vote_response(m.sender, self._id, self._term, pre=pre, reject=True))
+            self._out.send(
+                Message.vote_response(m.sender, self._id, self._term, pre=pre, reject=True)
+            )
         else:
             self.ignored_messages += 1
 
@@ -345,7 +347,7 @@ class RaftCore(CoreBase):
         last_index, last_term = log.last_index(), log.last_term()
         for voter in self._voter_list:
             if voter != self._id:
-                self._send(
+                self._out.send(
                     Message.vote_request(
                         voter, self._id, term, last_term, last_index, context, pre=pre
                     )
@@ -367,12 +369,14 @@ class RaftCore(CoreBase):
         )
         if can_vote and self._log.is_up_to_date(m.index, m.log_term):
             # The answer carries the term asked for, so a pre-candidate can count it.
-            self._send(Message.vote_response(m.sender, self._id, m.term, pre=pre, reject=False))
+            self._out.send(Message.vote_response(m.sender, self._id, m.term, pre=pre, reject=False))
             if not pre:
                 self._election_elapsed = 0
                 self._vote = m.sender
         else:
-            self._send(Message.vote_response(m.sender, self._id, self._term, pre=pre, reject=True))
+            self._out.send(
+                Message.vote_response(m.sender, self._id, self._term, pre=pre, reject=True)
+            )
 
     # --- follower and candidate ---------------------------------------------------------------
 
@@ -399,7 +403,7 @@ class RaftCore(CoreBase):
         log = self._log
         if m.index < log.committed:
             # Everything up to our commit index is known to match: say where we stand.
-            self._send(Message.append_response(m.sender, self._id, self._term, log.committed))
+            self._out.send(Message.append_response(m.sender, self._id, self._term, log.committed))
             return
         ents = m.entries
         if ents:
@@ -417,7 +421,7 @@ class RaftCore(CoreBase):
             # §5.3 with fast backtracking: hint at the last entry whose term is not above the
             # leader's term at m.index, so the leader skips a whole term per round trip.
             hint, hint_term = log.find_conflict_by_term(min(m.index, log.last_index()), m.log_term)
-            self._send(
+            self._out.send(
                 Message.append_rejected(m.sender, self._id, self._term, m.index, hint, hint_term)
             )
             return
@@ -432,7 +436,7 @@ class RaftCore(CoreBase):
                 self._append_entries(ents[conflict - m.index - 1 :])
         if log.commit_to(min(m.commit, last_new)):
             self._on_commit_advanced()
-        self._send(Message.append_response(m.sender, self._id, self._term, last_new))
+        self._out.send(Message.append_response(m.sender, self._id, self._term, last_new))
 
     def _find_conflict(self, ents: Sequence[Entry]) -> int:
         """The index of the first of `ents` that is not in the log (0 if all are)."""
@@ -461,7 +465,7 @@ class RaftCore(CoreBase):
         log = self._log
         if meta.index <= log.committed:
             # Stale: we already have all of it. Tell the leader where we are.
-            self._send(Message.append_response(m.sender, self._id, self._term, log.committed))
+            self._out.send(Message.append_response(m.sender, self._id, self._term, log.committed))
             return
         if log.match_term(meta.index, meta.term):
             # Our log already holds the snapshot's last entry: just commit up to it.
@@ -473,7 +477,7 @@ class RaftCore(CoreBase):
             self._set_conf(meta.conf_state)
             if self._role != _LEADER and not self._promotable():
                 self._election_elapsed = 0
-        self._send(Message.append_response(m.sender, self._id, self._term, meta.index))
+        self._out.send(Message.append_response(m.sender, self._id, self._term, meta.index))
 
     # --- leader -------------------------------------------------------------------------------
 
@@ -499,7 +503,7 @@ class RaftCore(CoreBase):
             if self._role != _LEADER:
                 return
             if m.sender == self._transferee and pr.match == log.last_index():
-                self._msgs.append(Message.timeout_now(m.sender, self._id, self._term))
+                self._out.messages.append(Message.timeout_now(m.sender, self._id, self._term))
 
     def _handle_heartbeat_response(self, m: Message) -> None:
         pr = self._answering_peer(m)
@@ -570,7 +574,7 @@ class RaftCore(CoreBase):
         self._transferee = target
         pr = self._progress[target]
         if pr.match == self._log.last_index():
-            self._msgs.append(Message.timeout_now(target, self._id, self._term))
+            self._out.messages.append(Message.timeout_now(target, self._id, self._term))
         else:
             self._nudge(pr)
 
@@ -652,7 +656,7 @@ class RaftCore(CoreBase):
                 # A last (empty) APPEND with the commit index lets a removed member that holds
                 # the change apply it, so it knows it was removed and stops campaigning
                 # (§4.2.3). It commits only if its log matches ours up to what was sent.
-                self._msgs.append(
+                self._out.messages.append(
                     Message.append(
                         node, self._id, self._term, prev_term, pr.next - 1, (), log.committed
                     )
@@ -667,7 +671,7 @@ class RaftCore(CoreBase):
             last = self._log.last_index()
             for node, pr in self._peers:
                 if node in self._voters and pr.match == last:
-                    self._msgs.append(Message.timeout_now(node, self._id, self._term))
+                    self._out.messages.append(Message.timeout_now(node, self._id, self._term))
                     break
             self._become_follower(self._term, None)
             return
