@@ -10,7 +10,8 @@ leadership transfer. That machinery lives here once:
 - the read-only properties and `status()`;
 - the public inputs whose logic does not depend on the protocol (`propose`, `read_index`,
   `transfer_leadership`, `report_*`);
-- role plumbing (`_reset`, `_become_follower`, `_hup`, `_tick_election`) and the request
+- role plumbing (`_reset`, `_hup`, `_tick_election`; the transitions themselves live in each
+  core's own module) and the request
   handling that follows the role, not the protocol (forwarded proposals and reads, transfers);
 - the leader's sending loop (`_flush`), its pipelining bookkeeping, heartbeats and read rounds.
 
@@ -401,6 +402,11 @@ class CoreBase:
 
     # --- hooks --------------------------------------------------------------------------------
 
+    def _become_follower(self, term: int, lead: str | None) -> None:
+        """Subclass: the transition to follower of `term` (every role transition of a protocol
+        lives in its own core module: kvstore/raft/core.py, kvstore/paxos/core.py)."""
+        raise NotImplementedError
+
     def _step(self, m: Message) -> None:
         """Subclass: the message dispatcher: term (ballot) checks, the protocol's own requests,
         then `_step_any_role`."""
@@ -487,21 +493,6 @@ class CoreBase:
         self._peers = []
         self._voter_progress = []
         self._need_flush = False
-
-    def _start_leading(self) -> None:
-        """Become the leader of the current term, with fresh volatile state."""
-        self._reset(self._term)
-        self._lead = self._id
-        self._role = _LEADER
-        self._step_role = self._step_leader
-        self._tick_role = self._tick_heartbeat
-
-    def _become_follower(self, term: int, lead: str | None) -> None:
-        self._reset(term)
-        self._lead = lead
-        self._role = Role.FOLLOWER
-        self._step_role = self._step_follower
-        self._tick_role = self._tick_election
 
     def _promotable(self) -> bool:
         return self._id in self._voters

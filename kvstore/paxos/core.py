@@ -333,6 +333,13 @@ class PaxosCore(CoreBase):
 
     # --- roles --------------------------------------------------------------------------------
 
+    def _become_follower(self, term: int, lead: str | None) -> None:
+        self._reset(term)
+        self._lead = lead
+        self._role = Role.FOLLOWER
+        self._step_role = self._step_follower
+        self._tick_role = self._tick_election
+
     def _reset(self, term: int) -> None:
         if term != self._term:
             invariant(term > self._term, f"promised ballot would go back from {self._term}")
@@ -416,7 +423,12 @@ class PaxosCore(CoreBase):
     def _become_leader(self, recovery_end: int) -> None:
         invariant(self._role == Role.CANDIDATE, "only a proposer in phase 1 can become leader")
         promises = self._promises
-        self._start_leading()
+        # Fresh volatile state for the new term's leader.
+        self._reset(self._term)
+        self._lead = self._id
+        self._role = _LEADER
+        self._step_role = self._step_leader
+        self._tick_role = self._tick_heartbeat
         self._recovery_end = recovery_end
         log = self._log
         config = self._config

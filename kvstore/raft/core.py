@@ -6,7 +6,8 @@ apply, reads that may be served. It never does I/O, never reads a clock and draw
 only from the `random.Random` it is given (for election jitter). Given the same seed and the
 same sequence of calls it does exactly the same thing. What the Multi-Paxos core does the same
 way (Ready assembly, `advance`, the leader's flush loop and pipelining, heartbeats and read
-rounds, forwarded requests) lives in `CoreBase` (core_base.py); this module holds what is Raft.
+rounds, forwarded requests) lives in the kernel (kvstore/consensus/); this module holds what is
+Raft, every role transition (`_become_follower/pre_candidate/candidate/leader`) included.
 
 Design choices, with the sections of the Raft paper / Ongaro's thesis they follow:
 
@@ -243,6 +244,13 @@ class RaftCore(CoreBase):
 
     # --- roles --------------------------------------------------------------------------------
 
+    def _become_follower(self, term: int, lead: str | None) -> None:
+        self._reset(term)
+        self._lead = lead
+        self._role = Role.FOLLOWER
+        self._step_role = self._step_follower
+        self._tick_role = self._tick_election
+
     def _reset(self, term: int) -> None:
         super()._reset(term)
         self._pending_conf_index = 0
@@ -266,7 +274,12 @@ class RaftCore(CoreBase):
 
     def _become_leader(self) -> None:
         invariant(self._role == Role.CANDIDATE, "only a candidate can become leader")
-        self._start_leading()
+        # Fresh volatile state for the new term's leader.
+        self._reset(self._term)
+        self._lead = self._id
+        self._role = _LEADER
+        self._step_role = self._step_leader
+        self._tick_role = self._tick_heartbeat
         log = self._log
         self._rebuild_progress()
         me = self._progress.get(self._id)
