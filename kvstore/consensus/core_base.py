@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, ClassVar
 from kvstore.consensus import quorum
 from kvstore.consensus.config import Config
 from kvstore.consensus.log import RaftLog, entries_bytes
-from kvstore.consensus.progress import Progress, ProgressState
+from kvstore.consensus.progress import Progress, ProgressState, ProgressTracker
 from kvstore.consensus.protocol import CoreStatus
 from kvstore.consensus.read_only import ReadOnly, ReadRequest
 from kvstore.consensus.ready import ReadyAssembler
@@ -130,10 +130,8 @@ class CoreBase:
         self._term = 0
         self._vote: str | None = None
         self._votes: dict[str, bool] = {}
-        self._progress: dict[str, Progress] = {}
-        self._peers: list[tuple[str, Progress]] = []
-        """Every member but this node, sorted by id: who the leader sends to."""
-        self._voter_progress: list[Progress] = []
+        self._progress = ProgressTracker()
+        """Leader: every member's replication progress (composition; empty otherwise)."""
         self._read_only = ReadOnly(self._id, config.max_pending_reads)
         self._reads_waiting: list[tuple[ReadRequest, bool]] = []
         """Leader: reads (with their `lease` flag) that wait until `_reads_may_go()`."""
@@ -251,11 +249,7 @@ class CoreBase:
 
     def status(self) -> CoreStatus:
         """A consistent copy of the state, with every member's progress when leader."""
-        progress = (
-            {pid: pr.snapshot() for pid, pr in self._progress.items()}
-            if self._role == _LEADER
-            else {}
-        )
+        progress = self._progress.snapshot() if self._role == _LEADER else {}
         return CoreStatus(
             self._id,
             self._term,
@@ -489,9 +483,7 @@ class CoreBase:
         )
         self._transferee = None
         self._votes = {}
-        self._progress = {}
-        self._peers = []
-        self._voter_progress = []
+        self._progress.clear()
         self._need_flush = False
 
     def _promotable(self) -> bool:
@@ -679,22 +671,15 @@ class CoreBase:
         # Success: wait for the peer's acknowledgement. Failure: retry after a heartbeat.
         pr.probe_sent = True
 
-    def _quorum_match(self) -> int:
-        """The highest index a quorum of voters holds (0 without voters)."""
-        voters = self._voter_progress
-        if not voters:
-            return 0
-        matches = sorted([pr.match for pr in voters], reverse=True)
-        return matches[len(matches) // 2]
-
     def _check_quorum(self) -> None:
         """Step down unless a quorum was heard from during the last election timeout (§6.2)."""
-        active = {node for node, pr in self._peers if pr.recent_active}
+        peers = self._progress.peers
+        active = {node for node, pr in peers if pr.recent_active}
         active.add(self._id)
         if not quorum.has_quorum(self._voter_list, active):
             self._become_follower(self._term, None)
             return
-        for _, pr in self._peers:
+        for _, pr in peers:
             pr.recent_active = False
 
     def _leader_takes_forwarded(self, m: Message) -> bool:
@@ -732,7 +717,7 @@ class CoreBase:
         ro = self._read_only
         if ro.has_queued() and not ro.in_flight():
             self._bcast_heartbeat(ro.start_round(commit))
-        for node, pr in self._peers:
+        for node, pr in self._progress.peers:
             state = pr.state
             if state == ProgressState.REPLICATE:
                 inflights = pr.inflights
@@ -806,7 +791,7 @@ class CoreBase:
         term = self._term
         me = self._id
         now = self._now
-        for node, pr in self._peers:
+        for node, pr in self._progress.peers:
             self._out.messages.append(
                 Message.heartbeat(node, me, term, now, min(pr.match, commit), context)
             )

@@ -451,9 +451,7 @@ class PaxosCore(CoreBase):
                 pr.match = min(promise.commit, log.last_index())
                 pr.next = pr.match + 1
             progress[node] = pr
-        self._progress = progress
-        self._peers = [(node, pr) for node, pr in progress.items() if node != self._id]
-        self._voter_progress = list(progress.values())
+        self._progress.set(progress, self._id, self._voter_list)
         self._need_flush = True
         self._maybe_commit()
 
@@ -730,7 +728,7 @@ class PaxosCore(CoreBase):
 
     def _maybe_commit(self) -> None:
         """A slot is chosen once a majority accepted it in our ballot (PMS §2.2)."""
-        index = self._quorum_match()
+        index = self._progress.quorum_match()
         log = self._log
         if index > log.committed:
             log.commit_to(index)

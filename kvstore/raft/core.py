@@ -314,9 +314,7 @@ class RaftCore(CoreBase):
                     pr.last_heard_tick = self._now
             pr.is_learner = node in self._learners
             progress[node] = pr
-        self._progress = progress
-        self._peers = [(node, pr) for node, pr in progress.items() if node != self._id]
-        self._voter_progress = [progress[v] for v in self._voter_list if v in progress]
+        self._progress.set(progress, self._id, self._voter_list)
 
     # --- ticks --------------------------------------------------------------------------------
 
@@ -593,7 +591,7 @@ class RaftCore(CoreBase):
 
     def _maybe_commit(self) -> bool:
         """Commit the highest index stored on a quorum, if it is of the current term (§5.4.2)."""
-        index = self._quorum_match()
+        index = self._progress.quorum_match()
         log = self._log
         if index > log.committed and log.term_or_none(index) == self._term:
             log.commit_to(index)
@@ -663,7 +661,7 @@ class RaftCore(CoreBase):
             return
         members = self._voters | self._learners
         log = self._log
-        for node, pr in self._peers:
+        for node, pr in self._progress.peers:
             prev_term = log.term_or_none(pr.next - 1)
             if node not in members and prev_term is not None:
                 # A last (empty) APPEND with the commit index lets a removed member that holds
@@ -682,7 +680,7 @@ class RaftCore(CoreBase):
             # up voter if there is one, and step down (thesis §4.2.2).
             self._flush()
             last = self._log.last_index()
-            for node, pr in self._peers:
+            for node, pr in self._progress.peers:
                 if node in self._voters and pr.match == last:
                     self._out.messages.append(Message.timeout_now(node, self._id, self._term))
                     break
