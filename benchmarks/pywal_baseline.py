@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from kvstore.raft.types import Entry
+from kvstore.consensus.types import Entry
 from kvstore.testing import walformat
 
 

@@ -119,7 +119,7 @@ def test_apply_batch_cost(benchmark: Any, tmp_path: Path, batch_entries: int) ->
     the product's per-commit fdatasync against `sync=False`, alternating, 3 rounds each."""
     import lmdb
 
-    from kvstore.raft.types import Entry
+    from kvstore.consensus.types import Entry
     from kvstore.storage.commands import encode_put, encode_register
     from kvstore.storage.state_machine import StateMachine
 

@@ -17,7 +17,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from kvstore.raft.types import Entry
+from kvstore.consensus.types import Entry
 from kvstore.storage.commands import (
     TxnCompare,
     decode_command,

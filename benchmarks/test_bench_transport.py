@@ -21,7 +21,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from kvstore.raft.types import Entry, Message, MessageType
+from kvstore.consensus.types import Entry, Message, MessageType
 from kvstore.transport.codec import (
     NEED_DATA,
     FrameDecoder,

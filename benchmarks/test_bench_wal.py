@@ -27,7 +27,7 @@ import pytest
 from kvstore._kvwal import ffi, lib
 
 from benchmarks.pywal_baseline import PyWalWriter
-from kvstore.raft.types import Entry, EntryType
+from kvstore.consensus.types import Entry, EntryType
 from kvstore.storage.wal import WriteAheadLog
 
 RECORD_BYTES = 100

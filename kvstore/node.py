@@ -62,6 +62,20 @@ from typing import Any, BinaryIO, TypeVar
 
 from kvstore.client.service import serve_client_connection
 from kvstore.consensus import ConsensusCore, make_core
+from kvstore.consensus.config import Config
+from kvstore.consensus.types import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    DropReason,
+    Entry,
+    EntryType,
+    Message,
+    MessageType,
+    Ready,
+    Role,
+    SnapshotMeta,
+)
 from kvstore.errors import (
     InvalidArgumentError,
     KVStoreError,
@@ -88,21 +102,6 @@ from kvstore.options import (
     check_optional_value,
     check_timeout,
     check_value,
-)
-from kvstore.paxos.core import REASON_MEMBERSHIP
-from kvstore.raft.config import Config
-from kvstore.raft.core import REASON_NO_LEADER
-from kvstore.raft.types import (
-    ConfChange,
-    ConfChangeType,
-    ConfState,
-    Entry,
-    EntryType,
-    Message,
-    MessageType,
-    Ready,
-    Role,
-    SnapshotMeta,
 )
 from kvstore.storage import commands
 from kvstore.storage.snapshot import (
@@ -1011,7 +1010,7 @@ class Node:
             if error is None:
                 await self._wait_applied(future.result(), deadline)
                 return
-            if isinstance(error, ProposalDroppedError) and error.reason != REASON_NO_LEADER:
+            if isinstance(error, ProposalDroppedError) and error.reason != DropReason.NO_LEADER:
                 # The leader refused (too many reads, or it is no longer sure it leads).
                 await asyncio.sleep(min(self.options.tick_s, max(remaining, 0)))
             elif not isinstance(error, ProposalDroppedError):
@@ -1117,7 +1116,7 @@ class Node:
         try:
             index = core.propose_conf_change(change)
         except ProposalDroppedError as error:
-            if error.reason == REASON_MEMBERSHIP:  # a fixed configuration: retrying cannot help
+            if error.reason == DropReason.MEMBERSHIP_FIXED:  # retrying cannot help
                 raise InvalidArgumentError(error.reason) from None
             raise UnavailableError(f"membership change refused: {error.reason}") from None
         self._kick()

@@ -10,8 +10,8 @@ from dataclasses import dataclass, fields
 from typing import Literal, get_args
 
 from kvstore.consensus import CONSENSUS_KINDS
+from kvstore.consensus.config import check_ticks
 from kvstore.errors import InvalidArgumentError
-from kvstore.raft.config import check_ticks
 
 KEY_BYTES_MAX = 511
 """LMDB's default maximum key size."""

@@ -1,6 +1,6 @@
 """Multi-Paxos ("Paxos Made Simple", with a distinguished proposer) behind the Raft core's
-interface: a second `ConsensusCore` (kvstore/consensus.py), pure like kvstore/raft/."""
+interface: a second `ConsensusCore` (kvstore/consensus/), pure like kvstore/raft/."""
 
-from kvstore.paxos.core import REASON_MEMBERSHIP, PaxosCore
+from kvstore.paxos.core import PaxosCore
 
-__all__ = ["REASON_MEMBERSHIP", "PaxosCore"]
+__all__ = ["PaxosCore"]

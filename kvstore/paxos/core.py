@@ -9,7 +9,7 @@ log, the state machine, the transport and the simulator run it unchanged. It nev
 never reads a clock, and draws randomness only from the `random.Random` it is given. What it
 does exactly as the Raft core does (Ready assembly, the leader's pipelining with `Progress`,
 heartbeats and read rounds, forwarded requests, leadership-transfer plumbing) it inherits from
-`CoreBase` (kvstore/raft/core_base.py); this module holds what is Paxos.
+`CoreBase` (kvstore/consensus/core_base.py); this module holds what is Paxos.
 
 How Paxos maps onto the shared types
 ------------------------------------
@@ -121,20 +121,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from kvstore.errors import LogCompactedError, ProposalDroppedError, invariant
-from kvstore.paxos.ballot import next_ballot, owner
-from kvstore.paxos.recovery import Promise, recover
-from kvstore.raft import quorum
-from kvstore.raft.config import Config, apply_conf_change
-from kvstore.raft.core_base import (
+from kvstore.consensus import quorum
+from kvstore.consensus.config import Config, apply_conf_change
+from kvstore.consensus.core_base import (
     CAMPAIGN_TRANSFER,
     TERMLESS,
     CoreBase,
 )
-from kvstore.raft.progress import Progress, ProgressState
-from kvstore.raft.types import (
+from kvstore.consensus.progress import Progress, ProgressState
+from kvstore.consensus.types import (
     ConfChange,
     ConfState,
+    DropReason,
     Entry,
     EntryType,
     LogView,
@@ -143,14 +141,15 @@ from kvstore.raft.types import (
     Ready,
     Role,
 )
+from kvstore.errors import LogCompactedError, ProposalDroppedError, invariant
+from kvstore.paxos import messages
+from kvstore.paxos.ballot import next_ballot, owner
+from kvstore.paxos.recovery import Promise, recover
 
 if TYPE_CHECKING:
     import random
 
-__all__ = ["REASON_MEMBERSHIP", "PaxosCore"]
-
-REASON_MEMBERSHIP = "membership changes are not supported with consensus=paxos"
-"""Why `propose_conf_change` is refused: the Paxos core runs a fixed configuration."""
+__all__ = ["PaxosCore"]
 
 MT = MessageType
 _LEADER = Role.LEADER
@@ -252,7 +251,7 @@ class PaxosCore(CoreBase):
 
     def propose_conf_change(self, change: ConfChange) -> int:
         """Always refused: the Paxos core runs a fixed configuration."""
-        raise ProposalDroppedError(REASON_MEMBERSHIP, leader_id=self._lead)
+        raise ProposalDroppedError(DropReason.MEMBERSHIP_FIXED, leader_id=self._lead)
 
     # --- outputs -----------------------------------------------------------------------------
 
@@ -324,15 +323,22 @@ class PaxosCore(CoreBase):
         (PMS §2.3: the acceptor tells the proposer to abandon a proposal it will not take)."""
         t = m.type
         if t in _FROM_LEADER:
-            self._send(Message(_ACCEPTED, m.sender, self._id, self._term, reject=True))
+            self._out.send(messages.accept_refused(m.sender, self._id, self._term, 0, 0))
         elif t == MT.PREPARE:
-            self._send(Message(MT.PROMISE, m.sender, self._id, self._term, reject=True))
+            self._out.send(messages.promise_refused(m.sender, self._id, self._term))
         elif t == MT.PRE_PREPARE:
-            self._send(Message(MT.PRE_PROMISE, m.sender, self._id, self._term, reject=True))
+            self._out.send(messages.pre_promise(m.sender, self._id, self._term, reject=True))
         else:
             self.ignored_messages += 1
 
     # --- roles --------------------------------------------------------------------------------
+
+    def _become_follower(self, term: int, lead: str | None) -> None:
+        self._reset(term)
+        self._lead = lead
+        self._role = Role.FOLLOWER
+        self._step_role = self._step_follower
+        self._tick_role = self._tick_election
 
     def _reset(self, term: int) -> None:
         if term != self._term:
@@ -362,14 +368,8 @@ class PaxosCore(CoreBase):
             return
         for voter in self._voter_list:
             if voter != self._id:
-                self._msgs.append(
-                    Message(
-                        MT.PRE_PREPARE,
-                        voter,
-                        self._id,
-                        self._pre_ballot,
-                        index=self._log.committed,
-                    )
+                self._out.messages.append(
+                    messages.pre_prepare(voter, self._id, self._pre_ballot, self._log.committed)
                 )
 
     def _campaign(self, *, transfer: bool) -> None:
@@ -384,9 +384,7 @@ class PaxosCore(CoreBase):
         commit = self._log.committed
         for voter in self._voter_list:
             if voter != self._id:
-                self._send(
-                    Message(MT.PREPARE, voter, self._id, ballot, index=commit, context=context)
-                )
+                self._out.send(messages.prepare(voter, self._id, ballot, commit, context))
         # Our own promise counts once it is durable: see advance().
 
     def _maybe_win(self) -> None:
@@ -425,7 +423,12 @@ class PaxosCore(CoreBase):
     def _become_leader(self, recovery_end: int) -> None:
         invariant(self._role == Role.CANDIDATE, "only a proposer in phase 1 can become leader")
         promises = self._promises
-        self._start_leading()
+        # Fresh volatile state for the new term's leader.
+        self._reset(self._term)
+        self._lead = self._id
+        self._role = _LEADER
+        self._step_role = self._step_leader
+        self._tick_role = self._tick_heartbeat
         self._recovery_end = recovery_end
         log = self._log
         config = self._config
@@ -448,9 +451,7 @@ class PaxosCore(CoreBase):
                 pr.match = min(promise.commit, log.last_index())
                 pr.next = pr.match + 1
             progress[node] = pr
-        self._progress = progress
-        self._peers = [(node, pr) for node, pr in progress.items() if node != self._id]
-        self._voter_progress = list(progress.values())
+        self._progress.set(progress, self._id, self._voter_list)
         self._need_flush = True
         self._maybe_commit()
 
@@ -481,14 +482,9 @@ class PaxosCore(CoreBase):
             self._become_follower(self._term, None)
         self._vote = m.sender
         self._election_elapsed = 0
-        self._send(
-            Message(
-                MT.PROMISE,
-                m.sender,
-                self._id,
-                self._term,
-                index=self._log.committed,
-                entries=self._promise_entries(m.index),
+        self._out.send(
+            messages.promise(
+                m.sender, self._id, self._term, self._log.committed, self._promise_entries(m.index)
             )
         )
 
@@ -513,9 +509,13 @@ class PaxosCore(CoreBase):
     def _handle_pre_prepare(self, m: Message) -> None:
         # A ballot above our promise reaches here only outside any leader's lease.
         if m.term > self._term:
-            self._msgs.append(Message(MT.PRE_PROMISE, m.sender, self._id, m.term))
+            self._out.messages.append(
+                messages.pre_promise(m.sender, self._id, m.term, reject=False)
+            )
         else:
-            self._msgs.append(Message(MT.PRE_PROMISE, m.sender, self._id, self._term, reject=True))
+            self._out.messages.append(
+                messages.pre_promise(m.sender, self._id, self._term, reject=True)
+            )
 
     def _handle_accept(self, m: Message) -> None:
         """Phase 2b (PMS §2.2): accept a batch of ballot `m.term`, if it can be placed."""
@@ -545,9 +545,7 @@ class PaxosCore(CoreBase):
             frontier = True
         else:
             # We cannot place it: say from where we can (the leader backs off to there).
-            self._send(
-                Message(_ACCEPTED, m.sender, self._id, self._term, 0, prev, (), 0, True, run)
-            )
+            self._out.send(messages.accept_refused(m.sender, self._id, self._term, prev, run))
             return
         end = prev + n
         if n and end > commit:
@@ -556,7 +554,7 @@ class PaxosCore(CoreBase):
                 ents = ents[skip:]
             self._place(ents, m.reject_hint)
         if frontier:
-            self._send(Message(_ACCEPTED, m.sender, self._id, self._term, index=end))
+            self._out.send(messages.accepted(m.sender, self._id, self._term, end))
             return
         # Slots the leader says are chosen are ours too once the batch is in place; so is our
         # whole run up to the leader's commit (it holds the leader's values).
@@ -565,7 +563,7 @@ class PaxosCore(CoreBase):
         self._run_end = run
         if m.commit > log.committed:
             log.commit_to(min(m.commit, run))
-        self._send(Message(_ACCEPTED, m.sender, self._id, self._term, index=run))
+        self._out.send(messages.accepted(m.sender, self._id, self._term, run))
 
     def _place(self, ents: Sequence[Entry], recovery_end: int) -> None:
         """Write `ents` (after our chosen prefix) into the log without forgetting a value that
@@ -625,31 +623,17 @@ class PaxosCore(CoreBase):
         commit = log.committed
         run = self._run_end if self._run_end > commit else commit
         if meta.index <= commit:
-            self._send(Message(_ACCEPTED, m.sender, self._id, self._term, index=run))
+            self._out.send(messages.accepted(m.sender, self._id, self._term, run))
             return
         if self._holds_values_after(meta.index, m.reject_hint):
             # Installing resets the log, and the values we would re-append after it could be
             # lost by a crash between the two writes. Wait for a snapshot that covers them.
-            self._send(
-                Message(
-                    _ACCEPTED,
-                    m.sender,
-                    self._id,
-                    self._term,
-                    0,
-                    meta.index,
-                    (),
-                    0,
-                    True,
-                    run,
-                    snapshot=meta,
-                )
-            )
+            self._out.send(messages.snapshot_refused(m.sender, self._id, self._term, meta, run))
             return
         log.restore(meta)
         self._rewritten_from = 0
         self._run_end = meta.index
-        self._send(Message(_ACCEPTED, m.sender, self._id, self._term, index=meta.index))
+        self._out.send(messages.accepted(m.sender, self._id, self._term, meta.index))
 
     def _holds_values_after(self, index: int, recovery_end: int) -> bool:
         """Whether our log holds, after `index`, a value that may still be chosen: any value up
@@ -744,7 +728,7 @@ class PaxosCore(CoreBase):
 
     def _maybe_commit(self) -> None:
         """A slot is chosen once a majority accepted it in our ballot (PMS §2.2)."""
-        index = self._quorum_match()
+        index = self._progress.quorum_match()
         log = self._log
         if index > log.committed:
             log.commit_to(index)
@@ -761,7 +745,7 @@ class PaxosCore(CoreBase):
         if not ents:
             return
         if any(e[2] != EntryType.NORMAL for e in ents):
-            self._refuse_forwarded(m, REASON_MEMBERSHIP)
+            self._refuse_forwarded(m, DropReason.MEMBERSHIP_FIXED)
             return
         if not self._leader_takes_forwarded(m):
             return
@@ -776,4 +760,12 @@ class PaxosCore(CoreBase):
         self._election_elapsed = 0
         self._transferee = target
         # Paxos needs no caught-up target: its phase 1 recovers everything. Tell it to start.
-        self._msgs.append(Message(MT.TIMEOUT_NOW, target, self._id, self._term))
+        self._out.messages.append(Message.timeout_now(target, self._id, self._term))
+
+
+if TYPE_CHECKING:
+    from kvstore.consensus.protocol import ConsensusCore
+
+    def _paxos_is_a_core(core: PaxosCore) -> ConsensusCore:
+        """mypy checks that `PaxosCore` satisfies the kernel's `ConsensusCore`."""
+        return core

@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from kvstore.consensus.types import Entry, EntryType
 from kvstore.errors import invariant
-from kvstore.raft.types import Entry, EntryType
 
 
 class Promise(NamedTuple):

@@ -6,7 +6,8 @@ apply, reads that may be served. It never does I/O, never reads a clock and draw
 only from the `random.Random` it is given (for election jitter). Given the same seed and the
 same sequence of calls it does exactly the same thing. What the Multi-Paxos core does the same
 way (Ready assembly, `advance`, the leader's flush loop and pipelining, heartbeats and read
-rounds, forwarded requests) lives in `CoreBase` (core_base.py); this module holds what is Raft.
+rounds, forwarded requests) lives in the kernel (kvstore/consensus/); this module holds what is
+Raft, every role transition (`_become_follower/pre_candidate/candidate/leader`) included.
 
 Design choices, with the sections of the Raft paper / Ongaro's thesis they follow:
 
@@ -54,27 +55,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from kvstore.errors import InvalidArgumentError, ProposalDroppedError, invariant
-from kvstore.raft import quorum
-from kvstore.raft.config import Config, apply_conf_change
-from kvstore.raft.core_base import (
+from kvstore.consensus import quorum
+from kvstore.consensus.config import Config, apply_conf_change
+from kvstore.consensus.core_base import (
     CAMPAIGN_TRANSFER,
-    REASON_LEARNER,
-    REASON_NO_LEADER,
-    REASON_NOT_LEADER,
-    REASON_READ_REFUSED,
-    REASON_TOO_MANY_READS,
-    REASON_TRANSFER,
-    REASON_UNCOMMITTED,
     TERMLESS,
     CoreBase,
-    CoreStatus,
 )
-from kvstore.raft.log import conf_change_indices
-from kvstore.raft.progress import PeerProgress, Progress, ProgressState
-from kvstore.raft.types import (
+from kvstore.consensus.log import conf_change_indices
+from kvstore.consensus.progress import PeerProgress, Progress, ProgressState
+from kvstore.consensus.protocol import CoreStatus
+from kvstore.consensus.types import (
     ConfChange,
     ConfChangeType,
+    DropReason,
     Entry,
     EntryType,
     LogView,
@@ -82,30 +76,18 @@ from kvstore.raft.types import (
     MessageType,
     Role,
 )
+from kvstore.errors import InvalidArgumentError, ProposalDroppedError, invariant
 
 if TYPE_CHECKING:
     import random
 
 __all__ = [
     "CAMPAIGN_TRANSFER",
-    "REASON_CONF_CHANGE_INVALID",
-    "REASON_CONF_CHANGE_PENDING",
-    "REASON_LEARNER",
-    "REASON_NOT_LEADER",
-    "REASON_NO_LEADER",
-    "REASON_READ_REFUSED",
-    "REASON_TOO_MANY_READS",
-    "REASON_TRANSFER",
-    "REASON_UNCOMMITTED",
     "CoreStatus",
     "PeerProgress",
     "ProgressState",
     "RaftCore",
 ]
-
-# Why a membership change was refused (the other reasons are shared: core_base.py).
-REASON_CONF_CHANGE_PENDING = "a configuration change is already pending"
-REASON_CONF_CHANGE_INVALID = "invalid configuration change"
 
 _NEVER = -(1 << 62)
 
@@ -202,12 +184,12 @@ class RaftCore(CoreBase):
             self._forward_proposal((Entry(0, 0, EntryType.CONF_CHANGE, data),))
             return 0
         if self._transferee is not None:
-            raise ProposalDroppedError(REASON_TRANSFER, leader_id=self._id)
+            raise ProposalDroppedError(DropReason.TRANSFER, leader_id=self._id)
         if self._pending_conf_index > self._log.committed:
-            raise ProposalDroppedError(REASON_CONF_CHANGE_PENDING, leader_id=self._id)
+            raise ProposalDroppedError(DropReason.CONF_CHANGE_PENDING, leader_id=self._id)
         problem = self._conf_change_problem(change)
         if problem is not None:
-            raise InvalidArgumentError(f"{REASON_CONF_CHANGE_INVALID}: {problem}")
+            raise InvalidArgumentError(f"{DropReason.CONF_CHANGE_INVALID}: {problem}")
         index = self._log.last_index() + 1
         self._append_entries([Entry(self._term, index, EntryType.CONF_CHANGE, data)])
         self._pending_conf_index = index
@@ -251,14 +233,23 @@ class RaftCore(CoreBase):
         if t == _APPEND or t == MT.HEARTBEAT:
             # Tell a deposed leader about the newer term so it steps down (it may have been cut
             # off and, with pre-vote or check-quorum, would otherwise never learn of it).
-            self._send(Message(_APPEND_RESPONSE, m.sender, self._id, self._term))
+            self._out.send(Message.append_response(m.sender, self._id, self._term, 0))
         elif t == MT.VOTE or t == MT.PRE_VOTE:
-            response = MT.VOTE_RESPONSE if t == MT.VOTE else MT.PRE_VOTE_RESPONSE
-            self._send(Message(response, m.sender, self._id, self._term, reject=True))
+            pre = t == MT.PRE_VOTE
+            self._out.send(
+                Message.vote_response(m.sender, self._id, self._term, pre=pre, reject=True)
+            )
         else:
             self.ignored_messages += 1
 
     # --- roles --------------------------------------------------------------------------------
+
+    def _become_follower(self, term: int, lead: str | None) -> None:
+        self._reset(term)
+        self._lead = lead
+        self._role = Role.FOLLOWER
+        self._step_role = self._step_follower
+        self._tick_role = self._tick_election
 
     def _reset(self, term: int) -> None:
         super()._reset(term)
@@ -283,7 +274,12 @@ class RaftCore(CoreBase):
 
     def _become_leader(self) -> None:
         invariant(self._role == Role.CANDIDATE, "only a candidate can become leader")
-        self._start_leading()
+        # Fresh volatile state for the new term's leader.
+        self._reset(self._term)
+        self._lead = self._id
+        self._role = _LEADER
+        self._step_role = self._step_leader
+        self._tick_role = self._tick_heartbeat
         log = self._log
         self._rebuild_progress()
         me = self._progress.get(self._id)
@@ -318,9 +314,7 @@ class RaftCore(CoreBase):
                     pr.last_heard_tick = self._now
             pr.is_learner = node in self._learners
             progress[node] = pr
-        self._progress = progress
-        self._peers = [(node, pr) for node, pr in progress.items() if node != self._id]
-        self._voter_progress = [progress[v] for v in self._voter_list if v in progress]
+        self._progress.set(progress, self._id, self._voter_list)
 
     # --- ticks --------------------------------------------------------------------------------
 
@@ -350,22 +344,24 @@ class RaftCore(CoreBase):
         if self._poll(self._id, True) == quorum.VoteResult.WON:
             self._campaign(transfer=False)
             return
-        self._request_votes(MT.PRE_VOTE, self._term + 1, b"")
+        self._request_votes(self._term + 1, b"", pre=True)
 
     def _campaign(self, *, transfer: bool) -> None:
         self._become_candidate()
         if self._poll(self._id, True) == quorum.VoteResult.WON:
             self._become_leader()
             return
-        self._request_votes(MT.VOTE, self._term, CAMPAIGN_TRANSFER if transfer else b"")
+        self._request_votes(self._term, CAMPAIGN_TRANSFER if transfer else b"", pre=False)
 
-    def _request_votes(self, kind: MessageType, term: int, context: bytes) -> None:
+    def _request_votes(self, term: int, context: bytes, *, pre: bool) -> None:
         log = self._log
         last_index, last_term = log.last_index(), log.last_term()
         for voter in self._voter_list:
             if voter != self._id:
-                self._send(
-                    Message(kind, voter, self._id, term, last_term, last_index, context=context)
+                self._out.send(
+                    Message.vote_request(
+                        voter, self._id, term, last_term, last_index, context, pre=pre
+                    )
                 )
 
     def _poll(self, voter: str, granted: bool) -> quorum.VoteResult:
@@ -382,15 +378,16 @@ class RaftCore(CoreBase):
             or (self._vote is None and self._lead is None)
             or (pre and m.term > self._term)
         )
-        response = MT.PRE_VOTE_RESPONSE if pre else MT.VOTE_RESPONSE
         if can_vote and self._log.is_up_to_date(m.index, m.log_term):
             # The answer carries the term asked for, so a pre-candidate can count it.
-            self._send(Message(response, m.sender, self._id, m.term))
+            self._out.send(Message.vote_response(m.sender, self._id, m.term, pre=pre, reject=False))
             if not pre:
                 self._election_elapsed = 0
                 self._vote = m.sender
         else:
-            self._send(Message(response, m.sender, self._id, self._term, reject=True))
+            self._out.send(
+                Message.vote_response(m.sender, self._id, self._term, pre=pre, reject=True)
+            )
 
     # --- follower and candidate ---------------------------------------------------------------
 
@@ -417,7 +414,7 @@ class RaftCore(CoreBase):
         log = self._log
         if m.index < log.committed:
             # Everything up to our commit index is known to match: say where we stand.
-            self._send(Message(_APPEND_RESPONSE, m.sender, self._id, self._term, 0, log.committed))
+            self._out.send(Message.append_response(m.sender, self._id, self._term, log.committed))
             return
         ents = m.entries
         if ents:
@@ -435,19 +432,8 @@ class RaftCore(CoreBase):
             # §5.3 with fast backtracking: hint at the last entry whose term is not above the
             # leader's term at m.index, so the leader skips a whole term per round trip.
             hint, hint_term = log.find_conflict_by_term(min(m.index, log.last_index()), m.log_term)
-            self._send(
-                Message(
-                    _APPEND_RESPONSE,
-                    m.sender,
-                    self._id,
-                    self._term,
-                    hint_term,
-                    m.index,
-                    (),
-                    0,
-                    True,
-                    hint,
-                )
+            self._out.send(
+                Message.append_rejected(m.sender, self._id, self._term, m.index, hint, hint_term)
             )
             return
         last_new = m.index + len(ents)
@@ -461,7 +447,7 @@ class RaftCore(CoreBase):
                 self._append_entries(ents[conflict - m.index - 1 :])
         if log.commit_to(min(m.commit, last_new)):
             self._on_commit_advanced()
-        self._send(Message(_APPEND_RESPONSE, m.sender, self._id, self._term, 0, last_new))
+        self._out.send(Message.append_response(m.sender, self._id, self._term, last_new))
 
     def _find_conflict(self, ents: Sequence[Entry]) -> int:
         """The index of the first of `ents` that is not in the log (0 if all are)."""
@@ -490,7 +476,7 @@ class RaftCore(CoreBase):
         log = self._log
         if meta.index <= log.committed:
             # Stale: we already have all of it. Tell the leader where we are.
-            self._send(Message(_APPEND_RESPONSE, m.sender, self._id, self._term, 0, log.committed))
+            self._out.send(Message.append_response(m.sender, self._id, self._term, log.committed))
             return
         if log.match_term(meta.index, meta.term):
             # Our log already holds the snapshot's last entry: just commit up to it.
@@ -502,7 +488,7 @@ class RaftCore(CoreBase):
             self._set_conf(meta.conf_state)
             if self._role != _LEADER and not self._promotable():
                 self._election_elapsed = 0
-        self._send(Message(_APPEND_RESPONSE, m.sender, self._id, self._term, 0, meta.index))
+        self._out.send(Message.append_response(m.sender, self._id, self._term, meta.index))
 
     # --- leader -------------------------------------------------------------------------------
 
@@ -528,7 +514,7 @@ class RaftCore(CoreBase):
             if self._role != _LEADER:
                 return
             if m.sender == self._transferee and pr.match == log.last_index():
-                self._msgs.append(Message(MT.TIMEOUT_NOW, m.sender, self._id, self._term))
+                self._out.messages.append(Message.timeout_now(m.sender, self._id, self._term))
 
     def _handle_heartbeat_response(self, m: Message) -> None:
         pr = self._answering_peer(m)
@@ -557,11 +543,11 @@ class RaftCore(CoreBase):
         conf_indices = conf_change_indices(ents)
         if conf_indices:
             if len(conf_indices) > 1 or self._pending_conf_index > log.committed:
-                self._refuse_forwarded(m, REASON_CONF_CHANGE_PENDING)
+                self._refuse_forwarded(m, DropReason.CONF_CHANGE_PENDING)
                 return
             change = _decode_conf_change(ents[0].data if len(ents) == 1 else b"")
             if len(ents) != 1 or change is None or self._conf_change_problem(change) is not None:
-                self._refuse_forwarded(m, REASON_CONF_CHANGE_INVALID)
+                self._refuse_forwarded(m, DropReason.CONF_CHANGE_INVALID)
                 return
             self._pending_conf_index = first
         term = self._term
@@ -599,13 +585,13 @@ class RaftCore(CoreBase):
         self._transferee = target
         pr = self._progress[target]
         if pr.match == self._log.last_index():
-            self._msgs.append(Message(MT.TIMEOUT_NOW, target, self._id, self._term))
+            self._out.messages.append(Message.timeout_now(target, self._id, self._term))
         else:
             self._nudge(pr)
 
     def _maybe_commit(self) -> bool:
         """Commit the highest index stored on a quorum, if it is of the current term (§5.4.2)."""
-        index = self._quorum_match()
+        index = self._progress.quorum_match()
         log = self._log
         if index > log.committed and log.term_or_none(index) == self._term:
             log.commit_to(index)
@@ -675,22 +661,15 @@ class RaftCore(CoreBase):
             return
         members = self._voters | self._learners
         log = self._log
-        for node, pr in self._peers:
+        for node, pr in self._progress.peers:
             prev_term = log.term_or_none(pr.next - 1)
             if node not in members and prev_term is not None:
                 # A last (empty) APPEND with the commit index lets a removed member that holds
                 # the change apply it, so it knows it was removed and stops campaigning
                 # (§4.2.3). It commits only if its log matches ours up to what was sent.
-                self._msgs.append(
-                    Message(
-                        _APPEND,
-                        node,
-                        self._id,
-                        self._term,
-                        prev_term,
-                        pr.next - 1,
-                        (),
-                        log.committed,
+                self._out.messages.append(
+                    Message.append(
+                        node, self._id, self._term, prev_term, pr.next - 1, (), log.committed
                     )
                 )
         self._rebuild_progress()
@@ -701,9 +680,9 @@ class RaftCore(CoreBase):
             # up voter if there is one, and step down (thesis §4.2.2).
             self._flush()
             last = self._log.last_index()
-            for node, pr in self._peers:
+            for node, pr in self._progress.peers:
                 if node in self._voters and pr.match == last:
-                    self._msgs.append(Message(MT.TIMEOUT_NOW, node, self._id, self._term))
+                    self._out.messages.append(Message.timeout_now(node, self._id, self._term))
                     break
             self._become_follower(self._term, None)
             return
@@ -716,3 +695,11 @@ def _decode_conf_change(data: bytes) -> ConfChange | None:
         return ConfChange.decode(data)
     except ValueError:
         return None
+
+
+if TYPE_CHECKING:
+    from kvstore.consensus.protocol import ConsensusCore
+
+    def _raft_is_a_core(core: RaftCore) -> ConsensusCore:
+        """mypy checks that `RaftCore` satisfies the kernel's `ConsensusCore`."""
+        return core

@@ -131,9 +131,7 @@ from pathlib import Path
 import lmdb
 
 from kvstore.closing import ClosingContext
-from kvstore.errors import CompactedError, CorruptionError, InvalidArgumentError, invariant
-from kvstore.options import KEY_BYTES_MAX, check_key, check_limit
-from kvstore.raft.types import (
+from kvstore.consensus.types import (
     ConfChange,
     ConfChangeType,
     ConfState,
@@ -141,6 +139,8 @@ from kvstore.raft.types import (
     EntryType,
     SnapshotMeta,
 )
+from kvstore.errors import CompactedError, CorruptionError, InvalidArgumentError, invariant
+from kvstore.options import KEY_BYTES_MAX, check_key, check_limit
 from kvstore.storage.commands import (
     SESSION_WINDOW,
     TXN_BYTES_MAX,

@@ -31,6 +31,7 @@ import msgpack
 
 from kvstore._kvwal import ffi, lib
 from kvstore.closing import ClosingContext
+from kvstore.consensus.types import ConfState, Entry, EntryType, HardState, SnapshotMeta
 from kvstore.errors import (
     CorruptionError,
     InvalidArgumentError,
@@ -39,7 +40,6 @@ from kvstore.errors import (
     LogUnavailableError,
     WalFailedError,
 )
-from kvstore.raft.types import ConfState, Entry, EntryType, HardState, SnapshotMeta
 
 __all__ = [
     "PREPARE_RETRY_S_DEFAULT",
@@ -166,7 +166,7 @@ def _decode_conf(data: bytes) -> ConfState:
 class WriteAheadLog(ClosingContext):
     """The redo log of one node, in `directory` (created if missing). Opening recovers it.
 
-    Implements `kvstore.raft.types.LogView`. Raises `CorruptionError` (with path and offset) if
+    Implements `kvstore.consensus.types.LogView`. Raises `CorruptionError` (with path and offset) if
     the log is damaged anywhere but in a torn tail; a torn tail is cut, logged and described by
     `recovery`.
     """

@@ -106,7 +106,7 @@ def encode_record(seq: int, offset: int, rtype: int, payload: bytes, aux: int = 
 
 
 def encode_entries(seq: int, offset: int, entries: Iterable[tuple[int, int, int, bytes]]) -> bytes:
-    """ENTRY records for `(term, index, type, data)` tuples (a `kvstore.raft.types.Entry` is
+    """ENTRY records for `(term, index, type, data)` tuples (a `kvstore.consensus.types.Entry` is
     one), laid out from `offset` of segment `seq`: what one append of these entries writes."""
     parts: list[bytes] = []
     append = parts.append

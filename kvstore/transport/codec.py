@@ -31,8 +31,7 @@ from typing import Final, Literal, NoReturn
 
 import msgpack
 
-from kvstore.errors import RemoteProtocolError
-from kvstore.raft.types import (
+from kvstore.consensus.types import (
     ConfState,
     Entry,
     EntryType,
@@ -40,6 +39,7 @@ from kvstore.raft.types import (
     MessageType,
     SnapshotMeta,
 )
+from kvstore.errors import RemoteProtocolError
 from kvstore.transport.frame_mac import TAG_BYTES, FrameAuthenticator
 
 PROTOCOL_VERSION: Final = 2

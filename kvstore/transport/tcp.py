@@ -53,8 +53,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
+from kvstore.consensus.types import Message, MessageType
 from kvstore.errors import AuthenticationError, RemoteProtocolError
-from kvstore.raft.types import Message, MessageType
 from kvstore.transport.auth import (
     ROLE_CLIENT,
     ROLE_PEER,

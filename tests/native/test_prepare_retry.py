@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 
 import kvstore
+from kvstore.consensus.types import Entry, EntryType
 from kvstore.errors import WalFailedError
-from kvstore.raft.types import Entry, EntryType
 from kvstore.storage.wal import FaultSpec, WriteAheadLog
 from kvstore.testing.local_cluster import free_ports, wait_until
 
@@ -59,7 +59,7 @@ class BackgroundAppend(threading.Thread):
 CHILD = textwrap.dedent(
     """
     import errno, json, os, resource, sys, threading, time
-    from kvstore.raft.types import Entry, EntryType
+    from kvstore.consensus.types import Entry, EntryType
     from kvstore.storage.wal import WriteAheadLog
 
     def batch(lo, hi):

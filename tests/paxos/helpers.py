@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from kvstore.raft.memory import MemoryLogView
-from kvstore.raft.types import (
+from kvstore.consensus.memory import MemoryLogView
+from kvstore.consensus.types import (
     ConfState,
     Entry,
     EntryType,

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
+from kvstore.consensus.types import Entry, EntryType
 from kvstore.paxos.ballot import BOOTSTRAP_BALLOT, next_ballot, owner
 from kvstore.paxos.recovery import Promise, recover
-from kvstore.raft.types import Entry, EntryType
 
 VOTERS = ("a", "b", "c")
 

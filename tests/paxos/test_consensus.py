@@ -11,12 +11,12 @@ import random
 import pytest
 
 from kvstore.consensus import CONSENSUS_KINDS, ConsensusCore, make_core
+from kvstore.consensus.config import Config
+from kvstore.consensus.memory import MemoryLogView
+from kvstore.consensus.types import ConfChange, ConfChangeType, Role
 from kvstore.errors import InvalidArgumentError, ProposalDroppedError
 from kvstore.paxos.core import PaxosCore
-from kvstore.raft.config import Config
 from kvstore.raft.core import RaftCore
-from kvstore.raft.memory import MemoryLogView
-from kvstore.raft.types import ConfChange, ConfChangeType, Role
 from tests.raft.helpers import Network, Peer
 
 VOTERS = ("n1", "n2", "n3")

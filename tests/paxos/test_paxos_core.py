@@ -11,15 +11,12 @@ import random
 
 import pytest
 
-from kvstore.errors import InvalidArgumentError, ProposalDroppedError
-from kvstore.paxos.ballot import next_ballot
-from kvstore.paxos.core import REASON_MEMBERSHIP, PaxosCore
-from kvstore.raft.core import REASON_TRANSFER
-from kvstore.raft.memory import MemoryLogView
-from kvstore.raft.types import (
+from kvstore.consensus.memory import MemoryLogView
+from kvstore.consensus.types import (
     ConfChange,
     ConfChangeType,
     ConfState,
+    DropReason,
     Entry,
     EntryType,
     HardState,
@@ -28,6 +25,9 @@ from kvstore.raft.types import (
     Role,
     SnapshotMeta,
 )
+from kvstore.errors import InvalidArgumentError, ProposalDroppedError
+from kvstore.paxos.ballot import next_ballot
+from kvstore.paxos.core import PaxosCore
 from tests.paxos.helpers import (
     VOTERS3,
     acceptor_storage,
@@ -531,7 +531,7 @@ def test_membership_changes_are_refused() -> None:
     for node in VOTERS3:
         with pytest.raises(ProposalDroppedError) as info:
             net[node].core.propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, "d"))
-        assert info.value.reason == REASON_MEMBERSHIP
+        assert info.value.reason == DropReason.MEMBERSHIP_FIXED
     assert net["a"].core.conf_state.voters == VOTERS3
 
 
@@ -544,7 +544,7 @@ def test_leadership_transfer() -> None:
     net["a"].core.transfer_leadership("c")
     with pytest.raises(ProposalDroppedError) as info:
         net["a"].core.propose(b"x")
-    assert info.value.reason == REASON_TRANSFER
+    assert info.value.reason == DropReason.TRANSFER
     net.stabilize()
     assert leader_of(net) == "c"
     net.propose("c", b"y")

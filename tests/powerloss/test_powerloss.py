@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from kvstore.consensus.types import Entry
 from kvstore.errors import CorruptionError
-from kvstore.raft.types import Entry
 from kvstore.storage.state_machine import CHECKPOINT_FILE, StateMachine
 from tests.powerloss import harness, workload
 from tests.powerloss.image import CHOICES, Recording

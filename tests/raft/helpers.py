@@ -1,7 +1,7 @@
 """A tiny in-memory network of consensus cores for unit tests (etcd's raft_test.go `network`).
 
 It carries either core (`consensus="raft"`, the default, or `"paxos"`): it uses only what both
-share (the public interface in kvstore/raft/core_base.py).
+share (the public interface in kvstore/consensus/core_base.py).
 
 Each `Peer` stores its Readys in a `MemoryLogView` at once (as if every fsync were instant) and
 applies committed entries to a list. `Network.send()` delivers messages breadth-first until
@@ -16,10 +16,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from kvstore.consensus import make_core
-from kvstore.raft.config import Config
-from kvstore.raft.core_base import CoreBase
-from kvstore.raft.memory import MemoryLogView
-from kvstore.raft.types import (
+from kvstore.consensus.config import Config
+from kvstore.consensus.core_base import CoreBase
+from kvstore.consensus.memory import MemoryLogView
+from kvstore.consensus.types import (
     ConfState,
     DroppedProposal,
     Entry,

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
+from kvstore.consensus.config import Config, apply_conf_change
+from kvstore.consensus.memory import MemoryLogView
+from kvstore.consensus.types import ConfChange, ConfChangeType, ConfState
 from kvstore.errors import InvalidArgumentError
-from kvstore.raft.config import Config, apply_conf_change
 from kvstore.raft.core import RaftCore
-from kvstore.raft.memory import MemoryLogView
-from kvstore.raft.types import ConfChange, ConfChangeType, ConfState
 
 
 @pytest.mark.parametrize(

@@ -8,16 +8,9 @@ from __future__ import annotations
 
 import pytest
 
+from kvstore.consensus.progress import ProgressState
+from kvstore.consensus.types import ConfChange, ConfChangeType, DropReason, Message, MessageType
 from kvstore.errors import InvalidArgumentError, InvariantError, ProposalDroppedError
-from kvstore.raft.core import (
-    REASON_LEARNER,
-    REASON_NO_LEADER,
-    REASON_NOT_LEADER,
-    REASON_TRANSFER,
-    REASON_UNCOMMITTED,
-)
-from kvstore.raft.progress import ProgressState
-from kvstore.raft.types import ConfChange, ConfChangeType, Message, MessageType
 
 from .helpers import Network, new_peer
 
@@ -136,7 +129,7 @@ def test_max_uncommitted_bytes_refuses_proposals() -> None:
     net.core("a").propose(b"x" * 500)
     with pytest.raises(ProposalDroppedError) as info:
         net.core("a").propose(b"y")
-    assert info.value.reason == REASON_UNCOMMITTED and info.value.leader_id == "a"
+    assert info.value.reason == DropReason.UNCOMMITTED and info.value.leader_id == "a"
     net.recover()
     net.tick("a", 2)
     net.core("a").propose(b"y" * 200)
@@ -168,7 +161,7 @@ def test_follower_without_forwarding_refuses_with_the_leader_hint() -> None:
     net = _cluster(forward_proposals=False)
     with pytest.raises(ProposalDroppedError) as info:
         net.core("b").propose(b"x")
-    assert (info.value.reason, info.value.leader_id) == (REASON_NOT_LEADER, "a")
+    assert (info.value.reason, info.value.leader_id) == (DropReason.NOT_LEADER, "a")
 
 
 def test_proposal_without_leader_or_at_learner_is_refused() -> None:
@@ -176,14 +169,14 @@ def test_proposal_without_leader_or_at_learner_is_refused() -> None:
     net = Network(["a", "b", "c"])
     with pytest.raises(ProposalDroppedError) as info:
         net.core("a").propose(b"x")
-    assert info.value.reason == REASON_NO_LEADER
+    assert info.value.reason == DropReason.NO_LEADER
     net.elect("a")
     net.peers["d"] = new_peer("d")
     net.core("a").propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, "d"))
     net.stabilize()
     with pytest.raises(ProposalDroppedError) as info:
         net.core("d").propose(b"x")
-    assert info.value.reason == REASON_LEARNER
+    assert info.value.reason == DropReason.LEARNER
 
 
 def test_forwarded_proposal_refused_by_leader_surfaces_in_dropped() -> None:
@@ -195,7 +188,9 @@ def test_forwarded_proposal_refused_by_leader_surfaces_in_dropped() -> None:
     net.core("a").transfer_leadership("c")
     net.core("b").propose(b"forwarded")
     net.stabilize()
-    assert [(d.context, d.reason) for d in net["b"].dropped] == [(b"forwarded", REASON_TRANSFER)]
+    assert [(d.context, d.reason) for d in net["b"].dropped] == [
+        (b"forwarded", DropReason.TRANSFER)
+    ]
 
 
 def test_ready_twice_without_advance_is_a_bug() -> None:

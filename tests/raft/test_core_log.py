@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from kvstore.errors import (
-    InvalidArgumentError,
-    InvariantError,
-    LogCompactedError,
-    LogUnavailableError,
-)
-from kvstore.raft.log import RaftLog
-from kvstore.raft.memory import MemoryLogView
-from kvstore.raft.types import (
+from kvstore.consensus.log import RaftLog
+from kvstore.consensus.memory import MemoryLogView
+from kvstore.consensus.types import (
     ConfChange,
     ConfChangeType,
     ConfState,
@@ -20,6 +14,12 @@ from kvstore.raft.types import (
     EntryType,
     HardState,
     SnapshotMeta,
+)
+from kvstore.errors import (
+    InvalidArgumentError,
+    InvariantError,
+    LogCompactedError,
+    LogUnavailableError,
 )
 
 N = EntryType.NORMAL

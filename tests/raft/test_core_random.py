@@ -14,11 +14,9 @@ import random
 
 import pytest
 
-from kvstore.errors import InvalidArgumentError, ProposalDroppedError
-from kvstore.raft.config import Config
-from kvstore.raft.core import RaftCore
-from kvstore.raft.memory import MemoryLogView
-from kvstore.raft.types import (
+from kvstore.consensus.config import Config
+from kvstore.consensus.memory import MemoryLogView
+from kvstore.consensus.types import (
     ConfChange,
     ConfChangeType,
     Entry,
@@ -27,6 +25,8 @@ from kvstore.raft.types import (
     Ready,
     Role,
 )
+from kvstore.errors import InvalidArgumentError, ProposalDroppedError
+from kvstore.raft.core import RaftCore
 
 MT = MessageType
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import random
 
-from kvstore.raft.config import Config
-from kvstore.raft.core import RaftCore
-from kvstore.raft.memory import MemoryLogView
-from kvstore.raft.types import (
+from kvstore.consensus.config import Config
+from kvstore.consensus.memory import MemoryLogView
+from kvstore.consensus.types import (
     ConfChange,
     ConfChangeType,
     ConfState,
@@ -20,6 +19,7 @@ from kvstore.raft.types import (
     Role,
     SnapshotMeta,
 )
+from kvstore.raft.core import RaftCore
 
 from .helpers import Network, Peer, new_peer
 

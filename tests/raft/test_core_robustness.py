@@ -9,7 +9,7 @@ from typing import cast
 
 import pytest
 
-from kvstore.raft.types import (
+from kvstore.consensus.types import (
     ConfState,
     Entry,
     EntryType,

@@ -1,5 +1,5 @@
-"""The consensus cores stay pure: no module under kvstore/raft/ (the Raft core and what both
-cores share) or kvstore/paxos/ may do I/O, read a clock or use the global random generator
+"""The consensus cores stay pure: no module under kvstore/consensus/ (the kernel both cores
+share), kvstore/raft/ or kvstore/paxos/ may do I/O, read a clock or use the global random generator
 (DESIGN.md §1). Checked twice: statically on the source, and at run time on what importing each
 core actually loads."""
 
@@ -15,7 +15,13 @@ import pytest
 
 KVSTORE_DIR = Path(__file__).resolve().parents[2] / "kvstore"
 PURE_PACKAGES = {
-    "raft": ("kvstore.raft.core", "kvstore.raft.core_base", "kvstore.raft.memory"),
+    "consensus": (
+        "kvstore.consensus.types",
+        "kvstore.consensus.core_base",
+        "kvstore.consensus.memory",
+        "kvstore.consensus.protocol",
+    ),
+    "raft": ("kvstore.raft.core",),
     "paxos": ("kvstore.paxos.core", "kvstore.paxos.ballot", "kvstore.paxos.recovery"),
 }
 """Each pure package, and the modules the run-time probe imports from it (the first one must

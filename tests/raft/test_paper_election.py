@@ -9,10 +9,10 @@ import random
 
 import pytest
 
-from kvstore.raft.config import Config
+from kvstore.consensus.config import Config
+from kvstore.consensus.memory import MemoryLogView
+from kvstore.consensus.types import Message, MessageType, Role
 from kvstore.raft.core import RaftCore
-from kvstore.raft.memory import MemoryLogView
-from kvstore.raft.types import Message, MessageType, Role
 
 from .helpers import Network, new_peer, peer_with_log
 

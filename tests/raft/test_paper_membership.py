@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import pytest
 
+from kvstore.consensus.types import (
+    ConfChange,
+    ConfChangeType,
+    DropReason,
+    EntryType,
+    Message,
+    MessageType,
+    Role,
+)
 from kvstore.errors import InvalidArgumentError, ProposalDroppedError
-from kvstore.raft.core import REASON_CONF_CHANGE_PENDING
-from kvstore.raft.types import ConfChange, ConfChangeType, EntryType, Message, MessageType, Role
 
 from .helpers import Network, new_peer
 
@@ -71,7 +78,7 @@ def test_one_pending_change_at_a_time() -> None:
     net.core("a").propose_conf_change(ConfChange(ADD_LEARNER, "d"))
     with pytest.raises(ProposalDroppedError) as info:
         net.core("a").propose_conf_change(ConfChange(ADD_LEARNER, "e"))
-    assert info.value.reason == REASON_CONF_CHANGE_PENDING
+    assert info.value.reason == DropReason.CONF_CHANGE_PENDING
     net.recover()
     net.stabilize()
     net.core("a").propose_conf_change(ConfChange(ADD_LEARNER, "e"))
@@ -96,7 +103,7 @@ def test_new_leader_changes_configuration_only_after_committing_in_its_term() ->
     assert net.leader() == "b" and net.core("b").commit_index < index
     with pytest.raises(ProposalDroppedError) as info:
         net.core("b").propose_conf_change(ConfChange(ADD_LEARNER, "d"))
-    assert info.value.reason == REASON_CONF_CHANGE_PENDING
+    assert info.value.reason == DropReason.CONF_CHANGE_PENDING
     net.recover()
     net.tick("b")
     assert net.core("b").commit_index > index

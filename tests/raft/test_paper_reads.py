@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from kvstore.raft.core import REASON_NO_LEADER, REASON_NOT_LEADER, REASON_TOO_MANY_READS
-from kvstore.raft.types import DroppedProposal, Message, MessageType, ReadState, Role
+from kvstore.consensus.types import (
+    DroppedProposal,
+    DropReason,
+    Message,
+    MessageType,
+    ReadState,
+    Role,
+)
 
 from .helpers import Network, new_peer
 
@@ -122,7 +128,7 @@ def test_reads_without_a_leader_are_dropped() -> None:
     peer = new_peer("a", ("a", "b", "c"))
     peer.core.read_index(b"r")
     peer.process_ready()
-    assert peer.dropped == [DroppedProposal(b"r", REASON_NO_LEADER)]
+    assert peer.dropped == [DroppedProposal(b"r", DropReason.NO_LEADER)]
 
 
 def test_single_voter_answers_at_once() -> None:
@@ -149,7 +155,7 @@ def test_leader_stepping_down_drops_pending_reads() -> None:
     net.core("a").step(Message(MT.APPEND, "a", "c", 9))
     net.stabilize()
     assert net.core("a").role == Role.FOLLOWER
-    assert net["a"].dropped == [DroppedProposal(b"local", REASON_NOT_LEADER)]
+    assert net["a"].dropped == [DroppedProposal(b"local", DropReason.NOT_LEADER)]
     assert [d.context for d in net["b"].dropped] == [b"remote"]
 
 
@@ -160,7 +166,7 @@ def test_pending_reads_are_limited() -> None:
     for k in range(5):
         net.core("a").read_index(b"r%d" % k)
     net.stabilize()
-    assert [d.reason for d in net["a"].dropped] == [REASON_TOO_MANY_READS] * 2
+    assert [d.reason for d in net["a"].dropped] == [DropReason.TOO_MANY_READS] * 2
 
 
 def test_lease_read_is_answered_without_a_round_trip() -> None:

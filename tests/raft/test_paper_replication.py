@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from kvstore.raft.types import Entry, EntryType, Message, MessageType, Role
+from kvstore.consensus.types import Entry, EntryType, Message, MessageType, Role
 
 from .helpers import Network, new_peer, peer_with_log, terms_of
 

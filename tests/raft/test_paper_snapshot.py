@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from kvstore.raft.progress import ProgressState
-from kvstore.raft.types import ConfState, Message, MessageType, SnapshotMeta
+from kvstore.consensus.progress import ProgressState
+from kvstore.consensus.types import ConfState, Message, MessageType, SnapshotMeta
 
 from .helpers import Network, peer_with_log, terms_of
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from kvstore.consensus.types import DropReason, MessageType, Role
 from kvstore.errors import InvalidArgumentError, ProposalDroppedError
-from kvstore.raft.core import REASON_TRANSFER
-from kvstore.raft.types import MessageType, Role
 
 from .helpers import Network
 
@@ -61,7 +60,7 @@ def test_proposals_are_dropped_during_transfer() -> None:
     net.core("a").transfer_leadership("c")
     with pytest.raises(ProposalDroppedError) as info:
         net.core("a").propose(b"refused")
-    assert info.value.reason == REASON_TRANSFER
+    assert info.value.reason == DropReason.TRANSFER
 
 
 def test_transfer_is_abandoned_after_an_election_timeout() -> None:

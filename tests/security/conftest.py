@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
-from kvstore.raft.types import Message, MessageType
+from kvstore.consensus.types import Message, MessageType
 from kvstore.transport.codec import PROTOCOL_VERSION, FrameKind
 from kvstore.transport.tcp import FramedConnection, PeerTransport
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 import kvstore
+from kvstore.consensus.types import Entry, Message, MessageType
 from kvstore.errors import AuthenticationError, RemoteProtocolError
-from kvstore.raft.types import Entry, Message, MessageType
 from kvstore.testing.local_cluster import LocalCluster
 from kvstore.transport.codec import FrameKind, encode_message
 from kvstore.transport.tcp import connect_client, connect_peer

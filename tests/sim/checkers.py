@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from kvstore.consensus import CONSENSUS_KINDS, ConsensusCore
-from kvstore.raft.types import Entry
+from kvstore.consensus.types import Entry
 
 
 class LeaderLog(Protocol):

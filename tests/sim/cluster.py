@@ -35,9 +35,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kvstore.consensus import ConsensusCore, make_core
-from kvstore.errors import KVStoreError, ProposalDroppedError
-from kvstore.raft.config import Config
-from kvstore.raft.types import (
+from kvstore.consensus.config import Config
+from kvstore.consensus.types import (
     ConfChange,
     ConfChangeType,
     ConfState,
@@ -50,6 +49,7 @@ from kvstore.raft.types import (
     Role,
     SnapshotMeta,
 )
+from kvstore.errors import KVStoreError, ProposalDroppedError
 from tests.sim.checkers import SafetyViolation, SimFailure, make_checker
 from tests.sim.network import NetworkOptions, SimNetwork
 from tests.sim.storage import SimStorage

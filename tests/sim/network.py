@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvstore.raft.types import Message
+from kvstore.consensus.types import Message
 
 
 @dataclass(slots=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field, replace
 
-from kvstore.raft.types import ConfChange, ConfChangeType, Role
+from kvstore.consensus.types import ConfChange, ConfChangeType, Role
 from tests.sim.cluster import SimCluster, SimNode, SimOptions
 from tests.sim.network import NetworkOptions
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from kvstore.consensus.types import ConfState, Entry, HardState, SnapshotMeta
 from kvstore.errors import InvariantError, LogCompactedError, LogUnavailableError
-from kvstore.raft.types import ConfState, Entry, HardState, SnapshotMeta
 
 
 @dataclass(slots=True)

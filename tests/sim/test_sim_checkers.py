@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kvstore.raft.memory import MemoryLogView
-from kvstore.raft.types import Entry, EntryType
+from kvstore.consensus.memory import MemoryLogView
+from kvstore.consensus.types import Entry, EntryType
 from tests.paxos.helpers import paxos_peer
 from tests.sim.checkers import PaxosSafetyChecker, SafetyChecker, SafetyViolation, make_checker
 

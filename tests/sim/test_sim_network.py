@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from kvstore.raft.types import Message, MessageType
+from kvstore.consensus.types import Message, MessageType
 from tests.sim.network import NetworkOptions, SimNetwork
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import pytest
 
 from kvstore.consensus import CONSENSUS_KINDS
+from kvstore.consensus.types import ConfChange, ConfChangeType, Role
 from kvstore.errors import ProposalDroppedError
 from kvstore.paxos.core import PaxosCore
 from kvstore.raft.core import RaftCore
-from kvstore.raft.types import ConfChange, ConfChangeType, Role
 from tests.sim.checkers import PaxosSafetyChecker, SafetyChecker, SimFailure
 from tests.sim.cluster import SimCluster, SimNode, SimOptions
 from tests.sim.network import NetworkOptions

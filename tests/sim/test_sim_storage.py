@@ -6,8 +6,8 @@ import random
 
 import pytest
 
+from kvstore.consensus.types import ConfState, Entry, HardState, SnapshotMeta
 from kvstore.errors import InvariantError, LogCompactedError, LogUnavailableError
-from kvstore.raft.types import ConfState, Entry, HardState, SnapshotMeta
 from tests.sim.storage import SimStorage
 
 

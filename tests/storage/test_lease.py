@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from kvstore.consensus.types import Entry
 from kvstore.errors import InvalidArgumentError
-from kvstore.raft.types import Entry
 from kvstore.storage.commands import (
     LEASE_TTL_MS_MAX,
     CommandRejected,

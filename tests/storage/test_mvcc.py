@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import kvstore
+from kvstore.consensus.types import Entry
 from kvstore.errors import CompactedError, CorruptionError, InvalidArgumentError
-from kvstore.raft.types import Entry
 from kvstore.storage.commands import encode_cas, encode_delete, encode_put, encode_register
 from kvstore.storage.mvcc import COMPACT_EVENTS_PER_REVISION, EVENT_DELETE, EVENT_PUT
 from kvstore.storage.state_machine import StateMachine

@@ -19,8 +19,8 @@ import pytest
 
 import kvstore
 from kvstore.cli import parse_size_bytes
+from kvstore.consensus.types import Entry, EntryType
 from kvstore.errors import InvalidArgumentError
-from kvstore.raft.types import Entry, EntryType
 from kvstore.storage.commands import (
     CommandRejected,
     ResultCode,

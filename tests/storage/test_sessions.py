@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kvstore.consensus.types import Entry, EntryType
 from kvstore.errors import CorruptionError, InvalidArgumentError
-from kvstore.raft.types import Entry, EntryType
 from kvstore.storage.commands import (
     SEQ_MAX,
     SESSION_WINDOW,

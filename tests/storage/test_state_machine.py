@@ -17,8 +17,8 @@ from pathlib import Path
 import lmdb
 import pytest
 
+from kvstore.consensus.types import ConfChange, ConfChangeType, ConfState, Entry, EntryType
 from kvstore.errors import CorruptionError, InvalidArgumentError, InvariantError
-from kvstore.raft.types import ConfChange, ConfChangeType, ConfState, Entry, EntryType
 from kvstore.storage.commands import (
     CommandRejected,
     ResultCode,
@@ -236,7 +236,7 @@ def test_process_kill_after_apply_keeps_applied_state(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import os, signal
-        from kvstore.raft.types import Entry
+        from kvstore.consensus.types import Entry
         from kvstore.storage.commands import encode_put, encode_register
         from kvstore.storage.state_machine import StateMachine
         sm = StateMachine({str(directory)!r})

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from kvstore.consensus.types import Entry
 from kvstore.errors import InvalidArgumentError, InvariantError
-from kvstore.raft.types import Entry
 from kvstore.storage.commands import encode_put, encode_register
 from kvstore.storage.mvcc import HEADER_BYTES
 from kvstore.storage.state_machine import READERS_MAX, StateMachine

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from kvstore.consensus.types import Entry
 from kvstore.errors import InvalidArgumentError
-from kvstore.raft.types import Entry
 from kvstore.storage.commands import (
     TXN_BYTES_MAX,
     TXN_OPS_MAX,

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from kvstore.consensus.types import ConfState, Entry, EntryType, HardState, SnapshotMeta
 from kvstore.errors import (
     InvalidArgumentError,
     LogCompactedError,
     LogUnavailableError,
     WalFailedError,
 )
-from kvstore.raft.types import ConfState, Entry, EntryType, HardState, SnapshotMeta
 from kvstore.storage.wal import WriteAheadLog
 from kvstore.testing import walformat
 from tests.native import walfile

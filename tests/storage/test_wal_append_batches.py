@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from kvstore._kvwal import ffi, lib
 
+from kvstore.consensus.types import Entry, EntryType, HardState
 from kvstore.errors import InvalidArgumentError
-from kvstore.raft.types import Entry, EntryType, HardState
 from kvstore.storage.wal import WriteAheadLog
 from kvstore.testing import walformat
 

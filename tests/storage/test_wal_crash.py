@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHILD = textwrap.dedent(
     """
     import hashlib, random, sys
-    from kvstore.raft.types import Entry, EntryType, HardState, SnapshotMeta
+    from kvstore.consensus.types import Entry, EntryType, HardState, SnapshotMeta
     from kvstore.storage.wal import WriteAheadLog
 
     def data(index, term):

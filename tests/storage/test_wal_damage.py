@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from kvstore.consensus.types import Entry, EntryType, HardState
 from kvstore.errors import CorruptionError
-from kvstore.raft.types import Entry, EntryType, HardState
 from kvstore.storage.wal import WriteAheadLog
 from kvstore.testing import walformat
 from tests.native import walfile

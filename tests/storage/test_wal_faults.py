@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from kvstore.consensus.types import Entry, EntryType, HardState, SnapshotMeta
 from kvstore.errors import WalFailedError
-from kvstore.raft.types import Entry, EntryType, HardState, SnapshotMeta
 from kvstore.storage.wal import FaultSpec, WriteAheadLog
 from kvstore.testing import walformat
 from tests.native import walfile

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from kvstore.raft.types import Entry, EntryType
+from kvstore.consensus.types import Entry, EntryType
 from kvstore.storage.wal import WriteAheadLog
 
 THREADS = 16

@@ -14,8 +14,8 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from kvstore.consensus.types import ConfState, Entry, EntryType, HardState, SnapshotMeta
 from kvstore.errors import InvalidArgumentError, LogCompactedError, LogUnavailableError
-from kvstore.raft.types import ConfState, Entry, EntryType, HardState, SnapshotMeta
 from kvstore.storage.wal import WriteAheadLog
 from kvstore.testing import walformat
 

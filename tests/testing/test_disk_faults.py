@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from kvstore.consensus.types import Entry, HardState
 from kvstore.errors import CorruptionError
-from kvstore.raft.types import Entry, HardState
 from kvstore.storage.wal import WriteAheadLog
 from kvstore.testing import walformat
 from kvstore.testing.nemesis import (

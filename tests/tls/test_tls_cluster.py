@@ -20,7 +20,7 @@ import pytest
 import kvstore
 import kvstore.aio
 from kvstore import certs
-from kvstore.raft.types import Entry, Message, MessageType
+from kvstore.consensus.types import Entry, Message, MessageType
 from kvstore.storage.commands import encode_put
 from kvstore.testing.local_cluster import LocalCluster, wait_until
 from kvstore.transport.codec import FrameKind

@@ -19,7 +19,7 @@ import pytest
 import kvstore
 import kvstore.aio
 from kvstore import certs
-from kvstore.raft.types import Message, MessageType
+from kvstore.consensus.types import Message, MessageType
 from kvstore.testing.local_cluster import free_ports
 from kvstore.transport.tcp import FramedConnection, PeerTransport, connect_client, connect_peer
 from kvstore.transport.tls import TLSConfig, client_context

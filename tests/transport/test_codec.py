@@ -9,8 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvstore.errors import RemoteProtocolError
-from kvstore.raft.types import (
+from kvstore.consensus.types import (
     ConfState,
     Entry,
     EntryType,
@@ -18,6 +17,7 @@ from kvstore.raft.types import (
     MessageType,
     SnapshotMeta,
 )
+from kvstore.errors import RemoteProtocolError
 from kvstore.transport.codec import (
     NEED_DATA,
     PROTOCOL_VERSION,

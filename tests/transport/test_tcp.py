@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
+from kvstore.consensus.types import Entry, Message, MessageType
 from kvstore.errors import AuthenticationError, RemoteProtocolError
-from kvstore.raft.types import Entry, Message, MessageType
 from kvstore.transport.codec import PROTOCOL_VERSION, FrameKind, encode_frame, encode_message
 from kvstore.transport.tcp import (
     ERROR_BUSY,

@@ -38,10 +38,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from kvstore.errors import KVStoreError
-from kvstore.raft.config import Config
-from kvstore.raft.core import RaftCore
-from kvstore.raft.types import (
+from kvstore.consensus.config import Config
+from kvstore.consensus.types import (
     ConfChange,
     ConfChangeType,
     ConfState,
@@ -53,6 +51,8 @@ from kvstore.raft.types import (
     Ready,
     SnapshotMeta,
 )
+from kvstore.errors import KVStoreError
+from kvstore.raft.core import RaftCore
 from tests.raft.interaction.datadriven import Command, DataDrivenError
 from tests.sim.storage import LogImage, SimStorage
 

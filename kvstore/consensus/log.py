@@ -22,8 +22,8 @@ from itertools import accumulate, count, repeat
 from operator import itemgetter
 from typing import Any, cast
 
+from kvstore.consensus.types import Entry, EntryType, LogView, SnapshotMeta
 from kvstore.errors import LogCompactedError, LogUnavailableError, invariant
-from kvstore.raft.types import Entry, EntryType, LogView, SnapshotMeta
 
 _DATA = itemgetter(3)
 _TYPE = itemgetter(2)

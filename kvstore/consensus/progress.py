@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Callable, ItemsView
 from typing import NamedTuple
 
 
@@ -186,3 +187,63 @@ class Progress:
     def snapshot(self) -> PeerProgress:
         """An immutable copy for status reports."""
         return PeerProgress(self.match, self.next, self.state)
+
+
+class ProgressTracker:
+    """The leader's `Progress` of every member, held by the core (composition).
+
+    Reads like a mapping from node id to `Progress` (`get`, `in`, `[]`, `items`), plus the two
+    views the leader's hot paths iterate: `peers` (every member but the leader, sorted by id:
+    whom it sends to) and `voters` (the voters' progress: what a quorum holds). Empty when the
+    node does not lead.
+    """
+
+    __slots__ = ("_by_id", "get", "peers", "voters")
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, Progress] = {}
+        self.get: Callable[[str], Progress | None] = self._by_id.get
+        """The progress of a node, or None if it is not tracked: the dict's own `get`, bound
+        directly so that the leader's per-answer lookup costs what a dict lookup costs."""
+        self.peers: list[tuple[str, Progress]] = []
+        """Every member but the leader, sorted by id."""
+        self.voters: list[Progress] = []
+        """The voters' progress (the leader's own included), in voter id order."""
+
+    def set(
+        self, progress: dict[str, Progress], leader_id: str, voter_ids: tuple[str, ...]
+    ) -> None:
+        """Track `progress` (by member id, in sorted id order) for the leader `leader_id`."""
+        self._by_id = progress
+        self.get = progress.get
+        self.peers = [(node, pr) for node, pr in progress.items() if node != leader_id]
+        self.voters = [progress[v] for v in voter_ids if v in progress]
+
+    def clear(self) -> None:
+        """Forget every member (the node no longer leads)."""
+        self._by_id = {}
+        self.get = self._by_id.get
+        self.peers = []
+        self.voters = []
+
+    def __contains__(self, node: object) -> bool:
+        return node in self._by_id
+
+    def __getitem__(self, node: str) -> Progress:
+        return self._by_id[node]
+
+    def items(self) -> ItemsView[str, Progress]:
+        """(member id, progress) pairs, in sorted id order."""
+        return self._by_id.items()
+
+    def quorum_match(self) -> int:
+        """The highest index a quorum of voters holds (0 without voters)."""
+        voters = self.voters
+        if not voters:
+            return 0
+        matches = sorted([pr.match for pr in voters], reverse=True)
+        return matches[len(matches) // 2]
+
+    def snapshot(self) -> dict[str, PeerProgress]:
+        """Immutable copies of every member's progress, for status reports."""
+        return {node: pr.snapshot() for node, pr in self._by_id.items()}

@@ -5,11 +5,13 @@ Both cores take the same inputs (ticks, messages, proposals, reads) and hand out
 one `Progress` each, confirms reads with a quorum round of heartbeats and refuses work during a
 leadership transfer. That machinery lives here once:
 
-- the Ready assembly (`has_ready`, `ready`) and the `advance` bookkeeping;
+- `has_ready`, `ready` and the `advance` bookkeeping, over a `ReadyAssembler` (ready.py) that
+  the core holds: the outbox and the Ready assembly are shared by composition;
 - the read-only properties and `status()`;
 - the public inputs whose logic does not depend on the protocol (`propose`, `read_index`,
   `transfer_leadership`, `report_*`);
-- role plumbing (`_reset`, `_become_follower`, `_hup`, `_tick_election`) and the request
+- role plumbing (`_reset`, `_hup`, `_tick_election`; the transitions themselves live in each
+  core's own module) and the request
   handling that follows the role, not the protocol (forwarded proposals and reads, transfers);
 - the leader's sending loop (`_flush`), its pipelining bookkeeping, heartbeats and read rounds.
 
@@ -22,19 +24,21 @@ term) and when it may serve reads. Like the rest of kvstore/raft/, this module d
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, ClassVar
 
-from kvstore.errors import InvalidArgumentError, LogCompactedError, ProposalDroppedError, invariant
-from kvstore.raft import quorum
-from kvstore.raft.config import Config
-from kvstore.raft.log import RaftLog, entries_bytes
-from kvstore.raft.progress import PeerProgress, Progress, ProgressState
-from kvstore.raft.read_only import ReadOnly, ReadRequest
-from kvstore.raft.types import (
+from kvstore.consensus import quorum
+from kvstore.consensus.config import Config
+from kvstore.consensus.log import RaftLog, entries_bytes
+from kvstore.consensus.progress import Progress, ProgressState, ProgressTracker
+from kvstore.consensus.protocol import CoreStatus
+from kvstore.consensus.read_only import ReadOnly, ReadRequest
+from kvstore.consensus.ready import ReadyAssembler
+from kvstore.consensus.types import (
     ConfChange,
     ConfChangeType,
     ConfState,
     DroppedProposal,
+    DropReason,
     Entry,
     EntryType,
     HardState,
@@ -44,34 +48,17 @@ from kvstore.raft.types import (
     ReadState,
     Ready,
     Role,
-    SoftState,
 )
+from kvstore.errors import InvalidArgumentError, LogCompactedError, ProposalDroppedError, invariant
 
 if TYPE_CHECKING:
     import random
 
 __all__ = [
     "CAMPAIGN_TRANSFER",
-    "REASON_LEARNER",
-    "REASON_NOT_LEADER",
-    "REASON_NO_LEADER",
-    "REASON_READ_REFUSED",
-    "REASON_TOO_MANY_READS",
-    "REASON_TRANSFER",
-    "REASON_UNCOMMITTED",
     "TERMLESS",
     "CoreBase",
-    "CoreStatus",
 ]
-
-# Why a proposal or a read was refused (ProposalDroppedError.reason, DroppedProposal.reason).
-REASON_NO_LEADER = "no leader"
-REASON_NOT_LEADER = "not the leader"
-REASON_LEARNER = "node is a learner"
-REASON_TRANSFER = "leadership transfer in progress"
-REASON_UNCOMMITTED = "too many uncommitted bytes"
-REASON_TOO_MANY_READS = "too many pending reads"
-REASON_READ_REFUSED = "read refused by the leader"
 
 CAMPAIGN_TRANSFER = b"transfer"
 """`context` of a VOTE (PREPARE) sent because of a leadership transfer: voters skip the lease
@@ -96,23 +83,6 @@ TERMLESS = frozenset(
 )
 """Types whose `term` means nothing: local events, and requests forwarded to the leader (or
 answered by it) that are valid whatever term (ballot) the two sides are in."""
-
-
-class CoreStatus(NamedTuple):
-    """A snapshot of the core's state, for status pages and tests."""
-
-    node_id: str
-    term: int
-    vote: str | None
-    commit: int
-    applied: int
-    role: Role
-    leader_id: str | None
-    conf_state: ConfState
-    progress: dict[str, PeerProgress]
-    """Each member's replication progress, when this node is the leader (else empty)."""
-    transferee: str | None
-    """The node leadership is being handed to, if a transfer is in progress."""
 
 
 class CoreBase:
@@ -151,11 +121,8 @@ class CoreBase:
         self._max_uncommitted_bytes = config.max_uncommitted_bytes
         self._max_pending_reads = config.max_pending_reads
 
-        # Outputs gathered for the next Ready.
-        self._msgs: list[Message] = []
-        self._msgs_after: list[Message] = []
-        self._read_states: list[ReadState] = []
-        self._dropped: list[DroppedProposal] = []
+        self._out = ReadyAssembler(self._AFTER_PERSIST, config.max_committed_bytes_per_ready)
+        """Outputs gathered for the next Ready, and the Ready assembly (composition)."""
 
         # Volatile state.
         self._role = Role.FOLLOWER
@@ -163,10 +130,8 @@ class CoreBase:
         self._term = 0
         self._vote: str | None = None
         self._votes: dict[str, bool] = {}
-        self._progress: dict[str, Progress] = {}
-        self._peers: list[tuple[str, Progress]] = []
-        """Every member but this node, sorted by id: who the leader sends to."""
-        self._voter_progress: list[Progress] = []
+        self._progress = ProgressTracker()
+        """Leader: every member's replication progress (composition; empty otherwise)."""
         self._read_only = ReadOnly(self._id, config.max_pending_reads)
         self._reads_waiting: list[tuple[ReadRequest, bool]] = []
         """Leader: reads (with their `lease` flag) that wait until `_reads_may_go()`."""
@@ -175,7 +140,6 @@ class CoreBase:
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
         self._randomized_timeout = config.election_ticks
-        self._pending_ready: Ready | None = None
         self._step_role: Callable[[Message], None] = self._step_follower
         self._tick_role: Callable[[], None] = self._tick_election
         self._follower_handlers: Mapping[MessageType, Callable[[Message], None]] = {}
@@ -187,8 +151,6 @@ class CoreBase:
         """Messages dropped as stale, misaddressed or malformed (a diagnostic counter)."""
 
         self._log: RaftLog
-        self._prev_hard: HardState
-        self._prev_soft = SoftState(None, Role.FOLLOWER)
         self._conf: ConfState
         self._voters: frozenset[str] = frozenset()
         self._learners: frozenset[str] = frozenset()
@@ -196,14 +158,15 @@ class CoreBase:
         """The voters, sorted by id."""
 
     def _open_log(self, log: LogView) -> tuple[HardState, ConfState] | None:
-        """Set `_log` and `_prev_hard` from `log`. Returns its hard state and configuration,
-        or None for a brand-new cluster, whose log now holds the bootstrap entries (one
-        committed ADD_VOTER per initial voter, term 1) and whose configuration is set."""
+        """Set `_log` and the assembler's durable hard state from `log`. Returns its hard
+        state and configuration, or None for a brand-new cluster, whose log now holds the
+        bootstrap entries (one committed ADD_VOTER per initial voter, term 1) and whose
+        configuration is set."""
         config = self._config
         hard, conf = log.initial_state()
         snap = log.snapshot_meta()
         if config.initial_voters and hard.term == 0 and snap.index == 0 and log.last_index() == 0:
-            self._prev_hard = HardState()
+            self._out.start_from(HardState())
             self._log = RaftLog(log, committed=0, applied=0)
             voters = sorted(config.initial_voters)
             self._log.append(
@@ -220,7 +183,7 @@ class CoreBase:
             self._log.commit_to(len(voters))
             self._set_conf(ConfState(tuple(voters), ()))
             return None
-        self._prev_hard = hard
+        self._out.start_from(hard)
         last = log.last_index()
         invariant(
             config.applied <= last,
@@ -286,11 +249,7 @@ class CoreBase:
 
     def status(self) -> CoreStatus:
         """A consistent copy of the state, with every member's progress when leader."""
-        progress = (
-            {pid: pr.snapshot() for pid, pr in self._progress.items()}
-            if self._role == _LEADER
-            else {}
-        )
+        progress = self._progress.snapshot() if self._role == _LEADER else {}
         return CoreStatus(
             self._id,
             self._term,
@@ -328,7 +287,7 @@ class CoreBase:
 
     def campaign(self) -> None:
         """Start an election (phase 1) now, with a pre-vote round first when pre-vote is on."""
-        self._step(Message(MT.HUP, self._id, self._id))
+        self._step(Message.hup(self._id))
 
     def propose(self, data: bytes) -> int:
         """Propose one command. Returns its index on the leader, 0 when forwarded to the leader.
@@ -362,9 +321,9 @@ class CoreBase:
         if self._role == _LEADER:
             self._leader_read(request, lease)
         elif self._lead is None:
-            self._dropped.append(DroppedProposal(request_ctx, REASON_NO_LEADER))
+            self._out.dropped.append(DroppedProposal(request_ctx, DropReason.NO_LEADER))
         else:
-            self._msgs.append(Message(MT.READ_INDEX, self._lead, self._id, context=request_ctx))
+            self._out.messages.append(Message.read_index(self._lead, self._id, request_ctx))
 
     def transfer_leadership(self, target: str) -> None:
         """Ask the leader to hand leadership to `target`, which then campaigns at once.
@@ -377,20 +336,20 @@ class CoreBase:
         if self._role == _LEADER:
             self._start_transfer(target)
         elif self._lead is None:
-            raise ProposalDroppedError(REASON_NO_LEADER)
+            raise ProposalDroppedError(DropReason.NO_LEADER)
         else:
             # The sender must be this node (the transport checks it); the target rides in context.
-            self._msgs.append(
-                Message(MT.TRANSFER_LEADER, self._lead, self._id, context=target.encode())
+            self._out.messages.append(
+                Message.transfer_leader(self._lead, self._id, target.encode())
             )
 
     def report_unreachable(self, peer_id: str) -> None:
         """The transport could not deliver to `peer_id`: stop pipelining to it, probe instead."""
-        self._step(Message(MT.UNREACHABLE, self._id, peer_id))
+        self._step(Message.unreachable(self._id, peer_id))
 
     def report_snapshot(self, peer_id: str, success: bool) -> None:
         """The application finished streaming a snapshot to `peer_id` (or failed to)."""
-        self._step(Message(MT.SNAPSHOT_STATUS, self._id, peer_id, reject=not success))
+        self._step(Message.snapshot_status(self._id, peer_id, success))
 
     # --- outputs -----------------------------------------------------------------------------
 
@@ -398,60 +357,19 @@ class CoreBase:
         """Whether `ready()` would return any work."""
         if self._need_flush:
             self._flush()
-        if self._msgs or self._msgs_after or self._read_states or self._dropped:
-            return True
-        log = self._log
-        if log.has_unstable() or log.has_next_committed():
-            return True
-        soft = self._prev_soft
-        if soft.leader_id != self._lead or soft.role != self._role:
-            return True
-        hard = self._prev_hard
-        return hard.term != self._term or hard.vote != self._vote or hard.commit != log.committed
+        return self._out.has_ready(self._log, self._term, self._vote, self._lead, self._role)
 
     def ready(self) -> Ready:
         """The work to do now, in the order `Ready` documents. Call `advance()` with it next."""
-        invariant(self._pending_ready is None, "ready() called again before advance()")
+        invariant(self._out.pending is None, "ready() called again before advance()")
         if self._need_flush:
             self._flush()
-        log = self._log
-        soft: SoftState | None = None
-        prev_soft = self._prev_soft
-        if prev_soft.leader_id != self._lead or prev_soft.role != self._role:
-            soft = self._prev_soft = SoftState(self._lead, self._role)
-        hard: HardState | None = None
-        must_sync = False
-        prev = self._prev_hard
-        term, vote, commit = self._term, self._vote, log.committed
-        if prev.commit != commit or prev.term != term or prev.vote != vote:
-            hard = self._prev_hard = HardState(term, vote, commit)
-            must_sync = prev.term != term or prev.vote != vote
-        entries = log.take_unstable()
-        snapshot = log.take_snapshot()
-        rd = Ready(
-            soft_state=soft,
-            hard_state=hard,
-            entries=entries,
-            snapshot=snapshot,
-            messages=self._msgs,
-            persisted_messages=self._msgs_after,
-            committed_entries=log.next_committed(self._config.max_committed_bytes_per_ready),
-            read_states=self._read_states,
-            must_sync=must_sync or bool(entries) or snapshot is not None,
-            dropped=self._dropped,
-        )
-        self._msgs = []
-        self._msgs_after = []
-        self._read_states = []
-        self._dropped = []
-        self._pending_ready = rd
-        return rd
+        return self._out.ready(self._log, self._term, self._vote, self._lead, self._role)
 
     def advance(self, ready: Ready) -> None:
         """Acknowledge `ready`: its entries, hard state and snapshot are durable, its committed
         entries applied. For the leader, its own durable entries count as its own ack."""
-        invariant(ready is self._pending_ready, "advance() with a Ready other than the last one")
-        self._pending_ready = None
+        self._out.acknowledge(ready)
         log = self._log
         if ready.entries:
             self._entries_stable(ready.entries)
@@ -478,6 +396,11 @@ class CoreBase:
 
     # --- hooks --------------------------------------------------------------------------------
 
+    def _become_follower(self, term: int, lead: str | None) -> None:
+        """Subclass: the transition to follower of `term` (every role transition of a protocol
+        lives in its own core module: kvstore/raft/core.py, kvstore/paxos/core.py)."""
+        raise NotImplementedError
+
     def _step(self, m: Message) -> None:
         """Subclass: the message dispatcher: term (ballot) checks, the protocol's own requests,
         then `_step_any_role`."""
@@ -491,8 +414,8 @@ class CoreBase:
         elif t == MT.READ_INDEX_RESPONSE:
             self._handle_read_index_response(m)
         elif t == MT.PROPOSE and m.reject:
-            reason = m.context.decode(errors="replace") or REASON_NOT_LEADER
-            self._dropped.extend(DroppedProposal(e.data, reason) for e in m.entries)
+            reason = DropReason.from_wire(m.context)
+            self._out.dropped.extend(DroppedProposal(e.data, reason) for e in m.entries)
         else:
             self._step_role(m)
 
@@ -545,12 +468,6 @@ class CoreBase:
             and m.context != CAMPAIGN_TRANSFER
         )
 
-    def _send(self, m: Message) -> None:
-        if m.type in self._AFTER_PERSIST:
-            self._msgs_after.append(m)
-        else:
-            self._msgs.append(m)
-
     def _reset(self, term: int) -> None:
         if term != self._term:
             self._term = term
@@ -566,25 +483,8 @@ class CoreBase:
         )
         self._transferee = None
         self._votes = {}
-        self._progress = {}
-        self._peers = []
-        self._voter_progress = []
+        self._progress.clear()
         self._need_flush = False
-
-    def _start_leading(self) -> None:
-        """Become the leader of the current term, with fresh volatile state."""
-        self._reset(self._term)
-        self._lead = self._id
-        self._role = _LEADER
-        self._step_role = self._step_leader
-        self._tick_role = self._tick_heartbeat
-
-    def _become_follower(self, term: int, lead: str | None) -> None:
-        self._reset(term)
-        self._lead = lead
-        self._role = Role.FOLLOWER
-        self._step_role = self._step_follower
-        self._tick_role = self._tick_election
 
     def _promotable(self) -> bool:
         return self._id in self._voters
@@ -614,13 +514,13 @@ class CoreBase:
             return
         t = m.type
         if t == MT.PROPOSE:
-            self._refuse_forwarded(m, REASON_NOT_LEADER)
+            self._refuse_forwarded(m, DropReason.NOT_LEADER)
         elif t == MT.READ_INDEX:
             self._refuse_read(m)
         elif t == MT.TRANSFER_LEADER:
             if self._lead is not None and self._lead != m.sender:
                 target = m.context or m.sender.encode()
-                self._msgs.append(Message(MT.TRANSFER_LEADER, self._lead, self._id, context=target))
+                self._out.messages.append(Message.transfer_leader(self._lead, self._id, target))
             else:
                 self.ignored_messages += 1
         elif t == MT.TIMEOUT_NOW:
@@ -636,7 +536,7 @@ class CoreBase:
             self._become_follower(m.term, m.sender)
             self._step_follower(m)
         elif t == MT.PROPOSE:
-            self._refuse_forwarded(m, REASON_NO_LEADER)
+            self._refuse_forwarded(m, DropReason.NO_LEADER)
         elif t == MT.READ_INDEX:
             self._refuse_read(m)
         else:
@@ -644,25 +544,18 @@ class CoreBase:
 
     def _forward_proposal(self, entries: tuple[Entry, ...]) -> None:
         if self._id in self._learners:
-            raise ProposalDroppedError(REASON_LEARNER, leader_id=self._lead)
+            raise ProposalDroppedError(DropReason.LEARNER, leader_id=self._lead)
         if self._lead is None:
-            raise ProposalDroppedError(REASON_NO_LEADER)
+            raise ProposalDroppedError(DropReason.NO_LEADER)
         if not self._config.forward_proposals:
-            raise ProposalDroppedError(REASON_NOT_LEADER, leader_id=self._lead)
-        self._msgs.append(Message(MT.PROPOSE, self._lead, self._id, entries=entries))
+            raise ProposalDroppedError(DropReason.NOT_LEADER, leader_id=self._lead)
+        self._out.messages.append(Message.propose(self._lead, self._id, entries))
 
-    def _refuse_forwarded(self, m: Message, reason: str) -> None:
+    def _refuse_forwarded(self, m: Message, reason: DropReason) -> None:
         """Send a forwarded proposal back to its sender, which reports it in Ready.dropped."""
         if m.entries:
-            self._msgs.append(
-                Message(
-                    MT.PROPOSE,
-                    m.sender,
-                    self._id,
-                    entries=m.entries,
-                    reject=True,
-                    context=reason.encode(),
-                )
+            self._out.messages.append(
+                Message.propose_refused(m.sender, self._id, m.entries, reason)
             )
 
     def _refuse_read(self, m: Message) -> None:
@@ -671,23 +564,16 @@ class CoreBase:
 
     def _answer_heartbeat(self, m: Message, index: int) -> None:
         """Answer the leader's heartbeat `m`, echoing its read round (`context`)."""
-        self._msgs.append(
-            Message(
-                MT.HEARTBEAT_RESPONSE,
-                m.sender,
-                self._id,
-                self._term,
-                index=index,
-                context=m.context,
-            )
+        self._out.messages.append(
+            Message.heartbeat_response(m.sender, self._id, self._term, index, m.context)
         )
 
     def _handle_read_index_response(self, m: Message) -> None:
         # Valid whatever our term now: the leader confirmed its leadership after the request.
         if m.reject:
-            self._dropped.append(DroppedProposal(m.context, REASON_READ_REFUSED))
+            self._out.dropped.append(DroppedProposal(m.context, DropReason.READ_REFUSED))
         else:
-            self._read_states.append(ReadState(m.index, m.context))
+            self._out.read_states.append(ReadState(m.index, m.context))
 
     # --- leader -------------------------------------------------------------------------------
 
@@ -785,22 +671,15 @@ class CoreBase:
         # Success: wait for the peer's acknowledgement. Failure: retry after a heartbeat.
         pr.probe_sent = True
 
-    def _quorum_match(self) -> int:
-        """The highest index a quorum of voters holds (0 without voters)."""
-        voters = self._voter_progress
-        if not voters:
-            return 0
-        matches = sorted([pr.match for pr in voters], reverse=True)
-        return matches[len(matches) // 2]
-
     def _check_quorum(self) -> None:
         """Step down unless a quorum was heard from during the last election timeout (§6.2)."""
-        active = {node for node, pr in self._peers if pr.recent_active}
+        peers = self._progress.peers
+        active = {node for node, pr in peers if pr.recent_active}
         active.add(self._id)
         if not quorum.has_quorum(self._voter_list, active):
             self._become_follower(self._term, None)
             return
-        for _, pr in self._peers:
+        for _, pr in peers:
             pr.recent_active = False
 
     def _leader_takes_forwarded(self, m: Message) -> bool:
@@ -809,17 +688,17 @@ class CoreBase:
         try:
             self._check_leader_accepts(entries_bytes(m.entries))
         except ProposalDroppedError as exc:
-            self._refuse_forwarded(m, exc.reason)
+            self._refuse_forwarded(m, DropReason(exc.reason))
             return False
         return True
 
     def _check_leader_accepts(self, size: int) -> None:
         if self._transferee is not None:
-            raise ProposalDroppedError(REASON_TRANSFER, leader_id=self._id)
+            raise ProposalDroppedError(DropReason.TRANSFER, leader_id=self._id)
         log = self._log
         uncommitted = log.mem_bytes(log.committed + 1, log.last_index() + 1)
         if uncommitted and uncommitted + size > self._max_uncommitted_bytes:
-            raise ProposalDroppedError(REASON_UNCOMMITTED, leader_id=self._id)
+            raise ProposalDroppedError(DropReason.UNCOMMITTED, leader_id=self._id)
 
     # --- sending to peers ---------------------------------------------------------------------
 
@@ -838,7 +717,7 @@ class CoreBase:
         ro = self._read_only
         if ro.has_queued() and not ro.in_flight():
             self._bcast_heartbeat(ro.start_round(commit))
-        for node, pr in self._peers:
+        for node, pr in self._progress.peers:
             state = pr.state
             if state == ProgressState.REPLICATE:
                 inflights = pr.inflights
@@ -868,8 +747,8 @@ class CoreBase:
             except LogCompactedError:
                 return self._send_snapshot(node, pr)
         commit = log.committed
-        self._msgs.append(
-            Message(
+        self._out.messages.append(
+            Message.entries_batch(
                 self._APPEND_TYPE,
                 node,
                 self._id,
@@ -878,7 +757,6 @@ class CoreBase:
                 prev,
                 tuple(ents),
                 commit,
-                False,
                 self._recovery_end,
             )
         )
@@ -900,15 +778,8 @@ class CoreBase:
         meta = self._log.storage.snapshot_meta()
         if meta.index <= 0:
             return False
-        self._msgs.append(
-            Message(
-                MT.SNAPSHOT,
-                node,
-                self._id,
-                self._term,
-                reject_hint=self._recovery_end,
-                snapshot=meta,
-            )
+        self._out.messages.append(
+            Message.install_snapshot(node, self._id, self._term, meta, self._recovery_end)
         )
         pr.become_snapshot(meta.index)
         return True
@@ -920,21 +791,9 @@ class CoreBase:
         term = self._term
         me = self._id
         now = self._now
-        for node, pr in self._peers:
-            self._msgs.append(
-                Message(
-                    MT.HEARTBEAT,
-                    node,
-                    me,
-                    term,
-                    0,
-                    now,
-                    (),
-                    min(pr.match, commit),
-                    False,
-                    0,
-                    context,
-                )
+        for node, pr in self._progress.peers:
+            self._out.messages.append(
+                Message.heartbeat(node, me, term, now, min(pr.match, commit), context)
             )
 
     def _beat(self) -> None:
@@ -951,7 +810,7 @@ class CoreBase:
             # Until then the commit index may miss entries committed by earlier leaders
             # (thesis §6.4 step 1; Paxos: values chosen in earlier ballots): reads wait.
             if len(self._reads_waiting) >= self._max_pending_reads:
-                self._drop_read(request, REASON_TOO_MANY_READS)
+                self._drop_read(request, DropReason.TOO_MANY_READS)
             else:
                 self._reads_waiting.append((request, lease))
             return
@@ -961,7 +820,7 @@ class CoreBase:
             return
         ro = self._read_only
         if not ro.has_room():
-            self._drop_read(request, REASON_TOO_MANY_READS)
+            self._drop_read(request, DropReason.TOO_MANY_READS)
             return
         ro.enqueue(request)
         # The round starts at the next flush, so every read made before the next Ready shares it.
@@ -987,33 +846,25 @@ class CoreBase:
 
     def _answer_read(self, request: ReadRequest, index: int) -> None:
         if request.sender is None or request.sender == self._id:
-            self._read_states.append(ReadState(index, request.context))
+            self._out.read_states.append(ReadState(index, request.context))
         else:
             self._send_read_response(request.sender, request.context, index, False)
 
-    def _drop_read(self, request: ReadRequest, reason: str) -> None:
+    def _drop_read(self, request: ReadRequest, reason: DropReason) -> None:
         if request.sender is None or request.sender == self._id:
-            self._dropped.append(DroppedProposal(request.context, reason))
+            self._out.dropped.append(DroppedProposal(request.context, reason))
         else:
             self._send_read_response(request.sender, request.context, 0, True)
 
     def _send_read_response(self, to: str, context: bytes, index: int, reject: bool) -> None:
-        self._msgs.append(
-            Message(
-                MT.READ_INDEX_RESPONSE,
-                to,
-                self._id,
-                self._term,
-                index=index,
-                reject=reject,
-                context=context,
-            )
+        self._out.messages.append(
+            Message.read_index_response(to, self._id, self._term, index, context, reject)
         )
 
     def _drop_leader_reads(self) -> None:
         """The leader steps down: its pending reads can no longer be confirmed."""
         for request in self._read_only.drain():
-            self._drop_read(request, REASON_NOT_LEADER)
+            self._drop_read(request, DropReason.NOT_LEADER)
         waiting, self._reads_waiting = self._reads_waiting, []
         for request, _ in waiting:
-            self._drop_read(request, REASON_NOT_LEADER)
+            self._drop_read(request, DropReason.NOT_LEADER)

@@ -2,26 +2,61 @@
 
 Both `RaftCore` (kvstore/raft/) and `PaxosCore` (kvstore/paxos/) satisfy it: the same inputs
 (ticks, messages, proposals, reads), the same `Ready` batches out, over the same `LogView`.
-`node.py` should depend on this Protocol and construct its core with `make_core`, so that it
-never branches on the protocol beyond that one call.
+The node depends on this Protocol and constructs its core with `make_core`, so that it never
+branches on the protocol beyond that one call.
+
+The kernel never imports a protocol: `make_core` names each core by its module path
+(`CORE_CLASSES`) and loads the one asked for on first use, the way a plugin table would, so
+importing `kvstore.consensus` loads neither kvstore/raft/ nor kvstore/paxos/ (a test checks).
 """
 
 from __future__ import annotations
 
+import importlib
 import random
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import Literal, NamedTuple, Protocol, cast, runtime_checkable
 
+from kvstore.consensus.config import Config
+from kvstore.consensus.progress import PeerProgress
+from kvstore.consensus.types import ConfChange, ConfState, LogView, Message, Ready, Role
 from kvstore.errors import InvalidArgumentError
-from kvstore.raft.config import Config
-from kvstore.raft.core import CoreStatus
-from kvstore.raft.types import ConfChange, ConfState, LogView, Message, Ready, Role
 
-__all__ = ["CONSENSUS_KINDS", "ConsensusCore", "ConsensusKind", "make_core"]
+__all__ = [
+    "CONSENSUS_KINDS",
+    "CORE_CLASSES",
+    "ConsensusCore",
+    "ConsensusKind",
+    "CoreStatus",
+    "make_core",
+]
 
 ConsensusKind = Literal["raft", "paxos"]
 CONSENSUS_KINDS: tuple[ConsensusKind, ...] = ("raft", "paxos")
 """The protocols a cluster may run (`Options.consensus`, `--consensus`)."""
+
+CORE_CLASSES: dict[str, tuple[str, str]] = {
+    "raft": ("kvstore.raft.core", "RaftCore"),
+    "paxos": ("kvstore.paxos.core", "PaxosCore"),
+}
+"""Each protocol's core, as (module, class): loaded by `make_core` only when asked for."""
+
+
+class CoreStatus(NamedTuple):
+    """A snapshot of the core's state, for status pages and tests."""
+
+    node_id: str
+    term: int
+    vote: str | None
+    commit: int
+    applied: int
+    role: Role
+    leader_id: str | None
+    conf_state: ConfState
+    progress: dict[str, PeerProgress]
+    """Each member's replication progress, when this node is the leader (else empty)."""
+    transferee: str | None
+    """The node leadership is being handed to, if a transfer is in progress."""
 
 
 @runtime_checkable
@@ -143,26 +178,11 @@ class ConsensusCore(Protocol):
 
 def make_core(kind: str, config: Config, log: LogView, rng: random.Random) -> ConsensusCore:
     """Build the core for `kind` ("raft" or "paxos"); `InvalidArgumentError` for anything else."""
-    if kind == "raft":
-        from kvstore.raft.core import RaftCore
-
-        return RaftCore(config, log, rng)
-    if kind == "paxos":
-        from kvstore.paxos.core import PaxosCore
-
-        return PaxosCore(config, log, rng)
-    raise InvalidArgumentError(
-        f"consensus must be one of {', '.join(CONSENSUS_KINDS)}; got {kind!r}"
-    )
-
-
-if TYPE_CHECKING:
-    # Both cores must satisfy the Protocol: mypy checks these assignments.
-    from kvstore.paxos.core import PaxosCore
-    from kvstore.raft.core import RaftCore
-
-    def _raft_is_a_core(core: RaftCore) -> ConsensusCore:
-        return core
-
-    def _paxos_is_a_core(core: PaxosCore) -> ConsensusCore:
-        return core
+    where = CORE_CLASSES.get(kind)
+    if where is None:
+        raise InvalidArgumentError(
+            f"consensus must be one of {', '.join(CONSENSUS_KINDS)}; got {kind!r}"
+        )
+    module, name = where
+    core_class = getattr(importlib.import_module(module), name)
+    return cast(ConsensusCore, core_class(config, log, rng))

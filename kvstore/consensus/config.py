@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kvstore.consensus.types import ConfChange, ConfChangeType, ConfState
 from kvstore.errors import InvalidArgumentError
-from kvstore.raft.types import ConfChange, ConfChangeType, ConfState
 
 
 def check_ticks(heartbeat_ticks: int, election_ticks: int) -> None:

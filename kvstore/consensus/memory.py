@@ -10,9 +10,8 @@ from collections.abc import Iterable, Sequence
 from itertools import accumulate
 from operator import itemgetter
 
-from kvstore.errors import InvalidArgumentError, LogCompactedError, LogUnavailableError
-from kvstore.raft.config import apply_conf_change
-from kvstore.raft.types import (
+from kvstore.consensus.config import apply_conf_change
+from kvstore.consensus.types import (
     ConfChange,
     ConfState,
     Entry,
@@ -20,6 +19,7 @@ from kvstore.raft.types import (
     HardState,
     SnapshotMeta,
 )
+from kvstore.errors import InvalidArgumentError, LogCompactedError, LogUnavailableError
 
 _DATA = itemgetter(3)
 
