@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import kvstore
-from kvstore import node as node_module
+from kvstore.node import facade as node_module
 from kvstore.testing.local_cluster import free_ports, wait_until
 
 from .conftest import FAST, WAIT_S, EmbeddedCluster

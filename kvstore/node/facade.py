@@ -60,7 +60,6 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
-from kvstore.client.service import serve_client_connection
 from kvstore.consensus import ConsensusCore, make_core
 from kvstore.errors import (
     InvalidArgumentError,
@@ -75,6 +74,7 @@ from kvstore.errors import (
 )
 from kvstore.eventloop import new_event_loop
 from kvstore.identity import IdentityStore, cluster_id_for
+from kvstore.node.service import serve_client_connection
 from kvstore.options import (
     CONSISTENCY_LEVELS,
     KEY_BYTES_MAX,

@@ -1,0 +1,24 @@
+"""The node package: one member of a cluster, where the core, the redo log, LMDB and the
+transport meet.
+
+- `facade.py`: `Node`, the public API (argument checks, lifecycle, the calls that hop onto the
+  loop), and the loop-side work behind it.
+- `ready.py`: the one Ready path and the rule that decides where its fsync runs.
+- `waiters.py`: deadlines and waiting (for an index to be applied, for a leader change).
+- `service.py`: the node's side of the client protocol (one coroutine per client connection).
+
+Which thread owns which state, and which calls may run where: `THREADS.md` in this folder.
+"""
+
+from kvstore.node.facade import (
+    Node,
+    NodeFailedError,
+    _NeverAppliedError,
+    _rejection_error,
+    describe_failure,
+)
+
+__all__ = ["Node", "NodeFailedError", "describe_failure"]
+
+# Private names some tests reach for (kept importable from `kvstore.node` as before).
+_PRIVATE_FOR_TESTS = (_NeverAppliedError, _rejection_error)
