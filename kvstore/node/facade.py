@@ -4,15 +4,15 @@ The Raft core (pure), the redo log (C), the LMDB state machine and the TCP trans
 here, on one asyncio loop that runs in a background thread. The application's threads hand work
 to that loop and wait on futures with their own timeouts.
 
-The Ready loop (`_run_ready`) is the heart of it, in the order the core's `Ready` demands:
+The Ready path (`_ready_steps`, the one copy of the steps) is the heart of it, in the order the
+core's `Ready` demands:
 
 1. send `messages` (the leader's APPENDs go out before its own fsync, thesis §10.2.1);
 2. install a received snapshot, then append `entries` and `hard_state` to the log;
-3. one fsync if `must_sync`. A batch of more than `INLINE_SYNC_ENTRIES_MAX` entries, or any
-   batch while fsyncs have been slow, is synced off the loop: while it runs the loop keeps
-   stepping messages and proposals into the core, so the next batch grows by itself (natural
-   group commit). A small batch while fsyncs are fast (a lone write) is synced on the loop
-   thread: the thread hop costs more than such an fsync (see `_can_handle_inline`);
+3. one fsync if `must_sync`, placed by the one rule in `kvstore/node/ready.py`: a small batch
+   while fsyncs are fast runs on the loop thread (the thread hop costs more than such an
+   fsync); anything else runs in the sync executor while the loop keeps stepping messages and
+   proposals into the core, so the next batch grows by itself (natural group commit);
 4. send `persisted_messages` (votes and acks: only once durable);
 5. apply `committed_entries` to LMDB in one transaction and answer the waiting callers;
 6. `advance()`.
@@ -56,7 +56,15 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -74,6 +82,7 @@ from kvstore.errors import (
 )
 from kvstore.eventloop import new_event_loop
 from kvstore.identity import IdentityStore, cluster_id_for
+from kvstore.node.ready import FsyncPlacement, Placement
 from kvstore.node.service import serve_client_connection
 from kvstore.options import (
     CONSISTENCY_LEVELS,
@@ -165,12 +174,6 @@ SNAPSHOT_STALL_S = 2.0
 """A snapshot stream with no acknowledged progress for this long resends from the last ack."""
 SNAPSHOT_STALLS_MAX = 3
 """Stalls after which a snapshot stream gives up (the core asks for a new one later)."""
-INLINE_SYNC_ENTRIES_MAX = 4
-"""A Ready with at most this many entries may fsync on the loop thread (`_can_handle_inline`)."""
-INLINE_SYNC_AVERAGE_S_MAX = 0.001
-"""... but only while the moving average of fsync times stays at or below this."""
-SYNC_AVERAGE_WEIGHT = 0.2
-"""Weight of the newest fsync time in that moving average."""
 RECEIVED_SNAPSHOTS_MAX = 2
 """Complete snapshots a receiver keeps until the core installs one (the newest by index)."""
 
@@ -496,8 +499,8 @@ class Node:
         """A Ready is being handled (by the task, across its awaits, or inline)."""
         self._parked_ready: Ready | None = None
         """A Ready taken inline that had to wait: the Ready task handles it first."""
-        self._sync_average_s = 0.0
-        """Moving average of the log's fsync time (see `_can_handle_inline`)."""
+        self._fsync_placement = FsyncPlacement()
+        """Where each Ready's fsync runs (kvstore/node/ready.py); loop thread only."""
         self._leader_waiters: set[asyncio.Future[None]] = set()
         self._leader_change_shared: asyncio.Future[None] | None = None
         self._pending_writes: dict[tuple[int, int], _PendingWrite] = {}
@@ -1211,8 +1214,11 @@ class Node:
             self._kick()
 
     async def _run_ready(self) -> None:
+        """The Ready task: wakes on `_kick` (a tick, a proposal, a read) and handles every
+        Ready the core has, a parked one first."""
         assert self._core is not None
         core = self._core
+        placement = self._fsync_placement
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -1225,10 +1231,7 @@ class Node:
                 while ready is not None or core.has_ready():
                     if ready is None:
                         ready = core.ready()
-                    if self._can_handle_inline(ready):
-                        self._handle_ready_inline(ready)
-                    else:
-                        await self._handle_ready(ready)
+                    await self._handle_ready(ready, placement.decide(ready))
                     core.advance(ready)
                     ready = None
             except asyncio.CancelledError:
@@ -1257,80 +1260,74 @@ class Node:
         try:
             while core.has_ready():
                 ready = core.ready()
-                if not self._can_handle_inline(ready):
+                if self._fsync_placement.decide(ready) is not Placement.INLINE:
                     self._parked_ready = ready
                     self._kick()
                     return
-                self._handle_ready_inline(ready)
+                self._handle_ready_now(ready)
                 core.advance(ready)
         except BaseException as error:  # a storage failure: stop serving, never limp on
             self._fail(error)
         finally:
             self._ready_busy = False
 
-    def _can_handle_inline(self, ready: Ready) -> bool:
-        """Whether `ready` may be handled without leaving the loop thread.
-
-        The fsync runs on the loop thread only for a small batch (a lone write: nobody else is
-        waiting to join it) while recent fsyncs were fast. Measured on the issue 6 VM (fdatasync
-        p50 117 us): the executor's thread hop and `call_soon_threadsafe` back cost more than
-        such an fsync, about a third of a sequential write's latency across the three nodes.
-        Under load batches grow past the limit (whatever arrives while one inline fsync blocks
-        the loop waits in the kernel and forms the next batch), and a slow disk pushes the
-        average up: both go back to the executor, where the loop keeps stepping while the disk
-        works (natural group commit, DESIGN section 6).
+    def _ready_steps(
+        self, ready: Ready, placement: Placement
+    ) -> Generator[Awaitable[Any], Any, None]:
+        """THE Ready path: every Ready is handled by these steps, in this order (the order is
+        the core's contract, see `Ready`). Yields only what must be awaited (a snapshot
+        install, an fsync in the sync executor) and gets its result back; with
+        `Placement.INLINE` (which `FsyncPlacement.decide` gives only to a Ready without a
+        snapshot) it yields nothing, so a callback can run it to the end without awaiting.
         """
-        if ready.snapshot is not None:
-            return False
-        if not ready.must_sync:
-            return True
-        return (
-            len(ready.entries) <= INLINE_SYNC_ENTRIES_MAX
-            and self._sync_average_s <= INLINE_SYNC_AVERAGE_S_MAX
-        )
-
-    def _handle_ready_inline(self, ready: Ready) -> None:
-        """`_handle_ready` for a Ready that `_can_handle_inline` accepted: the same steps, in
-        the same order, with the fsync (if any) on the loop thread."""
         assert self._wal is not None
         if ready.soft_state is not None:
             self._on_soft_state(ready.soft_state.leader_id, ready.soft_state.role)
         if ready.messages:
-            self._send(ready.messages)
+            self._send(ready.messages)  # before the fsync: thesis section 10.2.1
+        if ready.snapshot is not None:
+            yield self._install_snapshot(ready.snapshot)
         position = None
         if ready.entries or ready.hard_state is not None:
             position = self._wal.append(ready.entries, ready.hard_state)
         if ready.must_sync:
-            self._timed_sync(position)
+            if placement is Placement.INLINE:
+                elapsed_s = self._timed_sync(position)
+            else:
+                loop = asyncio.get_running_loop()
+                elapsed_s = yield loop.run_in_executor(
+                    self._sync_executor, self._timed_sync, position
+                )
+            # Folded in here, on the loop thread: the average has one owner (THREADS.md).
+            self._fsync_placement.record(elapsed_s)
         self._finish_ready(ready)
 
-    def _timed_sync(self, position: int | None) -> None:
-        """fsync the log (through `position`, or all of it) and fold the time into the average
-        that decides where the next small fsync runs."""
+    def _handle_ready_now(self, ready: Ready) -> None:
+        """Run `_ready_steps` for an INLINE Ready to the end, without leaving the loop thread."""
+        for _awaitable in self._ready_steps(ready, Placement.INLINE):
+            invariant(False, "an inline Ready had something to await")
+
+    async def _handle_ready(self, ready: Ready, placement: Placement) -> None:
+        """Run `_ready_steps` for `ready`, awaiting what it yields."""
+        steps = self._ready_steps(ready, placement)
+        result: Any = None
+        while True:
+            try:
+                awaitable = steps.send(result)
+            except StopIteration:
+                return
+            result = await awaitable
+
+    def _timed_sync(self, position: int | None) -> float:
+        """fsync the log (through `position`, or all of it); return how long it took. Runs on
+        the loop thread or in the sync executor and touches nothing else."""
         assert self._wal is not None
         started = time.perf_counter()
         if position is None:
             self._wal.sync()
         else:
             self._wal.sync(position)
-        elapsed_s = time.perf_counter() - started
-        self._sync_average_s += (elapsed_s - self._sync_average_s) * SYNC_AVERAGE_WEIGHT
-
-    async def _handle_ready(self, ready: Ready) -> None:
-        assert self._wal is not None and self._sm is not None and self._transport is not None
-        loop = asyncio.get_running_loop()
-        if ready.soft_state is not None:
-            self._on_soft_state(ready.soft_state.leader_id, ready.soft_state.role)
-        if ready.messages:
-            self._send(ready.messages)
-        if ready.snapshot is not None:
-            await self._install_snapshot(ready.snapshot)
-        position = None
-        if ready.entries or ready.hard_state is not None:
-            position = self._wal.append(ready.entries, ready.hard_state)
-        if ready.must_sync:
-            await loop.run_in_executor(self._sync_executor, self._timed_sync, position)
-        self._finish_ready(ready)
+        return time.perf_counter() - started
 
     def _finish_ready(self, ready: Ready) -> None:
         """The steps after the fsync: acks, apply, answers."""
