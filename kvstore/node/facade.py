@@ -49,7 +49,6 @@ import concurrent.futures
 import contextlib
 import errno
 import functools
-import heapq
 import itertools
 import logging
 import os
@@ -69,6 +68,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from kvstore.consensus import ConsensusCore, make_core
+from kvstore.deadline import Deadline
 from kvstore.errors import (
     InvalidArgumentError,
     KVStoreError,
@@ -84,6 +84,8 @@ from kvstore.eventloop import new_event_loop
 from kvstore.identity import IdentityStore, cluster_id_for
 from kvstore.node.ready import FsyncPlacement, Placement
 from kvstore.node.service import serve_client_connection
+from kvstore.node.waiters import AppliedWaiters, LeaderWaiters
+from kvstore.node.waiters import wake as _wake
 from kvstore.options import (
     CONSISTENCY_LEVELS,
     KEY_BYTES_MAX,
@@ -359,6 +361,38 @@ class Node:
         self._failure_text = ""
         """`describe_failure(self._failure)`, computed once."""
         self._election_timeout_s = self.options.election_ticks * self.options.tick_s
+        # --- storage state, set by `_open_storage` in `start()` ---
+        self._identity: IdentityStore | None = None
+        self._applied_index = 0
+        """Written on the loop thread only (after `start()`); `status` reads it there."""
+        self._last_checkpoint = 0
+        self._checkpoint_meta: SnapshotMeta | None = None
+        """The latest checkpoint: the log is compacted through it at the next one."""
+        # --- loop state: created here, touched only on the loop thread (THREADS.md) ---
+        self._wake = asyncio.Event()
+        self._ready_busy = False
+        """A Ready is being handled (by the task, across its awaits, or inline)."""
+        self._parked_ready: Ready | None = None
+        """A Ready taken inline that had to wait: the Ready task handles it first."""
+        self._fsync_placement = FsyncPlacement()
+        """Where each Ready's fsync runs (kvstore/node/ready.py); loop thread only."""
+        self._leader_waiters = LeaderWaiters()
+        self._pending_writes: dict[tuple[int, int], _PendingWrite] = {}
+        self._unsubmitted: dict[tuple[int, int], _PendingWrite] = {}
+        """Pending writes no leader has taken yet (or that one refused): retried every tick."""
+        self._pending_reads: dict[bytes, asyncio.Future[int]] = {}
+        self._applied_waiters = AppliedWaiters()
+        self._incoming_snapshots: dict[str, _IncomingSnapshot] = {}
+        self._finished_snapshot_ids: dict[str, str] = {}
+        """peer -> id of the last stream from it that completed (a resent end is answered)."""
+        self._received_snapshots: dict[tuple[int, int], Path] = {}
+        self._outgoing_snapshots: dict[str, _OutgoingSnapshot | None] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._checkpoint_task: asyncio.Task[None] | None = None
+        self._last_repropose = 0.0
+        self._leader_id: str | None = None
+        self._role = Role.FOLLOWER
+        self._tasks: list[asyncio.Task[None]] = []
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -434,7 +468,7 @@ class Node:
             voters = tuple(sorted(self._peers))
         # The log is the source of truth: LMDB may lag (it is synced only at checkpoints), in
         # which case the core hands out committed entries again from `applied + 1`.
-        self._config = Config(
+        config = Config(
             node_id=self.node_id,
             initial_voters=voters,
             election_ticks=self.options.election_ticks,
@@ -445,16 +479,15 @@ class Node:
             max_append_bytes=self.options.append_bytes_max,
             applied=min(applied, self._wal.last_index()),
         )
-        self._config.validate()
+        config.validate()
         self._open_identity(fresh)
         self._applied_index = applied
         self._last_checkpoint = applied
-        self._checkpoint_meta: SnapshotMeta | None = None
-        """The latest checkpoint: the log is compacted through it at the next one."""
+        self._checkpoint_meta = None
         # The one place the protocol matters: which core to build. Everything else talks to
         # the ConsensusCore interface.
         self._core = make_core(
-            self.options.consensus, self._config, self._wal, random.Random(os.urandom(16))
+            self.options.consensus, config, self._wal, random.Random(os.urandom(16))
         )
         # Members added after this node's `peers` were written: dial them where they said.
         for node_id, (address, _role) in self._sm.members().items():
@@ -482,43 +515,18 @@ class Node:
     def cluster_id(self) -> str | None:
         """The id of the cluster this member belongs to (None until a joining member learns it,
         or before `start()`)."""
-        identity = getattr(self, "_identity", None)
+        identity = self._identity
         return None if identity is None else identity.cluster_id
 
     @property
     def incarnation(self) -> str | None:
         """This member's incarnation: random, minted with its data directory (None before
         `start()`). Peers refuse the same id coming back with another one (wiped data)."""
-        identity = getattr(self, "_identity", None)
+        identity = self._identity
         return None if identity is None else identity.incarnation
 
     async def _async_start(self) -> None:
         assert self._core is not None
-        self._wake = asyncio.Event()
-        self._ready_busy = False
-        """A Ready is being handled (by the task, across its awaits, or inline)."""
-        self._parked_ready: Ready | None = None
-        """A Ready taken inline that had to wait: the Ready task handles it first."""
-        self._fsync_placement = FsyncPlacement()
-        """Where each Ready's fsync runs (kvstore/node/ready.py); loop thread only."""
-        self._leader_waiters: set[asyncio.Future[None]] = set()
-        self._leader_change_shared: asyncio.Future[None] | None = None
-        self._pending_writes: dict[tuple[int, int], _PendingWrite] = {}
-        self._unsubmitted: dict[tuple[int, int], _PendingWrite] = {}
-        """Pending writes no leader has taken yet (or that one refused): retried every tick."""
-        self._pending_reads: dict[bytes, asyncio.Future[int]] = {}
-        self._applied_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
-        self._waiter_ids = itertools.count()
-        self._incoming_snapshots: dict[str, _IncomingSnapshot] = {}
-        self._finished_snapshot_ids: dict[str, str] = {}
-        """peer -> id of the last stream from it that completed (a resent end is answered)."""
-        self._received_snapshots: dict[tuple[int, int], Path] = {}
-        self._outgoing_snapshots: dict[str, _OutgoingSnapshot | None] = {}
-        self._background: set[asyncio.Task[None]] = set()
-        self._checkpoint_task: asyncio.Task[None] | None = None
-        self._last_repropose = 0.0
-        self._leader_id: str | None = None
-        self._role = Role.FOLLOWER
         self._sync_executor = concurrent.futures.ThreadPoolExecutor(
             1, f"kvstore-sync-{self.node_id}"
         )
@@ -540,6 +548,7 @@ class Node:
             frame_bytes_max=self.options.frame_bytes_max,
             consensus=self.options.consensus,
         )
+        assert self._identity is not None
         identity = IdentityExchange(self.node_id, self._identity)
         identity.dial_at_start = not self._join
         self._transport.identity = identity
@@ -570,7 +579,7 @@ class Node:
 
     async def _async_stop(self) -> None:
         self._fail_everything(f"node {self.node_id} is stopping")
-        tasks = [*getattr(self, "_tasks", []), *getattr(self, "_background", ())]
+        tasks = [*self._tasks, *self._background]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -613,7 +622,7 @@ class Node:
         log.critical("node %s stops serving: %s", self.node_id, self._failure_text, exc_info=trace)
         self._failure = error
         self._fail_everything(self._failure_message())
-        for task in getattr(self, "_tasks", []):
+        for task in self._tasks:
             if task is not asyncio.current_task():
                 task.cancel()
         if self._transport is not None:
@@ -827,20 +836,17 @@ class Node:
         session first if it has none. A write refused because the session expired, and proven
         never applied (`_NeverAppliedError`), is sent once more under a new session; one that
         may have run raises `SessionExpiredError` (outcome unknown)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
+        deadline = Deadline.on_loop(timeout_s)
         renewed = False
         while True:
             session_id = session.session_id
             if session_id is None:
-                session_id = await self.register_session(max(deadline - loop.time(), 1e-3))
+                session_id = await self.register_session(deadline.left_s())
                 session.session_id, session.last_seq = session_id, 0
             seq = session.last_seq = session.last_seq + 1
             data = build(session_id, seq, self._stamp_ms())
             try:
-                return await self.propose_command(
-                    data, (session_id, seq), max(deadline - loop.time(), 1e-3)
-                )
+                return await self.propose_command(data, (session_id, seq), deadline.left_s())
             except _NeverAppliedError:
                 if session.session_id == session_id:
                     session.session_id = None
@@ -968,25 +974,25 @@ class Node:
         The read index is asked of the leader again after a leader change, a refusal, or an
         election timeout without an answer (a lost message): reads are safe to repeat.
         """
-        deadline = time.monotonic() + timeout_s
+        deadline = Deadline(timeout_s)
         lease = consistency == "lease"
         while True:
             self._raise_if_failed()
             assert self._core is not None
-            remaining = deadline - time.monotonic()
+            remaining = deadline.remaining_s()
             if remaining <= 0:
                 raise OperationTimeoutError(
                     f"no read index within {timeout_s:.2f}s (is a quorum reachable?)"
                 )
             if self._leader_id is None:
-                await self._wait_leader_change(remaining)
+                await self._leader_waiters.wait_change(remaining)
                 if self._leader_id is None:
                     raise UnavailableError(f"no leader to confirm the read within {timeout_s}s")
                 continue
             request_ctx = b"r%d" % next(self._read_ids)
             loop = asyncio.get_running_loop()
             future: asyncio.Future[int] = loop.create_future()
-            changed = self._shared_leader_change()
+            changed = self._leader_waiters.shared_change()
             self._pending_reads[request_ctx] = future
             # Woken by the answer, a leader change or the timer, whichever comes first: a
             # private future and bare callbacks cost far less per read than asyncio.wait()
@@ -1018,56 +1024,21 @@ class Node:
             elif not isinstance(error, ProposalDroppedError):
                 raise error
 
-    async def _wait_applied(self, index: int, deadline: float) -> None:
+    async def _wait_applied(self, index: int, deadline: Deadline) -> None:
         if self._applied_index >= index:
             return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._applied_waiters, (index, next(self._waiter_ids), future))
-        try:
-            await asyncio.wait_for(future, max(deadline - time.monotonic(), 0.001))
-        except TimeoutError:
-            raise OperationTimeoutError(
-                f"this member did not apply through index {index} in time"
-            ) from None
-
-    def _release_applied_waiters(self, applied: int) -> None:
-        waiters = self._applied_waiters
-        while waiters and waiters[0][0] <= applied:
-            _, _, future = heapq.heappop(waiters)
-            if not future.done():
-                future.set_result(None)
+        await self._applied_waiters.wait(index, deadline)
 
     # --- loop side: leader, status, membership --------------------------------------------------
 
-    def _shared_leader_change(self) -> asyncio.Future[None]:
-        """One leader-change future shared by every read waiting now (never cancel it)."""
-        future = self._leader_change_shared
-        if future is None or future.done():
-            future = self._leader_change_shared = self._leader_change_future()
-        return future
-
-    def _leader_change_future(self) -> asyncio.Future[None]:
-        """A future that completes at the next change of leader (or of knowing none)."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._leader_waiters.add(future)
-        return future
-
-    async def _wait_leader_change(self, timeout_s: float) -> None:
-        future = self._leader_change_future()
-        try:
-            await asyncio.wait((future,), timeout=timeout_s)
-        finally:
-            self._leader_waiters.discard(future)
-            future.cancel()
-
     async def _wait_for_leader(self, timeout_s: float) -> str:
-        deadline = time.monotonic() + timeout_s
+        deadline = Deadline(timeout_s)
         while self._leader_id is None:
             self._raise_if_failed()
-            remaining = deadline - time.monotonic()
+            remaining = deadline.remaining_s()
             if remaining <= 0:
                 raise UnavailableError(f"no leader was elected within {timeout_s:.2f}s")
-            await self._wait_leader_change(remaining)
+            await self._leader_waiters.wait_change(remaining)
         return self._leader_id
 
     def status_now(self) -> Status:
@@ -1113,7 +1084,7 @@ class Node:
             raise self.leader_hint()
         return self._core
 
-    async def _propose_conf_change(self, change: ConfChange, deadline: float) -> None:
+    async def _propose_conf_change(self, change: ConfChange, deadline: Deadline) -> None:
         core = self._require_leader()
         try:
             index = core.propose_conf_change(change)
@@ -1138,7 +1109,7 @@ class Node:
     async def add_member_async(self, node_id: str, address: str, timeout_s: float) -> None:
         """Loop side of `add_member`: add `node_id` as a learner, wait until it has nearly
         caught up, then promote it to voter. Adding a voter again does nothing."""
-        deadline = time.monotonic() + timeout_s
+        deadline = Deadline(timeout_s)
         self._require_leader()
         conf = self._core_conf()
         if node_id in conf.voters:
@@ -1159,7 +1130,7 @@ class Node:
             progress = status.progress.get(node_id)
             if progress is not None and progress.match + PROMOTION_LAG_ENTRIES >= status.commit:
                 break
-            if time.monotonic() >= deadline:
+            if deadline.expired():
                 raise OperationTimeoutError(f"{node_id} did not catch up within {timeout_s:.1f}s")
             await asyncio.sleep(self.options.tick_s)
         await self._propose_conf_change(
@@ -1168,7 +1139,7 @@ class Node:
 
     async def remove_member_async(self, node_id: str, timeout_s: float) -> None:
         """Loop side of `remove_member`."""
-        deadline = time.monotonic() + timeout_s
+        deadline = Deadline(timeout_s)
         self._require_leader()
         conf = self._core_conf()
         if node_id not in conf.voters and node_id not in conf.learners:
@@ -1177,7 +1148,7 @@ class Node:
 
     async def transfer_leadership_async(self, node_id: str, timeout_s: float) -> None:
         """Loop side of `transfer_leadership`."""
-        deadline = time.monotonic() + timeout_s
+        deadline = Deadline(timeout_s)
         if self._leader_id == node_id and self._role is Role.LEADER:
             return
         core = self._require_leader()
@@ -1186,10 +1157,10 @@ class Node:
         core.transfer_leadership(node_id)
         self._kick()
         while self._leader_id != node_id:
-            remaining = deadline - time.monotonic()
+            remaining = deadline.remaining_s()
             if remaining <= 0:
                 raise OperationTimeoutError(f"{node_id} did not take over within {timeout_s:.1f}s")
-            await self._wait_leader_change(remaining)
+            await self._leader_waiters.wait_change(remaining)
 
     def _is_member(self, node_id: str) -> bool:
         return node_id in self._peers
@@ -1355,10 +1326,7 @@ class Node:
         self._role = role
         if changed:
             log.info("node %s: leader is now %s (role %s)", self.node_id, leader_id, role.value)
-            waiters, self._leader_waiters = self._leader_waiters, set()
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+            self._leader_waiters.notify()
             if leader_id is not None:
                 # Writes forwarded to the old leader may be lost, and the new leader may have
                 # cut ours from its log: propose them all again (each applies at most once).
@@ -1381,7 +1349,7 @@ class Node:
                         _wake(waker)
         if any(entry.type == EntryType.CONF_CHANGE for entry in entries):
             self._refresh_members()
-        self._release_applied_waiters(self._applied_index)
+        self._applied_waiters.release(self._applied_index)
 
     def _refresh_members(self) -> None:
         """Follow the configuration: dial new members, forget removed ones.
@@ -1397,6 +1365,7 @@ class Node:
             return  # a joining node knows no configuration yet: keep what it was given
         # A removed member's incarnation is forgotten: it may come back with new data once it
         # is added again (remove, wipe, add).
+        assert self._identity is not None
         self._identity.forget_except(present)
         recorded = self._sm.members()
         peers = {self.node_id: self._peers[self.node_id]}
@@ -1459,7 +1428,7 @@ class Node:
             raised.__cause__ = cause
             return raised
 
-        for pending in getattr(self, "_pending_writes", {}).values():
+        for pending in self._pending_writes.values():
             if not pending.future.done():
                 if pending.proposed:
                     pending.future.set_exception(
@@ -1469,15 +1438,11 @@ class Node:
                     pending.future.set_exception(
                         error(UnavailableError, f"{reason}; the write was not applied")
                     )
-        for future in getattr(self, "_pending_reads", {}).values():
+        for future in self._pending_reads.values():
             if not future.done():
                 future.set_exception(error(UnavailableError, reason))
-        for _, _, future in getattr(self, "_applied_waiters", []):
-            if not future.done():
-                future.set_exception(error(UnavailableError, reason))
-        for waiter in getattr(self, "_leader_waiters", ()):
-            if not waiter.done():
-                waiter.set_result(None)
+        self._applied_waiters.fail_all(lambda: error(UnavailableError, reason))
+        self._leader_waiters.notify()
 
     def _raise_if_failed(self) -> None:
         if self._failure is not None:
@@ -1795,7 +1760,7 @@ class Node:
                 stale.unlink()
         self._received_snapshots.clear()
         self._refresh_members()
-        self._release_applied_waiters(self._applied_index)
+        self._applied_waiters.release(self._applied_index)
         log.info("node %s: installed snapshot at %d", self.node_id, meta.index)
 
 
@@ -1941,12 +1906,6 @@ def _rejection_error(rejected: commands.CommandRejected, submissions: int) -> KV
     # SESSIONS_FULL: try later; STALE: the session moved more than a window past this seq, so
     # the state machine cannot tell whether it ran; MALFORMED: the data was not a command.
     return UnavailableError(f"the write was not applied: {rejected.reason}")
-
-
-def _wake(waiter: asyncio.Future[None], *_args: object) -> None:
-    """Done-callback and timer callback: wake whoever awaits `waiter` (once)."""
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 async def _as_coroutine(function: Callable[[], T]) -> T:
