@@ -176,6 +176,9 @@ SNAPSHOT_STALL_S = 2.0
 """A snapshot stream with no acknowledged progress for this long resends from the last ack."""
 SNAPSHOT_STALLS_MAX = 3
 """Stalls after which a snapshot stream gives up (the core asks for a new one later)."""
+SCAN_ON_LOOP_PAIRS_MAX = 64
+"""A client's scan limited to at most this many pairs reads LMDB on the loop thread (a bounded
+read costs less than the hop); any other scan reads in the work executor."""
 RECEIVED_SNAPSHOTS_MAX = 2
 """Complete snapshots a receiver keeps until the core installs one (the newest by index)."""
 
@@ -1836,7 +1839,12 @@ class _ClientBackend:
         if consistency != "stale":
             await node.read_barrier(consistency, timeout_s)
         assert node._sm is not None
-        return node._sm.scan(prefix, limit)
+        if limit is not None and limit <= SCAN_ON_LOOP_PAIRS_MAX:
+            return node._sm.scan(prefix, limit)
+        # A range without a small limit may be the whole store: read it in the work executor
+        # (one LMDB read transaction, so still one consistent view), never on the loop.
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(node._work_executor, node._sm.scan, prefix, limit)
 
     def status(self) -> Status:
         return self._node.status_now()
