@@ -2,7 +2,9 @@
 transport meet.
 
 - `facade.py`: `Node`, the public API (argument checks, lifecycle, the calls that hop onto the
-  loop), and the loop-side work behind it.
+  loop).
+- `runtime.py`: `NodeRuntime`, the work on the loop (Ready path, writes, reads, checkpoints,
+  snapshots) and the client backend; it owns the core, the log, LMDB and the transport.
 - `ready.py`: the one Ready path and the rule that decides where its fsync runs.
 - `waiters.py`: deadlines and waiting (for an index to be applied, for a leader change).
 - `service.py`: the node's side of the client protocol (one coroutine per client connection).
@@ -10,13 +12,8 @@ transport meet.
 Which thread owns which state, and which calls may run where: `THREADS.md` in this folder.
 """
 
-from kvstore.node.facade import (
-    Node,
-    NodeFailedError,
-    _NeverAppliedError,
-    _rejection_error,
-    describe_failure,
-)
+from kvstore.node.facade import Node, NodeFailedError, describe_failure
+from kvstore.node.runtime import _NeverAppliedError, _rejection_error
 
 __all__ = ["Node", "NodeFailedError", "describe_failure"]
 

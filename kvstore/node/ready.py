@@ -1,8 +1,9 @@
 """Where a Ready's fsync runs: the one rule, in one place.
 
-The node handles every Ready through the same steps in the same order (`Node._ready_steps`):
-send `messages`, install a snapshot, append, fsync, send `persisted_messages`, apply,
-`advance()`. Only the place of the fsync varies, and `FsyncPlacement.decide` says which:
+The node handles every Ready through the same steps in the same order
+(`NodeRuntime._ready_steps` in runtime.py): send `messages`, install a snapshot, append, fsync,
+send `persisted_messages`, apply, `advance()`. Only the place of the fsync varies, and
+`FsyncPlacement.decide` says which:
 
 - `Placement.INLINE`: on the loop thread, without leaving the callback that produced the Ready.
   Chosen for a Ready with nothing to sync, and for a small batch (at most

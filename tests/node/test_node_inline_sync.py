@@ -24,11 +24,11 @@ class _SyncRecorder:
     returned, optionally after an extra delay (a slow disk)."""
 
     def __init__(self, node: kvstore.Node, delay_s: float = 0.0) -> None:
-        assert node._wal is not None
+        assert node._runtime._wal is not None
         self.delay_s = delay_s
         self.calls: list[tuple[str, float]] = []
         self._lock = threading.Lock()
-        real: Callable[..., None] = node._wal.sync
+        real: Callable[..., None] = node._runtime._wal.sync
 
         def sync(*args: Any) -> None:
             real(*args)
@@ -37,7 +37,7 @@ class _SyncRecorder:
             with self._lock:
                 self.calls.append((threading.current_thread().name, time.monotonic()))
 
-        node._wal.sync = sync  # type: ignore[method-assign]
+        node._runtime._wal.sync = sync  # type: ignore[method-assign]
 
     def threads(self) -> list[str]:
         with self._lock:
@@ -49,7 +49,7 @@ class _SyncRecorder:
 
 
 def _forget_fsync_times(node: kvstore.Node) -> None:
-    node._fsync_placement.average_s = 0.0
+    node._runtime._fsync_placement.average_s = 0.0
 
 
 def _on_loop(node: kvstore.Node, function: Callable[..., None], *args: Any) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import kvstore
-from kvstore.node import facade
+from kvstore.node import runtime
 from kvstore.testing.local_cluster import free_ports, wait_until
 
 from .conftest import FAST, WAIT_S, EmbeddedCluster
@@ -62,14 +62,14 @@ def guarded(
 ) -> Iterator[tuple[EmbeddedCluster, list[str], dict[str, _LoopOnlyCore]]]:
     violations: list[str] = []
     proxies: dict[str, _LoopOnlyCore] = {}
-    real_make_core = facade.make_core
+    real_make_core = runtime.make_core
 
     def make_core(consensus: Any, config: Any, *args: Any) -> Any:
         proxy = _LoopOnlyCore(real_make_core(consensus, config, *args), config.node_id, violations)
         proxies[config.node_id] = proxy
         return proxy
 
-    monkeypatch.setattr(facade, "make_core", make_core)
+    monkeypatch.setattr(runtime, "make_core", make_core)
     cluster = EmbeddedCluster(tmp_path, options=OPTIONS)
     try:
         yield cluster.start(), violations, proxies
@@ -103,9 +103,9 @@ def test_only_the_loop_thread_touches_the_core(
         assert client.get(b"remote") == b"1"
         assert len(client.scan(b"key/")) == 59
         assert client.status().leader_id == leader.node_id
-    assert leader._wal is not None
+    assert leader._runtime._wal is not None
     wait_until(
-        lambda: leader._wal is not None and leader._wal.first_index() > 1,
+        lambda: leader._runtime._wal is not None and leader._runtime._wal.first_index() > 1,
         timeout_s=WAIT_S,
         what="the leader's log to be compacted",
     )
@@ -119,7 +119,9 @@ def test_only_the_loop_thread_touches_the_core(
         timeout_s=WAIT_S,
         what="n4 to catch up",
     )
-    assert joiner._wal is not None and joiner._wal.snapshot_meta().index > 0, "no snapshot"
+    assert joiner._runtime._wal is not None and joiner._runtime._wal.snapshot_meta().index > 0, (
+        "no snapshot"
+    )
     assert joiner.get(b"key/059", consistency="stale") == b"v" * 64
 
     # Leadership moves, and the joiner leaves again.
@@ -144,14 +146,14 @@ def test_a_remote_scan_without_a_small_limit_reads_lmdb_off_the_loop(
         leader.put(b"scan/%d" % number, b"v")
     threads: list[str] = []
     for node in cluster.nodes.values():
-        assert node._sm is not None
-        real_scan = node._sm.scan
+        assert node._runtime._sm is not None
+        real_scan = node._runtime._sm.scan
 
         def scan(*args: Any, real_scan: Any = real_scan) -> Any:
             threads.append(threading.current_thread().name)
             return real_scan(*args)
 
-        node._sm.scan = scan  # type: ignore[method-assign]
+        node._runtime._sm.scan = scan  # type: ignore[method-assign]
     with kvstore.Client(list(cluster.peers.values()), timeout_s=WAIT_S) as client:
         assert len(client.scan(b"scan/")) == 10
         assert threads and all(name.startswith("kvstore-work-") for name in threads), threads
