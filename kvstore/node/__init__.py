@@ -7,6 +7,7 @@ transport meet.
   snapshots) and the client backend; it owns the core, the log, LMDB and the transport.
 - `ready.py`: the one Ready path and the rule that decides where its fsync runs.
 - `waiters.py`: deadlines and waiting (for an index to be applied, for a leader change).
+- `membership.py`: add and remove members, transfer leadership; the address checks.
 - `service.py`: the node's side of the client protocol (one coroutine per client connection).
 
 Which thread owns which state, and which calls may run where: `THREADS.md` in this folder.

@@ -26,12 +26,11 @@ from kvstore.errors import (
     UnavailableError,
 )
 from kvstore.eventloop import new_event_loop
+from kvstore.node.membership import check_address, check_distinct_addresses
 from kvstore.node.runtime import (
     NodeFailedError,
     NodeRuntime,
     _as_coroutine,
-    _check_address,
-    _check_distinct_addresses,
     _EmbeddedSession,
     describe_failure,
 )
@@ -109,10 +108,10 @@ class Node:
         for peer_id, address in peers.items():
             if not isinstance(peer_id, str) or not peer_id:
                 raise InvalidArgumentError(f"peer id must be a non-empty str, got {peer_id!r}")
-            _check_address(address)
+            check_address(address)
         if node_id not in peers:
             raise InvalidArgumentError(f"peers must include this node's own id {node_id!r}")
-        _check_distinct_addresses(peers)
+        check_distinct_addresses(peers)
         if secret is not None and (not isinstance(secret, bytes) or not secret):
             raise InvalidArgumentError("secret must be non-empty bytes or None")
         # --- mutual TLS ---
@@ -393,7 +392,7 @@ class Node:
         """
         if not isinstance(node_id, str) or not node_id:
             raise InvalidArgumentError(f"node_id must be a non-empty str, got {node_id!r}")
-        _check_address(address)
+        check_address(address)
         timeout_s = check_timeout(timeout_s)
         self._check_running()
         self._run_on_loop(

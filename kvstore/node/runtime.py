@@ -84,6 +84,8 @@ from kvstore.errors import (
     invariant,
 )
 from kvstore.identity import IdentityStore, cluster_id_for
+from kvstore.node import membership
+from kvstore.node.membership import check_address
 from kvstore.node.ready import FsyncPlacement, Placement
 from kvstore.node.service import serve_client_connection
 from kvstore.node.waiters import AppliedWaiters, LeaderWaiters
@@ -92,12 +94,9 @@ from kvstore.options import (
     Options,
     Status,
 )
-from kvstore.paxos.core import REASON_MEMBERSHIP
 from kvstore.raft.config import Config
 from kvstore.raft.core import REASON_NO_LEADER
 from kvstore.raft.types import (
-    ConfChange,
-    ConfChangeType,
     ConfState,
     Entry,
     EntryType,
@@ -156,8 +155,6 @@ def describe_failure(error: BaseException) -> str:
 
 LOOP_GRACE_S = 1.0
 """Extra time a synchronous call waits for the loop beyond the operation's own timeout."""
-PROMOTION_LAG_ENTRIES = 64
-"""A learner is promoted to voter once it is at most this far behind the leader's commit."""
 SNAPSHOT_WINDOW_CHUNKS = 4
 """Snapshot chunks a sender may have sent but not yet seen acknowledged."""
 SNAPSHOT_POLL_S = 0.1
@@ -194,16 +191,6 @@ def _role_name(role: Role, voter: bool) -> str:
     if role is Role.PRE_CANDIDATE:
         return "candidate"
     return str(role.value)
-
-
-def _conf_reflects(conf: ConfState, change: ConfChange) -> bool:
-    """Whether `conf` is what `change` asked for (it may also hold later changes)."""
-    node = change.node_id
-    if change.type == ConfChangeType.REMOVE:
-        return node not in conf.voters and node not in conf.learners
-    if change.type == ConfChangeType.ADD_VOTER:
-        return node in conf.voters
-    return node in conf.learners or node in conf.voters
 
 
 class _PendingWrite:
@@ -465,7 +452,7 @@ class NodeRuntime:
             asyncio.create_task(self._run_ticker(), name="kvstore-ticker"),
             asyncio.create_task(self._run_ready(), name="kvstore-ready"),
         ]
-        self._kick()
+        self.kick()
 
     async def stop(self) -> None:
         """On the loop: fail what waits, cancel the tasks, close the transport."""
@@ -645,7 +632,7 @@ class NodeRuntime:
         self._unsubmitted.pop(session, None)
         pending.proposed = True
         pending.submissions += 1
-        self._kick()
+        self.kick()
 
     def _retry_unsubmitted(self) -> None:
         for session, pending in list(self._unsubmitted.items()):
@@ -707,7 +694,7 @@ class NodeRuntime:
             timer = loop.call_at(loop.time() + min(remaining, self._election_timeout_s), wake)
             try:
                 self._core.read_index(request_ctx, lease=lease)
-                self._kick()
+                self.kick()
                 await waiter
             finally:
                 timer.cancel()
@@ -719,7 +706,7 @@ class NodeRuntime:
                 continue  # a new leader, or the request or its answer was lost: ask again
             error = future.exception()
             if error is None:
-                await self._wait_applied(future.result(), deadline)
+                await self.wait_applied(future.result(), deadline)
                 return
             if isinstance(error, ProposalDroppedError) and error.reason != REASON_NO_LEADER:
                 # The leader refused (too many reads, or it is no longer sure it leads).
@@ -727,7 +714,9 @@ class NodeRuntime:
             elif not isinstance(error, ProposalDroppedError):
                 raise error
 
-    async def _wait_applied(self, index: int, deadline: Deadline) -> None:
+    async def wait_applied(self, index: int, deadline: Deadline) -> None:
+        """Return once this node applied through `index` (`OperationTimeoutError` at the
+        deadline)."""
         if self._applied_index >= index:
             return
         await self._applied_waiters.wait(index, deadline)
@@ -803,97 +792,62 @@ class NodeRuntime:
         if self._role is not Role.LEADER and self._leader_id is not None:
             raise self.leader_hint()
 
-    def _require_leader(self) -> ConsensusCore:
+    def require_leader(self) -> ConsensusCore:
+        """The core, if this node leads; else `NotLeaderError` naming the leader."""
         assert self._core is not None
         self.raise_if_failed()
         if self._role is not Role.LEADER:
             raise self.leader_hint()
         return self._core
 
-    async def _propose_conf_change(self, change: ConfChange, deadline: Deadline) -> None:
-        core = self._require_leader()
-        try:
-            index = core.propose_conf_change(change)
-        except ProposalDroppedError as error:
-            if error.reason == REASON_MEMBERSHIP:  # a fixed configuration: retrying cannot help
-                raise InvalidArgumentError(error.reason) from None
-            raise UnavailableError(f"membership change refused: {error.reason}") from None
-        self._kick()
-        await self._wait_applied(index, deadline)
-        # Applied through its index does not mean applied: a leader change may have replaced
-        # the entry with another one. The configuration says whether it took effect.
-        if not _conf_reflects(self._core_conf(), change):
-            raise UnavailableError(
-                f"the membership change {change.type.name} {change.node_id} was lost in a "
-                "leader change; try again"
-            )
-
-    def _core_conf(self) -> ConfState:
+    def conf_state(self) -> ConfState:
+        """The core's configuration (voters and learners) as of now."""
         assert self._core is not None
         return self._core.conf_state
 
+    @property
+    def tick_s(self) -> float:
+        """The node's tick (`Options.tick_s`)."""
+        return self.options.tick_s
+
+    @property
+    def leader_id(self) -> str | None:
+        """The leader this node knows of, or None."""
+        return self._leader_id
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this node leads."""
+        return self._role is Role.LEADER
+
+    @property
+    def members(self) -> Mapping[str, str]:
+        """The members this node talks to: node id -> address."""
+        return self._peers
+
+    async def wait_leader_change(self, timeout_s: float) -> None:
+        """Return at the next change of leader, or after `timeout_s`."""
+        await self._leader_waiters.wait_change(timeout_s)
+
     async def add_member(self, node_id: str, address: str, timeout_s: float) -> None:
-        """Loop side of `add_member`: add `node_id` as a learner, wait until it has nearly
-        caught up, then promote it to voter. Adding a voter again does nothing."""
-        deadline = Deadline(timeout_s)
-        self._require_leader()
-        conf = self._core_conf()
-        if node_id in conf.voters:
-            return
-        _check_address_free(self._peers, node_id, address)
-        if node_id not in conf.learners:
-            await self._propose_conf_change(
-                ConfChange(ConfChangeType.ADD_LEARNER, node_id, address.encode()), deadline
-            )
-        # Promote only once the learner is nearly caught up, so the quorum never waits on it.
-        while True:
-            core = self._require_leader()
-            status = core.status()
-            if node_id not in status.conf_state.learners:
-                if node_id in status.conf_state.voters:
-                    return  # promoted meanwhile (a retry of this call on another path)
-                raise UnavailableError(f"{node_id} was removed while it was being added")
-            progress = status.progress.get(node_id)
-            if progress is not None and progress.match + PROMOTION_LAG_ENTRIES >= status.commit:
-                break
-            if deadline.expired():
-                raise OperationTimeoutError(f"{node_id} did not catch up within {timeout_s:.1f}s")
-            await asyncio.sleep(self.options.tick_s)
-        await self._propose_conf_change(
-            ConfChange(ConfChangeType.ADD_VOTER, node_id, address.encode()), deadline
-        )
+        """Loop side of `Node.add_member` (kvstore/node/membership.py)."""
+        await membership.add_member(self, node_id, address, timeout_s)
 
     async def remove_member(self, node_id: str, timeout_s: float) -> None:
-        """Loop side of `remove_member`."""
-        deadline = Deadline(timeout_s)
-        self._require_leader()
-        conf = self._core_conf()
-        if node_id not in conf.voters and node_id not in conf.learners:
-            raise InvalidArgumentError(f"{node_id} is not a member")
-        await self._propose_conf_change(ConfChange(ConfChangeType.REMOVE, node_id), deadline)
+        """Loop side of `Node.remove_member` (kvstore/node/membership.py)."""
+        await membership.remove_member(self, node_id, timeout_s)
 
     async def transfer_leadership(self, node_id: str, timeout_s: float) -> None:
-        """Loop side of `transfer_leadership`."""
-        deadline = Deadline(timeout_s)
-        if self._leader_id == node_id and self._role is Role.LEADER:
-            return
-        core = self._require_leader()
-        if node_id not in core.conf_state.voters:
-            raise InvalidArgumentError(f"{node_id} is not a voting member")
-        core.transfer_leadership(node_id)
-        self._kick()
-        while self._leader_id != node_id:
-            remaining = deadline.remaining_s()
-            if remaining <= 0:
-                raise OperationTimeoutError(f"{node_id} did not take over within {timeout_s:.1f}s")
-            await self._leader_waiters.wait_change(remaining)
+        """Loop side of `Node.transfer_leadership` (kvstore/node/membership.py)."""
+        await membership.transfer_leadership(self, node_id, timeout_s)
 
     def _is_member(self, node_id: str) -> bool:
         return node_id in self._peers
 
     # --- loop side: the Ready loop --------------------------------------------------------------
 
-    def _kick(self) -> None:
+    def kick(self) -> None:
+        """Wake the Ready task: the core may have something to do."""
         self._wake.set()
 
     async def _run_ticker(self) -> None:
@@ -908,7 +862,7 @@ class NodeRuntime:
             self._core.tick()
             if self._unsubmitted and self._leader_id is not None:
                 self._retry_unsubmitted()
-            self._kick()
+            self.kick()
 
     async def _run_ready(self) -> None:
         """The Ready task: wakes on `_kick` (a tick, a proposal, a read) and handles every
@@ -951,7 +905,7 @@ class NodeRuntime:
         assert self._core is not None
         core = self._core
         if self._ready_busy or self._parked_ready is not None or self._failure is not None:
-            self._kick()
+            self.kick()
             return
         self._ready_busy = True
         try:
@@ -959,7 +913,7 @@ class NodeRuntime:
                 ready = core.ready()
                 if self._fsync_placement.decide(ready) is not Placement.INLINE:
                     self._parked_ready = ready
-                    self._kick()
+                    self.kick()
                     return
                 self._handle_ready_now(ready)
                 core.advance(ready)
@@ -1085,7 +1039,7 @@ class NodeRuntime:
         without one, so for them only the given address exists.
         """
         assert self._sm is not None and self._transport is not None
-        conf = self._core_conf()
+        conf = self.conf_state()
         present = set(conf.voters) | set(conf.learners)
         if not present:
             return  # a joining node knows no configuration yet: keep what it was given
@@ -1210,7 +1164,7 @@ class NodeRuntime:
             # Messages to the leader were dropped, our forwarded writes perhaps among them.
             # At most once per election timeout: a flapping link must not flood the log.
             self._repropose_pending()
-        self._kick()
+        self.kick()
 
     async def _on_client_connection(self, connection: FramedConnection) -> None:
         await serve_client_connection(
@@ -1253,7 +1207,7 @@ class NodeRuntime:
                 path.unlink()
             if self._failure is None:
                 self._core.report_snapshot(peer, success)
-                self._kick()
+                self.kick()
 
     async def _stream_snapshot(
         self,
@@ -1445,7 +1399,7 @@ class NodeRuntime:
         self._keep_received_snapshot((message.snapshot.index, message.snapshot.term), path)
         self._finished_snapshot_ids[peer] = snapshot_id
         self._core.step(message)
-        self._kick()
+        self.kick()
         self._ack_snapshot(peer, snapshot_id, writer.total_bytes, _ACK_DONE)
 
     def _keep_received_snapshot(self, key: tuple[int, int], path: Path) -> None:
@@ -1563,7 +1517,7 @@ class _ClientBackend:
         return self._node.status()
 
     async def add_member(self, node_id: str, address: str, *, timeout_s: float) -> None:
-        _check_address(address)
+        check_address(address)
         await self._node.add_member(node_id, address, timeout_s)
 
     async def remove_member(self, node_id: str, *, timeout_s: float) -> None:
@@ -1631,39 +1585,6 @@ def _rejection_error(rejected: commands.CommandRejected, submissions: int) -> KV
 
 async def _as_coroutine(function: Callable[[], T]) -> T:
     return function()
-
-
-def _check_distinct_addresses(peers: Mapping[str, str]) -> None:
-    """Two member ids on one address cannot both listen there: refuse the map at once rather
-    than run with one member unreachable (and refusals logged forever)."""
-    owners: dict[str, str] = {}
-    for peer_id, address in peers.items():
-        if address.rpartition(":")[2] == "0":
-            continue  # port 0: the kernel picks a distinct port for each
-        other = owners.setdefault(address, peer_id)
-        if other != peer_id:
-            raise InvalidArgumentError(
-                f"peers {other!r} and {peer_id!r} have the same address {address}; "
-                "every member needs its own host:port"
-            )
-
-
-def _check_address_free(peers: Mapping[str, str], node_id: str, address: str) -> None:
-    """Refuse to add `node_id` at an address another member already listens on."""
-    for other, known in peers.items():
-        if other != node_id and known == address and not address.endswith(":0"):
-            raise InvalidArgumentError(
-                f"member {other!r} already has the address {address}; {node_id!r} needs its own"
-            )
-
-
-def _check_address(address: object) -> str:
-    if not isinstance(address, str):
-        raise InvalidArgumentError(f"address must be 'host:port', got {address!r}")
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise InvalidArgumentError(f"address must be 'host:port', got {address!r}")
-    return address
 
 
 __all__ = ["NodeFailedError", "NodeRuntime", "describe_failure"]
