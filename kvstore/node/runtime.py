@@ -30,10 +30,11 @@ Around it:
   synced in a worker thread, and the log is then compacted through the checkpoint BEFORE it.
   The log so keeps at least `checkpoint_entries` applied entries, so a follower that fell a
   little behind catches up from the log instead of needing a whole snapshot.
-- Snapshots stream with flow control: the sender keeps at most `SNAPSHOT_WINDOW_CHUNKS` chunks
-  unacknowledged; the receiver acknowledges every chunk with the next offset it needs (over its
-  own link to the sender), so a lost chunk or a dropped connection resumes from there rather
-  than from zero. A stream without progress for `SNAPSHOT_STALL_S` resends from the last
+- Snapshots stream with flow control (the protocol, sans I/O: snapshot_transfer.py): the
+  sender keeps at most `SNAPSHOT_WINDOW_CHUNKS` chunks unacknowledged; the receiver
+  acknowledges every chunk with the next offset it needs (over its own link to the sender), so
+  a lost chunk or a dropped connection resumes from there rather than from zero. A stream
+  without progress for `SNAPSHOT_STALL_S` resends from the last
   acknowledged offset, and gives up (the core retries later) after `SNAPSHOT_STALLS_MAX`.
 - Pending writes survive leader changes: each is proposed again to the new leader (the session
   table applies a command at most once), and again after a leader refused it or the link to
@@ -88,6 +89,15 @@ from kvstore.node import membership
 from kvstore.node.membership import check_address
 from kvstore.node.ready import FsyncPlacement, Placement
 from kvstore.node.service import serve_client_connection
+from kvstore.node.snapshot_transfer import (
+    ACK_DONE,
+    ACK_FAILED,
+    Ack,
+    SendChunk,
+    SnapshotReceiverState,
+    SnapshotSender,
+    parse_chunk,
+)
 from kvstore.node.waiters import AppliedWaiters, LeaderWaiters
 from kvstore.node.waiters import wake as _wake
 from kvstore.options import (
@@ -155,31 +165,11 @@ def describe_failure(error: BaseException) -> str:
 
 LOOP_GRACE_S = 1.0
 """Extra time a synchronous call waits for the loop beyond the operation's own timeout."""
-SNAPSHOT_WINDOW_CHUNKS = 4
-"""Snapshot chunks a sender may have sent but not yet seen acknowledged."""
-SNAPSHOT_POLL_S = 0.1
-"""How long a snapshot sender waits for an acknowledgement before it looks again."""
-SNAPSHOT_CHUNK_RETRY_S = 0.005
-"""Pause before retrying a snapshot chunk that found the peer's send queue full."""
-SNAPSHOT_STALL_S = 2.0
-"""A snapshot stream with no acknowledged progress for this long resends from the last ack."""
-SNAPSHOT_STALLS_MAX = 3
-"""Stalls after which a snapshot stream gives up (the core asks for a new one later)."""
 SCAN_ON_LOOP_PAIRS_MAX = 64
 """A client's scan limited to at most this many pairs reads LMDB on the loop thread (a bounded
 read costs less than the hop); any other scan reads in the work executor."""
 RECEIVED_SNAPSHOTS_MAX = 2
 """Complete snapshots a receiver keeps until the core installs one (the newest by index)."""
-
-# Acknowledgement statuses of the snapshot stream (receiver -> sender).
-_ACK_OK = "ok"
-"""Chunk stored; `next_offset` is the first byte still missing."""
-_ACK_GAP = "gap"
-"""A chunk or the end came before bytes that are missing: resend from `next_offset`."""
-_ACK_DONE = "done"
-"""Complete, verified and handed to the Raft core."""
-_ACK_FAILED = "failed"
-"""The receiver gave up on this stream (bad checksum, bad message): start a new one."""
 
 
 def _role_name(role: Role, voter: bool) -> str:
@@ -214,31 +204,14 @@ class _PendingWrite:
 
 
 class _OutgoingSnapshot:
-    """The sender's side of one snapshot stream: what the receiver has acknowledged."""
+    """The driver's side of one outgoing stream: the protocol's state and the event that
+    wakes the driver on each acknowledgement."""
 
-    __slots__ = ("acked", "event", "outcome", "rewind", "snapshot_id")
+    __slots__ = ("event", "sender")
 
-    def __init__(self, snapshot_id: str) -> None:
-        self.snapshot_id = snapshot_id
-        self.acked = 0
-        """Bytes the receiver holds (the highest `next_offset` it reported)."""
-        self.rewind: int | None = None
-        """Set when the receiver reported a gap: resend from there."""
-        self.outcome: str | None = None
-        """`_ACK_DONE` or `_ACK_FAILED` once the receiver said so."""
+    def __init__(self, sender: SnapshotSender) -> None:
+        self.sender = sender
         self.event = asyncio.Event()
-        """Set on every acknowledgement."""
-
-
-class _IncomingSnapshot:
-    """The receiver's side of one snapshot stream."""
-
-    __slots__ = ("gap_reported", "writer")
-
-    def __init__(self, writer: SnapshotWriter) -> None:
-        self.writer = writer
-        self.gap_reported = -1
-        """The offset of the last gap reported, so one gap is reported once, not per chunk."""
 
 
 class NodeRuntime:
@@ -307,9 +280,10 @@ class NodeRuntime:
         """Pending writes no leader has taken yet (or that one refused): retried every tick."""
         self._pending_reads: dict[bytes, asyncio.Future[int]] = {}
         self._applied_waiters = AppliedWaiters()
-        self._incoming_snapshots: dict[str, _IncomingSnapshot] = {}
-        self._finished_snapshot_ids: dict[str, str] = {}
-        """peer -> id of the last stream from it that completed (a resent end is answered)."""
+        self._incoming_snapshots: dict[str, SnapshotWriter] = {}
+        """peer -> the file of the stream being received from it."""
+        self._snapshot_receivers: dict[str, SnapshotReceiverState] = {}
+        """peer -> the receiving protocol's state for its streams (snapshot_transfer.py)."""
         self._received_snapshots: dict[tuple[int, int], Path] = {}
         self._outgoing_snapshots: dict[str, _OutgoingSnapshot | None] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -1186,13 +1160,19 @@ class NodeRuntime:
             # The copy may be newer than the compaction point the core chose: that is allowed,
             # and the follower's APPEND_RESPONSE tells the core where it really stands.
             message = message._replace(snapshot=meta)
-            stream = _OutgoingSnapshot(
-                f"{self.node_id}-{meta.index}-{meta.term}-{time.monotonic_ns()}"
-            )
-            self._outgoing_snapshots[peer] = stream
+            snapshot_id = f"{self.node_id}-{meta.index}-{meta.term}-{time.monotonic_ns()}"
             with open(path, "rb") as file:
                 total = os.fstat(file.fileno()).st_size
-                success = await self._stream_snapshot(peer, stream, file, total, checksum, message)
+                stream = _OutgoingSnapshot(
+                    SnapshotSender(
+                        snapshot_id,
+                        total,
+                        chunk_bytes=self.options.snapshot_chunk_bytes,
+                        now=time.monotonic(),
+                    )
+                )
+                self._outgoing_snapshots[peer] = stream
+                success = await self._stream_snapshot(peer, stream, file, checksum, message)
             if success:
                 log.info("node %s: sent snapshot at %d to %s", self.node_id, meta.index, peer)
             else:
@@ -1214,157 +1194,122 @@ class NodeRuntime:
         peer: str,
         stream: _OutgoingSnapshot,
         file: BinaryIO,
-        total: int,
         checksum: bytes,
         message: Message,
     ) -> bool:
-        """Send `file` to `peer` in chunks, at most `SNAPSHOT_WINDOW_CHUNKS` unacknowledged,
-        then the end frame carrying the checksum and the SNAPSHOT message. True once the
+        """The asyncio driver of `SnapshotSender` (snapshot_transfer.py): read and send what it
+        asks for, wait for acknowledgements, until it reports an outcome. True once the
         receiver reports the snapshot complete and handed to its core."""
         assert self._transport is not None
         transport = self._transport
-        chunk_bytes = self.options.snapshot_chunk_bytes
-        window_bytes = SNAPSHOT_WINDOW_CHUNKS * chunk_bytes
-        offset = 0  # the next byte to send
-        end_sent = False
-        stalls = 0
-        progress_acked, progress_at = stream.acked, time.monotonic()
+        sender = stream.sender
+        total = sender.total_bytes
         while True:
             stream.event.clear()
-            if stream.outcome is not None:
-                return stream.outcome == _ACK_DONE
+            if sender.outcome is not None:
+                return sender.outcome
             if self._role is not Role.LEADER or self._failure is not None:
                 return False  # deposed: the new leader decides what the follower needs
-            if stream.rewind is not None:
-                offset, stream.rewind, end_sent = stream.rewind, None, False
-            queue_full = False
-            while offset < total and offset - stream.acked < window_bytes:
-                data = os.pread(file.fileno(), chunk_bytes, offset)
-                body = {"id": stream.snapshot_id, "offset": offset, "total": total, "data": data}
-                if not transport.send_snapshot_chunk(peer, body):
-                    queue_full = True
-                    break
-                offset += len(data)
-            if offset >= total and not end_sent:
-                end = {
-                    "id": stream.snapshot_id,
-                    "offset": total,
-                    "total": total,
-                    "data": b"",
-                    "checksum": checksum,
-                    "message": encode_message(message),
-                }
-                end_sent = transport.send_snapshot_chunk(peer, end)
-                queue_full = not end_sent
-            wait_s = SNAPSHOT_CHUNK_RETRY_S if queue_full else SNAPSHOT_POLL_S
+            sender.begin_round()
+            while (action := sender.next_send()) is not None:
+                if isinstance(action, SendChunk):
+                    data = os.pread(file.fileno(), action.length, action.offset)
+                    body = {
+                        "id": sender.snapshot_id,
+                        "offset": action.offset,
+                        "total": total,
+                        "data": data,
+                    }
+                    sender.sent(transport.send_snapshot_chunk(peer, body), len(data))
+                else:
+                    end = {
+                        "id": sender.snapshot_id,
+                        "offset": total,
+                        "total": total,
+                        "data": b"",
+                        "checksum": checksum,
+                        "message": encode_message(message),
+                    }
+                    sender.sent(transport.send_snapshot_chunk(peer, end))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stream.event.wait(), wait_s)
-            now = time.monotonic()
-            if stream.acked > progress_acked:
-                progress_acked, progress_at, stalls = stream.acked, now, 0
-            elif now - progress_at > SNAPSHOT_STALL_S:
-                # Chunks or acknowledgements were lost (a dropped connection): resend from
-                # what the receiver last said it holds.
-                stalls += 1
-                if stalls > SNAPSHOT_STALLS_MAX:
-                    return False
-                offset, end_sent, progress_at = stream.acked, False, now
+                await asyncio.wait_for(stream.event.wait(), sender.wait_s())
+            sender.after_wait(time.monotonic())
 
     def _on_snapshot_ack(self, peer: str, body: dict[Any, Any]) -> None:
         """An acknowledgement of a snapshot stream this node sends to `peer`."""
         stream = self._outgoing_snapshots.get(peer)
-        if stream is None or body.get("id") != stream.snapshot_id:
+        if stream is None or body.get("id") != stream.sender.snapshot_id:
             return  # a late answer to an earlier stream
-        status = body.get("status")
-        next_offset = body.get("next_offset")
-        if not isinstance(next_offset, int) or isinstance(next_offset, bool) or next_offset < 0:
-            raise ValueError(f"bad next_offset {next_offset!r}")
-        if status == _ACK_OK:
-            stream.acked = max(stream.acked, next_offset)
-        elif status == _ACK_GAP:
-            # The receiver holds exactly `next_offset` bytes (it may have restarted its file).
-            stream.acked = next_offset
-            stream.rewind = next_offset
-        elif status in (_ACK_DONE, _ACK_FAILED):
-            stream.outcome = status
-        else:
-            raise ValueError(f"unknown snapshot ack status {status!r}")
+        stream.sender.on_ack(body.get("status"), body.get("next_offset"))
         stream.event.set()
 
     # --- loop side: receiving a snapshot --------------------------------------------------------
 
-    def _ack_snapshot(self, peer: str, snapshot_id: str, next_offset: int, status: str) -> None:
+    def _ack_snapshot(self, peer: str, ack: Ack | None) -> None:
+        if ack is None:
+            return
         assert self._transport is not None
-        ack = {"id": snapshot_id, "next_offset": next_offset, "status": status}
         # Best effort: a lost ack makes the sender resend, which the writer takes in its stride.
-        self._transport.send_snapshot_chunk(peer, ack)
+        self._transport.send_snapshot_chunk(peer, ack.body())
 
     def _on_snapshot_chunk(self, peer: str, body: object) -> None:
         """A frame of a snapshot stream: a chunk or end from a leader, or an acknowledgement
-        from a follower we stream to. Reassembles and acknowledges chunks; the end frame
-        starts verification, after which the SNAPSHOT message is stepped into the core."""
+        from a follower we stream to. Reassembles and acknowledges chunks (the decisions are
+        `SnapshotReceiverState`'s); the end frame starts verification, after which the
+        SNAPSHOT message is stepped into the core."""
+        receiver = self._snapshot_receivers.get(peer)
+        if receiver is None:
+            # Frames come only over authenticated member links: one entry per member.
+            receiver = self._snapshot_receivers[peer] = SnapshotReceiverState()
         try:
             if not isinstance(body, dict):
                 raise ValueError("snapshot frame is not a map")
             if "status" in body:
                 self._on_snapshot_ack(peer, body)
                 return
-            snapshot_id = body["id"]
-            total = body["total"]
-            offset = body["offset"]
-            data = body["data"]
-            if not isinstance(snapshot_id, str) or not isinstance(data, bytes):
-                raise ValueError("snapshot chunk with a bad id or data")
-            for value in (total, offset):
-                if not isinstance(value, int) or isinstance(value, bool):
-                    raise ValueError("snapshot chunk with a bad offset or size")
-            if self._finished_snapshot_ids.get(peer) == snapshot_id:
-                # The sender missed our "done": say it again.
-                self._ack_snapshot(peer, snapshot_id, total, _ACK_DONE)
+            chunk = parse_chunk(body)
+            repeat = receiver.already_done(chunk.snapshot_id, chunk.total_bytes)
+            if repeat is not None:
+                self._ack_snapshot(peer, repeat)  # the sender missed our "done": say it again
                 return
-            incoming = self._incoming_snapshots.get(peer)
-            if incoming is None or incoming.writer.snapshot_id != snapshot_id:
-                if incoming is not None:
-                    incoming.writer.abort()  # the leader started over: drop the old stream
+            writer = self._incoming_snapshots.get(peer)
+            if receiver.starts_new_stream(chunk.snapshot_id) or writer is None:
+                if writer is not None:
+                    writer.abort()  # the leader started over: drop the old stream
+                    del self._incoming_snapshots[peer]
                 writer = SnapshotWriter(
                     self.data_dir / "snapshots",
-                    snapshot_id,
-                    total,
+                    chunk.snapshot_id,
+                    chunk.total_bytes,
                     # A compacted copy of a store at its quota, B-tree pages included.
                     total_bytes_max=max(
                         self.options.map_size_bytes, 2 * self.options.quota_bytes + (64 << 20)
                     ),
                 )
-                incoming = _IncomingSnapshot(writer)
-                self._incoming_snapshots[peer] = incoming
-            writer = incoming.writer
-            if data:
+                self._incoming_snapshots[peer] = writer
+            if chunk.data:
                 try:
-                    next_offset = writer.write_chunk(offset, data)
+                    next_offset = writer.write_chunk(chunk.offset, chunk.data)
                 except SnapshotTransferError as error:
-                    self._report_gap(peer, incoming, error.next_offset)
+                    # Chunks after a lost one all find the same gap: one report is enough,
+                    # the sender rewinds once (and its stall timer covers a lost report).
+                    self._ack_snapshot(peer, receiver.gap(error.next_offset))
                     return
-                self._ack_snapshot(peer, snapshot_id, next_offset, _ACK_OK)
-            if "checksum" not in body:
+                self._ack_snapshot(peer, receiver.stored(next_offset))
+            if not chunk.end:
                 return
             if writer.next_offset != writer.total_bytes:
-                self._report_gap(peer, incoming, writer.next_offset)
+                self._ack_snapshot(peer, receiver.gap(writer.next_offset))
                 return
             del self._incoming_snapshots[peer]
+            receiver.complete()
             self._spawn(self._finish_snapshot(peer, writer, body), "kvstore-snapshot-finish")
         except Exception as error:
             _log_remote_error(f"node {self.node_id}: bad snapshot frame from {peer}", error)
-            incoming = self._incoming_snapshots.pop(peer, None)
-            if incoming is not None:
-                incoming.writer.abort()
-                self._ack_snapshot(peer, incoming.writer.snapshot_id, 0, _ACK_FAILED)
-
-    def _report_gap(self, peer: str, incoming: _IncomingSnapshot, next_offset: int) -> None:
-        # Chunks after a lost one all find the same gap: one report is enough, the sender
-        # rewinds once (and its stall timer covers a lost report).
-        if incoming.gap_reported != next_offset:
-            incoming.gap_reported = next_offset
-            self._ack_snapshot(peer, incoming.writer.snapshot_id, next_offset, _ACK_GAP)
+            dropped = self._incoming_snapshots.pop(peer, None)
+            if dropped is not None:
+                dropped.abort()
+            self._ack_snapshot(peer, receiver.dropped())
 
     async def _finish_snapshot(
         self, peer: str, writer: SnapshotWriter, body: dict[Any, Any]
@@ -1384,7 +1329,7 @@ class NodeRuntime:
         except Exception as error:
             _log_remote_error(f"node {self.node_id}: snapshot from {peer} failed", error)
             writer.abort()
-            self._ack_snapshot(peer, snapshot_id, 0, _ACK_FAILED)
+            self._ack_snapshot(peer, Ack(snapshot_id, 0, ACK_FAILED))
             return
         try:
             message = decode_message(body["message"])
@@ -1394,13 +1339,15 @@ class NodeRuntime:
             _log_remote_error(f"node {self.node_id}: bad snapshot message from {peer}", error)
             with contextlib.suppress(OSError):
                 path.unlink()
-            self._ack_snapshot(peer, snapshot_id, 0, _ACK_FAILED)
+            self._ack_snapshot(peer, Ack(snapshot_id, 0, ACK_FAILED))
             return
         self._keep_received_snapshot((message.snapshot.index, message.snapshot.term), path)
-        self._finished_snapshot_ids[peer] = snapshot_id
+        receiver = self._snapshot_receivers.get(peer)
+        if receiver is not None:
+            receiver.finished(snapshot_id)
         self._core.step(message)
         self.kick()
-        self._ack_snapshot(peer, snapshot_id, writer.total_bytes, _ACK_DONE)
+        self._ack_snapshot(peer, Ack(snapshot_id, writer.total_bytes, ACK_DONE))
 
     def _keep_received_snapshot(self, key: tuple[int, int], path: Path) -> None:
         """Remember a verified snapshot file for `_install_snapshot`; keep the newest few.

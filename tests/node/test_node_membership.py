@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import kvstore
-from kvstore.node import runtime as node_module
+from kvstore.node import snapshot_transfer
 from kvstore.testing.local_cluster import free_ports, wait_until
 
 from .conftest import FAST, WAIT_S, EmbeddedCluster
@@ -125,7 +125,7 @@ def test_snapshot_stream_resumes_after_lost_chunks_and_acks(
     """Drop one data chunk (the receiver reports the gap, the sender rewinds to it) and one
     acknowledgement plus the end frame (the sender stalls and resends from the last ack): the
     stream completes without ever sending offset 0 twice."""
-    monkeypatch.setattr(node_module, "SNAPSHOT_STALL_S", 0.3)
+    monkeypatch.setattr(snapshot_transfer, "SNAPSHOT_STALL_S", 0.3)
     leader = compacted.leader()
     transport = leader._runtime._transport
     assert transport is not None
