@@ -856,7 +856,11 @@ class NodeRuntime:
                 while ready is not None or core.has_ready():
                     if ready is None:
                         ready = core.ready()
-                    await self._handle_ready(ready, placement.decide(ready))
+                    where = placement.decide(ready)
+                    if where is Placement.INLINE:
+                        self._handle_ready_now(ready)  # no coroutine for a Ready that never waits
+                    else:
+                        await self._handle_ready(ready, where)
                     core.advance(ready)
                     ready = None
             except asyncio.CancelledError:
