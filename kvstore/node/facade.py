@@ -12,10 +12,7 @@ import concurrent.futures
 import contextlib
 import os
 import threading
-from collections.abc import (
-    Coroutine,
-    Mapping,
-)
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,6 +46,7 @@ from kvstore.options import (
     check_value,
 )
 from kvstore.storage import commands
+from kvstore.storage.state_machine import StateMachine
 from kvstore.transport.tls import TLSConfig, check_own_certificate
 
 T = TypeVar("T")
@@ -140,6 +138,8 @@ class Node:
         self._lifecycle = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._state_machine: StateMachine | None = None
+        """LMDB, for reads in the caller's thread (set once by `start()`)."""
         self._runtime = NodeRuntime(
             node_id,
             self.data_dir,
@@ -162,6 +162,7 @@ class Node:
             self._state = "starting"
             try:
                 self._runtime.open_storage()
+                self._state_machine = self._runtime.state_machine
                 self._loop = new_event_loop()  # uvloop when installed: kvstore.eventloop
                 self._thread = threading.Thread(
                     target=self._loop.run_forever, name=f"kvstore-{self.node_id}", daemon=True
@@ -235,10 +236,10 @@ class Node:
         Set once, by a storage failure; from then on every call raises an error like this one
         and `status().failure` names it. `kvstore serve` exits non-zero when it is set."""
         runtime = self._runtime
-        if runtime._failure is None:
+        if runtime.failure_cause is None:
             return None
         error = NodeFailedError(runtime.failure_message())
-        error.__cause__ = runtime._failure
+        error.__cause__ = runtime.failure_cause
         return error
 
     # --- calling into the loop ------------------------------------------------------------------
@@ -264,8 +265,8 @@ class Node:
             raise UnavailableError(f"node {self.node_id} stopped during the call") from None
 
     def _check_running(self) -> None:
-        if self._runtime._failure is not None:
-            raise NodeFailedError(self._runtime.failure_message()) from self._runtime._failure
+        if self._runtime.failure_cause is not None:
+            raise NodeFailedError(self._runtime.failure_message()) from self._runtime.failure_cause
         if self._state != "running":
             raise UnavailableError(f"node {self.node_id} is not running (state: {self._state})")
 
@@ -339,13 +340,13 @@ class Node:
             check_consistency(consistency)
         if type(timeout_s) is not float or not 0 < timeout_s <= TIMEOUT_S_MAX:
             timeout_s = check_timeout(timeout_s)
-        if self._runtime._failure is not None or self._state != "running":
+        if self._runtime.failure_cause is not None or self._state != "running":
             self._check_running()
         if consistency != "stale":
             self._run_on_loop(
                 self._runtime.read_barrier(consistency, timeout_s), timeout_s=timeout_s
             )
-        sm = self._runtime._sm
+        sm = self._state_machine
         assert sm is not None
         return sm.lookup(key)
 
@@ -368,8 +369,7 @@ class Node:
             self._run_on_loop(
                 self._runtime.read_barrier(consistency, timeout_s), timeout_s=timeout_s
             )
-        assert self._runtime._sm is not None
-        return self._runtime._sm.scan(prefix, limit)
+        return self._runtime.state_machine.scan(prefix, limit)
 
     def status(self) -> Status:
         """This member's role, term, leader, commit and applied indices, and the members.
@@ -379,7 +379,7 @@ class Node:
         After a storage failure `failure` names it (the role is then "follower" and no leader
         is known); every other call raises `NodeFailedError`.
         """
-        if self._runtime._failure is None or self._state != "running":
+        if self._runtime.failure_cause is None or self._state != "running":
             self._check_running()
         return self._run_on_loop(_as_coroutine(self._runtime.status), timeout_s=5.0)
 

@@ -254,10 +254,11 @@ class NodeRuntime:
         self._sm: StateMachine | None = None
         self._core: ConsensusCore | None = None
         self._transport: PeerTransport | None = None
-        self._failure: BaseException | None = None
-        """The storage failure that stopped this node (see `failure`)."""
+        self.failure_cause: BaseException | None = None
+        """The storage failure that stopped this node, or None. Set once, on the loop; read
+        by any thread (a late reader reaches the loop, which checks again)."""
         self._failure_text = ""
-        """`describe_failure(self._failure)`, computed once."""
+        """`describe_failure(self.failure_cause)`, computed once."""
         self._election_timeout_s = self.options.election_ticks * self.options.tick_s
         # --- storage state, set by `open_storage` in `Node.start()` ---
         self._identity: IdentityStore | None = None
@@ -449,19 +450,27 @@ class NodeRuntime:
 
     # --- failure ------------------------------------------------------------------------------
 
+    @property
+    def state_machine(self) -> StateMachine:
+        """The LMDB state machine, for reads in any thread (LMDB readers never block the
+        writer; THREADS.md). Only after `open_storage`."""
+        sm = self._sm
+        assert sm is not None
+        return sm
+
     def failure_message(self) -> str:
         """What every call says once this node failed (the cause in words)."""
         return f"node {self.node_id} failed and stopped serving: {self._failure_text}"
 
     def _fail(self, error: BaseException) -> None:
         """A storage failure: stop serving for good (the log may be poisoned), never limp on."""
-        if self._failure is not None:
+        if self.failure_cause is not None:
             return
         self._failure_text = describe_failure(error)
         # An operating error (the disk, the fd table) is one line; anything else is a bug.
         trace = None if isinstance(error, OSError | KVStoreError) else error
         log.critical("node %s stops serving: %s", self.node_id, self._failure_text, exc_info=trace)
-        self._failure = error
+        self.failure_cause = error
         self._fail_everything(self.failure_message())
         for task in self._tasks:
             if task is not asyncio.current_task():
@@ -730,7 +739,7 @@ class NodeRuntime:
         members = {
             node_id: self._peers.get(node_id, "") for node_id in (*conf.voters, *conf.learners)
         }
-        if self._failure is not None:
+        if self.failure_cause is not None:
             # It serves nothing and has closed its transport: it leads no one, knows no leader.
             role, leader_id, failure = "follower", None, self.failure_message()
         else:
@@ -882,7 +891,7 @@ class NodeRuntime:
         """
         assert self._core is not None
         core = self._core
-        if self._ready_busy or self._parked_ready is not None or self._failure is not None:
+        if self._ready_busy or self._parked_ready is not None or self.failure_cause is not None:
             self.kick()
             return
         self._ready_busy = True
@@ -1079,7 +1088,7 @@ class NodeRuntime:
         return True
 
     def _fail_everything(self, reason: str) -> None:
-        cause = self._failure  # None when stopping: then there is nothing to chain
+        cause = self.failure_cause  # None when stopping: then there is nothing to chain
 
         def error(kind: type[KVStoreError], text: str) -> KVStoreError:
             raised = kind(text)
@@ -1103,8 +1112,8 @@ class NodeRuntime:
         self._leader_waiters.notify()
 
     def raise_if_failed(self) -> None:
-        if self._failure is not None:
-            raise NodeFailedError(self.failure_message()) from self._failure
+        if self.failure_cause is not None:
+            raise NodeFailedError(self.failure_message()) from self.failure_cause
 
     # --- loop side: messages --------------------------------------------------------------------
 
@@ -1189,7 +1198,7 @@ class NodeRuntime:
             self._outgoing_snapshots.pop(peer, None)
             with contextlib.suppress(OSError):
                 path.unlink()
-            if self._failure is None:
+            if self.failure_cause is None:
                 self._core.report_snapshot(peer, success)
                 self.kick()
 
@@ -1212,7 +1221,7 @@ class NodeRuntime:
             stream.event.clear()
             if sender.outcome is not None:
                 return sender.outcome
-            if self._role is not Role.LEADER or self._failure is not None:
+            if self._role is not Role.LEADER or self.failure_cause is not None:
                 return False  # deposed: the new leader decides what the follower needs
             sender.begin_round()
             while (action := sender.next_send()) is not None:

@@ -76,7 +76,7 @@ def test_failed_fsync_on_a_follower_stops_only_that_follower(cluster: EmbeddedCl
     leader = cluster.leader()
     leader.put(b"k", b"v")  # the other follower completes the quorum
     wait_until(
-        lambda: follower._runtime._failure is not None,
+        lambda: follower._runtime.failure_cause is not None,
         timeout_s=WAIT_S,
         what="the follower to fail",
     )
