@@ -12,7 +12,7 @@ import concurrent.futures
 import contextlib
 import os
 import threading
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,7 +27,6 @@ from kvstore.node.membership import check_address, check_distinct_addresses
 from kvstore.node.runtime import (
     NodeFailedError,
     NodeRuntime,
-    _as_coroutine,
     _EmbeddedSession,
     describe_failure,
 )
@@ -53,6 +52,10 @@ T = TypeVar("T")
 
 LOOP_GRACE_S = 1.0
 """Extra time a synchronous call waits for the loop beyond the operation's own timeout."""
+
+
+async def _as_coroutine(function: Callable[[], T]) -> T:
+    return function()
 
 
 class Node:

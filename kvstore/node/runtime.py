@@ -216,8 +216,9 @@ class _OutgoingSnapshot:
 
 class NodeRuntime:
     """The loop side of one member (see the module docstring). Built by `Node.__init__` with
-    its checked arguments; `open_storage` runs in `start()` before the loop exists, every other
-    method on the loop thread."""
+    its checked arguments. `open_storage` runs in `Node.start()` before the loop exists and
+    `close` after it stopped; `address`, `cluster_id`, `incarnation`, `failure_cause` and
+    `state_machine` may be read from any thread; every other method runs on the loop thread."""
 
     def __init__(
         self,
@@ -1541,10 +1542,6 @@ def _rejection_error(rejected: commands.CommandRejected, submissions: int) -> KV
     # SESSIONS_FULL: try later; STALE: the session moved more than a window past this seq, so
     # the state machine cannot tell whether it ran; MALFORMED: the data was not a command.
     return UnavailableError(f"the write was not applied: {rejected.reason}")
-
-
-async def _as_coroutine(function: Callable[[], T]) -> T:
-    return function()
 
 
 __all__ = ["NodeFailedError", "NodeRuntime", "describe_failure"]
