@@ -102,7 +102,7 @@ def test_bench_node_get_lmdb_baseline(benchmark: Any, tmp_path: Path, keys: list
 def test_bench_node_state_machine_get(
     benchmark: Any, node: kvstore.Node, keys: list[bytes]
 ) -> None:
-    sm = node._sm
+    sm = node._runtime._sm
     assert isinstance(sm, StateMachine)
     benchmark.pedantic(_read_all, args=(sm.get, keys), rounds=5, iterations=1)
     _record(benchmark, "state_machine", len(keys))

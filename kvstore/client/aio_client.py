@@ -75,6 +75,7 @@ from kvstore.client.protocol import (
     parse_session_id,
     parse_status,
 )
+from kvstore.deadline import Deadline
 from kvstore.errors import (
     AuthenticationError,
     InvalidArgumentError,
@@ -660,20 +661,19 @@ class Client:
     async def _write(
         self, build: Callable[[int, float, Session], Request], parse: ResultParser, timeout_s: float
     ) -> Any:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
+        deadline = Deadline.on_loop(timeout_s)
         renewed = False
         while True:
             session, seq = self._sessions.lend()
             try:
                 session_id = session.session_id
                 if session_id is None:
-                    session_id = await self._register(session, deadline - loop.time())
+                    session_id = await self._register(session, deadline.remaining_s())
                 pair: Session = (session_id, seq)  # every retry below reuses this seq
                 return await self._execute(
                     functools.partial(_with_session, build, pair),
                     parse,
-                    max(deadline - loop.time(), 1e-3),
+                    deadline.left_s(),
                     to_leader=True,
                 )
             except SessionExpiredError as error:
@@ -749,7 +749,7 @@ class Client:
         pinned: str | None,
     ) -> Any:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
+        deadline = Deadline.on_loop(timeout_s)
         unknown = False  # some attempt was sent and its outcome never learned
         last_error: BaseException | None = None
         refusal: UnavailableError | None = None  # the last member that refused, e.g. "too
@@ -762,7 +762,7 @@ class Client:
         for _ in range(ATTEMPTS_MAX):
             if self._closed:
                 raise _ClientClosedError()
-            remaining = deadline - loop.time()
+            remaining = deadline.remaining_s()
             if remaining <= 0:
                 break
             target = pinned or redirect or self._target(to_leader, failed)
@@ -899,12 +899,11 @@ class Client:
         if self._leader == address:
             self._leader = None
 
-    async def _backoff(self, n: int, deadline: float) -> None:
-        loop = asyncio.get_running_loop()
+    async def _backoff(self, n: int, deadline: Deadline) -> None:
         delay_s = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * (2 ** min(n - 1, 16)))
         # Jitter spreads the retries of many clients that failed together.
         delay_s *= 0.5 + self._rng.random() / 2
-        delay_s = min(delay_s, max(0.0, deadline - loop.time()))
+        delay_s = min(delay_s, max(0.0, deadline.remaining_s()))
         if delay_s > 0:
             await asyncio.sleep(delay_s)
 

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from kvstore.client.protocol import Session
-from kvstore.client.service import serve_client_connection
 from kvstore.errors import NotLeaderError, SessionExpiredError, UnavailableError
+from kvstore.node.service import serve_client_connection
 from kvstore.options import Status
 from kvstore.storage.commands import SESSION_WINDOW
 from kvstore.transport.codec import NEED_DATA, FrameDecoder, FrameKind, encode_frame

@@ -10,8 +10,6 @@ from typing import Any
 import pytest
 
 from kvstore.client import protocol as p
-from kvstore.client import service
-from kvstore.client.service import serve_client_connection
 from kvstore.errors import (
     InvalidArgumentError,
     KVStoreError,
@@ -19,6 +17,8 @@ from kvstore.errors import (
     OperationTimeoutError,
     UnavailableError,
 )
+from kvstore.node import service
+from kvstore.node.service import serve_client_connection
 from kvstore.transport.codec import FrameKind
 from tests.client.fakes import FakeBackend, FakeConnection, wait_for
 

@@ -16,8 +16,8 @@ import pytest
 
 import kvstore.aio
 from kvstore.client.client import Client
-from kvstore.client.service import serve_client_connection
 from kvstore.errors import AuthenticationError, UnavailableError
+from kvstore.node.service import serve_client_connection
 from kvstore.transport.tcp import FramedConnection, PeerTransport
 from tests.client.fakes import FakeBackend, wait_for
 

@@ -171,9 +171,9 @@ def test_a_node_whose_disk_stays_full_says_no_space_left_on_device(tmp_path: Pat
     )
     with node:
         node.wait_for_leader(timeout_s=WAIT_S)
-        assert node._wal is not None
-        node._wal.set_prepare_retry(0.2)
-        node._wal.inject_fault(FaultSpec("prepare", errno.ENOSPC, times=(1 << 64) - 1))
+        assert node._runtime._wal is not None
+        node._runtime._wal.set_prepare_retry(0.2)
+        node._runtime._wal.inject_fault(FaultSpec("prepare", errno.ENOSPC, times=(1 << 64) - 1))
         with pytest.raises(kvstore.KVStoreError):
             for number in range(200):  # 200 KiB: well past the first 64 KiB segment
                 node.put(b"key-%d" % number, b"v" * 1000, timeout_s=5.0)

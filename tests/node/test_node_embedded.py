@@ -86,8 +86,8 @@ def test_concurrent_writers_share_fsyncs(shared_cluster: EmbeddedCluster) -> Non
     """Group commit: many writers in flight share the leader's fsyncs, and every write that
     returned is there."""
     leader = shared_cluster.leader()
-    assert leader._wal is not None
-    syncs_before = leader._wal.stats().fdatasyncs
+    assert leader._runtime._wal is not None
+    syncs_before = leader._runtime._wal.stats().fdatasyncs
     threads_n, writes_n = 8, 40
     errors: list[BaseException] = []
 
@@ -104,7 +104,7 @@ def test_concurrent_writers_share_fsyncs(shared_cluster: EmbeddedCluster) -> Non
     for thread in threads:
         thread.join(60)
     assert not errors, errors
-    syncs = leader._wal.stats().fdatasyncs - syncs_before
+    syncs = leader._runtime._wal.stats().fdatasyncs - syncs_before
     writes = threads_n * writes_n
     print(f"{syncs} fsyncs for {writes} concurrent writes")
     assert syncs < writes * 0.75, f"{syncs} fsyncs for {writes} concurrent writes"
@@ -165,7 +165,7 @@ def test_timed_out_call_says_its_outcome_is_unknown(
     async def never(consistency: str, timeout_s: float) -> None:
         await asyncio.sleep(timeout_s + 5)
 
-    monkeypatch.setattr(node, "read_barrier", never)
+    monkeypatch.setattr(node._runtime, "read_barrier", never)
     with (
         kvstore.Client([node.address]) as client,
         pytest.raises(kvstore.OperationTimeoutError, match="outcome is unknown"),

@@ -29,7 +29,7 @@ TRIGGER = b"fail-the-log-here"
 
 WRAPPER = """
 import errno, sys
-from kvstore import node
+from kvstore.node import runtime as node
 from kvstore.cli import main
 from kvstore.storage.wal import FaultSpec, WriteAheadLog
 

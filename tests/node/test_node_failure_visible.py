@@ -39,8 +39,8 @@ def test_failure_is_named_by_the_property_the_status_and_every_call(
     node = single
     node.put(b"before", b"1")
     assert node.failure is None and node.status().failure is None
-    assert node._wal is not None
-    node._wal.inject_fault(FaultSpec(kind, error=code))
+    assert node._runtime._wal is not None
+    node._runtime._wal.inject_fault(FaultSpec(kind, error=code))
     # A lone member: nobody else could have committed it, but the log may hold it.
     with pytest.raises(kvstore.KVStoreError) as first:
         node.put(b"doomed", b"1")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import kvstore
-from kvstore import node as node_module
+from kvstore.node import snapshot_transfer
 from kvstore.testing.local_cluster import free_ports, wait_until
 
 from .conftest import FAST, WAIT_S, EmbeddedCluster
@@ -43,9 +43,9 @@ def compacted(tmp_path: Path) -> Iterator[EmbeddedCluster]:
         leader = cluster.leader()
         for number in range(KEYS):
             leader.put(b"key/%04d" % number, _value(number))
-        assert leader._wal is not None
+        assert leader._runtime._wal is not None
         wait_until(
-            lambda: leader._wal is not None and leader._wal.first_index() > 1,
+            lambda: leader._runtime._wal is not None and leader._runtime._wal.first_index() > 1,
             timeout_s=WAIT_S,
             what="the leader's log to be compacted",
         )
@@ -79,7 +79,9 @@ def test_member_added_after_compaction_gets_a_snapshot_and_serves_reads(
         what="n4 to be promoted to voter",
     )
     compacted.wait_applied(leader.status().commit_index, [joiner])
-    assert joiner._wal is not None and joiner._wal.snapshot_meta().index > 0, "no snapshot"
+    assert joiner._runtime._wal is not None and joiner._runtime._wal.snapshot_meta().index > 0, (
+        "no snapshot"
+    )
     _assert_holds_every_key(joiner)
     assert joiner.get(b"key/0007", consistency="linearizable") == _value(7)
     # It counts in the quorum now: writes go on with one founder stopped.
@@ -94,9 +96,9 @@ def test_removed_member_stops_receiving_traffic(compacted: EmbeddedCluster) -> N
     removed = compacted.followers()[0]
     leader.remove_member(removed.node_id)
     assert removed.node_id not in leader.status().members
-    assert leader._transport is not None
+    assert leader._runtime._transport is not None
     wait_until(
-        lambda: not leader._transport.is_connected(removed.node_id),  # type: ignore[union-attr]
+        lambda: not leader._runtime._transport.is_connected(removed.node_id),  # type: ignore[union-attr]
         timeout_s=WAIT_S,
         what="the leader to drop its link to the removed member",
     )
@@ -123,9 +125,9 @@ def test_snapshot_stream_resumes_after_lost_chunks_and_acks(
     """Drop one data chunk (the receiver reports the gap, the sender rewinds to it) and one
     acknowledgement plus the end frame (the sender stalls and resends from the last ack): the
     stream completes without ever sending offset 0 twice."""
-    monkeypatch.setattr(node_module, "SNAPSHOT_STALL_S", 0.3)
+    monkeypatch.setattr(snapshot_transfer, "SNAPSHOT_STALL_S", 0.3)
     leader = compacted.leader()
-    transport = leader._transport
+    transport = leader._runtime._transport
     assert transport is not None
     sent: list[dict[str, Any]] = []
     dropped: list[tuple[str, int]] = []
@@ -146,7 +148,7 @@ def test_snapshot_stream_resumes_after_lost_chunks_and_acks(
 
     monkeypatch.setattr(transport, "send_snapshot_chunk", lossy_send)
     joiner = _join(compacted, "n4")
-    joiner_transport = joiner._transport
+    joiner_transport = joiner._runtime._transport
     assert joiner_transport is not None
     real_ack = joiner_transport.send_snapshot_chunk
     acks: list[dict[str, Any]] = []
@@ -201,7 +203,7 @@ def test_garbage_snapshot_frames_do_not_hurt_the_node(shared_cluster: EmbeddedCl
 
     async def feed() -> None:
         for body in garbage:
-            node._on_snapshot_chunk(leader_id, body)
+            node._runtime._on_snapshot_chunk(leader_id, body)
 
     node._run_on_loop(feed(), timeout_s=5)
     leader = shared_cluster.leader()

@@ -37,9 +37,9 @@ def test_restart_every_member_reloads_hard_state_log_and_state(tmp_path: Path) -
         before = {node.node_id: node.status() for node in cluster.nodes.values()}
         logs = {}
         for node in cluster.nodes.values():
-            assert node._wal is not None
-            logs[node.node_id] = (node._wal.first_index(), node._wal.last_index())
-            assert node._wal.first_index() > 1, "the log should have been compacted"
+            assert node._runtime._wal is not None
+            logs[node.node_id] = (node._runtime._wal.first_index(), node._runtime._wal.last_index())
+            assert node._runtime._wal.first_index() > 1, "the log should have been compacted"
         cluster.stop()
         # Every member again, from its directory: state and log are there before any leader.
         for node_id in before:
@@ -47,9 +47,9 @@ def test_restart_every_member_reloads_hard_state_log_and_state(tmp_path: Path) -
             status = node.status()
             assert status.term >= before[node_id].term
             assert status.applied_index >= before[node_id].applied_index
-            assert node._wal is not None
-            assert node._wal.last_index() >= logs[node_id][1]
-            assert node._wal.first_index() >= logs[node_id][0]
+            assert node._runtime._wal is not None
+            assert node._runtime._wal.last_index() >= logs[node_id][1]
+            assert node._runtime._wal.first_index() >= logs[node_id][0]
             assert dict(node.scan(b"a/", consistency="stale")) == written
         leader = cluster.leader()
         written.update(_write(leader, b"b/", 20))
@@ -92,9 +92,9 @@ def test_single_member_restarts_with_a_compacted_log(tmp_path: Path) -> None:
     with kvstore.Node("solo", tmp_path / "solo", peers, options=EARLY_CHECKPOINT) as node:
         node.wait_for_leader()
         written = _write(node, b"s/", 50)
-        assert node._wal is not None
+        assert node._runtime._wal is not None
         wait_until(
-            lambda: node._wal is not None and node._wal.first_index() > 1,
+            lambda: node._runtime._wal is not None and node._runtime._wal.first_index() > 1,
             timeout_s=WAIT_S,
             what="compaction",
         )

@@ -21,7 +21,7 @@ SESSION_TIMEOUT_S = 0.5
 
 
 def state_machine(node: kvstore.Node) -> StateMachine:
-    sm = node._sm  # the test reads the session table the way the state machine holds it
+    sm = node._runtime._sm  # the test reads the session table the way the state machine holds it
     assert sm is not None
     return sm
 

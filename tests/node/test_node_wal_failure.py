@@ -46,8 +46,8 @@ def test_failed_log_on_the_leader_stops_it_and_the_others_go_on(
 ) -> None:
     leader = cluster.leader()
     leader.put(b"before", b"1")
-    assert leader._wal is not None
-    leader._wal.inject_fault(FaultSpec(kind))
+    assert leader._runtime._wal is not None
+    leader._runtime._wal.inject_fault(FaultSpec(kind))
     # The followers may have committed it before the leader's own disk failed: its outcome is
     # unknown, so the caller must not be told that nothing happened.
     with pytest.raises(kvstore.OperationTimeoutError, match="outcome is unknown"):
@@ -71,11 +71,15 @@ def test_failed_log_on_the_leader_stops_it_and_the_others_go_on(
 
 def test_failed_fsync_on_a_follower_stops_only_that_follower(cluster: EmbeddedCluster) -> None:
     follower = cluster.followers()[0]
-    assert follower._wal is not None
-    follower._wal.inject_fault(FaultSpec("sync"))
+    assert follower._runtime._wal is not None
+    follower._runtime._wal.inject_fault(FaultSpec("sync"))
     leader = cluster.leader()
     leader.put(b"k", b"v")  # the other follower completes the quorum
-    wait_until(lambda: follower._failure is not None, timeout_s=WAIT_S, what="the follower to fail")
+    wait_until(
+        lambda: follower._runtime.failure_cause is not None,
+        timeout_s=WAIT_S,
+        what="the follower to fail",
+    )
     _assert_stopped_serving(follower)
     assert cluster.leader() is leader
     _survivors_serve(cluster, follower)
@@ -83,7 +87,7 @@ def test_failed_fsync_on_a_follower_stops_only_that_follower(cluster: EmbeddedCl
 
 def test_stop_waits_for_a_running_fsync_before_closing_the_log(cluster: EmbeddedCluster) -> None:
     leader = cluster.leader()
-    wal = leader._wal
+    wal = leader._runtime._wal
     assert wal is not None
     in_fsync = threading.Event()
     release = threading.Event()

@@ -29,10 +29,10 @@ def check(image: Path, acked: list[int]) -> dict[str, object]:
     node = open_node(image / "n1")
     try:
         try:
-            node._open_storage()
+            node._runtime.open_storage()
         except CorruptionError as error:
             return {"outcome": "refused", "detail": str(error)}
-        sm, wal = node._sm, node._wal
+        sm, wal = node._runtime._sm, node._runtime._wal
         assert sm is not None and wal is not None
         applied, first, last = sm.applied_index(), wal.first_index(), wal.last_index()
         where = f"applied {applied}, log {first}..{last}"
@@ -55,10 +55,10 @@ def check(image: Path, acked: list[int]) -> dict[str, object]:
             "trace": traceback.format_exc(limit=4),
         }
     finally:
-        if node._wal is not None:
-            node._wal.close()
-        if node._sm is not None:
-            node._sm.close()
+        if node._runtime._wal is not None:
+            node._runtime._wal.close()
+        if node._runtime._sm is not None:
+            node._runtime._sm.close()
 
 
 def main() -> None:

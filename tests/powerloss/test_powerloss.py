@@ -172,7 +172,7 @@ def test_node_refuses_a_state_older_than_its_compacted_log(tmp_path: Path) -> No
             node.put(workload.key(number), workload.value(number))
 
         def compacted() -> bool:
-            return node._wal is not None and node._wal.first_index() > 1
+            return node._runtime._wal is not None and node._runtime._wal.first_index() > 1
 
         from kvstore.testing.local_cluster import wait_until
 

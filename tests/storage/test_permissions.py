@@ -61,8 +61,8 @@ def test_a_node_writes_only_private_files_under_a_wide_umask(tmp_path: Path) -> 
             for number in range(200):  # 200 x 1 KiB: more than one 64 KiB segment
                 node.put(b"key-%d" % number, b"v" * 1024)
             # An outgoing snapshot and an incoming partial one, as the node writes them.
-            assert node._sm is not None
-            node._sm.snapshot(data_dir / "snapshots" / "out-n2-1")
+            assert node._runtime._sm is not None
+            node._runtime._sm.snapshot(data_dir / "snapshots" / "out-n2-1")
             with SnapshotWriter(data_dir / "snapshots", "in-1", 100) as writer:
                 writer.write_chunk(0, b"x" * 10)
         found = modes(data_dir)

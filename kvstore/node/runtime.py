@@ -1,18 +1,22 @@
-"""`kvstore.Node`: one member of a cluster, and the one place where the parts meet.
+"""The node's runtime: everything that runs on the node's asyncio loop.
+
+`kvstore.Node` (facade.py) checks arguments, owns the lifecycle and hops onto the loop; this
+object does the work there. It owns the core, the redo log, the state machine and the
+transport (THREADS.md says which thread may touch which).
 
 The Raft core (pure), the redo log (C), the LMDB state machine and the TCP transport are joined
 here, on one asyncio loop that runs in a background thread. The application's threads hand work
 to that loop and wait on futures with their own timeouts.
 
-The Ready loop (`_run_ready`) is the heart of it, in the order the core's `Ready` demands:
+The Ready path (`_ready_steps`, the one copy of the steps) is the heart of it, in the order the
+core's `Ready` demands:
 
 1. send `messages` (the leader's APPENDs go out before its own fsync, thesis §10.2.1);
 2. install a received snapshot, then append `entries` and `hard_state` to the log;
-3. one fsync if `must_sync`. A batch of more than `INLINE_SYNC_ENTRIES_MAX` entries, or any
-   batch while fsyncs have been slow, is synced off the loop: while it runs the loop keeps
-   stepping messages and proposals into the core, so the next batch grows by itself (natural
-   group commit). A small batch while fsyncs are fast (a lone write) is synced on the loop
-   thread: the thread hop costs more than such an fsync (see `_can_handle_inline`);
+3. one fsync if `must_sync`, placed by the one rule in `kvstore/node/ready.py`: a small batch
+   while fsyncs are fast runs on the loop thread (the thread hop costs more than such an
+   fsync); anything else runs in the sync executor while the loop keeps stepping messages and
+   proposals into the core, so the next batch grows by itself (natural group commit);
 4. send `persisted_messages` (votes and acks: only once durable);
 5. apply `committed_entries` to LMDB in one transaction and answer the waiting callers;
 6. `advance()`.
@@ -26,10 +30,11 @@ Around it:
   synced in a worker thread, and the log is then compacted through the checkpoint BEFORE it.
   The log so keeps at least `checkpoint_entries` applied entries, so a follower that fell a
   little behind catches up from the log instead of needing a whole snapshot.
-- Snapshots stream with flow control: the sender keeps at most `SNAPSHOT_WINDOW_CHUNKS` chunks
-  unacknowledged; the receiver acknowledges every chunk with the next offset it needs (over its
-  own link to the sender), so a lost chunk or a dropped connection resumes from there rather
-  than from zero. A stream without progress for `SNAPSHOT_STALL_S` resends from the last
+- Snapshots stream with flow control (the protocol, sans I/O: snapshot_transfer.py): the
+  sender keeps at most `SNAPSHOT_WINDOW_CHUNKS` chunks unacknowledged; the receiver
+  acknowledges every chunk with the next offset it needs (over its own link to the sender), so
+  a lost chunk or a dropped connection resumes from there rather than from zero. A stream
+  without progress for `SNAPSHOT_STALL_S` resends from the last
   acknowledged offset, and gives up (the core retries later) after `SNAPSHOT_STALLS_MAX`.
 - Pending writes survive leader changes: each is proposed again to the new leader (the session
   table applies a command at most once), and again after a leader refused it or the link to
@@ -49,23 +54,26 @@ import concurrent.futures
 import contextlib
 import errno
 import functools
-import heapq
 import itertools
 import logging
 import os
 import random
-import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
-from kvstore.client.service import serve_client_connection
 from kvstore.consensus import ConsensusCore, make_core
 from kvstore.consensus.config import Config
 from kvstore.consensus.types import (
-    ConfChange,
-    ConfChangeType,
     ConfState,
     DropReason,
     Entry,
@@ -76,6 +84,7 @@ from kvstore.consensus.types import (
     Role,
     SnapshotMeta,
 )
+from kvstore.deadline import Deadline
 from kvstore.errors import (
     InvalidArgumentError,
     KVStoreError,
@@ -87,21 +96,25 @@ from kvstore.errors import (
     UnavailableError,
     invariant,
 )
-from kvstore.eventloop import new_event_loop
 from kvstore.identity import IdentityStore, cluster_id_for
+from kvstore.node import membership
+from kvstore.node.membership import check_address
+from kvstore.node.ready import FsyncPlacement, Placement
+from kvstore.node.service import serve_client_connection
+from kvstore.node.snapshot_transfer import (
+    ACK_DONE,
+    ACK_FAILED,
+    Ack,
+    SendChunk,
+    SnapshotReceiverState,
+    SnapshotSender,
+    parse_chunk,
+)
+from kvstore.node.waiters import AppliedWaiters, LeaderWaiters
+from kvstore.node.waiters import wake as _wake
 from kvstore.options import (
-    CONSISTENCY_LEVELS,
-    KEY_BYTES_MAX,
-    TIMEOUT_S_MAX,
-    Consistency,
     Options,
     Status,
-    check_consistency,
-    check_key,
-    check_limit,
-    check_optional_value,
-    check_timeout,
-    check_value,
 )
 from kvstore.storage import commands
 from kvstore.storage.snapshot import (
@@ -119,7 +132,7 @@ from kvstore.storage.wal import WriteAheadLog
 from kvstore.transport.codec import decode_message, encode_message
 from kvstore.transport.identity import IdentityExchange
 from kvstore.transport.tcp import FramedConnection, PeerTransport
-from kvstore.transport.tls import TLSConfig, check_own_certificate
+from kvstore.transport.tls import TLSConfig
 
 log = logging.getLogger("kvstore.node")
 
@@ -152,36 +165,11 @@ def describe_failure(error: BaseException) -> str:
 
 LOOP_GRACE_S = 1.0
 """Extra time a synchronous call waits for the loop beyond the operation's own timeout."""
-PROMOTION_LAG_ENTRIES = 64
-"""A learner is promoted to voter once it is at most this far behind the leader's commit."""
-SNAPSHOT_WINDOW_CHUNKS = 4
-"""Snapshot chunks a sender may have sent but not yet seen acknowledged."""
-SNAPSHOT_POLL_S = 0.1
-"""How long a snapshot sender waits for an acknowledgement before it looks again."""
-SNAPSHOT_CHUNK_RETRY_S = 0.005
-"""Pause before retrying a snapshot chunk that found the peer's send queue full."""
-SNAPSHOT_STALL_S = 2.0
-"""A snapshot stream with no acknowledged progress for this long resends from the last ack."""
-SNAPSHOT_STALLS_MAX = 3
-"""Stalls after which a snapshot stream gives up (the core asks for a new one later)."""
-INLINE_SYNC_ENTRIES_MAX = 4
-"""A Ready with at most this many entries may fsync on the loop thread (`_can_handle_inline`)."""
-INLINE_SYNC_AVERAGE_S_MAX = 0.001
-"""... but only while the moving average of fsync times stays at or below this."""
-SYNC_AVERAGE_WEIGHT = 0.2
-"""Weight of the newest fsync time in that moving average."""
+SCAN_ON_LOOP_PAIRS_MAX = 64
+"""A client's scan limited to at most this many pairs reads LMDB on the loop thread (a bounded
+read costs less than the hop); any other scan reads in the work executor."""
 RECEIVED_SNAPSHOTS_MAX = 2
 """Complete snapshots a receiver keeps until the core installs one (the newest by index)."""
-
-# Acknowledgement statuses of the snapshot stream (receiver -> sender).
-_ACK_OK = "ok"
-"""Chunk stored; `next_offset` is the first byte still missing."""
-_ACK_GAP = "gap"
-"""A chunk or the end came before bytes that are missing: resend from `next_offset`."""
-_ACK_DONE = "done"
-"""Complete, verified and handed to the Raft core."""
-_ACK_FAILED = "failed"
-"""The receiver gave up on this stream (bad checksum, bad message): start a new one."""
 
 
 def _role_name(role: Role, voter: bool) -> str:
@@ -193,16 +181,6 @@ def _role_name(role: Role, voter: bool) -> str:
     if role is Role.PRE_CANDIDATE:
         return "candidate"
     return str(role.value)
-
-
-def _conf_reflects(conf: ConfState, change: ConfChange) -> bool:
-    """Whether `conf` is what `change` asked for (it may also hold later changes)."""
-    node = change.node_id
-    if change.type == ConfChangeType.REMOVE:
-        return node not in conf.voters and node not in conf.learners
-    if change.type == ConfChangeType.ADD_VOTER:
-        return node in conf.voters
-    return node in conf.learners or node in conf.voters
 
 
 class _PendingWrite:
@@ -226,109 +204,41 @@ class _PendingWrite:
 
 
 class _OutgoingSnapshot:
-    """The sender's side of one snapshot stream: what the receiver has acknowledged."""
+    """The driver's side of one outgoing stream: the protocol's state and the event that
+    wakes the driver on each acknowledgement."""
 
-    __slots__ = ("acked", "event", "outcome", "rewind", "snapshot_id")
+    __slots__ = ("event", "sender")
 
-    def __init__(self, snapshot_id: str) -> None:
-        self.snapshot_id = snapshot_id
-        self.acked = 0
-        """Bytes the receiver holds (the highest `next_offset` it reported)."""
-        self.rewind: int | None = None
-        """Set when the receiver reported a gap: resend from there."""
-        self.outcome: str | None = None
-        """`_ACK_DONE` or `_ACK_FAILED` once the receiver said so."""
+    def __init__(self, sender: SnapshotSender) -> None:
+        self.sender = sender
         self.event = asyncio.Event()
-        """Set on every acknowledgement."""
 
 
-class _IncomingSnapshot:
-    """The receiver's side of one snapshot stream."""
-
-    __slots__ = ("gap_reported", "writer")
-
-    def __init__(self, writer: SnapshotWriter) -> None:
-        self.writer = writer
-        self.gap_reported = -1
-        """The offset of the last gap reported, so one gap is reported once, not per chunk."""
-
-
-class Node:
-    """One member of a kvstore cluster, running inside this process.
-
-    `peers` maps node id -> "host:port" for every voting member, this node included; this node
-    listens on its own entry (peers and clients share that address) and dials each peer at the
-    address given here (members added later are dialled at the address they were added with,
-    unless `peers` names them too). With `join=True` the node starts with no configuration and
-    waits for an existing cluster to add it (`add_member` on the leader). Use
-    `start()`/`stop()` or `with Node(...) as node:`.
-
-    `secret` turns on the shared-secret mode: members prove it, and every frame after the
-    handshake is authenticated (not encrypted). Clients prove `client_secret` when it is given
-    (`kvstore.Client(secret=client_secret)`), else `secret`; a connection that proved the client
-    secret can never send peer messages, and with separate secrets a client cannot pose as a
-    member.
-
-    After a storage failure (a failed write or fsync of the redo log) the node stops serving:
-    `failure` holds a `NodeFailedError` naming the cause, `status().failure` says it, every
-    other call raises it (an `UnavailableError`); `stop()` still works.
-
-    The data directory carries the member's identity (`kvstore.identity`): a node started on a
-    directory of another member id is refused, and peers refuse each other when they belong to
-    other clusters, when a second process claims a connected member's id, or when a member
-    comes back with wiped data (`Options.cluster_name` names the cluster at its creation).
-
-    `tls` (a `kvstore.TLSConfig` holding this member's certificate, which must name member
-    `node_id`) makes every peer and client connection mutual TLS; `secret` is the shared-secret
-    mode instead. Giving both raises `InvalidArgumentError`.
-    """
+class NodeRuntime:
+    """The loop side of one member (see the module docstring). Built by `Node.__init__` with
+    its checked arguments. `open_storage` runs in `Node.start()` before the loop exists and
+    `close` after it stopped; `address`, `cluster_id`, `incarnation`, `failure_cause` and
+    `state_machine` may be read from any thread; every other method runs on the loop thread."""
 
     def __init__(
         self,
         node_id: str,
-        data_dir: str | os.PathLike[str],
+        data_dir: Path,
         peers: Mapping[str, str],
         *,
-        options: Options | None = None,
-        secret: bytes | None = None,
-        join: bool = False,
-        tls: TLSConfig | None = None,
-        client_secret: bytes | None = None,
+        options: Options,
+        secret: bytes | None,
+        client_secret: bytes | None,
+        tls: TLSConfig | None,
+        join: bool,
     ) -> None:
-        if not isinstance(node_id, str) or not node_id:
-            raise InvalidArgumentError(f"node_id must be a non-empty str, got {node_id!r}")
-        if not isinstance(data_dir, str | os.PathLike):
-            raise InvalidArgumentError(f"data_dir must be a path, got {data_dir!r}")
-        if not isinstance(peers, Mapping) or not peers:
-            raise InvalidArgumentError("peers must map every member's node id to host:port")
-        for peer_id, address in peers.items():
-            if not isinstance(peer_id, str) or not peer_id:
-                raise InvalidArgumentError(f"peer id must be a non-empty str, got {peer_id!r}")
-            _check_address(address)
-        if node_id not in peers:
-            raise InvalidArgumentError(f"peers must include this node's own id {node_id!r}")
-        _check_distinct_addresses(peers)
-        if secret is not None and (not isinstance(secret, bytes) or not secret):
-            raise InvalidArgumentError("secret must be non-empty bytes or None")
-        # --- mutual TLS ---
-        if tls is not None:
-            if not isinstance(tls, TLSConfig):
-                raise InvalidArgumentError(f"tls must be a kvstore.TLSConfig, got {tls!r}")
-            if secret is not None:
-                raise InvalidArgumentError("give either tls or secret, not both")
-            check_own_certificate(tls, node_id)
+        self.options = options
+        self.node_id = node_id
+        self.data_dir = data_dir
         self._tls = tls
-        # --- secret: members prove `secret`; clients prove `client_secret` (else `secret`) ---
-        if client_secret is not None and (
-            not isinstance(client_secret, bytes) or not client_secret
-        ):
-            raise InvalidArgumentError("client_secret must be non-empty bytes or None")
-        if client_secret is not None and secret is None:
-            raise InvalidArgumentError("client_secret needs a member secret (secret=)")
-        if options is not None and not isinstance(options, Options):
-            raise InvalidArgumentError(f"options must be an Options, got {options!r}")
-        self.options = options or Options()
-        self.options.validate()
+        self.stopping = False
+        """Set by `Node.stop()` before it stops the loop: a write proposed then would wait
+        forever, so it is refused."""
         self.node_id = node_id
         self.data_dir = Path(data_dir)
         self._given_peers = dict(peers)
@@ -338,75 +248,57 @@ class Node:
         self._secret = secret
         self._client_secret = client_secret
         self._join = join
-        self._thread_sessions = threading.local()
         self._read_ids = itertools.count(1)
-        self._state = "new"
-        self._lifecycle = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._sync_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._work_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._wal: WriteAheadLog | None = None
         self._sm: StateMachine | None = None
         self._core: ConsensusCore | None = None
         self._transport: PeerTransport | None = None
-        self._failure: BaseException | None = None
-        """The storage failure that stopped this node (see `failure`)."""
+        self.failure_cause: BaseException | None = None
+        """The storage failure that stopped this node, or None. Set once, on the loop; read
+        by any thread (a late reader reaches the loop, which checks again)."""
         self._failure_text = ""
-        """`describe_failure(self._failure)`, computed once."""
+        """`describe_failure(self.failure_cause)`, computed once."""
         self._election_timeout_s = self.options.election_ticks * self.options.tick_s
+        # --- storage state, set by `open_storage` in `Node.start()` ---
+        self._identity: IdentityStore | None = None
+        self._applied_index = 0
+        """Written on the loop thread only (after `start()`); `status` reads it there."""
+        self._last_checkpoint = 0
+        self._checkpoint_meta: SnapshotMeta | None = None
+        """The latest checkpoint: the log is compacted through it at the next one."""
+        # --- loop state: created here, touched only on the loop thread (THREADS.md) ---
+        self._wake = asyncio.Event()
+        self._ready_busy = False
+        """A Ready is being handled (by the task, across its awaits, or inline)."""
+        self._parked_ready: Ready | None = None
+        """A Ready taken inline that had to wait: the Ready task handles it first."""
+        self._fsync_placement = FsyncPlacement()
+        """Where each Ready's fsync runs (kvstore/node/ready.py); loop thread only."""
+        self._leader_waiters = LeaderWaiters()
+        self._pending_writes: dict[tuple[int, int], _PendingWrite] = {}
+        self._unsubmitted: dict[tuple[int, int], _PendingWrite] = {}
+        """Pending writes no leader has taken yet (or that one refused): retried every tick."""
+        self._pending_reads: dict[bytes, asyncio.Future[int]] = {}
+        self._applied_waiters = AppliedWaiters()
+        self._incoming_snapshots: dict[str, SnapshotWriter] = {}
+        """peer -> the file of the stream being received from it."""
+        self._snapshot_receivers: dict[str, SnapshotReceiverState] = {}
+        """peer -> the receiving protocol's state for its streams (snapshot_transfer.py)."""
+        self._received_snapshots: dict[tuple[int, int], Path] = {}
+        self._outgoing_snapshots: dict[str, _OutgoingSnapshot | None] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._checkpoint_task: asyncio.Task[None] | None = None
+        self._last_repropose = 0.0
+        self._leader_id: str | None = None
+        self._role = Role.FOLLOWER
+        self._tasks: list[asyncio.Task[None]] = []
 
     # --- lifecycle ------------------------------------------------------------------------------
 
-    def start(self) -> Node:
-        """Open the data directory, recover, start listening and join the cluster."""
-        with self._lifecycle:
-            if self._state != "new":
-                raise KVStoreError(f"node {self.node_id} was already started")
-            self._state = "starting"
-            try:
-                self._open_storage()
-                self._loop = new_event_loop()  # uvloop when installed: kvstore.eventloop
-                self._thread = threading.Thread(
-                    target=self._loop.run_forever, name=f"kvstore-{self.node_id}", daemon=True
-                )
-                self._thread.start()
-                self._run_on_loop(self._async_start(), timeout_s=30.0)
-            except BaseException:
-                self._shutdown()
-                self._state = "stopped"
-                raise
-            self._state = "running"
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close everything; safe to call twice.
-
-        Waiting calls fail: a write that was already proposed with `OperationTimeoutError` (it
-        may still be committed by the others), anything else with `UnavailableError`.
-        """
-        with self._lifecycle:
-            if self._state in ("new", "stopped"):
-                self._state = "stopped"
-                return
-            self._state = "stopping"
-            self._shutdown()
-            self._state = "stopped"
-
-    def __enter__(self) -> Node:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-    @property
-    def address(self) -> str:
-        """The "host:port" this node listens on (its entry in `peers`, port 0 resolved)."""
-        if self._transport is None:
-            return self._peers[self.node_id]
-        return self._transport.address
-
-    def _open_storage(self) -> None:
+    def open_storage(self) -> None:
+        """Open the data directory and recover (in `Node.start`, before the loop exists)."""
         # Durably (a power cut soon after the first start must not lose the directories) and
         # privately (DESIGN §4: the data directory and everything below it is 0700/0600).
         create_directory_durably(self.data_dir / "snapshots")
@@ -432,7 +324,7 @@ class Node:
             voters = tuple(sorted(self._peers))
         # The log is the source of truth: LMDB may lag (it is synced only at checkpoints), in
         # which case the core hands out committed entries again from `applied + 1`.
-        self._config = Config(
+        config = Config(
             node_id=self.node_id,
             initial_voters=voters,
             election_ticks=self.options.election_ticks,
@@ -443,16 +335,15 @@ class Node:
             max_append_bytes=self.options.append_bytes_max,
             applied=min(applied, self._wal.last_index()),
         )
-        self._config.validate()
+        config.validate()
         self._open_identity(fresh)
         self._applied_index = applied
         self._last_checkpoint = applied
-        self._checkpoint_meta: SnapshotMeta | None = None
-        """The latest checkpoint: the log is compacted through it at the next one."""
+        self._checkpoint_meta = None
         # The one place the protocol matters: which core to build. Everything else talks to
         # the ConsensusCore interface.
         self._core = make_core(
-            self.options.consensus, self._config, self._wal, random.Random(os.urandom(16))
+            self.options.consensus, config, self._wal, random.Random(os.urandom(16))
         )
         # Members added after this node's `peers` were written: dial them where they said.
         for node_id, (address, _role) in self._sm.members().items():
@@ -477,46 +368,38 @@ class Node:
         )
 
     @property
+    def address(self) -> str:
+        """The "host:port" this node listens on (port 0 resolved once listening)."""
+        if self._transport is None:
+            return self._peers[self.node_id]
+        return self._transport.address
+
+    @property
     def cluster_id(self) -> str | None:
-        """The id of the cluster this member belongs to (None until a joining member learns it,
-        or before `start()`)."""
-        identity = getattr(self, "_identity", None)
+        """The cluster's id (None until known)."""
+        identity = self._identity
         return None if identity is None else identity.cluster_id
 
     @property
     def incarnation(self) -> str | None:
-        """This member's incarnation: random, minted with its data directory (None before
-        `start()`). Peers refuse the same id coming back with another one (wiped data)."""
-        identity = getattr(self, "_identity", None)
+        """This member's incarnation (None before `open_storage`)."""
+        identity = self._identity
         return None if identity is None else identity.incarnation
 
-    async def _async_start(self) -> None:
+    def close(self) -> None:
+        """After the loop stopped: wait for the executors, then close the files."""
+        # An fsync or LMDB sync still running in a worker finishes before the files close.
+        for executor in (self._sync_executor, self._work_executor):
+            if executor is not None:
+                executor.shutdown(wait=True)
+        if self._wal is not None:
+            self._wal.close()
+        if self._sm is not None:
+            self._sm.close()
+
+    async def start(self) -> None:
+        """On the loop: start the executors, the transport, the ticker and the Ready task."""
         assert self._core is not None
-        self._wake = asyncio.Event()
-        self._ready_busy = False
-        """A Ready is being handled (by the task, across its awaits, or inline)."""
-        self._parked_ready: Ready | None = None
-        """A Ready taken inline that had to wait: the Ready task handles it first."""
-        self._sync_average_s = 0.0
-        """Moving average of the log's fsync time (see `_can_handle_inline`)."""
-        self._leader_waiters: set[asyncio.Future[None]] = set()
-        self._leader_change_shared: asyncio.Future[None] | None = None
-        self._pending_writes: dict[tuple[int, int], _PendingWrite] = {}
-        self._unsubmitted: dict[tuple[int, int], _PendingWrite] = {}
-        """Pending writes no leader has taken yet (or that one refused): retried every tick."""
-        self._pending_reads: dict[bytes, asyncio.Future[int]] = {}
-        self._applied_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
-        self._waiter_ids = itertools.count()
-        self._incoming_snapshots: dict[str, _IncomingSnapshot] = {}
-        self._finished_snapshot_ids: dict[str, str] = {}
-        """peer -> id of the last stream from it that completed (a resent end is answered)."""
-        self._received_snapshots: dict[tuple[int, int], Path] = {}
-        self._outgoing_snapshots: dict[str, _OutgoingSnapshot | None] = {}
-        self._background: set[asyncio.Task[None]] = set()
-        self._checkpoint_task: asyncio.Task[None] | None = None
-        self._last_repropose = 0.0
-        self._leader_id: str | None = None
-        self._role = Role.FOLLOWER
         self._sync_executor = concurrent.futures.ThreadPoolExecutor(
             1, f"kvstore-sync-{self.node_id}"
         )
@@ -538,6 +421,7 @@ class Node:
             frame_bytes_max=self.options.frame_bytes_max,
             consensus=self.options.consensus,
         )
+        assert self._identity is not None
         identity = IdentityExchange(self.node_id, self._identity)
         identity.dial_at_start = not self._join
         self._transport.identity = identity
@@ -546,29 +430,12 @@ class Node:
             asyncio.create_task(self._run_ticker(), name="kvstore-ticker"),
             asyncio.create_task(self._run_ready(), name="kvstore-ready"),
         ]
-        self._kick()
+        self.kick()
 
-    def _shutdown(self) -> None:
-        loop = self._loop
-        if loop is not None and self._thread is not None and self._thread.is_alive():
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(self._async_stop(), loop).result(10.0)
-            loop.call_soon_threadsafe(loop.stop)
-            self._thread.join(10.0)
-        if loop is not None and not loop.is_running():
-            loop.close()
-        # An fsync or LMDB sync still running in a worker finishes before the files close.
-        for executor in (self._sync_executor, self._work_executor):
-            if executor is not None:
-                executor.shutdown(wait=True)
-        if self._wal is not None:
-            self._wal.close()
-        if self._sm is not None:
-            self._sm.close()
-
-    async def _async_stop(self) -> None:
+    async def stop(self) -> None:
+        """On the loop: fail what waits, cancel the tasks, close the transport."""
         self._fail_everything(f"node {self.node_id} is stopping")
-        tasks = [*getattr(self, "_tasks", []), *getattr(self, "_background", ())]
+        tasks = [*self._tasks, *self._background]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -587,217 +454,37 @@ class Node:
     # --- failure ------------------------------------------------------------------------------
 
     @property
-    def failure(self) -> NodeFailedError | None:
-        """Why this node stopped serving (its cause chained as `__cause__`), or None.
+    def state_machine(self) -> StateMachine:
+        """The LMDB state machine, for reads in any thread (LMDB readers never block the
+        writer; THREADS.md). Only after `open_storage`."""
+        sm = self._sm
+        assert sm is not None
+        return sm
 
-        Set once, by a storage failure; from then on every call raises an error like this one
-        and `status().failure` names it. `kvstore serve` exits non-zero when it is set."""
-        if self._failure is None:
-            return None
-        error = NodeFailedError(self._failure_message())
-        error.__cause__ = self._failure
-        return error
-
-    def _failure_message(self) -> str:
+    def failure_message(self) -> str:
+        """What every call says once this node failed (the cause in words)."""
         return f"node {self.node_id} failed and stopped serving: {self._failure_text}"
 
     def _fail(self, error: BaseException) -> None:
         """A storage failure: stop serving for good (the log may be poisoned), never limp on."""
-        if self._failure is not None:
+        if self.failure_cause is not None:
             return
         self._failure_text = describe_failure(error)
         # An operating error (the disk, the fd table) is one line; anything else is a bug.
         trace = None if isinstance(error, OSError | KVStoreError) else error
         log.critical("node %s stops serving: %s", self.node_id, self._failure_text, exc_info=trace)
-        self._failure = error
-        self._fail_everything(self._failure_message())
-        for task in getattr(self, "_tasks", []):
+        self.failure_cause = error
+        self._fail_everything(self.failure_message())
+        for task in self._tasks:
             if task is not asyncio.current_task():
                 task.cancel()
         if self._transport is not None:
             # Without its transport the node is silent: the others elect a leader without it.
             self._spawn(self._transport.close(), "kvstore-close-transport")
 
-    # --- calling into the loop ------------------------------------------------------------------
-
-    def _run_on_loop(self, coro: Coroutine[Any, Any, T], *, timeout_s: float) -> T:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            coro.close()
-            raise UnavailableError(f"node {self.node_id} is not running")
-        future = asyncio.run_coroutine_threadsafe(coro, loop)
-        # Wait first, then take the result: `concurrent.futures.TimeoutError` is the builtin
-        # `TimeoutError`, so catching it around `result()` would also swallow the call's own
-        # `OperationTimeoutError` (and its message saying whether the outcome is known).
-        done, _ = concurrent.futures.wait((future,), timeout_s + LOOP_GRACE_S)
-        if not done:
-            future.cancel()
-            raise OperationTimeoutError(
-                f"no answer from node {self.node_id} within {timeout_s:.2f}s"
-            )
-        try:
-            return future.result()
-        except concurrent.futures.CancelledError:
-            raise UnavailableError(f"node {self.node_id} stopped during the call") from None
-
-    def _check_running(self) -> None:
-        if self._failure is not None:
-            raise NodeFailedError(self._failure_message()) from self._failure
-        if self._state != "running":
-            raise UnavailableError(f"node {self.node_id} is not running (state: {self._state})")
-
-    # --- public API -----------------------------------------------------------------------------
-
-    def wait_for_leader(self, timeout_s: float = 10.0) -> str:
-        """Block until some member is known as leader; return its node id."""
-        timeout_s = check_timeout(timeout_s)
-        self._check_running()
-        return self._run_on_loop(self._wait_for_leader(timeout_s), timeout_s=timeout_s)
-
-    def put(self, key: bytes, value: bytes, *, timeout_s: float = 5.0) -> None:
-        """Write `value` under `key`; returns once committed and applied here."""
-        check_key(key)
-        check_value(value, self.options.max_value_bytes)
-        timeout_s = check_timeout(timeout_s)
-        self._check_running()
-        self._run_on_loop(
-            self.session_write(
-                self._thread_session(),
-                lambda sid, seq, stamp: commands.encode_put(sid, seq, key, value, stamp),
-                timeout_s,
-            ),
-            timeout_s=timeout_s,
-        )
-
-    def delete(self, key: bytes, *, timeout_s: float = 5.0) -> bool:
-        """Delete `key`; True if it existed."""
-        check_key(key)
-        timeout_s = check_timeout(timeout_s)
-        self._check_running()
-        result = self._run_on_loop(
-            self.session_write(
-                self._thread_session(),
-                lambda sid, seq, stamp: commands.encode_delete(sid, seq, key, stamp),
-                timeout_s,
-            ),
-            timeout_s=timeout_s,
-        )
-        return bool(result)
-
-    def cas(
-        self, key: bytes, expected: bytes | None, new: bytes | None, *, timeout_s: float = 5.0
-    ) -> bool:
-        """Set `key` to `new` (None: delete) if it holds `expected` (None: absent)."""
-        check_key(key)
-        check_optional_value(expected, self.options.max_value_bytes, name="expected")
-        check_optional_value(new, self.options.max_value_bytes, name="new")
-        timeout_s = check_timeout(timeout_s)
-        self._check_running()
-        result = self._run_on_loop(
-            self.session_write(
-                self._thread_session(),
-                lambda sid, seq, stamp: commands.encode_cas(sid, seq, key, expected, new, stamp),
-                timeout_s,
-            ),
-            timeout_s=timeout_s,
-        )
-        return bool(result)
-
-    def get(
-        self, key: bytes, *, consistency: Consistency = "linearizable", timeout_s: float = 5.0
-    ) -> bytes | None:
-        """Read `key`. Stale reads never leave this thread; the others wait for a read index."""
-        # The same checks in the same order as ever, with the common case inline: an in-process
-        # stale read is a few hundred nanoseconds of LMDB, and each helper call costs about a
-        # tenth of that (the check_* functions run only to raise, or for unusual types).
-        if type(key) is not bytes or not 0 < len(key) <= KEY_BYTES_MAX:
-            check_key(key)
-        if consistency not in CONSISTENCY_LEVELS:
-            check_consistency(consistency)
-        if type(timeout_s) is not float or not 0 < timeout_s <= TIMEOUT_S_MAX:
-            timeout_s = check_timeout(timeout_s)
-        if self._failure is not None or self._state != "running":
-            self._check_running()
-        if consistency != "stale":
-            self._run_on_loop(self.read_barrier(consistency, timeout_s), timeout_s=timeout_s)
-        sm = self._sm
-        assert sm is not None
-        return sm.lookup(key)
-
-    def scan(
-        self,
-        prefix: bytes = b"",
-        *,
-        limit: int | None = None,
-        consistency: Consistency = "linearizable",
-        timeout_s: float = 5.0,
-    ) -> list[tuple[bytes, bytes]]:
-        """Pairs whose key starts with `prefix`, sorted by key, at most `limit` of them."""
-        if not isinstance(prefix, bytes):
-            raise InvalidArgumentError(f"prefix must be bytes, got {type(prefix).__name__}")
-        limit = check_limit(limit)
-        consistency = check_consistency(consistency)
-        timeout_s = check_timeout(timeout_s)
-        self._check_running()
-        if consistency != "stale":
-            self._run_on_loop(self.read_barrier(consistency, timeout_s), timeout_s=timeout_s)
-        assert self._sm is not None
-        return self._sm.scan(prefix, limit)
-
-    def status(self) -> Status:
-        """This member's role, term, leader, commit and applied indices, and the members.
-
-        `role` is "learner" for any member that may not vote: a learner, a node started with
-        `join=True` that was not added yet (its `members` is empty), or a removed member.
-        After a storage failure `failure` names it (the role is then "follower" and no leader
-        is known); every other call raises `NodeFailedError`.
-        """
-        if self._failure is None or self._state != "running":
-            self._check_running()
-        return self._run_on_loop(_as_coroutine(self.status_now), timeout_s=5.0)
-
-    def add_member(self, node_id: str, address: str, *, timeout_s: float = 30.0) -> None:
-        """Add a member: it joins as a learner and is promoted to voter once caught up.
-
-        Call on the leader; start the new node with `join=True` first. If it does not catch up
-        within `timeout_s` it stays a learner (`OperationTimeoutError`); calling again resumes
-        from there. Adding a voter again does nothing (its address is not changed).
-        """
-        if not isinstance(node_id, str) or not node_id:
-            raise InvalidArgumentError(f"node_id must be a non-empty str, got {node_id!r}")
-        _check_address(address)
-        timeout_s = check_timeout(timeout_s)
-        self._check_running()
-        self._run_on_loop(self.add_member_async(node_id, address, timeout_s), timeout_s=timeout_s)
-
-    def remove_member(self, node_id: str, *, timeout_s: float = 10.0) -> None:
-        """Remove a voter or learner (the leader itself included). Call on the leader."""
-        if not isinstance(node_id, str) or not node_id:
-            raise InvalidArgumentError(f"node_id must be a non-empty str, got {node_id!r}")
-        timeout_s = check_timeout(timeout_s)
-        self._check_running()
-        self._run_on_loop(self.remove_member_async(node_id, timeout_s), timeout_s=timeout_s)
-
-    def transfer_leadership(self, node_id: str, *, timeout_s: float = 10.0) -> None:
-        """Hand leadership to `node_id`; returns once it leads. Call on the leader."""
-        if not isinstance(node_id, str) or not node_id:
-            raise InvalidArgumentError(f"node_id must be a non-empty str, got {node_id!r}")
-        timeout_s = check_timeout(timeout_s)
-        self._check_running()
-        self._run_on_loop(self.transfer_leadership_async(node_id, timeout_s), timeout_s=timeout_s)
-
-    def _thread_session(self) -> _EmbeddedSession:
-        # One session per application thread: a thread has one write in flight at a time, so
-        # its sequence numbers commit in order and never fall out of the session's window.
-        local = self._thread_sessions
-        session: _EmbeddedSession | None = getattr(local, "session", None)
-        if session is None:
-            session = local.session = _EmbeddedSession()
-        return session
-
     # --- loop side: sessions (Raft thesis §6.3; see kvstore.storage.commands) -------------------
 
-    def _stamp_ms(self) -> int:
+    def stamp_ms(self) -> int:
         """The time stamp for a command proposed now: this node's wall clock if it leads, else
         0. Only leaders' clocks drive session expiry (see kvstore.storage.state_machine)."""
         return time.time_ns() // 1_000_000 if self._role is Role.LEADER else 0
@@ -810,7 +497,7 @@ class Node:
         one nobody uses expires after `session_timeout_s`.
         """
         nonce = int.from_bytes(os.urandom(8), "little") or 1
-        data = commands.encode_register(nonce, self._stamp_ms())
+        data = commands.encode_register(nonce, self.stamp_ms())
         result = await self.propose_command(data, (0, nonce), timeout_s)
         if type(result) is not int:
             # Matched to an entry the state machine skipped as applied already (it came in a
@@ -825,20 +512,17 @@ class Node:
         session first if it has none. A write refused because the session expired, and proven
         never applied (`_NeverAppliedError`), is sent once more under a new session; one that
         may have run raises `SessionExpiredError` (outcome unknown)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
+        deadline = Deadline.on_loop(timeout_s)
         renewed = False
         while True:
             session_id = session.session_id
             if session_id is None:
-                session_id = await self.register_session(max(deadline - loop.time(), 1e-3))
+                session_id = await self.register_session(deadline.left_s())
                 session.session_id, session.last_seq = session_id, 0
             seq = session.last_seq = session.last_seq + 1
-            data = build(session_id, seq, self._stamp_ms())
+            data = build(session_id, seq, self.stamp_ms())
             try:
-                return await self.propose_command(
-                    data, (session_id, seq), max(deadline - loop.time(), 1e-3)
-                )
+                return await self.propose_command(data, (session_id, seq), deadline.left_s())
             except _NeverAppliedError:
                 if session.session_id == session_id:
                     session.session_id = None
@@ -858,10 +542,10 @@ class Node:
         command at most once). Raises `UnavailableError` if no leader ever took it in time,
         `OperationTimeoutError` if one did but it was not applied here in time.
         """
-        self._raise_if_failed()
+        self.raise_if_failed()
         pending = self._pending_writes.get(session)
         if pending is None:
-            if self._state == "stopping":
+            if self.stopping:
                 # stop() fails the writes waiting when it begins; one proposed after that (say,
                 # a write whose session registration just completed) would wait forever.
                 raise UnavailableError(f"node {self.node_id} is stopping; the write was not sent")
@@ -934,7 +618,7 @@ class Node:
         self._unsubmitted.pop(session, None)
         pending.proposed = True
         pending.submissions += 1
-        self._kick()
+        self.kick()
 
     def _retry_unsubmitted(self) -> None:
         for session, pending in list(self._unsubmitted.items()):
@@ -966,25 +650,25 @@ class Node:
         The read index is asked of the leader again after a leader change, a refusal, or an
         election timeout without an answer (a lost message): reads are safe to repeat.
         """
-        deadline = time.monotonic() + timeout_s
+        deadline = Deadline(timeout_s)
         lease = consistency == "lease"
         while True:
-            self._raise_if_failed()
+            self.raise_if_failed()
             assert self._core is not None
-            remaining = deadline - time.monotonic()
+            remaining = deadline.remaining_s()
             if remaining <= 0:
                 raise OperationTimeoutError(
                     f"no read index within {timeout_s:.2f}s (is a quorum reachable?)"
                 )
             if self._leader_id is None:
-                await self._wait_leader_change(remaining)
+                await self._leader_waiters.wait_change(remaining)
                 if self._leader_id is None:
                     raise UnavailableError(f"no leader to confirm the read within {timeout_s}s")
                 continue
             request_ctx = b"r%d" % next(self._read_ids)
             loop = asyncio.get_running_loop()
             future: asyncio.Future[int] = loop.create_future()
-            changed = self._shared_leader_change()
+            changed = self._leader_waiters.shared_change()
             self._pending_reads[request_ctx] = future
             # Woken by the answer, a leader change or the timer, whichever comes first: a
             # private future and bare callbacks cost far less per read than asyncio.wait()
@@ -996,7 +680,7 @@ class Node:
             timer = loop.call_at(loop.time() + min(remaining, self._election_timeout_s), wake)
             try:
                 self._core.read_index(request_ctx, lease=lease)
-                self._kick()
+                self.kick()
                 await waiter
             finally:
                 timer.cancel()
@@ -1008,7 +692,7 @@ class Node:
                 continue  # a new leader, or the request or its answer was lost: ask again
             error = future.exception()
             if error is None:
-                await self._wait_applied(future.result(), deadline)
+                await self.wait_applied(future.result(), deadline)
                 return
             if isinstance(error, ProposalDroppedError) and error.reason != DropReason.NO_LEADER:
                 # The leader refused (too many reads, or it is no longer sure it leads).
@@ -1016,59 +700,41 @@ class Node:
             elif not isinstance(error, ProposalDroppedError):
                 raise error
 
-    async def _wait_applied(self, index: int, deadline: float) -> None:
+    async def wait_applied(self, index: int, deadline: Deadline) -> None:
+        """Return once this node applied through `index` (`OperationTimeoutError` at the
+        deadline)."""
         if self._applied_index >= index:
             return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._applied_waiters, (index, next(self._waiter_ids), future))
-        try:
-            await asyncio.wait_for(future, max(deadline - time.monotonic(), 0.001))
-        except TimeoutError:
-            raise OperationTimeoutError(
-                f"this member did not apply through index {index} in time"
-            ) from None
+        await self._applied_waiters.wait(index, deadline)
 
-    def _release_applied_waiters(self, applied: int) -> None:
-        waiters = self._applied_waiters
-        while waiters and waiters[0][0] <= applied:
-            _, _, future = heapq.heappop(waiters)
-            if not future.done():
-                future.set_result(None)
+    def lookup(self, key: bytes) -> bytes | None:
+        """The value of `key` in LMDB as applied here (a point read: cheap on the loop)."""
+        assert self._sm is not None
+        return self._sm.get(key)
+
+    async def scan(self, prefix: bytes, limit: int | None) -> list[tuple[bytes, bytes]]:
+        """Pairs under `prefix` as applied here. A range without a small limit may be the whole
+        store: it is read in the work executor (one LMDB read transaction, so still one
+        consistent view), never on the loop."""
+        assert self._sm is not None
+        if limit is not None and limit <= SCAN_ON_LOOP_PAIRS_MAX:
+            return self._sm.scan(prefix, limit)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._work_executor, self._sm.scan, prefix, limit)
 
     # --- loop side: leader, status, membership --------------------------------------------------
 
-    def _shared_leader_change(self) -> asyncio.Future[None]:
-        """One leader-change future shared by every read waiting now (never cancel it)."""
-        future = self._leader_change_shared
-        if future is None or future.done():
-            future = self._leader_change_shared = self._leader_change_future()
-        return future
-
-    def _leader_change_future(self) -> asyncio.Future[None]:
-        """A future that completes at the next change of leader (or of knowing none)."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._leader_waiters.add(future)
-        return future
-
-    async def _wait_leader_change(self, timeout_s: float) -> None:
-        future = self._leader_change_future()
-        try:
-            await asyncio.wait((future,), timeout=timeout_s)
-        finally:
-            self._leader_waiters.discard(future)
-            future.cancel()
-
-    async def _wait_for_leader(self, timeout_s: float) -> str:
-        deadline = time.monotonic() + timeout_s
+    async def wait_for_leader(self, timeout_s: float) -> str:
+        deadline = Deadline(timeout_s)
         while self._leader_id is None:
-            self._raise_if_failed()
-            remaining = deadline - time.monotonic()
+            self.raise_if_failed()
+            remaining = deadline.remaining_s()
             if remaining <= 0:
                 raise UnavailableError(f"no leader was elected within {timeout_s:.2f}s")
-            await self._wait_leader_change(remaining)
+            await self._leader_waiters.wait_change(remaining)
         return self._leader_id
 
-    def status_now(self) -> Status:
+    def status(self) -> Status:
         """The status, computed on the loop thread."""
         assert self._core is not None
         core = self._core.status()
@@ -1076,9 +742,9 @@ class Node:
         members = {
             node_id: self._peers.get(node_id, "") for node_id in (*conf.voters, *conf.learners)
         }
-        if self._failure is not None:
+        if self.failure_cause is not None:
             # It serves nothing and has closed its transport: it leads no one, knows no leader.
-            role, leader_id, failure = "follower", None, self._failure_message()
+            role, leader_id, failure = "follower", None, self.failure_message()
         else:
             role = _role_name(core.role, self.node_id in conf.voters)
             leader_id, failure = core.leader_id, None
@@ -1104,97 +770,70 @@ class Node:
             leader_address=address,
         )
 
-    def _require_leader(self) -> ConsensusCore:
+    def redirect_writes(self) -> None:
+        """Refuse a client's write on a follower that knows the leader (`NotLeaderError`
+        naming it), so clients learn where to write; with no leader known the write waits
+        here for one, like the node's own writes."""
+        self.raise_if_failed()
+        if self._role is not Role.LEADER and self._leader_id is not None:
+            raise self.leader_hint()
+
+    def require_leader(self) -> ConsensusCore:
+        """The core, if this node leads; else `NotLeaderError` naming the leader."""
         assert self._core is not None
-        self._raise_if_failed()
+        self.raise_if_failed()
         if self._role is not Role.LEADER:
             raise self.leader_hint()
         return self._core
 
-    async def _propose_conf_change(self, change: ConfChange, deadline: float) -> None:
-        core = self._require_leader()
-        try:
-            index = core.propose_conf_change(change)
-        except ProposalDroppedError as error:
-            if error.reason == DropReason.MEMBERSHIP_FIXED:  # retrying cannot help
-                raise InvalidArgumentError(error.reason) from None
-            raise UnavailableError(f"membership change refused: {error.reason}") from None
-        self._kick()
-        await self._wait_applied(index, deadline)
-        # Applied through its index does not mean applied: a leader change may have replaced
-        # the entry with another one. The configuration says whether it took effect.
-        if not _conf_reflects(self._core_conf(), change):
-            raise UnavailableError(
-                f"the membership change {change.type.name} {change.node_id} was lost in a "
-                "leader change; try again"
-            )
-
-    def _core_conf(self) -> ConfState:
+    def conf_state(self) -> ConfState:
+        """The core's configuration (voters and learners) as of now."""
         assert self._core is not None
         return self._core.conf_state
 
-    async def add_member_async(self, node_id: str, address: str, timeout_s: float) -> None:
-        """Loop side of `add_member`: add `node_id` as a learner, wait until it has nearly
-        caught up, then promote it to voter. Adding a voter again does nothing."""
-        deadline = time.monotonic() + timeout_s
-        self._require_leader()
-        conf = self._core_conf()
-        if node_id in conf.voters:
-            return
-        _check_address_free(self._peers, node_id, address)
-        if node_id not in conf.learners:
-            await self._propose_conf_change(
-                ConfChange(ConfChangeType.ADD_LEARNER, node_id, address.encode()), deadline
-            )
-        # Promote only once the learner is nearly caught up, so the quorum never waits on it.
-        while True:
-            core = self._require_leader()
-            status = core.status()
-            if node_id not in status.conf_state.learners:
-                if node_id in status.conf_state.voters:
-                    return  # promoted meanwhile (a retry of this call on another path)
-                raise UnavailableError(f"{node_id} was removed while it was being added")
-            progress = status.progress.get(node_id)
-            if progress is not None and progress.match + PROMOTION_LAG_ENTRIES >= status.commit:
-                break
-            if time.monotonic() >= deadline:
-                raise OperationTimeoutError(f"{node_id} did not catch up within {timeout_s:.1f}s")
-            await asyncio.sleep(self.options.tick_s)
-        await self._propose_conf_change(
-            ConfChange(ConfChangeType.ADD_VOTER, node_id, address.encode()), deadline
-        )
+    @property
+    def tick_s(self) -> float:
+        """The node's tick (`Options.tick_s`)."""
+        return self.options.tick_s
 
-    async def remove_member_async(self, node_id: str, timeout_s: float) -> None:
-        """Loop side of `remove_member`."""
-        deadline = time.monotonic() + timeout_s
-        self._require_leader()
-        conf = self._core_conf()
-        if node_id not in conf.voters and node_id not in conf.learners:
-            raise InvalidArgumentError(f"{node_id} is not a member")
-        await self._propose_conf_change(ConfChange(ConfChangeType.REMOVE, node_id), deadline)
+    @property
+    def leader_id(self) -> str | None:
+        """The leader this node knows of, or None."""
+        return self._leader_id
 
-    async def transfer_leadership_async(self, node_id: str, timeout_s: float) -> None:
-        """Loop side of `transfer_leadership`."""
-        deadline = time.monotonic() + timeout_s
-        if self._leader_id == node_id and self._role is Role.LEADER:
-            return
-        core = self._require_leader()
-        if node_id not in core.conf_state.voters:
-            raise InvalidArgumentError(f"{node_id} is not a voting member")
-        core.transfer_leadership(node_id)
-        self._kick()
-        while self._leader_id != node_id:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise OperationTimeoutError(f"{node_id} did not take over within {timeout_s:.1f}s")
-            await self._wait_leader_change(remaining)
+    @property
+    def is_leader(self) -> bool:
+        """Whether this node leads."""
+        return self._role is Role.LEADER
+
+    @property
+    def members(self) -> Mapping[str, str]:
+        """The members this node talks to: node id -> address."""
+        return self._peers
+
+    async def wait_leader_change(self, timeout_s: float) -> None:
+        """Return at the next change of leader, or after `timeout_s`."""
+        await self._leader_waiters.wait_change(timeout_s)
+
+    async def add_member(self, node_id: str, address: str, timeout_s: float) -> None:
+        """Loop side of `Node.add_member` (kvstore/node/membership.py)."""
+        await membership.add_member(self, node_id, address, timeout_s)
+
+    async def remove_member(self, node_id: str, timeout_s: float) -> None:
+        """Loop side of `Node.remove_member` (kvstore/node/membership.py)."""
+        await membership.remove_member(self, node_id, timeout_s)
+
+    async def transfer_leadership(self, node_id: str, timeout_s: float) -> None:
+        """Loop side of `Node.transfer_leadership` (kvstore/node/membership.py)."""
+        await membership.transfer_leadership(self, node_id, timeout_s)
 
     def _is_member(self, node_id: str) -> bool:
         return node_id in self._peers
 
     # --- loop side: the Ready loop --------------------------------------------------------------
 
-    def _kick(self) -> None:
+    def kick(self) -> None:
+        """Wake the Ready task: the core may have something to do."""
         self._wake.set()
 
     async def _run_ticker(self) -> None:
@@ -1209,11 +848,14 @@ class Node:
             self._core.tick()
             if self._unsubmitted and self._leader_id is not None:
                 self._retry_unsubmitted()
-            self._kick()
+            self.kick()
 
     async def _run_ready(self) -> None:
+        """The Ready task: wakes on `_kick` (a tick, a proposal, a read) and handles every
+        Ready the core has, a parked one first."""
         assert self._core is not None
         core = self._core
+        placement = self._fsync_placement
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -1226,10 +868,11 @@ class Node:
                 while ready is not None or core.has_ready():
                     if ready is None:
                         ready = core.ready()
-                    if self._can_handle_inline(ready):
-                        self._handle_ready_inline(ready)
+                    where = placement.decide(ready)
+                    if where is Placement.INLINE:
+                        self._handle_ready_now(ready)  # no coroutine for a Ready that never waits
                     else:
-                        await self._handle_ready(ready)
+                        await self._handle_ready(ready, where)
                     core.advance(ready)
                     ready = None
             except asyncio.CancelledError:
@@ -1251,87 +894,81 @@ class Node:
         """
         assert self._core is not None
         core = self._core
-        if self._ready_busy or self._parked_ready is not None or self._failure is not None:
-            self._kick()
+        if self._ready_busy or self._parked_ready is not None or self.failure_cause is not None:
+            self.kick()
             return
         self._ready_busy = True
         try:
             while core.has_ready():
                 ready = core.ready()
-                if not self._can_handle_inline(ready):
+                if self._fsync_placement.decide(ready) is not Placement.INLINE:
                     self._parked_ready = ready
-                    self._kick()
+                    self.kick()
                     return
-                self._handle_ready_inline(ready)
+                self._handle_ready_now(ready)
                 core.advance(ready)
         except BaseException as error:  # a storage failure: stop serving, never limp on
             self._fail(error)
         finally:
             self._ready_busy = False
 
-    def _can_handle_inline(self, ready: Ready) -> bool:
-        """Whether `ready` may be handled without leaving the loop thread.
-
-        The fsync runs on the loop thread only for a small batch (a lone write: nobody else is
-        waiting to join it) while recent fsyncs were fast. Measured on the issue 6 VM (fdatasync
-        p50 117 us): the executor's thread hop and `call_soon_threadsafe` back cost more than
-        such an fsync, about a third of a sequential write's latency across the three nodes.
-        Under load batches grow past the limit (whatever arrives while one inline fsync blocks
-        the loop waits in the kernel and forms the next batch), and a slow disk pushes the
-        average up: both go back to the executor, where the loop keeps stepping while the disk
-        works (natural group commit, DESIGN section 6).
+    def _ready_steps(
+        self, ready: Ready, placement: Placement
+    ) -> Generator[Awaitable[Any], Any, None]:
+        """THE Ready path: every Ready is handled by these steps, in this order (the order is
+        the core's contract, see `Ready`). Yields only what must be awaited (a snapshot
+        install, an fsync in the sync executor) and gets its result back; with
+        `Placement.INLINE` (which `FsyncPlacement.decide` gives only to a Ready without a
+        snapshot) it yields nothing, so a callback can run it to the end without awaiting.
         """
-        if ready.snapshot is not None:
-            return False
-        if not ready.must_sync:
-            return True
-        return (
-            len(ready.entries) <= INLINE_SYNC_ENTRIES_MAX
-            and self._sync_average_s <= INLINE_SYNC_AVERAGE_S_MAX
-        )
-
-    def _handle_ready_inline(self, ready: Ready) -> None:
-        """`_handle_ready` for a Ready that `_can_handle_inline` accepted: the same steps, in
-        the same order, with the fsync (if any) on the loop thread."""
         assert self._wal is not None
         if ready.soft_state is not None:
             self._on_soft_state(ready.soft_state.leader_id, ready.soft_state.role)
         if ready.messages:
-            self._send(ready.messages)
+            self._send(ready.messages)  # before the fsync: thesis section 10.2.1
+        if ready.snapshot is not None:
+            yield self._install_snapshot(ready.snapshot)
         position = None
         if ready.entries or ready.hard_state is not None:
             position = self._wal.append(ready.entries, ready.hard_state)
         if ready.must_sync:
-            self._timed_sync(position)
+            if placement is Placement.INLINE:
+                elapsed_s = self._timed_sync(position)
+            else:
+                loop = asyncio.get_running_loop()
+                elapsed_s = yield loop.run_in_executor(
+                    self._sync_executor, self._timed_sync, position
+                )
+            # Folded in here, on the loop thread: the average has one owner (THREADS.md).
+            self._fsync_placement.record(elapsed_s)
         self._finish_ready(ready)
 
-    def _timed_sync(self, position: int | None) -> None:
-        """fsync the log (through `position`, or all of it) and fold the time into the average
-        that decides where the next small fsync runs."""
+    def _handle_ready_now(self, ready: Ready) -> None:
+        """Run `_ready_steps` for an INLINE Ready to the end, without leaving the loop thread."""
+        for _awaitable in self._ready_steps(ready, Placement.INLINE):
+            invariant(False, "an inline Ready had something to await")
+
+    async def _handle_ready(self, ready: Ready, placement: Placement) -> None:
+        """Run `_ready_steps` for `ready`, awaiting what it yields."""
+        steps = self._ready_steps(ready, placement)
+        result: Any = None
+        while True:
+            try:
+                awaitable = steps.send(result)
+            except StopIteration:
+                return
+            result = await awaitable
+
+    def _timed_sync(self, position: int | None) -> float:
+        """fsync the log (through `position`, or all of it); return how long it took. Runs on
+        the loop thread or in the sync executor and touches nothing else."""
         assert self._wal is not None
         started = time.perf_counter()
         if position is None:
             self._wal.sync()
         else:
             self._wal.sync(position)
-        elapsed_s = time.perf_counter() - started
-        self._sync_average_s += (elapsed_s - self._sync_average_s) * SYNC_AVERAGE_WEIGHT
-
-    async def _handle_ready(self, ready: Ready) -> None:
-        assert self._wal is not None and self._sm is not None and self._transport is not None
-        loop = asyncio.get_running_loop()
-        if ready.soft_state is not None:
-            self._on_soft_state(ready.soft_state.leader_id, ready.soft_state.role)
-        if ready.messages:
-            self._send(ready.messages)
-        if ready.snapshot is not None:
-            await self._install_snapshot(ready.snapshot)
-        position = None
-        if ready.entries or ready.hard_state is not None:
-            position = self._wal.append(ready.entries, ready.hard_state)
-        if ready.must_sync:
-            await loop.run_in_executor(self._sync_executor, self._timed_sync, position)
-        self._finish_ready(ready)
+        return time.perf_counter() - started
 
     def _finish_ready(self, ready: Ready) -> None:
         """The steps after the fsync: acks, apply, answers."""
@@ -1359,10 +996,7 @@ class Node:
         self._role = role
         if changed:
             log.info("node %s: leader is now %s (role %s)", self.node_id, leader_id, role.value)
-            waiters, self._leader_waiters = self._leader_waiters, set()
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+            self._leader_waiters.notify()
             if leader_id is not None:
                 # Writes forwarded to the old leader may be lost, and the new leader may have
                 # cut ours from its log: propose them all again (each applies at most once).
@@ -1385,7 +1019,7 @@ class Node:
                         _wake(waker)
         if any(entry.type == EntryType.CONF_CHANGE for entry in entries):
             self._refresh_members()
-        self._release_applied_waiters(self._applied_index)
+        self._applied_waiters.release(self._applied_index)
 
     def _refresh_members(self) -> None:
         """Follow the configuration: dial new members, forget removed ones.
@@ -1395,12 +1029,13 @@ class Node:
         without one, so for them only the given address exists.
         """
         assert self._sm is not None and self._transport is not None
-        conf = self._core_conf()
+        conf = self.conf_state()
         present = set(conf.voters) | set(conf.learners)
         if not present:
             return  # a joining node knows no configuration yet: keep what it was given
         # A removed member's incarnation is forgotten: it may come back with new data once it
         # is added again (remove, wipe, add).
+        assert self._identity is not None
         self._identity.forget_except(present)
         recorded = self._sm.members()
         peers = {self.node_id: self._peers[self.node_id]}
@@ -1456,14 +1091,14 @@ class Node:
         return True
 
     def _fail_everything(self, reason: str) -> None:
-        cause = self._failure  # None when stopping: then there is nothing to chain
+        cause = self.failure_cause  # None when stopping: then there is nothing to chain
 
         def error(kind: type[KVStoreError], text: str) -> KVStoreError:
             raised = kind(text)
             raised.__cause__ = cause
             return raised
 
-        for pending in getattr(self, "_pending_writes", {}).values():
+        for pending in self._pending_writes.values():
             if not pending.future.done():
                 if pending.proposed:
                     pending.future.set_exception(
@@ -1473,19 +1108,15 @@ class Node:
                     pending.future.set_exception(
                         error(UnavailableError, f"{reason}; the write was not applied")
                     )
-        for future in getattr(self, "_pending_reads", {}).values():
+        for future in self._pending_reads.values():
             if not future.done():
                 future.set_exception(error(UnavailableError, reason))
-        for _, _, future in getattr(self, "_applied_waiters", []):
-            if not future.done():
-                future.set_exception(error(UnavailableError, reason))
-        for waiter in getattr(self, "_leader_waiters", ()):
-            if not waiter.done():
-                waiter.set_result(None)
+        self._applied_waiters.fail_all(lambda: error(UnavailableError, reason))
+        self._leader_waiters.notify()
 
-    def _raise_if_failed(self) -> None:
-        if self._failure is not None:
-            raise NodeFailedError(self._failure_message()) from self._failure
+    def raise_if_failed(self) -> None:
+        if self.failure_cause is not None:
+            raise NodeFailedError(self.failure_message()) from self.failure_cause
 
     # --- loop side: messages --------------------------------------------------------------------
 
@@ -1523,7 +1154,7 @@ class Node:
             # Messages to the leader were dropped, our forwarded writes perhaps among them.
             # At most once per election timeout: a flapping link must not flood the log.
             self._repropose_pending()
-        self._kick()
+        self.kick()
 
     async def _on_client_connection(self, connection: FramedConnection) -> None:
         await serve_client_connection(
@@ -1545,13 +1176,19 @@ class Node:
             # The copy may be newer than the compaction point the core chose: that is allowed,
             # and the follower's APPEND_RESPONSE tells the core where it really stands.
             message = message._replace(snapshot=meta)
-            stream = _OutgoingSnapshot(
-                f"{self.node_id}-{meta.index}-{meta.term}-{time.monotonic_ns()}"
-            )
-            self._outgoing_snapshots[peer] = stream
+            snapshot_id = f"{self.node_id}-{meta.index}-{meta.term}-{time.monotonic_ns()}"
             with open(path, "rb") as file:
                 total = os.fstat(file.fileno()).st_size
-                success = await self._stream_snapshot(peer, stream, file, total, checksum, message)
+                stream = _OutgoingSnapshot(
+                    SnapshotSender(
+                        snapshot_id,
+                        total,
+                        chunk_bytes=self.options.snapshot_chunk_bytes,
+                        now=time.monotonic(),
+                    )
+                )
+                self._outgoing_snapshots[peer] = stream
+                success = await self._stream_snapshot(peer, stream, file, checksum, message)
             if success:
                 log.info("node %s: sent snapshot at %d to %s", self.node_id, meta.index, peer)
             else:
@@ -1564,166 +1201,131 @@ class Node:
             self._outgoing_snapshots.pop(peer, None)
             with contextlib.suppress(OSError):
                 path.unlink()
-            if self._failure is None:
+            if self.failure_cause is None:
                 self._core.report_snapshot(peer, success)
-                self._kick()
+                self.kick()
 
     async def _stream_snapshot(
         self,
         peer: str,
         stream: _OutgoingSnapshot,
         file: BinaryIO,
-        total: int,
         checksum: bytes,
         message: Message,
     ) -> bool:
-        """Send `file` to `peer` in chunks, at most `SNAPSHOT_WINDOW_CHUNKS` unacknowledged,
-        then the end frame carrying the checksum and the SNAPSHOT message. True once the
+        """The asyncio driver of `SnapshotSender` (snapshot_transfer.py): read and send what it
+        asks for, wait for acknowledgements, until it reports an outcome. True once the
         receiver reports the snapshot complete and handed to its core."""
         assert self._transport is not None
         transport = self._transport
-        chunk_bytes = self.options.snapshot_chunk_bytes
-        window_bytes = SNAPSHOT_WINDOW_CHUNKS * chunk_bytes
-        offset = 0  # the next byte to send
-        end_sent = False
-        stalls = 0
-        progress_acked, progress_at = stream.acked, time.monotonic()
+        sender = stream.sender
+        total = sender.total_bytes
         while True:
             stream.event.clear()
-            if stream.outcome is not None:
-                return stream.outcome == _ACK_DONE
-            if self._role is not Role.LEADER or self._failure is not None:
+            if sender.outcome is not None:
+                return sender.outcome
+            if self._role is not Role.LEADER or self.failure_cause is not None:
                 return False  # deposed: the new leader decides what the follower needs
-            if stream.rewind is not None:
-                offset, stream.rewind, end_sent = stream.rewind, None, False
-            queue_full = False
-            while offset < total and offset - stream.acked < window_bytes:
-                data = os.pread(file.fileno(), chunk_bytes, offset)
-                body = {"id": stream.snapshot_id, "offset": offset, "total": total, "data": data}
-                if not transport.send_snapshot_chunk(peer, body):
-                    queue_full = True
-                    break
-                offset += len(data)
-            if offset >= total and not end_sent:
-                end = {
-                    "id": stream.snapshot_id,
-                    "offset": total,
-                    "total": total,
-                    "data": b"",
-                    "checksum": checksum,
-                    "message": encode_message(message),
-                }
-                end_sent = transport.send_snapshot_chunk(peer, end)
-                queue_full = not end_sent
-            wait_s = SNAPSHOT_CHUNK_RETRY_S if queue_full else SNAPSHOT_POLL_S
+            sender.begin_round()
+            while (action := sender.next_send()) is not None:
+                if isinstance(action, SendChunk):
+                    data = os.pread(file.fileno(), action.length, action.offset)
+                    body = {
+                        "id": sender.snapshot_id,
+                        "offset": action.offset,
+                        "total": total,
+                        "data": data,
+                    }
+                    sender.sent(transport.send_snapshot_chunk(peer, body), len(data))
+                else:
+                    end = {
+                        "id": sender.snapshot_id,
+                        "offset": total,
+                        "total": total,
+                        "data": b"",
+                        "checksum": checksum,
+                        "message": encode_message(message),
+                    }
+                    sender.sent(transport.send_snapshot_chunk(peer, end))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stream.event.wait(), wait_s)
-            now = time.monotonic()
-            if stream.acked > progress_acked:
-                progress_acked, progress_at, stalls = stream.acked, now, 0
-            elif now - progress_at > SNAPSHOT_STALL_S:
-                # Chunks or acknowledgements were lost (a dropped connection): resend from
-                # what the receiver last said it holds.
-                stalls += 1
-                if stalls > SNAPSHOT_STALLS_MAX:
-                    return False
-                offset, end_sent, progress_at = stream.acked, False, now
+                await asyncio.wait_for(stream.event.wait(), sender.wait_s())
+            sender.after_wait(time.monotonic())
 
     def _on_snapshot_ack(self, peer: str, body: dict[Any, Any]) -> None:
         """An acknowledgement of a snapshot stream this node sends to `peer`."""
         stream = self._outgoing_snapshots.get(peer)
-        if stream is None or body.get("id") != stream.snapshot_id:
+        if stream is None or body.get("id") != stream.sender.snapshot_id:
             return  # a late answer to an earlier stream
-        status = body.get("status")
-        next_offset = body.get("next_offset")
-        if not isinstance(next_offset, int) or isinstance(next_offset, bool) or next_offset < 0:
-            raise ValueError(f"bad next_offset {next_offset!r}")
-        if status == _ACK_OK:
-            stream.acked = max(stream.acked, next_offset)
-        elif status == _ACK_GAP:
-            # The receiver holds exactly `next_offset` bytes (it may have restarted its file).
-            stream.acked = next_offset
-            stream.rewind = next_offset
-        elif status in (_ACK_DONE, _ACK_FAILED):
-            stream.outcome = status
-        else:
-            raise ValueError(f"unknown snapshot ack status {status!r}")
+        stream.sender.on_ack(body.get("status"), body.get("next_offset"))
         stream.event.set()
 
     # --- loop side: receiving a snapshot --------------------------------------------------------
 
-    def _ack_snapshot(self, peer: str, snapshot_id: str, next_offset: int, status: str) -> None:
+    def _ack_snapshot(self, peer: str, ack: Ack | None) -> None:
+        if ack is None:
+            return
         assert self._transport is not None
-        ack = {"id": snapshot_id, "next_offset": next_offset, "status": status}
         # Best effort: a lost ack makes the sender resend, which the writer takes in its stride.
-        self._transport.send_snapshot_chunk(peer, ack)
+        self._transport.send_snapshot_chunk(peer, ack.body())
 
     def _on_snapshot_chunk(self, peer: str, body: object) -> None:
         """A frame of a snapshot stream: a chunk or end from a leader, or an acknowledgement
-        from a follower we stream to. Reassembles and acknowledges chunks; the end frame
-        starts verification, after which the SNAPSHOT message is stepped into the core."""
+        from a follower we stream to. Reassembles and acknowledges chunks (the decisions are
+        `SnapshotReceiverState`'s); the end frame starts verification, after which the
+        SNAPSHOT message is stepped into the core."""
+        receiver = self._snapshot_receivers.get(peer)
+        if receiver is None:
+            # Frames come only over authenticated member links: one entry per member.
+            receiver = self._snapshot_receivers[peer] = SnapshotReceiverState()
         try:
             if not isinstance(body, dict):
                 raise ValueError("snapshot frame is not a map")
             if "status" in body:
                 self._on_snapshot_ack(peer, body)
                 return
-            snapshot_id = body["id"]
-            total = body["total"]
-            offset = body["offset"]
-            data = body["data"]
-            if not isinstance(snapshot_id, str) or not isinstance(data, bytes):
-                raise ValueError("snapshot chunk with a bad id or data")
-            for value in (total, offset):
-                if not isinstance(value, int) or isinstance(value, bool):
-                    raise ValueError("snapshot chunk with a bad offset or size")
-            if self._finished_snapshot_ids.get(peer) == snapshot_id:
-                # The sender missed our "done": say it again.
-                self._ack_snapshot(peer, snapshot_id, total, _ACK_DONE)
+            chunk = parse_chunk(body)
+            repeat = receiver.already_done(chunk.snapshot_id, chunk.total_bytes)
+            if repeat is not None:
+                self._ack_snapshot(peer, repeat)  # the sender missed our "done": say it again
                 return
-            incoming = self._incoming_snapshots.get(peer)
-            if incoming is None or incoming.writer.snapshot_id != snapshot_id:
-                if incoming is not None:
-                    incoming.writer.abort()  # the leader started over: drop the old stream
+            writer = self._incoming_snapshots.get(peer)
+            if receiver.starts_new_stream(chunk.snapshot_id) or writer is None:
+                if writer is not None:
+                    writer.abort()  # the leader started over: drop the old stream
+                    del self._incoming_snapshots[peer]
                 writer = SnapshotWriter(
                     self.data_dir / "snapshots",
-                    snapshot_id,
-                    total,
+                    chunk.snapshot_id,
+                    chunk.total_bytes,
                     # A compacted copy of a store at its quota, B-tree pages included.
                     total_bytes_max=max(
                         self.options.map_size_bytes, 2 * self.options.quota_bytes + (64 << 20)
                     ),
                 )
-                incoming = _IncomingSnapshot(writer)
-                self._incoming_snapshots[peer] = incoming
-            writer = incoming.writer
-            if data:
+                self._incoming_snapshots[peer] = writer
+            if chunk.data:
                 try:
-                    next_offset = writer.write_chunk(offset, data)
+                    next_offset = writer.write_chunk(chunk.offset, chunk.data)
                 except SnapshotTransferError as error:
-                    self._report_gap(peer, incoming, error.next_offset)
+                    # Chunks after a lost one all find the same gap: one report is enough,
+                    # the sender rewinds once (and its stall timer covers a lost report).
+                    self._ack_snapshot(peer, receiver.gap(error.next_offset))
                     return
-                self._ack_snapshot(peer, snapshot_id, next_offset, _ACK_OK)
-            if "checksum" not in body:
+                self._ack_snapshot(peer, receiver.stored(next_offset))
+            if not chunk.end:
                 return
             if writer.next_offset != writer.total_bytes:
-                self._report_gap(peer, incoming, writer.next_offset)
+                self._ack_snapshot(peer, receiver.gap(writer.next_offset))
                 return
             del self._incoming_snapshots[peer]
+            receiver.complete()
             self._spawn(self._finish_snapshot(peer, writer, body), "kvstore-snapshot-finish")
         except Exception as error:
             _log_remote_error(f"node {self.node_id}: bad snapshot frame from {peer}", error)
-            incoming = self._incoming_snapshots.pop(peer, None)
-            if incoming is not None:
-                incoming.writer.abort()
-                self._ack_snapshot(peer, incoming.writer.snapshot_id, 0, _ACK_FAILED)
-
-    def _report_gap(self, peer: str, incoming: _IncomingSnapshot, next_offset: int) -> None:
-        # Chunks after a lost one all find the same gap: one report is enough, the sender
-        # rewinds once (and its stall timer covers a lost report).
-        if incoming.gap_reported != next_offset:
-            incoming.gap_reported = next_offset
-            self._ack_snapshot(peer, incoming.writer.snapshot_id, next_offset, _ACK_GAP)
+            dropped = self._incoming_snapshots.pop(peer, None)
+            if dropped is not None:
+                dropped.abort()
+            self._ack_snapshot(peer, receiver.dropped())
 
     async def _finish_snapshot(
         self, peer: str, writer: SnapshotWriter, body: dict[Any, Any]
@@ -1743,7 +1345,7 @@ class Node:
         except Exception as error:
             _log_remote_error(f"node {self.node_id}: snapshot from {peer} failed", error)
             writer.abort()
-            self._ack_snapshot(peer, snapshot_id, 0, _ACK_FAILED)
+            self._ack_snapshot(peer, Ack(snapshot_id, 0, ACK_FAILED))
             return
         try:
             message = decode_message(body["message"])
@@ -1753,13 +1355,15 @@ class Node:
             _log_remote_error(f"node {self.node_id}: bad snapshot message from {peer}", error)
             with contextlib.suppress(OSError):
                 path.unlink()
-            self._ack_snapshot(peer, snapshot_id, 0, _ACK_FAILED)
+            self._ack_snapshot(peer, Ack(snapshot_id, 0, ACK_FAILED))
             return
         self._keep_received_snapshot((message.snapshot.index, message.snapshot.term), path)
-        self._finished_snapshot_ids[peer] = snapshot_id
+        receiver = self._snapshot_receivers.get(peer)
+        if receiver is not None:
+            receiver.finished(snapshot_id)
         self._core.step(message)
-        self._kick()
-        self._ack_snapshot(peer, snapshot_id, writer.total_bytes, _ACK_DONE)
+        self.kick()
+        self._ack_snapshot(peer, Ack(snapshot_id, writer.total_bytes, ACK_DONE))
 
     def _keep_received_snapshot(self, key: tuple[int, int], path: Path) -> None:
         """Remember a verified snapshot file for `_install_snapshot`; keep the newest few.
@@ -1799,7 +1403,7 @@ class Node:
                 stale.unlink()
         self._received_snapshots.clear()
         self._refresh_members()
-        self._release_applied_waiters(self._applied_index)
+        self._applied_waiters.release(self._applied_index)
         log.info("node %s: installed snapshot at %d", self.node_id, meta.index)
 
 
@@ -1810,14 +1414,11 @@ class _ClientBackend:
     where to write; with no leader known they wait here for one, like the node's own writes.
     """
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeRuntime) -> None:
         self._node = node
 
     def _redirect_writes(self) -> None:
-        node = self._node
-        node._raise_if_failed()
-        if node._role is not Role.LEADER and node._leader_id is not None:
-            raise node.leader_hint()
+        self._node.redirect_writes()
 
     async def register_session(self, *, timeout_s: float) -> int:
         self._redirect_writes()
@@ -1838,12 +1439,12 @@ class _ClientBackend:
         self, key: bytes, value: bytes, *, session: tuple[int, int], timeout_s: float
     ) -> None:
         self._redirect_writes()
-        data = commands.encode_put(*session, key, value, self._node._stamp_ms())
+        data = commands.encode_put(*session, key, value, self._node.stamp_ms())
         await self._propose(data, session, timeout_s)
 
     async def delete(self, key: bytes, *, session: tuple[int, int], timeout_s: float) -> bool:
         self._redirect_writes()
-        data = commands.encode_delete(*session, key, self._node._stamp_ms())
+        data = commands.encode_delete(*session, key, self._node.stamp_ms())
         return bool(await self._propose(data, session, timeout_s))
 
     async def cas(
@@ -1856,39 +1457,37 @@ class _ClientBackend:
         timeout_s: float,
     ) -> bool:
         self._redirect_writes()
-        data = commands.encode_cas(*session, key, expected, new, self._node._stamp_ms())
+        data = commands.encode_cas(*session, key, expected, new, self._node.stamp_ms())
         return bool(await self._propose(data, session, timeout_s))
 
     async def get(self, key: bytes, *, consistency: str, timeout_s: float) -> bytes | None:
         node = self._node
-        node._raise_if_failed()
+        node.raise_if_failed()
         if consistency != "stale":
             await node.read_barrier(consistency, timeout_s)
-        assert node._sm is not None
-        return node._sm.get(key)
+        return node.lookup(key)
 
     async def scan(
         self, prefix: bytes, *, limit: int | None, consistency: str, timeout_s: float
     ) -> list[tuple[bytes, bytes]]:
         node = self._node
-        node._raise_if_failed()
+        node.raise_if_failed()
         if consistency != "stale":
             await node.read_barrier(consistency, timeout_s)
-        assert node._sm is not None
-        return node._sm.scan(prefix, limit)
+        return await node.scan(prefix, limit)
 
     def status(self) -> Status:
-        return self._node.status_now()
+        return self._node.status()
 
     async def add_member(self, node_id: str, address: str, *, timeout_s: float) -> None:
-        _check_address(address)
-        await self._node.add_member_async(node_id, address, timeout_s)
+        check_address(address)
+        await self._node.add_member(node_id, address, timeout_s)
 
     async def remove_member(self, node_id: str, *, timeout_s: float) -> None:
-        await self._node.remove_member_async(node_id, timeout_s)
+        await self._node.remove_member(node_id, timeout_s)
 
     async def transfer_leadership(self, node_id: str, *, timeout_s: float) -> None:
-        await self._node.transfer_leadership_async(node_id, timeout_s)
+        await self._node.transfer_leadership(node_id, timeout_s)
 
 
 _REMOTE_ERRORS = (KeyError, TypeError, ValueError, OSError, KVStoreError)
@@ -1947,47 +1546,4 @@ def _rejection_error(rejected: commands.CommandRejected, submissions: int) -> KV
     return UnavailableError(f"the write was not applied: {rejected.reason}")
 
 
-def _wake(waiter: asyncio.Future[None], *_args: object) -> None:
-    """Done-callback and timer callback: wake whoever awaits `waiter` (once)."""
-    if not waiter.done():
-        waiter.set_result(None)
-
-
-async def _as_coroutine(function: Callable[[], T]) -> T:
-    return function()
-
-
-def _check_distinct_addresses(peers: Mapping[str, str]) -> None:
-    """Two member ids on one address cannot both listen there: refuse the map at once rather
-    than run with one member unreachable (and refusals logged forever)."""
-    owners: dict[str, str] = {}
-    for peer_id, address in peers.items():
-        if address.rpartition(":")[2] == "0":
-            continue  # port 0: the kernel picks a distinct port for each
-        other = owners.setdefault(address, peer_id)
-        if other != peer_id:
-            raise InvalidArgumentError(
-                f"peers {other!r} and {peer_id!r} have the same address {address}; "
-                "every member needs its own host:port"
-            )
-
-
-def _check_address_free(peers: Mapping[str, str], node_id: str, address: str) -> None:
-    """Refuse to add `node_id` at an address another member already listens on."""
-    for other, known in peers.items():
-        if other != node_id and known == address and not address.endswith(":0"):
-            raise InvalidArgumentError(
-                f"member {other!r} already has the address {address}; {node_id!r} needs its own"
-            )
-
-
-def _check_address(address: object) -> str:
-    if not isinstance(address, str):
-        raise InvalidArgumentError(f"address must be 'host:port', got {address!r}")
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise InvalidArgumentError(f"address must be 'host:port', got {address!r}")
-    return address
-
-
-__all__ = ["Node", "NodeFailedError"]
+__all__ = ["NodeFailedError", "NodeRuntime", "describe_failure"]
