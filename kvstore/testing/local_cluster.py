@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -29,14 +30,46 @@ SERVE_READY_S = 30.0
 """How long a starting member may take to print its listening line."""
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel says are free on 127.0.0.1 (bound together, so they are distinct)."""
-    sockets = []
+_HANDED_OUT: set[int] = set()
+"""Ports `free_ports` gave out in this process: never given twice."""
+_PORTS_LOW = 10000
+
+
+def _ephemeral_low() -> int:
     try:
-        for _ in range(count):
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as file:
+            return int(file.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports that are free on 127.0.0.1, distinct, and never given out before in this process.
+
+    They come from BELOW the kernel's ephemeral range: a port picked here is closed again until
+    the member binds it, and anything binding port 0 meanwhile (a proxy, a client's source
+    port) draws from the ephemeral range, so it cannot take it (the torture's proxy mesh did:
+    a proxy got a member's port and the member's peers map named one address twice)."""
+    high = _ephemeral_low()
+    rng = random.SystemRandom()
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(10_000):
+            if len(sockets) == count:
+                break
+            port = rng.randrange(_PORTS_LOW, high)
+            if port in _HANDED_OUT:
+                continue
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                sock.close()
+                continue
             sockets.append(sock)
+            _HANDED_OUT.add(port)
+        else:
+            raise RuntimeError(f"no {count} free ports below {high} on 127.0.0.1")
         return [sock.getsockname()[1] for sock in sockets]
     finally:
         for sock in sockets:
