@@ -8,7 +8,9 @@ Writes go to the leader; reads also go to a follower (linearizable: after its re
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -272,3 +274,32 @@ def test_bad_input_raises_before_anything_is_written(
         call(leader)
     assert leader.status().commit_index == commit_before
     assert leader.get_kv(b"bad/k") is None
+
+
+def test_reads_below_the_history_raise_compacted_naming_the_oldest_revision(
+    tmp_path: Path,
+) -> None:
+    options = dataclasses.replace(FAST, history_revisions_max=3)
+    embedded = EmbeddedCluster(tmp_path, options=options)
+    try:
+        leader = embedded.start().leader()
+        follower = embedded.followers()[0]
+        for i in range(3):
+            leader.put(b"old/%d" % i, b"v")
+        pages = follower.scan_iter(b"old/", page_size=1)
+        assert next(pages).key == b"old/0"
+        for i in range(10):
+            leader.put(b"hot", b"%d" % i)
+        latest = revision_of(follower)
+        with pytest.raises(kvstore.CompactedError) as raised:
+            follower.get_kv(b"hot", revision=1)
+        oldest = raised.value.oldest_revision
+        assert 1 < oldest <= latest
+        with pytest.raises(kvstore.CompactedError):
+            follower.range(b"old/", prefix=True, revision=oldest - 1)
+        assert follower.get_kv(b"hot", revision=oldest) is not None
+        # The iterator's revision was compacted while it paused between pages.
+        with pytest.raises(kvstore.CompactedError):
+            list(pages)
+    finally:
+        embedded.stop()
