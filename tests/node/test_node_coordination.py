@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 
 import kvstore
-from kvstore import Compare, KeyValue, Op, RangeResult
+from kvstore import Compare, KeyValue, Op, RangeResult, TxnResult
+from kvstore.coordination import KEYSPACE_END
+from kvstore.node import coordination as node_coordination
 
 from .conftest import FAST, EmbeddedCluster
 
@@ -301,5 +303,48 @@ def test_reads_below_the_history_raise_compacted_naming_the_oldest_revision(
         # The iterator's revision was compacted while it paused between pages.
         with pytest.raises(kvstore.CompactedError):
             list(pages)
+    finally:
+        embedded.stop()
+
+
+def test_conversions_between_public_values_and_the_replicated_form() -> None:
+    assert node_coordination.key_value((b"k", b"v", 2, 3, 2, 0)) == KeyValue(b"k", b"v", 2, 3, 2)
+    assert node_coordination.key_value((b"k", b"v", 2, 3, 2, 9)).lease == 9
+    # An unbounded range (prefix b"" or all 0xff, or an end of KEYSPACE_END) becomes a prefix
+    # op, whose range has no end either; a limit past the encoding's u32 means "no limit".
+    every, tail, deleted = node_coordination.txn_ops(
+        [
+            Op.range(b"", prefix=True, limit=1 << 40),
+            Op.range(b"\xff\xff", KEYSPACE_END),
+            Op.delete_range(b"", KEYSPACE_END),
+        ],
+        FAST.max_value_bytes,
+    )
+    assert (every.end, every.prefix, every.limit) == (None, True, None)
+    assert (tail.key, tail.end, tail.prefix) == (b"\xff\xff", None, True)
+    assert (deleted.end, deleted.prefix) == (None, True)
+    with pytest.raises(kvstore.InvalidArgumentError, match="KEYSPACE_END"):
+        node_coordination.txn_ops([Op.range(b"m", KEYSPACE_END)], FAST.max_value_bytes)
+    with pytest.raises(kvstore.InvalidArgumentError):
+        node_coordination.txn_ops([Op.put(b"k", TOO_BIG)], FAST.max_value_bytes)
+    # A retried txn answered from its session's window knows only which branch ran.
+    assert node_coordination.txn_result(True, 7) == TxnResult(True, [], 7)
+
+
+def test_a_txn_reads_and_deletes_the_whole_keyspace_from_a_member(tmp_path: Path) -> None:
+    embedded = EmbeddedCluster(tmp_path)
+    try:
+        leader = embedded.start().leader()
+        follower = embedded.followers()[0]
+        for key in (b"a", b"m", b"\xff\xff"):
+            leader.put(key, b"v")
+        read = follower.txn([], [Op.range(b"", prefix=True), Op.range(b"\xff", KEYSPACE_END)])
+        every, tail = read.results
+        assert isinstance(every, RangeResult) and isinstance(tail, RangeResult)
+        assert [kv.key for kv in every.kvs] == [b"a", b"m", b"\xff\xff"]
+        assert [kv.key for kv in tail.kvs] == [b"\xff\xff"]
+        cleared = follower.txn([], [Op.delete_range(b"", KEYSPACE_END)])
+        assert cleared.results == [3]
+        assert leader.range(b"", prefix=True).count == 0
     finally:
         embedded.stop()
