@@ -12,10 +12,24 @@ import concurrent.futures
 import contextlib
 import os
 import threading
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kvstore.coordination import (
+    Compare,
+    KeyValue,
+    Lease,
+    Op,
+    RangeResult,
+    TxnResult,
+    check_lease_id,
+    check_lease_ttl,
+    check_range_limit,
+    check_revision,
+    check_txn,
+    normalize_range,
+)
 from kvstore.errors import (
     InvalidArgumentError,
     KVStoreError,
@@ -23,6 +37,7 @@ from kvstore.errors import (
     UnavailableError,
 )
 from kvstore.eventloop import new_event_loop
+from kvstore.node import coordination
 from kvstore.node.membership import check_address, check_distinct_addresses
 from kvstore.node.runtime import (
     NodeFailedError,
@@ -281,12 +296,32 @@ class Node:
         self._check_running()
         return self._run_on_loop(self._runtime.wait_for_leader(timeout_s), timeout_s=timeout_s)
 
-    def put(self, key: bytes, value: bytes, *, timeout_s: float = 5.0) -> None:
-        """Write `value` under `key`; returns once committed and applied here."""
+    def put(
+        self, key: bytes, value: bytes, *, lease: int | None = None, timeout_s: float = 5.0
+    ) -> None:
+        """Write `value` under `key`; returns once committed and applied here.
+
+        With `lease` (a lease id from `grant`) the key is attached to that lease and deleted
+        with it; `LeaseNotFoundError` (nothing written) if the lease is not held."""
         check_key(key)
         check_value(value, self.options.max_value_bytes)
+        if lease is not None:
+            check_lease_id(lease)
         timeout_s = check_timeout(timeout_s)
         self._check_running()
+        if lease is not None:
+            # A put with a lease travels as a one-op TXN (commands.py, "Leases").
+            self._run_on_loop(
+                self._runtime.session_write(
+                    self._thread_session(),
+                    lambda sid, seq, stamp: commands.encode_txn(
+                        sid, seq, (), (commands.txn_put(key, value, lease),), (), stamp
+                    ),
+                    timeout_s,
+                ),
+                timeout_s=timeout_s,
+            )
+            return
         self._run_on_loop(
             self._runtime.session_write(
                 self._thread_session(),
@@ -373,6 +408,180 @@ class Node:
                 self._runtime.read_barrier(consistency, timeout_s), timeout_s=timeout_s
             )
         return self._runtime.state_machine.scan(prefix, limit)
+
+    # --- coordination (issue 13; DESIGN.md §2b) ------------------------------------------------
+
+    def _read_state(self, consistency: Consistency, timeout_s: float) -> StateMachine:
+        """Wait for the read barrier `consistency` asks for; return LMDB to read in this
+        thread (as `get`)."""
+        self._check_running()
+        if consistency != "stale":
+            self._run_on_loop(
+                self._runtime.read_barrier(consistency, timeout_s), timeout_s=timeout_s
+            )
+        sm = self._state_machine
+        assert sm is not None
+        return sm
+
+    def get_kv(
+        self,
+        key: bytes,
+        *,
+        consistency: Consistency = "linearizable",
+        revision: int | None = None,
+        timeout_s: float = 5.0,
+    ) -> KeyValue | None:
+        """`key` with its metadata (`kvstore.KeyValue`), or None if absent; at `revision` (a
+        past revision still held in history) when given, else the latest.
+
+        Raises `CompactedError` for a revision already compacted, `InvalidArgumentError` for
+        one after the store's revision."""
+        check_key(key)
+        consistency = check_consistency(consistency)
+        if revision is not None:
+            check_revision(revision)
+        timeout_s = check_timeout(timeout_s)
+        kv = self._read_state(consistency, timeout_s).get_kv(key, revision)
+        return None if kv is None else coordination.key_value(kv)
+
+    def range(
+        self,
+        start: bytes,
+        end: bytes | None = None,
+        *,
+        prefix: bool = False,
+        limit: int | None = None,
+        revision: int | None = None,
+        keys_only: bool = False,
+        count_only: bool = False,
+        consistency: Consistency = "linearizable",
+        timeout_s: float = 5.0,
+    ) -> RangeResult:
+        """One page of the keys in `[start, end)` (`end` None: just `start`; `prefix=True`:
+        every key starting with `start`), sorted, at most `limit` of them, at `revision` (None:
+        the latest). `more` says whether matching keys follow (ask again from the last key +
+        b"\\0" at the result's `revision`); `count` counts every match. `keys_only` leaves
+        values empty, `count_only` returns no kvs.
+
+        Raises `CompactedError` for a revision already compacted."""
+        start, stop = normalize_range(start, end, prefix)
+        limit = check_range_limit(limit)
+        if revision is not None:
+            check_revision(revision)
+        for name, flag in (("keys_only", keys_only), ("count_only", count_only)):
+            if not isinstance(flag, bool):
+                raise InvalidArgumentError(f"{name} must be True or False, got {flag!r:.60}")
+        consistency = check_consistency(consistency)
+        timeout_s = check_timeout(timeout_s)
+        page = self._read_state(consistency, timeout_s).range(
+            start,
+            stop,
+            limit=limit,
+            revision=revision,
+            keys_only=keys_only,
+            count_only=count_only,
+        )
+        return coordination.range_result(page)
+
+    def scan_iter(
+        self,
+        prefix: bytes = b"",
+        *,
+        page_size: int = 1000,
+        consistency: Consistency = "linearizable",
+    ) -> Iterator[KeyValue]:
+        """Every key starting with `prefix`, sorted, as `KeyValue`s, all at one revision (the
+        one the first page read), read `page_size` keys at a time: constant memory for any
+        number of keys. The arguments are checked (and the read barrier taken) at the call;
+        the pages are read as the iterator advances. Raises `CompactedError` if the history
+        is compacted past that revision before the last page is read."""
+        if not isinstance(prefix, bytes):
+            raise InvalidArgumentError(f"prefix must be bytes, got {type(prefix).__name__}")
+        normalize_range(prefix, None, True)
+        page_size = check_limit(page_size)  # type: ignore[assignment]  # None is refused next
+        if page_size is None:
+            raise InvalidArgumentError("page_size must be an int >= 1, got None")
+        consistency = check_consistency(consistency)
+        sm = self._read_state(consistency, 5.0)
+        return (
+            coordination.key_value(kv)
+            for kv in sm.range_iter(prefix, prefix=True, page_size=page_size)
+        )
+
+    def txn(
+        self,
+        compare: Sequence[Compare],
+        success: Sequence[Op],
+        failure: Sequence[Op] = (),
+        *,
+        timeout_s: float = 5.0,
+    ) -> TxnResult:
+        """If every compare holds, run the `success` ops, else the `failure` ops: atomically,
+        at one revision (none if the branch only reads), exactly once like any write. Returns
+        which branch ran, one result per op (`kvstore.Op` lists their types) and the revision.
+
+        Raises `InvalidArgumentError` (nothing written) for bad compares or ops, too many of
+        them or too many bytes; `LeaseNotFoundError` (nothing written) if a put names a lease
+        that is not held."""
+        compare, success, failure = check_txn(compare, success, failure)
+        value_bytes_max = self.options.max_value_bytes
+        compares = coordination.txn_compares(compare)
+        success_ops = coordination.txn_ops(success, value_bytes_max)
+        failure_ops = coordination.txn_ops(failure, value_bytes_max)
+        timeout_s = check_timeout(timeout_s)
+        # Encode once here for its checks (the byte limit): a refusal must come before a
+        # session is registered or a sequence number spent.
+        commands.encode_txn(1, 1, compares, success_ops, failure_ops)
+        self._check_running()
+        outcome = self._run_on_loop(
+            self._runtime.session_write(
+                self._thread_session(),
+                lambda sid, seq, stamp: commands.encode_txn(
+                    sid, seq, compares, success_ops, failure_ops, stamp
+                ),
+                timeout_s,
+            ),
+            timeout_s=timeout_s,
+        )
+        sm = self._state_machine
+        assert sm is not None
+        revision_now = 0 if isinstance(outcome, commands.TxnOutcome) else sm.revision()
+        return coordination.txn_result(outcome, revision_now)
+
+    def grant(self, ttl_s: float, *, timeout_s: float = 5.0) -> Lease:
+        """Grant a lease of `ttl_s` seconds (0 < ttl_s <= a day); keys put with its id are
+        deleted when it is revoked or expires."""
+        ttl_s = check_lease_ttl(ttl_s)
+        timeout_s = check_timeout(timeout_s)
+        ttl_ms = max(1, round(ttl_s * 1000))
+        self._check_running()
+        granted = self._run_on_loop(
+            self._runtime.session_write(
+                self._thread_session(),
+                lambda sid, seq, stamp: commands.encode_lease_grant(sid, seq, ttl_ms, 0, stamp),
+                timeout_s,
+            ),
+            timeout_s=timeout_s,
+        )
+        if not isinstance(granted, commands.LeaseGranted):
+            # A retried grant answered from its session's window: the id is not kept there.
+            raise UnavailableError("the lease was granted but its id was lost; grant another")
+        return Lease(granted.lease_id, ttl_s)
+
+    def revoke(self, lease_id: int, *, timeout_s: float = 5.0) -> None:
+        """Revoke a lease and delete its keys (all at one revision). `LeaseNotFoundError` if
+        it is not held (never granted, revoked or expired)."""
+        check_lease_id(lease_id)
+        timeout_s = check_timeout(timeout_s)
+        self._check_running()
+        self._run_on_loop(
+            self._runtime.session_write(
+                self._thread_session(),
+                lambda sid, seq, stamp: commands.encode_lease_revoke(sid, seq, lease_id, stamp),
+                timeout_s,
+            ),
+            timeout_s=timeout_s,
+        )
 
     def status(self) -> Status:
         """This member's role, term, leader, commit and applied indices, and the members.

@@ -88,6 +88,7 @@ from kvstore.deadline import Deadline
 from kvstore.errors import (
     InvalidArgumentError,
     KVStoreError,
+    LeaseNotFoundError,
     NotLeaderError,
     OperationTimeoutError,
     ProposalDroppedError,
@@ -1530,6 +1531,12 @@ class _NeverAppliedError(SessionExpiredError):
     session."""
 
 
+def _lease_id_in(reason: str) -> int:
+    # The state machine names the lease in its reason ("lease N is not held ..."); 0 if not.
+    words = reason.split()
+    return int(words[1]) if len(words) > 1 and words[0] == "lease" and words[1].isdigit() else 0
+
+
 def _rejection_error(rejected: commands.CommandRejected, submissions: int) -> KVStoreError:
     """The error a caller gets for a command the state machine refused (none was applied)."""
     code = rejected.code
@@ -1541,6 +1548,8 @@ def _rejection_error(rejected: commands.CommandRejected, submissions: int) -> KV
         )
     if code == commands.ResultCode.SEQ_TOO_FAR:
         return InvalidArgumentError(f"the write was not applied: {rejected.reason}")
+    if code == commands.ResultCode.LEASE_NOT_FOUND:
+        return LeaseNotFoundError(_lease_id_in(rejected.reason), rejected.reason)
     # SESSIONS_FULL: try later; STALE: the session moved more than a window past this seq, so
     # the state machine cannot tell whether it ran; MALFORMED: the data was not a command.
     return UnavailableError(f"the write was not applied: {rejected.reason}")
