@@ -667,9 +667,11 @@ def _member_row(node_id: str | None, address: str) -> dict[str, Any]:
 
 
 def _print_status(client: Any, args: argparse.Namespace) -> int:
-    """Every member in the members map of the first endpoint that answers, each asked directly.
-    Exit 4 when one cannot be reached or reports a failure (or no endpoint answers)."""
+    """Every member in the members map of the first endpoint that answers, each asked directly,
+    then any endpoint that is no member's address. Exit 4 when one cannot be reached or reports
+    a failure (or no endpoint answers)."""
     first = None
+    first_address = ""
     endpoint_errors: dict[str, str] = {}
     for address in args.endpoints:
         try:
@@ -685,15 +687,20 @@ def _print_status(client: Any, args: argparse.Namespace) -> int:
             row["error"] = endpoint_errors[address]
             rows.append(row)
     else:
-        for node_id, address in sorted(first.members.items()):
+        # An endpoint that is no member's address is listed too (e.g. a mistyped one).
+        listed = sorted(first.members.items())
+        addresses = set(first.members.values())
+        listed += [(None, address) for address in args.endpoints if address not in addresses]
+        for node_id, address in listed:
             row = _member_row(node_id, address)
             try:
-                same = node_id == first.node_id and address == first_address
+                same = node_id in (first.node_id, None) and address == first_address
                 status = first if same else client.status(address, timeout_s=args.timeout)
             except (KVStoreError, OSError) as error:
                 row["error"] = f"{type(error).__name__}: {error}"
             else:
                 row.update(
+                    node_id=status.node_id,
                     reachable=True,
                     role=status.role,
                     term=status.term,
@@ -723,19 +730,19 @@ def _print_status_table(rows: list[dict[str, Any]]) -> None:
             from rich.table import Table
         except ModuleNotFoundError:  # the `cli` extra is not installed: plain text
             pass
-    table = Table("node", "address", "role", "term", "leader", "commit", "applied", "error")
+    table = Table("address", "node", "role", "term", "leader", "commit", "applied")
     for row in rows:
-        cells = [row["node_id"] or "-", row["address"]]
+        cells = [row["address"], row["node_id"] or "-"]
         if not row["reachable"]:
-            cells += ["unreachable", "", "", "", "", row["error"]]
+            cells += [f"unreachable ({row['error']})", "", "", "", ""]
         else:
+            failure = row["failure"]
             cells += [
-                row["role"] if row["failure"] is None else "failed",
+                row["role"] if failure is None else f"failed ({failure})",
                 str(row["term"]),
                 row["leader_id"] or "-",
                 str(row["commit_index"]),
                 str(row["applied_index"]),
-                row["failure"] or "",
             ]
         table.add_row(*(escape(cell) for cell in cells))
     Console().print(table)

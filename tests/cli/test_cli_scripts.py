@@ -163,7 +163,7 @@ def test_status_lists_every_member(cluster: LocalCluster) -> None:
     assert not BOX_DRAWING & set(text.stdout.decode())  # stdout is a pipe here: plain text
     assert len(lines) == 1 + len(cluster.members)
     for node_id, member in cluster.members.items():
-        assert any(line.split()[:2] == [node_id, member.address] for line in lines)
+        assert any(line.split()[:2] == [member.address, node_id] for line in lines)
 
 
 def test_status_with_a_stopped_member_exits_4_and_lists_it(cluster: LocalCluster) -> None:
@@ -179,8 +179,9 @@ def test_status_with_a_stopped_member_exits_4_and_lists_it(cluster: LocalCluster
         assert all(rows[node]["reachable"] for node in rows if node != stopped)
         text = run(cluster, ["status", "--timeout", "1"], endpoints=first)
         assert text.returncode == 4
-        line = next(ln for ln in text.stdout.decode().splitlines() if ln.startswith(stopped))
-        assert "unreachable" in line
+        address = cluster.members[stopped].address
+        line = next(ln for ln in text.stdout.decode().splitlines() if ln.startswith(address))
+        assert line.split()[1:3] == [stopped, "unreachable"]
     finally:
         cluster.restart(stopped)
         with Client(cluster.addresses, secret=SECRET) as client:
