@@ -65,7 +65,8 @@ EXIT_HELP = f"""exit status:
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
 
 scripts:
-  --json          print one JSON document on stdout (keys and values as UTF-8 strings)
+  --json          print one JSON document on stdout (keys and values as UTF-8 strings;
+                  a failure after the arguments are parsed prints {{"error": {{...}}}})
   --hex           keys and values given and printed are hex (binary keys and values)
   VALUE -         read the value from standard input, byte for byte (with --hex too);
                   --value-literal stores a literal "-" instead"""
@@ -679,6 +680,8 @@ def _print_status(client: Any, args: argparse.Namespace) -> int:
             first_address = address
             break
         except (KVStoreError, OSError) as error:
+            if isinstance(error, AuthenticationError):
+                raise  # a wrong secret is not a member that is down: exit 5, not 4
             endpoint_errors[address] = f"{type(error).__name__}: {error}"
     rows: list[dict[str, Any]] = []
     if first is None:  # nobody answered: the endpoints are all there is to list
@@ -778,7 +781,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KVStoreError, OSError) as error:
         # The class name tells an operator what kind of failure it is (CorruptionError...).
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
-        return _exit_status(error)
+        status = _exit_status(error)
+        if getattr(args, "json", None) is True:  # bench's --json is a file name
+            # A script reading stdout gets a document for a failure too, with the same status.
+            error_document = {"type": type(error).__name__, "message": str(error)}
+            print(json.dumps({"error": {**error_document, "exit_status": status}}))
+        return status
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

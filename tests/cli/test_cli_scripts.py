@@ -106,6 +106,12 @@ def test_each_failure_class_has_its_exit_status(cluster: LocalCluster, tmp_path:
     refused = run(cluster, ["get", "k"], secret_file=wrong)
     assert refused.returncode == 5, refused.stderr
     assert b"AuthenticationError" in refused.stderr
+    refused_status = run(cluster, ["status", "--json"], secret_file=wrong)
+    assert refused_status.returncode == 5, refused_status.stderr  # not "a member is down"
+    assert document(refused_status)["error"]["type"] == "AuthenticationError"
+    unreachable_json = run(cluster, ["put", "k", "v", "--json", "--timeout", "0.5"], endpoints=dead)
+    assert unreachable_json.returncode == 4
+    assert document(unreachable_json)["error"]["exit_status"] == 4
 
 
 def test_help_documents_every_exit_status() -> None:
@@ -144,7 +150,7 @@ def test_hex_round_trip_of_a_binary_key(cluster: LocalCluster, client: Client) -
     assert run(cluster, ["put", b"hex/bad".hex(), "ff", "--hex"]).returncode == 0
     refused = run(cluster, ["get", "hex/bad", "--json"])
     assert refused.returncode == 2 and b"add --hex" in refused.stderr, refused.stderr
-    assert refused.stdout == b""
+    assert document(refused)["error"]["type"] == "InvalidArgumentError"
 
 
 def test_status_lists_every_member(cluster: LocalCluster) -> None:
