@@ -196,3 +196,16 @@ def test_status_with_a_stopped_member_exits_4_and_lists_it(cluster: LocalCluster
                 timeout_s=15,
                 what="every member answering",
             )
+
+
+def test_transfer_leader_prints_its_result_as_json(cluster: LocalCluster, client: Client) -> None:
+    leader = cluster.wait_for_leader(client)
+    target = next(node_id for node_id in sorted(cluster.members) if node_id != leader)
+    result = run(cluster, ["transfer-leader", target, "--json", "--timeout", "10"])
+    assert result.returncode == 0, result.stderr
+    assert document(result) == {"transfer_leader": target, "ok": True, "encoding": "utf-8"}
+    wait_until(
+        lambda: client.status(cluster.members[target].address).role == "leader",
+        timeout_s=15,
+        what=f"{target} to lead",
+    )
