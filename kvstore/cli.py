@@ -1,6 +1,9 @@
 """The `kvstore` command (also `python -m kvstore`): serve a node, talk to a cluster, run the demo.
 
-Keys and values on the command line are UTF-8 text; they are stored as its bytes.
+Keys and values on the command line are UTF-8 text; they are stored as its bytes. With `--hex`
+they are hex instead (binary keys and values), and a value given as `-` is read from standard
+input, byte for byte (`--value-literal` stores a literal `-`). `--json` prints one JSON document
+on stdout.
 
 Bad input never ends in a traceback: it is one line on stderr and a non-zero exit status (see
 `EXIT_HELP`). `serve` exits non-zero, with the cause on stderr, when its member stops serving
@@ -10,6 +13,7 @@ after a storage failure (a full disk, too many open files, a failed fsync).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -18,10 +22,17 @@ import stat
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kvstore.consensus import CONSENSUS_KINDS
-from kvstore.errors import InvalidArgumentError, KVStoreError
+from kvstore.errors import (
+    AuthenticationError,
+    InvalidArgumentError,
+    KVStoreError,
+    NotLeaderError,
+    OperationTimeoutError,
+    UnavailableError,
+)
 from kvstore.options import CONSISTENCY_LEVELS, Options, check_timeout
 
 if TYPE_CHECKING:
@@ -31,18 +42,37 @@ EXIT_OK = 0
 EXIT_NOT_FOUND = 1
 """get/delete: the key is absent; cas: the comparison failed."""
 EXIT_ERROR = 2
-"""Bad input (usage) or an error from the cluster or the disk (one line on stderr)."""
+"""Bad input (usage), or an error from the cluster or the disk not listed below (one line on
+stderr)."""
 EXIT_NODE_FAILED = 3
 """serve: the member stopped serving after a storage failure (the cause is on stderr)."""
+EXIT_UNAVAILABLE = 4
+"""The cluster did not answer: unreachable, no leader, or a timeout; status: a member cannot be
+reached or has failed."""
+EXIT_AUTHENTICATION = 5
+"""The cluster refused this client's secret or certificate."""
 EXIT_INTERRUPTED = 130
 """Interrupted by SIGINT (Ctrl-C) outside `serve`, which exits 0 on SIGINT and SIGTERM."""
 
 EXIT_HELP = f"""exit status:
   {EXIT_OK}    success
   {EXIT_NOT_FOUND}    get/delete: the key is absent; cas: the comparison failed
-  {EXIT_ERROR}    bad input, or an error from the cluster or the disk (one line on stderr)
+  {EXIT_ERROR}    bad input (usage), or another error of the cluster or the disk (one line)
   {EXIT_NODE_FAILED}    serve: the member stopped serving after a storage failure (cause on stderr)
-  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)"""
+  {EXIT_UNAVAILABLE}    the cluster is unavailable: connection refused, no leader, or a timeout;
+       status: some member cannot be reached or has failed
+  {EXIT_AUTHENTICATION}    authentication failed (wrong secret or certificate)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+
+scripts:
+  --json          print one JSON document on stdout (keys and values as UTF-8 strings;
+                  a failure after the arguments are parsed prints {{"error": {{...}}}})
+  --hex           keys and values given and printed are hex (binary keys and values)
+  VALUE -         read the value from standard input, byte for byte (with --hex too);
+                  --value-literal stores a literal "-" instead"""
+
+VALUE_STDIN_BYTES_MAX = 1 << 20
+"""The largest value read from standard input (the client's default `max_value_bytes`)."""
 
 FAILURE_POLL_S = 0.1
 """How often `serve` looks whether its member failed (it exits within this of a failure)."""
@@ -268,7 +298,23 @@ def _add_client_arguments(parser: argparse.ArgumentParser) -> None:
         "separate --client-secret-file)",
     )
     parser.add_argument("--timeout", type=_timeout, default=5.0, help="seconds to wait (default 5)")
+    parser.add_argument(
+        "--json", action="store_true", help="print the result as one JSON document on stdout"
+    )
+    parser.add_argument(
+        "--hex",
+        action="store_true",
+        help="keys and values given and printed are hex-encoded (binary keys and values)",
+    )
     _add_tls_arguments(parser, "this client's")
+
+
+def _add_value_literal_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--value-literal",
+        action="store_true",
+        help='a value "-" is the one-byte value "-", not standard input',
+    )
 
 
 def _add_consensus_argument(parser: argparse.ArgumentParser) -> None:
@@ -364,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     put = commands.add_parser("put", help="write a key")
     put.add_argument("key")
-    put.add_argument("value")
+    put.add_argument("value", help='the value; "-" reads it from standard input')
+    _add_value_literal_argument(put)
     _add_client_arguments(put)
 
     get = commands.add_parser("get", help="read a key (exit 1 if absent)")
@@ -384,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     new = cas.add_mutually_exclusive_group(required=True)
     new.add_argument("--new", help="the value to store")
     new.add_argument("--delete", action="store_true", help="delete the key instead")
+    _add_value_literal_argument(cas)
     _add_client_arguments(cas)
 
     scan = commands.add_parser("scan", help="list keys with a prefix, sorted")
@@ -392,7 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_consistency_argument(scan)
     _add_client_arguments(scan)
 
-    status = commands.add_parser("status", help="show each member's role, term and indices")
+    status = commands.add_parser(
+        "status",
+        help="show every member's role, term and indices (exit 4 if one cannot be reached)",
+    )
     _add_client_arguments(status)
 
     member = commands.add_parser("member", help="change the membership")
@@ -470,8 +521,17 @@ def _serve(args: argparse.Namespace) -> int:
 def _client_command(args: argparse.Namespace) -> int:
     from kvstore.client.client import Client
 
-    # Every argument is checked before anything is sent (and before connecting).
-    key = _utf8(args.key, "key") if "key" in args else b""
+    # Every argument is checked (and standard input read) before anything is sent.
+    key = _key_argument(args.key, "key", args) if "key" in args else b""
+    value = _value_argument(args.value, "value", args) if "value" in args else b""
+    expected: bytes | None = None
+    new: bytes | None = None
+    if args.command == "cas":
+        if args.expected == "-" and args.new == "-" and not args.value_literal:
+            raise InvalidArgumentError("only one of --expected and --new can read standard input")
+        expected = None if args.absent else _value_argument(args.expected, "--expected", args)
+        new = None if args.delete else _value_argument(args.new, "--new", args)
+    prefix = _key_argument(args.prefix, "prefix", args) if "prefix" in args else b""
     with Client(
         args.endpoints,
         secret=read_secret_file(args.secret_file),
@@ -480,73 +540,215 @@ def _client_command(args: argparse.Namespace) -> int:
     ) as client:
         command = args.command
         if command == "put":
-            client.put(key, _utf8(args.value, "value"), timeout_s=args.timeout)
+            client.put(key, value, timeout_s=args.timeout)
+            _emit(args, {"key": _shown(key, args), "ok": True}, None)
             return EXIT_OK
         if command == "get":
-            value = client.get(key, consistency=args.consistency, timeout_s=args.timeout)
-            if value is None:
+            found = client.get(key, consistency=args.consistency, timeout_s=args.timeout)
+            if found is None:
                 print("not found", file=sys.stderr)
+                _emit(args, {"key": _shown(key, args), "found": False, "value": None}, None)
                 return EXIT_NOT_FOUND
-            print(value.decode(errors="backslashreplace"))
+            shown = _shown(found, args)
+            _emit(args, {"key": _shown(key, args), "found": True, "value": shown}, shown)
             return EXIT_OK
         if command == "delete":
-            return EXIT_OK if client.delete(key, timeout_s=args.timeout) else EXIT_NOT_FOUND
+            deleted = client.delete(key, timeout_s=args.timeout)
+            _emit(args, {"key": _shown(key, args), "deleted": deleted}, None)
+            return EXIT_OK if deleted else EXIT_NOT_FOUND
         if command == "cas":
-            expected = None if args.absent else _utf8(args.expected, "--expected")
-            new = None if args.delete else _utf8(args.new, "--new")
             swapped = client.cas(key, expected, new, timeout_s=args.timeout)
-            print("swapped" if swapped else "not swapped")
+            text = "swapped" if swapped else "not swapped"
+            _emit(args, {"key": _shown(key, args), "swapped": swapped}, text)
             return EXIT_OK if swapped else EXIT_NOT_FOUND
         if command == "scan":
-            for found, value in client.scan(
-                _utf8(args.prefix, "prefix"), limit=args.limit, consistency=args.consistency
-            ):
-                print(
-                    f"{found.decode(errors='backslashreplace')}\t"
-                    f"{value.decode(errors='backslashreplace')}"
-                )
+            pairs = client.scan(prefix, limit=args.limit, consistency=args.consistency)
+            items = [{"key": _shown(k, args), "value": _shown(v, args)} for k, v in pairs]
+            lines = "\n".join(f"{item['key']}\t{item['value']}" for item in items)
+            document = {"prefix": _shown(prefix, args), "count": len(items), "items": items}
+            _emit(args, document, lines if items else None)
             return EXIT_OK
         if command == "status":
-            return _print_status(client, args.endpoints)
+            return _print_status(client, args)
         if command == "member":
             if args.member_command == "add":
                 client.add_member(args.node_id, args.address)
+                document = {"member": "add", "node_id": args.node_id, "address": args.address}
             else:
                 client.remove_member(args.node_id)
+                document = {"member": "remove", "node_id": args.node_id}
+            _emit(args, {**document, "ok": True}, None)
             return EXIT_OK
         if command == "transfer-leader":
             client.transfer_leadership(args.node_id)
+            _emit(args, {"transfer_leader": args.node_id, "ok": True}, None)
             return EXIT_OK
     raise AssertionError(f"unhandled command {args.command}")
 
 
-def _print_status(client: object, endpoints: Sequence[str]) -> int:
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ModuleNotFoundError:  # the `cli` extra is not installed: plain text
-        Console, Table = _PlainConsole, _PlainTable  # type: ignore[assignment,misc]
+# --- scripting: --json, --hex, values from standard input ---------------------------------------
 
-    table = Table("address", "node", "role", "term", "leader", "commit", "applied")
-    failures = 0
-    for address in endpoints:
-        try:
-            status = client.status(address)  # type: ignore[attr-defined]
-        except KVStoreError as error:
-            table.add_row(address, "-", f"[red]{error}[/red]", "", "", "", "")
-            failures += 1
-            continue
-        table.add_row(
-            address,
-            status.node_id,
-            status.role,
-            str(status.term),
-            status.leader_id or "-",
-            str(status.commit_index),
-            str(status.applied_index),
+
+def _key_argument(text: str, what: str, args: argparse.Namespace) -> bytes:
+    """The bytes of a key (or prefix) argument: hex with --hex, else UTF-8."""
+    if not args.hex:
+        return _utf8(text, what)
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise InvalidArgumentError(
+            f"{what} {text!r} is not hex (--hex): two hex digits per byte, e.g. 00ff"
+        ) from None
+
+
+def _value_argument(text: str, what: str, args: argparse.Namespace) -> bytes:
+    """The bytes of a value argument; "-" reads standard input (unless --value-literal)."""
+    if text == "-" and not args.value_literal:
+        return _read_stdin_value(what)
+    return _key_argument(text, what, args)
+
+
+def _read_stdin_value(what: str) -> bytes:
+    """Standard input, byte for byte (not hex even with --hex), at most VALUE_STDIN_BYTES_MAX."""
+    data = sys.stdin.buffer.read(VALUE_STDIN_BYTES_MAX + 1)
+    if len(data) > VALUE_STDIN_BYTES_MAX:
+        raise InvalidArgumentError(
+            f"{what} from standard input is over {VALUE_STDIN_BYTES_MAX} bytes"
         )
+    return data
+
+
+def _shown(data: bytes, args: argparse.Namespace) -> str:
+    """How a key or value is printed: hex with --hex; UTF-8 text (JSON needs it valid, else it
+    asks for --hex); plain text shows invalid bytes as backslash escapes."""
+    if args.hex:
+        return data.hex()
+    if not args.json:
+        return data.decode(errors="backslashreplace")
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise InvalidArgumentError(
+            f"a key or value is not valid UTF-8 ({data[:32]!r}); add --hex"
+        ) from None
+
+
+def _emit(args: argparse.Namespace, document: dict[str, Any], text: str | None) -> None:
+    """Print `document` as JSON with --json, else `text` (nothing when it is None)."""
+    if args.json:
+        document = {**document, "encoding": "hex" if args.hex else "utf-8"}
+        print(json.dumps(document))
+    elif text is not None:
+        print(text)
+
+
+def _exit_status(error: BaseException) -> int:
+    """The exit status of a failed command (see EXIT_HELP)."""
+    if isinstance(error, AuthenticationError):
+        return EXIT_AUTHENTICATION
+    unavailable = (UnavailableError, OperationTimeoutError, NotLeaderError, ConnectionError)
+    if isinstance(error, (*unavailable, TimeoutError)):
+        return EXIT_UNAVAILABLE
+    return EXIT_ERROR
+
+
+def _member_row(node_id: str | None, address: str) -> dict[str, Any]:
+    return {
+        "node_id": node_id,
+        "address": address,
+        "reachable": False,
+        "role": None,
+        "term": None,
+        "leader_id": None,
+        "commit_index": None,
+        "applied_index": None,
+        "failure": None,
+        "error": None,
+    }
+
+
+def _print_status(client: Any, args: argparse.Namespace) -> int:
+    """Every member in the members map of the first endpoint that answers, each asked directly,
+    then any endpoint that is no member's address. Exit 4 when one cannot be reached or reports
+    a failure (or no endpoint answers)."""
+    first = None
+    first_address = ""
+    endpoint_errors: dict[str, str] = {}
+    for address in args.endpoints:
+        try:
+            first = client.status(address, timeout_s=args.timeout)
+            first_address = address
+            break
+        except (KVStoreError, OSError) as error:
+            if isinstance(error, AuthenticationError):
+                raise  # a wrong secret is not a member that is down: exit 5, not 4
+            endpoint_errors[address] = f"{type(error).__name__}: {error}"
+    rows: list[dict[str, Any]] = []
+    if first is None:  # nobody answered: the endpoints are all there is to list
+        for address in args.endpoints:
+            row = _member_row(None, address)
+            row["error"] = endpoint_errors[address]
+            rows.append(row)
+    else:
+        # An endpoint that is no member's address is listed too (e.g. a mistyped one).
+        listed = sorted(first.members.items())
+        addresses = set(first.members.values())
+        listed += [(None, address) for address in args.endpoints if address not in addresses]
+        for node_id, address in listed:
+            row = _member_row(node_id, address)
+            try:
+                same = node_id in (first.node_id, None) and address == first_address
+                status = first if same else client.status(address, timeout_s=args.timeout)
+            except (KVStoreError, OSError) as error:
+                row["error"] = f"{type(error).__name__}: {error}"
+            else:
+                row.update(
+                    node_id=status.node_id,
+                    reachable=True,
+                    role=status.role,
+                    term=status.term,
+                    leader_id=status.leader_id,
+                    commit_index=status.commit_index,
+                    applied_index=status.applied_index,
+                    failure=status.failure,
+                )
+            rows.append(row)
+    healthy = all(row["reachable"] and row["failure"] is None for row in rows)
+    if args.json:
+        print(json.dumps({"healthy": healthy, "members": rows}))
+    else:
+        _print_status_table(rows)
+    return EXIT_OK if healthy else EXIT_UNAVAILABLE
+
+
+def _print_status_table(rows: list[dict[str, Any]]) -> None:
+    """A rich table on a terminal; plain aligned columns into a pipe or without rich."""
+    Console: Any = _PlainConsole
+    Table: Any = _PlainTable
+    escape: Callable[[str], str] = str
+    if sys.stdout.isatty():
+        try:
+            from rich.console import Console
+            from rich.markup import escape
+            from rich.table import Table
+        except ModuleNotFoundError:  # the `cli` extra is not installed: plain text
+            pass
+    table = Table("address", "node", "role", "term", "leader", "commit", "applied")
+    for row in rows:
+        cells = [row["address"], row["node_id"] or "-"]
+        if not row["reachable"]:
+            cells += [f"unreachable ({row['error']})", "", "", "", ""]
+        else:
+            failure = row["failure"]
+            cells += [
+                row["role"] if failure is None else f"failed ({failure})",
+                str(row["term"]),
+                row["leader_id"] or "-",
+                str(row["commit_index"]),
+                str(row["applied_index"]),
+            ]
+        table.add_row(*(escape(cell) for cell in cells))
     Console().print(table)
-    return EXIT_ERROR if failures == len(endpoints) else EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -579,7 +781,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KVStoreError, OSError) as error:
         # The class name tells an operator what kind of failure it is (CorruptionError...).
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
-        return EXIT_ERROR
+        status = _exit_status(error)
+        if getattr(args, "json", None) is True:  # bench's --json is a file name
+            # A script reading stdout gets a document for a failure too, with the same status.
+            error_document = {"type": type(error).__name__, "message": str(error)}
+            print(json.dumps({"error": {**error_document, "exit_status": status}}))
+        return status
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
