@@ -158,7 +158,10 @@ def describe_failure(error: BaseException) -> str:
         seen.add(id(cause))
         if isinstance(cause, OSError) and cause.errno:
             reason = os.strerror(cause.errno)
-            named = f"{reason} ({errno.errorcode.get(cause.errno, cause.errno)})"
+            name = errno.errorcode.get(cause.errno, str(cause.errno))
+            if name in text:  # the redo log's messages name it already ("ENOSPC 28 (...)")
+                return text
+            named = f"{reason} ({name})"
             return text.replace(reason, named, 1) if reason in text else f"{text}: {named}"
         cause = cause.__cause__ or cause.__context__
     return text
@@ -323,8 +326,9 @@ class NodeRuntime:
         voters: tuple[str, ...] = ()
         if fresh and not self._join:
             voters = tuple(sorted(self._peers))
-        # The log is the source of truth: LMDB may lag (it is synced only at checkpoints), in
-        # which case the core hands out committed entries again from `applied + 1`.
+        # The log is the source of truth: LMDB may lag (a crash between the log's fsync and
+        # the apply's commit), in which case the core hands out committed entries again from
+        # `applied + 1`.
         config = Config(
             node_id=self.node_id,
             initial_voters=voters,

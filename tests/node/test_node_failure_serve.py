@@ -1,6 +1,6 @@
 """A lingering `serve` is no more: a real `kvstore serve` process whose redo log fails (a full
 disk at fsync, EMFILE while writing) exits non-zero within a few seconds, with the cause on
-stderr in words ("No space left on device (ENOSPC)"), instead of closing its listener and
+stderr in words ("ENOSPC 28 (No space left on device)"), instead of closing its listener and
 living on.
 
 The fault is armed through the log's own failure injection (`FaultSpec`), inside the child:
@@ -60,8 +60,8 @@ def _serve(tmp_path: Path, kind: str, code: str) -> tuple[subprocess.Popen[bytes
 @pytest.mark.parametrize(
     ("kind", "code", "reason"),
     [
-        ("sync", "ENOSPC", "No space left on device (ENOSPC)"),
-        ("write", "EMFILE", "Too many open files (EMFILE)"),
+        ("sync", "ENOSPC", "ENOSPC 28 (No space left on device)"),
+        ("write", "EMFILE", "EMFILE 24 (Too many open files)"),
     ],
 )
 def test_serve_exits_non_zero_with_the_cause_after_a_log_failure(

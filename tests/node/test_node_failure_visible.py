@@ -29,8 +29,8 @@ def single(tmp_path: Path) -> Iterator[kvstore.Node]:
 @pytest.mark.parametrize(
     ("kind", "code", "reason"),
     [
-        ("sync", errno.ENOSPC, "No space left on device (ENOSPC)"),
-        ("write", errno.EMFILE, "Too many open files (EMFILE)"),
+        ("sync", errno.ENOSPC, "ENOSPC 28 (No space left on device)"),
+        ("write", errno.EMFILE, "EMFILE 24 (Too many open files)"),
     ],
 )
 def test_failure_is_named_by_the_property_the_status_and_every_call(
