@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, Self
 
 from kvstore.coordination import (
     Compare,
@@ -156,6 +156,31 @@ def _list_queue(
         start = page.kvs[-1].key + b"\x00"
 
 
+@contextmanager
+def _watch_until(
+    store: CoordinationStore,
+    key: bytes,
+    *,
+    prefix: bool,
+    after_revision: int,
+    remaining_s: float | None,
+) -> Iterator[Watch]:
+    """A watch of `key` (or the `prefix`) from after `after_revision` that closes itself after
+    `remaining_s` (None: never): close() ends a blocked iteration, so no polling."""
+    watch = store.watch(key, prefix=prefix, start_revision=after_revision + 1)
+    timer = None
+    if remaining_s is not None:
+        timer = threading.Timer(remaining_s, watch.close)
+        timer.daemon = True
+        timer.start()
+    try:
+        yield watch
+    finally:
+        if timer is not None:
+            timer.cancel()
+        watch.close()
+
+
 def _wait_deleted(
     store: CoordinationStore, key: bytes, after_revision: int, deadline: float | None
 ) -> bool:
@@ -167,25 +192,14 @@ def _wait_deleted(
     if remaining is not None and remaining <= 0:
         return False
     try:
-        watch = store.watch(key, start_revision=after_revision + 1)
+        with _watch_until(
+            store, key, prefix=False, after_revision=after_revision, remaining_s=remaining
+        ) as watch:
+            for event in watch:
+                if event.type == "delete":
+                    return True
     except CompactedError:
         return True
-    timer = None
-    if remaining is not None:
-        # close() ends a blocked iteration: the deadline needs no polling.
-        timer = threading.Timer(remaining, watch.close)
-        timer.daemon = True
-        timer.start()
-    try:
-        for event in watch:
-            if event.type == "delete":
-                return True
-    except CompactedError:
-        return True
-    finally:
-        if timer is not None:
-            timer.cancel()
-        watch.close()
     return deadline is None or time.monotonic() < deadline
 
 
@@ -204,31 +218,21 @@ def _wait_deletes(
     if remaining is not None and remaining <= 0:
         return False
     try:
-        watch = store.watch(prefix, prefix=True, start_revision=after_revision + 1)
-    except CompactedError:
-        return True
-    timer = None
-    if remaining is not None:
-        timer = threading.Timer(remaining, watch.close)
-        timer.daemon = True
-        timer.start()
-    try:
-        for event in watch:
-            if event.type != "delete":
-                continue
-            if event.kv.key == own_key:
-                return True
-            if event.kv.key in ahead:
-                ahead.discard(event.kv.key)
-                needed -= 1
-                if needed <= 0:
+        with _watch_until(
+            store, prefix, prefix=True, after_revision=after_revision, remaining_s=remaining
+        ) as watch:
+            for event in watch:
+                if event.type != "delete":
+                    continue
+                if event.kv.key == own_key:
                     return True
+                if event.kv.key in ahead:
+                    ahead.discard(event.kv.key)
+                    needed -= 1
+                    if needed <= 0:
+                        return True
     except CompactedError:
         return True
-    finally:
-        if timer is not None:
-            timer.cancel()
-        watch.close()
     return deadline is None or time.monotonic() < deadline
 
 
@@ -319,7 +323,71 @@ class _Candidate:
             self._session.close()
 
 
-class Lock:
+class _QueuePlace:
+    """One participant's place in a fair queue under `prefix` (what Lock, Election and
+    Semaphore share): join, wait for a turn or leave, and give the place up."""
+
+    def __init__(self, store: CoordinationStore, prefix: bytes, ttl_s: float) -> None:
+        self._store = store
+        self._prefix = prefix
+        self._ttl_s = check_lease_ttl(ttl_s)
+        self._candidate: _Candidate | None = None
+
+    def _take_turn(
+        self,
+        value: bytes,
+        wait: Callable[[_Candidate, float | None], bool],
+        timeout_s: float | None,
+        busy: str,
+    ) -> _Candidate | None:
+        """Join the queue with `value` and `wait` for a turn; the candidate once it has one,
+        None (having left the queue) when `timeout_s` ran out. Any error leaves the queue."""
+        if self._candidate is not None:
+            raise InvalidArgumentError(busy)
+        deadline = _deadline(timeout_s)
+        candidate = _Candidate(self._store, self._prefix, self._ttl_s)
+        candidate.join(value)
+        try:
+            turn = wait(candidate, deadline)
+        except BaseException:
+            candidate.leave()
+            raise
+        if not turn:
+            candidate.leave()
+            return None
+        self._candidate = candidate
+        return candidate
+
+    def _give_up(self) -> None:
+        candidate, self._candidate = self._candidate, None
+        if candidate is not None:
+            candidate.leave()
+
+
+class _HeldInside(_QueuePlace):
+    """`with` acquires on entry and releases on exit."""
+
+    def acquire(self, timeout_s: float | None = None) -> bool:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Give the place up (a no-op when not held)."""
+        self._give_up()
+
+    def __enter__(self) -> Self:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+class Lock(_HeldInside):
     """A distributed mutual-exclusion lock, fair (first come, first served by revision) and
     freed when its holder dies (its session lease expires).
 
@@ -334,10 +402,7 @@ class Lock:
     is one participant; it is not reentrant and not for sharing between threads."""
 
     def __init__(self, store: CoordinationStore, name: bytes, *, ttl_s: float = 10.0) -> None:
-        self._store = store
-        self._prefix = _name_prefix(LOCK_PREFIX, name)
-        self._ttl_s = check_lease_ttl(ttl_s)
-        self._candidate: _Candidate | None = None
+        super().__init__(store, _name_prefix(LOCK_PREFIX, name), ttl_s)
         self.fencing_token = 0
         """The token of the latest grant to this object (0 before the first)."""
 
@@ -345,28 +410,17 @@ class Lock:
         """Queue up and wait for the lock; True once held, False after `timeout_s` (None: no
         limit; 0: take it only if free now), having left the queue. `LeaseNotFoundError` if
         the session expired while waiting."""
-        if self._candidate is not None:
-            raise InvalidArgumentError("this Lock is already held or being acquired")
-        deadline = _deadline(timeout_s)
-        candidate = _Candidate(self._store, self._prefix, self._ttl_s)
-        candidate.join(b"")
-        try:
-            held = candidate.wait_head(deadline)
-        except BaseException:
-            candidate.leave()
-            raise
-        if not held:
-            candidate.leave()
+        candidate = self._take_turn(
+            b"", _Candidate.wait_head, timeout_s, "this Lock is already held or being acquired"
+        )
+        if candidate is None:
             return False
-        self._candidate = candidate
         self.fencing_token = candidate.create_revision
         return True
 
     def release(self) -> None:
         """Give the lock up (a no-op when not held)."""
-        candidate, self._candidate = self._candidate, None
-        if candidate is not None:
-            candidate.leave()
+        self._give_up()
 
     def is_held(self) -> bool:
         """Whether this object still holds the lock (a read: False once its lease expired)."""
@@ -382,20 +436,8 @@ class Lock:
         """The id of the session lease the lock is held under, else None."""
         return None if self._candidate is None else self._candidate.lease_id
 
-    def __enter__(self) -> Lock:
-        self.acquire()
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
-
-
-class Election:
+class Election(_QueuePlace):
     """Leader election among processes: candidates queue fairly by revision; the head of the
     queue leads until it resigns or its session lease expires, then the next one leads.
 
@@ -408,30 +450,16 @@ class Election:
     candidate."""
 
     def __init__(self, store: CoordinationStore, name: bytes, *, ttl_s: float = 10.0) -> None:
-        self._store = store
-        self._prefix = _name_prefix(ELECTION_PREFIX, name)
-        self._ttl_s = check_lease_ttl(ttl_s)
-        self._candidate: _Candidate | None = None
+        super().__init__(store, _name_prefix(ELECTION_PREFIX, name), ttl_s)
 
     def campaign(self, value: bytes, timeout_s: float | None = None) -> None:
         """Stand with `value` and return once leader. On `timeout_s` (None: no limit) withdraw
         and raise `OperationTimeoutError`; `LeaseNotFoundError` if the session expired."""
         if not isinstance(value, bytes):
             raise InvalidArgumentError(f"value must be bytes, got {type(value).__name__}")
-        if self._candidate is not None:
-            raise InvalidArgumentError("already campaigning: resign first")
-        deadline = _deadline(timeout_s)
-        candidate = _Candidate(self._store, self._prefix, self._ttl_s)
-        candidate.join(value)
-        try:
-            elected = candidate.wait_head(deadline)
-        except BaseException:
-            candidate.leave()
-            raise
-        if not elected:
-            candidate.leave()
+        busy = "already campaigning: resign first"
+        if self._take_turn(value, _Candidate.wait_head, timeout_s, busy) is None:
             raise OperationTimeoutError(f"not elected within {timeout_s} s")
-        self._candidate = candidate
 
     def proclaim(self, value: bytes) -> None:
         """As leader, announce a new `value` (observers see it). `InvalidArgumentError` when
@@ -448,9 +476,7 @@ class Election:
 
     def resign(self) -> None:
         """Stop leading (or campaigning); the next candidate leads. A no-op otherwise."""
-        candidate, self._candidate = self._candidate, None
-        if candidate is not None:
-            candidate.leave()
+        self._give_up()
 
     def is_leader(self) -> bool:
         """Whether this candidate leads now (a read)."""
@@ -493,7 +519,7 @@ def _identity(kv: KeyValue | None) -> tuple[bytes, int, bytes] | None:
     return None if kv is None else (kv.key, kv.create_revision, kv.value)
 
 
-class Semaphore:
+class Semaphore(_HeldInside):
     """A counting semaphore: at most `limit` holders at once, the others queued fairly by
     revision; a holder that dies (its session lease expires) frees its slot.
 
@@ -509,48 +535,24 @@ class Semaphore:
     ) -> None:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1 << 20:
             raise InvalidArgumentError(f"limit must be an int in 1..2**20, got {limit!r:.60}")
-        self._store = store
-        self._prefix = _name_prefix(SEMAPHORE_PREFIX, name)
+        super().__init__(store, _name_prefix(SEMAPHORE_PREFIX, name), ttl_s)
         self._limit = limit
-        self._ttl_s = check_lease_ttl(ttl_s)
-        self._candidate: _Candidate | None = None
 
     def acquire(self, timeout_s: float | None = None) -> bool:
         """Queue up and wait for a slot; True once held, False after `timeout_s` (None: no
         limit; 0: only if a slot is free now), having left the queue."""
-        if self._candidate is not None:
-            raise InvalidArgumentError("this Semaphore is already held or being acquired")
-        deadline = _deadline(timeout_s)
-        candidate = _Candidate(self._store, self._prefix, self._ttl_s)
-        candidate.join(b"")
-        try:
-            held = candidate.wait_rank(self._limit, deadline)
-        except BaseException:
-            candidate.leave()
-            raise
-        if not held:
-            candidate.leave()
-            return False
-        self._candidate = candidate
-        return True
+        limit = self._limit
+        candidate = self._take_turn(
+            b"",
+            lambda candidate, deadline: candidate.wait_rank(limit, deadline),
+            timeout_s,
+            "this Semaphore is already held or being acquired",
+        )
+        return candidate is not None
 
     def release(self) -> None:
         """Give the slot up (a no-op when not held)."""
-        candidate, self._candidate = self._candidate, None
-        if candidate is not None:
-            candidate.leave()
-
-    def __enter__(self) -> Semaphore:
-        self.acquire()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
+        self._give_up()
 
 
 class Barrier:

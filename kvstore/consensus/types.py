@@ -311,21 +311,8 @@ class Message(NamedTuple):
         commit: int,
     ) -> Message:
         """Raft: entries after `prev_index` (of term `prev_term`) and the leader's commit."""
-        return _message(
-            (
-                MessageType.APPEND,
-                to,
-                sender,
-                term,
-                prev_term,
-                prev_index,
-                entries,
-                commit,
-                False,
-                0,
-                b"",
-                None,
-            )
+        return Message.entries_batch(
+            MessageType.APPEND, to, sender, term, prev_term, prev_index, entries, commit, 0
         )
 
     @staticmethod

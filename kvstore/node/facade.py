@@ -402,12 +402,7 @@ class Node:
         limit = check_limit(limit)
         consistency = check_consistency(consistency)
         timeout_s = check_timeout(timeout_s)
-        self._check_running()
-        if consistency != "stale":
-            self._run_on_loop(
-                self._runtime.read_barrier(consistency, timeout_s), timeout_s=timeout_s
-            )
-        return self._runtime.state_machine.scan(prefix, limit)
+        return self._read_state(consistency, timeout_s).scan(prefix, limit)
 
     # --- coordination (issue 13; DESIGN.md §2b) ------------------------------------------------
 

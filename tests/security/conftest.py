@@ -15,6 +15,7 @@ from typing import Any
 from kvstore.consensus.types import Message, MessageType
 from kvstore.transport.codec import PROTOCOL_VERSION, FrameKind
 from kvstore.transport.tcp import FramedConnection, PeerTransport
+from tests.transport.peers import started
 
 MEMBER_SECRET = b"member secret \x00\xff"
 CLIENT_SECRET = b"client secret, handed to applications"
@@ -70,16 +71,8 @@ class Member:
 async def members(*ids: str, **kw: Any) -> AsyncIterator[dict[str, Member]]:
     """Started members that know each other's (ephemeral) addresses."""
     nodes = {node_id: Member(node_id, **kw) for node_id in ids}
-    try:
-        for node in nodes.values():
-            await node.transport.start()
-        peers = {node_id: node.transport.address for node_id, node in nodes.items()}
-        for node in nodes.values():
-            node.transport.set_peers(peers)
+    async with started(nodes):
         yield nodes
-    finally:
-        for node in nodes.values():
-            await node.transport.close()
 
 
 async def read_until_closed(reader: asyncio.StreamReader, timeout_s: float = 5.0) -> bytes | None:

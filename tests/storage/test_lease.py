@@ -31,30 +31,7 @@ from kvstore.storage.commands import (
 )
 from kvstore.storage.mvcc import EVENT_DELETE
 from kvstore.storage.state_machine import StateMachine
-
-
-class Driver:
-    def __init__(self, sm: StateMachine) -> None:
-        self.sm = sm
-        self.index = 1
-        self.seq = 0
-        sm.apply([Entry(1, 1, data=encode_register(1))])
-
-    def apply(self, data: bytes) -> object:
-        self.index += 1
-        return self.sm.apply([Entry(1, self.index, data=data)])[0]
-
-    def next_seq(self) -> int:
-        self.seq += 1
-        return self.seq
-
-    def grant(self, ttl_ms: int, lease_id: int = 0) -> object:
-        return self.apply(encode_lease_grant(1, self.next_seq(), ttl_ms, lease_id))
-
-    def put(self, key: bytes, value: bytes, lease: int = 0) -> object:
-        if lease:
-            return self.apply(encode_txn(1, self.next_seq(), [], [txn_put(key, value, lease)]))
-        return self.apply(encode_put(1, self.next_seq(), key, value))
+from tests.storage.session_driver import Driver
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from kvstore.consensus.types import Entry
 from kvstore.errors import InvalidArgumentError
 from kvstore.storage.commands import (
     TXN_BYTES_MAX,
@@ -15,12 +14,9 @@ from kvstore.storage.commands import (
     CommandRejected,
     ResultCode,
     TxnCompare,
-    TxnOp,
     TxnOutcome,
     decode_command,
     decode_txn,
-    encode_put,
-    encode_register,
     encode_txn,
     txn_delete,
     txn_delete_range,
@@ -30,31 +26,7 @@ from kvstore.storage.commands import (
 )
 from kvstore.storage.mvcc import RangePage
 from kvstore.storage.state_machine import StateMachine
-
-
-class Driver:
-    def __init__(self, sm: StateMachine) -> None:
-        self.sm = sm
-        self.index = 1
-        self.seq = 0
-        sm.apply([Entry(1, 1, data=encode_register(1))])
-
-    def apply(self, data: bytes) -> object:
-        self.index += 1
-        return self.sm.apply([Entry(1, self.index, data=data)])[0]
-
-    def put(self, key: bytes, value: bytes) -> object:
-        self.seq += 1
-        return self.apply(encode_put(1, self.seq, key, value))
-
-    def txn(
-        self,
-        compares: list[TxnCompare],
-        success: list[TxnOp],
-        failure: list[TxnOp] | None = None,
-    ) -> object:
-        self.seq += 1
-        return self.apply(encode_txn(1, self.seq, compares, success, failure or []))
+from tests.storage.session_driver import Driver
 
 
 @pytest.fixture

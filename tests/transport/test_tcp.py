@@ -29,6 +29,7 @@ from kvstore.transport.tcp import (
     connect_peer,
     parse_address,
 )
+from tests.transport.peers import started
 
 SECRET = b"s3cret"
 TEST_DEADLINE_S = 20.0
@@ -86,16 +87,8 @@ class Node:
 async def cluster(*ids: str, **kw: Any) -> AsyncIterator[dict[str, Node]]:
     """Started nodes that know each other's (ephemeral) addresses."""
     nodes = {node_id: Node(node_id, **kw) for node_id in ids}
-    try:
-        for node in nodes.values():
-            await node.transport.start()
-        peers = {node_id: node.transport.address for node_id, node in nodes.items()}
-        for node in nodes.values():
-            node.transport.set_peers(peers)
+    async with started(nodes):
         yield nodes
-    finally:
-        for node in nodes.values():
-            await node.transport.close()
 
 
 @contextlib.asynccontextmanager
