@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, TypeAlias, get_args
 
+from kvstore.closing import ClosingContext
 from kvstore.errors import InvalidArgumentError
 from kvstore.options import KEY_BYTES_MAX, check_key, check_limit
 
@@ -426,7 +427,7 @@ class Lease:
         object.__setattr__(self, "ttl_s", check_lease_ttl(self.ttl_s))
 
 
-class Watch(abc.ABC):
+class Watch(ClosingContext, abc.ABC):
     """A stream of `WatchEvent`s, as `watch()` returns it.
 
     Iterate it for events in revision order (events of one revision in the order the
@@ -451,17 +452,6 @@ class Watch(abc.ABC):
     def revision(self) -> int:
         """How current this watch is: every event up to this revision has been delivered (or
         did not match). Progress notifications raise it while no event matches."""
-
-    def __enter__(self) -> Watch:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class AsyncWatch(abc.ABC):
